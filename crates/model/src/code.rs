@@ -1,0 +1,86 @@
+//! The closed set of stable error codes that the API answers with, and that attempts fail with.
+//!
+//! Codes are part of the wire contract: clients and retry policies match on them, so a code
+//! is never renamed, only added.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A stable, machine-readable error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body or a parameter is malformed.
+    InvalidInput,
+    /// The request or an uploaded file is over its size limit.
+    TooLarge,
+    /// No signature, an unknown key, a bad signature, a skewed clock or a replayed nonce.
+    Unauthorized,
+    /// The key is valid but lacks the scope for this call.
+    Forbidden,
+    /// The job, function, object or key does not exist.
+    NotFound,
+    /// The request conflicts with the current state (e.g. cancelling a finished job).
+    Conflict,
+    /// The node is not ready (no leader yet, shutting down): try again.
+    Unavailable,
+    /// Local disk or object store is full.
+    StorageFull,
+    /// An unexpected failure; details are in the node's log.
+    Internal,
+    /// Attempt outcomes (never HTTP answers of their own).
+    Timeout,
+    WorkerCrashed,
+    Cancelled,
+    UnsupportedFormat,
+    FunctionFailed,
+}
+
+impl ErrorCode {
+    /// The wire spelling of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::WorkerCrashed => "worker_crashed",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::UnsupportedFormat => "unsupported_format",
+            ErrorCode::FunctionFailed => "function_failed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every error answer: `{"code": "...", "message": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}

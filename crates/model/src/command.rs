@@ -1,0 +1,89 @@
+//! The replicated commands: every state change in chorus is one of these, appended to the log
+//! and applied in order by [`crate::State::apply`] on every node.
+//!
+//! Commands carry everything that is not a pure function of the state: the time (`now_ms`,
+//! stamped by the node that proposes) and ids chosen outside (API keys). That keeps `apply`
+//! deterministic.
+
+use crate::function::FunctionSpec;
+use crate::ids::{AttemptId, JobId, KeyId, NodeId};
+use crate::job::{JobError, JobState};
+use crate::state::{ApiKey, NodeInfo};
+use crate::ApiError;
+use serde::{Deserialize, Serialize};
+
+/// What a client asks to run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub function: String,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// How one attempt ended, as reported by the node that ran it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    pub job: JobId,
+    pub attempt: AttemptId,
+    pub outcome: Outcome,
+    pub log_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded { output: serde_json::Value, objects: Vec<String> },
+    Failed(JobError),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    DeployFunction { spec: FunctionSpec },
+    /// Many jobs in one entry: a batch costs one log write.
+    SubmitJobs { now_ms: u64, jobs: Vec<JobSpec> },
+    /// The leader places queued jobs on a node.
+    StartAttempts { now_ms: u64, node: NodeId, jobs: Vec<JobId> },
+    FinishAttempts { now_ms: u64, results: Vec<AttemptResult> },
+    CancelJob { now_ms: u64, job: JobId },
+    /// Every attempt running on `node` failed with `code` (the node restarted or died).
+    AbandonAttempts { now_ms: u64, node: NodeId, code: String },
+    RegisterNode { node: NodeInfo },
+    CreateKey { key: ApiKey },
+    RevokeKey { id: KeyId },
+    SetConfig { key: String, value: String },
+    /// Commands from many callers grouped into one log entry (group commit).
+    Batch(Vec<Command>),
+}
+
+/// What submitting one job led to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitResult {
+    Created(JobId),
+    /// The idempotency key was seen before: this is the job it created.
+    Existing(JobId),
+    Rejected(ApiError),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Done,
+    Deployed { version: u32 },
+    Submitted(Vec<SubmitResult>),
+    Started(Vec<(JobId, AttemptId)>),
+    /// How many results were taken; the rest were stale (superseded attempts).
+    Finished { taken: u32, stale: u32 },
+    Cancelled { previous: JobState },
+    Abandoned { attempts: u32 },
+    Rejected(ApiError),
+    Batch(Vec<Response>),
+}

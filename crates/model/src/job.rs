@@ -1,0 +1,112 @@
+//! Jobs and their attempts, as the registry holds them and the API shows them.
+
+use crate::ids::{AttemptId, JobId, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The life of a job:
+///
+/// ```text
+/// queued --start--> running --success--> succeeded
+///   ^                  |  \--failure, no retry left--> failed
+///   |                  \--failure, retryable--> queued (after back-off)
+///   +-- any non-terminal state --cancel--> cancelled
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// Why an attempt or a job failed. `code` is stable (platform codes such as `timeout`, or a
+/// function's own codes); `message` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One try of a job on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub id: AttemptId,
+    pub node: NodeId,
+    pub started_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// Bytes of stderr kept for this attempt (0: no log).
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+/// One invocation of a function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub function: String,
+    pub function_version: u32,
+    pub input: serde_json::Value,
+    /// Object keys (in the node's store) or URLs of the input files, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub state: JobState,
+    pub attempts: Vec<Attempt>,
+    pub submitted_at_ms: u64,
+    /// A queued job is not started before this time (retry back-off).
+    pub not_before_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// Object keys of the files the successful attempt produced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+impl Job {
+    /// The attempt that is running now, if the job is running.
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        match self.state {
+            JobState::Running => self.attempts.last(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The shared vocabulary of chorus: ids, function specs, jobs and attempts, the replicated
+//! [`Command`] and the deterministic [`State::apply`] that every node runs on the same log.
+//!
+//! This crate is pure: no IO, no clock, no randomness. Time and jitter arrive inside commands
+//! (stamped by the proposer) so that every replica computes the same state.
+
+mod code;
+mod command;
+mod function;
+mod ids;
+mod job;
+pub mod protocol;
+pub mod signature;
+mod state;
+
+pub use code::{ApiError, ErrorCode};
+pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+pub use function::{FunctionKind, FunctionSpec, RetryPolicy, FUNCTION_NAME_LEN_MAX};
+pub use ids::{AttemptId, JobId, KeyId, NodeId};
+pub use job::{Attempt, Job, JobError, JobState};
+pub use state::{ApiKey, JobCounts, NodeInfo, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};

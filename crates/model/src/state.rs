@@ -1,0 +1,495 @@
+//! The replicated state and its deterministic transition function.
+//!
+//! Invariants (checked by `debug_assert_invariants` in tests):
+//! - a job is in `queue` iff it is queued and due now-or-never-delayed, in `delayed` iff it is
+//!   queued with a back-off; never both;
+//! - a job is in `running[node]` iff it is running and its last attempt is on `node`;
+//! - an idempotency key maps to exactly one job, which carries that key.
+
+use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+use crate::function::FunctionSpec;
+use crate::ids::{AttemptId, JobId, KeyId, NodeId};
+use crate::job::{Attempt, Job, JobError, JobState};
+use crate::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Largest job input, as serialized JSON.
+pub const INPUT_BYTES_MAX: usize = 256 * 1024;
+/// Largest output JSON an attempt may report; bigger results belong in objects.
+pub const OUTPUT_BYTES_MAX: usize = 256 * 1024;
+/// Longest idempotency key.
+const IDEMPOTENCY_KEY_LEN_MAX: usize = 256;
+/// Input files per job.
+const FILES_PER_JOB_MAX: usize = 64;
+
+/// What an API key may do. `Admin` implies the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Admin,
+    Submit,
+    Read,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "admin" => Some(Scope::Admin),
+            "submit" => Some(Scope::Submit),
+            "read" => Some(Scope::Read),
+            _ => None,
+        }
+    }
+}
+
+/// An API key. The secret is held by the registry because HMAC verification needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: KeyId,
+    /// Hex-encoded secret.
+    pub secret: String,
+    pub scopes: Vec<Scope>,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl ApiKey {
+    pub fn allows(&self, scope: Scope) -> bool {
+        !self.revoked && self.scopes.iter().any(|s| *s == Scope::Admin || *s == scope)
+    }
+}
+
+/// A member of the cluster as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// `host:port` of its API.
+    pub addr: String,
+    /// Attempts it may run at once.
+    pub slots: u32,
+}
+
+/// Jobs per (function, state), for metrics.
+pub type JobCounts = BTreeMap<(String, JobState), u64>;
+
+/// The whole replicated state. `Serialize` is the snapshot format.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    functions: BTreeMap<String, FunctionSpec>,
+    jobs: BTreeMap<JobId, Job>,
+    keys: BTreeMap<KeyId, ApiKey>,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    config: BTreeMap<String, String>,
+    next_job_id: u64,
+    next_attempt_id: u64,
+    // Derived indexes, rebuilt after a snapshot is loaded.
+    #[serde(skip)]
+    queue: BTreeSet<(Reverse<i32>, JobId)>,
+    #[serde(skip)]
+    delayed: BTreeSet<(u64, JobId)>,
+    #[serde(skip)]
+    running: BTreeMap<NodeId, BTreeSet<JobId>>,
+    #[serde(skip)]
+    idempotency: HashMap<String, JobId>,
+}
+
+impl State {
+    /// Decodes a snapshot and rebuilds the derived indexes.
+    pub fn decode(bytes: &[u8]) -> Result<State, serde_json::Error> {
+        let mut state: State = serde_json::from_slice(bytes)?;
+        state.rebuild_indexes();
+        Ok(state)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the state is always representable as JSON")
+    }
+
+    fn rebuild_indexes(&mut self) {
+        self.queue.clear();
+        self.delayed.clear();
+        self.running.clear();
+        self.idempotency.clear();
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.index_insert(id);
+            let job = &self.jobs[&id];
+            if let Some(key) = &job.idempotency_key {
+                self.idempotency.insert(key.clone(), id);
+            }
+        }
+    }
+
+    // --- reads ---
+
+    pub fn function(&self, name: &str) -> Option<&FunctionSpec> {
+        self.functions.get(name)
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
+        self.functions.values()
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Jobs in id order starting after `after`, newest last.
+    pub fn jobs_after(&self, after: Option<JobId>) -> impl DoubleEndedIterator<Item = &Job> {
+        let start = after.map_or(0, |id| id.0.saturating_add(1));
+        self.jobs.range(JobId(start)..).map(|(_, job)| job)
+    }
+
+    /// Jobs in id order, ending before `before`, newest first.
+    pub fn jobs_before(&self, before: Option<JobId>) -> impl Iterator<Item = &Job> {
+        let end = before.map_or(u64::MAX, |id| id.0);
+        self.jobs.range(..JobId(end)).rev().map(|(_, job)| job)
+    }
+
+    pub fn job_by_idempotency_key(&self, key: &str) -> Option<JobId> {
+        self.idempotency.get(key).copied()
+    }
+
+    pub fn key(&self, id: &KeyId) -> Option<&ApiKey> {
+        self.keys.get(id)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.keys.values()
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values()
+    }
+
+    pub fn config(&self) -> &BTreeMap<String, String> {
+        &self.config
+    }
+
+    /// Jobs queued and due at `now_ms`, highest priority first, then oldest first; at most
+    /// `limit` of them.
+    pub fn due_jobs(&self, now_ms: u64, limit: usize) -> Vec<&Job> {
+        let mut due: Vec<&Job> = self.queue.iter().take(limit).map(|(_, id)| &self.jobs[id]).collect();
+        let delayed_due = self.delayed.iter().take_while(|(t, _)| *t <= now_ms).take(limit);
+        due.extend(delayed_due.map(|(_, id)| &self.jobs[id]));
+        if due.len() > limit {
+            due.sort_by_key(|job| (Reverse(job.priority), job.id));
+            due.truncate(limit);
+        }
+        due
+    }
+
+    /// The earliest time a delayed job becomes due, if any.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.delayed.first().map(|(t, _)| *t)
+    }
+
+    /// Jobs whose current attempt runs on `node`.
+    pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Job> {
+        self.running.get(&node).into_iter().flatten().map(|id| &self.jobs[id])
+    }
+
+    pub fn running_count(&self, node: NodeId) -> usize {
+        self.running.get(&node).map_or(0, BTreeSet::len)
+    }
+
+    pub fn job_counts(&self) -> JobCounts {
+        let mut counts = JobCounts::new();
+        for job in self.jobs.values() {
+            *counts.entry((job.function.clone(), job.state)).or_default() += 1;
+        }
+        counts
+    }
+
+    // --- the transition function ---
+
+    /// Applies one command. Deterministic: the same commands in the same order give the same
+    /// state and responses on every replica.
+    pub fn apply(&mut self, command: Command) -> Response {
+        match command {
+            Command::DeployFunction { spec } => self.deploy(spec),
+            Command::SubmitJobs { now_ms, jobs } => {
+                Response::Submitted(jobs.into_iter().map(|spec| self.submit(now_ms, spec)).collect())
+            }
+            Command::StartAttempts { now_ms, node, jobs } => self.start(now_ms, node, jobs),
+            Command::FinishAttempts { now_ms, results } => self.finish(now_ms, results),
+            Command::CancelJob { now_ms, job } => self.cancel(now_ms, job),
+            Command::AbandonAttempts { now_ms, node, code } => self.abandon(now_ms, node, code),
+            Command::RegisterNode { node } => {
+                self.nodes.insert(node.id, node);
+                Response::Done
+            }
+            Command::CreateKey { key } => {
+                if self.keys.contains_key(&key.id) {
+                    return Response::Rejected(ApiError::new(ErrorCode::Conflict, format!("key {} exists", key.id)));
+                }
+                self.keys.insert(key.id.clone(), key);
+                Response::Done
+            }
+            Command::RevokeKey { id } => match self.keys.get_mut(&id) {
+                Some(key) => {
+                    key.revoked = true;
+                    Response::Done
+                }
+                None => Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no key {id}"))),
+            },
+            Command::SetConfig { key, value } => {
+                self.config.insert(key, value);
+                Response::Done
+            }
+            Command::Batch(commands) => Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect()),
+        }
+    }
+
+    fn deploy(&mut self, mut spec: FunctionSpec) -> Response {
+        if let Err(message) = spec.validate() {
+            return Response::Rejected(ApiError::new(ErrorCode::InvalidInput, message));
+        }
+        spec.version = self.functions.get(&spec.name).map_or(1, |old| old.version + 1);
+        let version = spec.version;
+        self.functions.insert(spec.name.clone(), spec);
+        Response::Deployed { version }
+    }
+
+    /// Checks a job spec against the limits; the API runs the same check before proposing.
+    pub fn check_job_spec(&self, spec: &JobSpec) -> Result<(), ApiError> {
+        if !self.functions.contains_key(&spec.function) {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no function {:?}", spec.function)));
+        }
+        let input_len = serde_json::to_vec(&spec.input).map_or(usize::MAX, |v| v.len());
+        if input_len > INPUT_BYTES_MAX {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("input is {input_len} bytes; the limit is {INPUT_BYTES_MAX}"),
+            ));
+        }
+        if spec.files.len() > FILES_PER_JOB_MAX {
+            return Err(ApiError::new(ErrorCode::InvalidInput, format!("at most {FILES_PER_JOB_MAX} files per job")));
+        }
+        if let Some(key) = &spec.idempotency_key {
+            if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("idempotency key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, now_ms: u64, spec: JobSpec) -> SubmitResult {
+        if let Some(key) = &spec.idempotency_key {
+            if let Some(id) = self.idempotency.get(key) {
+                return SubmitResult::Existing(*id);
+            }
+        }
+        if let Err(e) = self.check_job_spec(&spec) {
+            return SubmitResult::Rejected(e);
+        }
+        self.next_job_id += 1;
+        let id = JobId(self.next_job_id);
+        let version = self.functions[&spec.function].version;
+        if let Some(key) = &spec.idempotency_key {
+            self.idempotency.insert(key.clone(), id);
+        }
+        let job = Job {
+            id,
+            function: spec.function,
+            function_version: version,
+            input: spec.input,
+            files: spec.files,
+            priority: spec.priority,
+            idempotency_key: spec.idempotency_key,
+            state: JobState::Queued,
+            attempts: Vec::new(),
+            submitted_at_ms: now_ms,
+            not_before_ms: 0,
+            finished_at_ms: None,
+            output: None,
+            objects: Vec::new(),
+            error: None,
+        };
+        self.jobs.insert(id, job);
+        self.index_insert(id);
+        SubmitResult::Created(id)
+    }
+
+    fn start(&mut self, now_ms: u64, node: NodeId, jobs: Vec<JobId>) -> Response {
+        let mut started = Vec::with_capacity(jobs.len());
+        for id in jobs {
+            // A job may have been cancelled or started since the leader chose it.
+            let startable = self.jobs.get(&id).is_some_and(|job| job.state == JobState::Queued);
+            if !startable {
+                continue;
+            }
+            self.index_remove(id);
+            self.next_attempt_id += 1;
+            let attempt = AttemptId(self.next_attempt_id);
+            let job = self.jobs.get_mut(&id).expect("checked above");
+            job.state = JobState::Running;
+            job.attempts.push(Attempt {
+                id: attempt,
+                node,
+                started_at_ms: now_ms,
+                finished_at_ms: None,
+                error: None,
+                log_bytes: 0,
+            });
+            self.index_insert(id);
+            started.push((id, attempt));
+        }
+        Response::Started(started)
+    }
+
+    fn finish(&mut self, now_ms: u64, results: Vec<AttemptResult>) -> Response {
+        let (mut taken, mut stale) = (0, 0);
+        for result in results {
+            if self.finish_one(now_ms, result) {
+                taken += 1;
+            } else {
+                stale += 1;
+            }
+        }
+        Response::Finished { taken, stale }
+    }
+
+    /// Records one attempt's end. Returns false (and changes nothing) when the result is
+    /// stale: the job is not running that attempt any more (fencing).
+    fn finish_one(&mut self, now_ms: u64, result: AttemptResult) -> bool {
+        let current = self.jobs.get(&result.job).and_then(Job::current_attempt).map(|a| a.id);
+        if current != Some(result.attempt) {
+            // Still record the log size of a superseded attempt, so its log can be read.
+            if let Some(a) = self.attempt_mut(result.job, result.attempt) {
+                a.log_bytes = result.log_bytes;
+            }
+            return false;
+        }
+        self.index_remove(result.job);
+        let retry = self.functions.get(&self.jobs[&result.job].function).map(|f| f.retry.clone());
+        let job = self.jobs.get_mut(&result.job).expect("current attempt exists");
+        let attempt_no = job.attempts.len() as u32;
+        let attempt = job.attempts.last_mut().expect("running job has an attempt");
+        attempt.finished_at_ms = Some(now_ms);
+        attempt.log_bytes = result.log_bytes;
+        match result.outcome {
+            Outcome::Succeeded { output, objects } => {
+                job.state = JobState::Succeeded;
+                job.output = Some(output);
+                job.objects = objects;
+                job.error = None;
+                job.finished_at_ms = Some(now_ms);
+            }
+            Outcome::Failed(error) => {
+                attempt.error = Some(error.clone());
+                let retry = retry.unwrap_or_default();
+                if retry.retries(&error.code, attempt_no) {
+                    job.state = JobState::Queued;
+                    let seed = job.id.0 ^ (u64::from(attempt_no) << 48);
+                    job.not_before_ms = now_ms + retry.backoff_ms(attempt_no, seed);
+                } else {
+                    job.state = JobState::Failed;
+                    job.finished_at_ms = Some(now_ms);
+                }
+                job.error = Some(error);
+            }
+        }
+        self.index_insert(result.job);
+        true
+    }
+
+    fn attempt_mut(&mut self, job: JobId, attempt: AttemptId) -> Option<&mut Attempt> {
+        self.jobs.get_mut(&job)?.attempts.iter_mut().find(|a| a.id == attempt)
+    }
+
+    fn cancel(&mut self, now_ms: u64, id: JobId) -> Response {
+        let Some(job) = self.jobs.get(&id) else {
+            return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no job {id}")));
+        };
+        let previous = job.state;
+        if previous.is_terminal() {
+            return Response::Cancelled { previous };
+        }
+        self.index_remove(id);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        if let Some(attempt) = job.attempts.last_mut().filter(|_| previous == JobState::Running) {
+            attempt.finished_at_ms = Some(now_ms);
+            attempt.error = Some(JobError { code: "cancelled".into(), message: "cancelled by request".into() });
+        }
+        job.state = JobState::Cancelled;
+        job.finished_at_ms = Some(now_ms);
+        job.error = Some(JobError { code: "cancelled".into(), message: "cancelled by request".into() });
+        Response::Cancelled { previous }
+    }
+
+    fn abandon(&mut self, now_ms: u64, node: NodeId, code: String) -> Response {
+        let ids: Vec<JobId> = self.running.get(&node).into_iter().flatten().copied().collect();
+        let results = ids
+            .iter()
+            .map(|&job| AttemptResult {
+                job,
+                attempt: self.jobs[&job].attempts.last().expect("running job has an attempt").id,
+                outcome: Outcome::Failed(JobError {
+                    code: code.clone(),
+                    message: format!("node {node} lost the attempt"),
+                }),
+                log_bytes: 0,
+            })
+            .collect();
+        self.finish(now_ms, results);
+        Response::Abandoned { attempts: ids.len() as u32 }
+    }
+
+    fn index_insert(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        match job.state {
+            JobState::Queued if job.not_before_ms > 0 => {
+                self.delayed.insert((job.not_before_ms, id));
+            }
+            JobState::Queued => {
+                self.queue.insert((Reverse(job.priority), id));
+            }
+            JobState::Running => {
+                let node = job.attempts.last().expect("running job has an attempt").node;
+                self.running.entry(node).or_default().insert(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn index_remove(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        match job.state {
+            JobState::Queued => {
+                self.queue.remove(&(Reverse(job.priority), id));
+                self.delayed.remove(&(job.not_before_ms, id));
+            }
+            JobState::Running => {
+                let node = job.attempts.last().expect("running job has an attempt").node;
+                if let Some(set) = self.running.get_mut(&node) {
+                    set.remove(&id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Panics if a derived index disagrees with the jobs. For tests.
+    pub fn assert_invariants(&self) {
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_indexes();
+        assert_eq!(rebuilt.queue, self.queue, "queue index");
+        assert_eq!(rebuilt.delayed, self.delayed, "delayed index");
+        let nonempty = |m: &BTreeMap<NodeId, BTreeSet<JobId>>| {
+            m.iter().filter(|(_, s)| !s.is_empty()).map(|(k, s)| (*k, s.clone())).collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(nonempty(&rebuilt.running), nonempty(&self.running), "running index");
+        assert_eq!(rebuilt.idempotency, self.idempotency, "idempotency index");
+    }
+}

@@ -1,0 +1,185 @@
+//! The raft log, vote and committed index in redb. Every append is a durable (fsync'd) redb
+//! commit, reported to openraft only once it is on disk.
+
+use crate::{RegistryError, TypeConfig};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+
+type NodeId = model::NodeId;
+
+pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_VOTE: &str = "vote";
+const META_COMMITTED: &str = "committed";
+const META_LAST_PURGED: &str = "last_purged";
+
+pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
+    let db = Database::create(path).map_err(|e| RegistryError::Storage(format!("{}: {e}", path.display())))?;
+    // Create the tables up front so that read transactions never meet a missing table.
+    let txn = db.begin_write().map_err(storage)?;
+    txn.open_table(LOGS).map_err(storage)?;
+    txn.open_table(META).map_err(storage)?;
+    txn.open_table(crate::state_machine::SNAPSHOT).map_err(storage)?;
+    txn.commit().map_err(storage)?;
+    Ok(Arc::new(db))
+}
+
+fn storage(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+fn read_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<Database>) -> LogStore {
+        LogStore { db }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(META).map_err(read_err)?;
+        let Some(value) = table.get(key).map_err(read_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value()).map(Some).map_err(read_err)
+    }
+
+    /// Writes one meta value durably, on a blocking thread (a commit waits for fsync).
+    async fn write_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError<NodeId>> {
+        let bytes = serde_json::to_vec(value).map_err(write_err)?;
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(META).map_err(write_err)?.insert(key, bytes.as_slice()).map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
+) -> Result<T, StorageError<NodeId>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageIOError::write_logs(&e).into()).and_then(|r| r)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOGS).map_err(read_err)?;
+        let mut entries = Vec::new();
+        for row in table.range(range).map_err(read_err)? {
+            let (_, value) = row.map_err(read_err)?;
+            entries.push(serde_json::from_slice(value.value()).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged: Option<LogId<NodeId>> = self.read_meta(META_LAST_PURGED)?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOGS).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            Some((_, value)) => {
+                let entry: Entry<TypeConfig> = serde_json::from_slice(value.value()).map_err(read_err)?;
+                Some(entry.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.write_meta(META_VOTE, vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.read_meta(META_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        self.write_meta(META_COMMITTED, &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            rows.push((entry.log_id.index, serde_json::to_vec(&entry).map_err(write_err)?));
+        }
+        let db = self.db.clone();
+        let result = blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                let mut table = txn.open_table(LOGS).map_err(write_err)?;
+                for (index, bytes) in &rows {
+                    table.insert(*index, bytes.as_slice()).map_err(write_err)?;
+                }
+            }
+            txn.commit().map_err(write_err)
+        })
+        .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(LOGS).map_err(write_err)?.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(META).map_err(write_err)?.insert(META_LAST_PURGED, bytes.as_slice()).map_err(write_err)?;
+            txn.open_table(LOGS).map_err(write_err)?.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,222 @@
+//! The state machine: [`model::State`] in memory, made durable by the log and by snapshots
+//! kept in redb.
+//!
+//! Snapshot file layout: one JSON line of [`SnapshotHeader`], then the state's JSON. Readers
+//! and the API see the state through [`Shared`], behind a short-held lock.
+
+use crate::{RegistryError, TypeConfig};
+use model::{NodeId, Response, State};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const SNAPSHOT_KEY: &str = "current";
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
+
+/// What the raft side and the readers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    inner: RwLock<Inner>,
+    applied_tx: watch::Sender<u64>,
+    committed: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: State,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+}
+
+impl Shared {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        f(&inner.state)
+    }
+
+    pub(crate) fn applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    pub(crate) fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct StateMachine {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+fn sm_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+impl StateMachine {
+    /// Opens the state machine, loading the latest snapshot if there is one.
+    pub(crate) fn open(db: Arc<Database>) -> Result<(StateMachine, Arc<Shared>), RegistryError> {
+        let mut inner = Inner::default();
+        if let Some(bytes) = read_snapshot_bytes(&db).map_err(|e| RegistryError::Storage(e.to_string()))? {
+            let (header, state) = decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
+            inner = Inner { state, last_applied: header.meta.last_log_id, membership: header.meta.last_membership };
+        }
+        let applied = inner.last_applied.map_or(0, |l| l.index);
+        let shared = Arc::new(Shared {
+            inner: RwLock::new(inner),
+            applied_tx: watch::Sender::new(applied),
+            committed: AtomicU64::new(applied),
+        });
+        Ok((StateMachine { db, shared: shared.clone() }, shared))
+    }
+
+    fn write_inner(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.shared.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn read_snapshot_bytes(db: &Database) -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
+    let txn = db.begin_read().map_err(snap_err)?;
+    let table = txn.open_table(SNAPSHOT).map_err(snap_err)?;
+    Ok(table.get(SNAPSHOT_KEY).map_err(snap_err)?.map(|v| v.value().to_vec()))
+}
+
+fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), serde_json::Error> {
+    let split = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
+    let header: SnapshotHeader = serde_json::from_slice(&bytes[..split])?;
+    let state = State::decode(bytes.get(split + 1..).unwrap_or_default())?;
+    Ok((header, state))
+}
+
+async fn store_snapshot(db: Arc<Database>, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+    let write = move || -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        txn.open_table(SNAPSHOT)?.insert(SNAPSHOT_KEY, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    };
+    tokio::task::spawn_blocking(write).await.map_err(sm_err)?.map_err(sm_err)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+        let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let last = {
+            let mut inner = self.write_inner();
+            for entry in entries {
+                inner.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Done,
+                    EntryPayload::Normal(command) => inner.state.apply(command),
+                    EntryPayload::Membership(membership) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Done
+                    }
+                };
+                responses.push(response);
+            }
+            inner.last_applied.map_or(0, |l| l.index)
+        };
+        self.shared.committed.fetch_max(last, Ordering::Relaxed);
+        self.shared.applied_tx.send_replace(last);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone(), shared: self.shared.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let (_, state) = decode(&bytes).map_err(snap_err)?;
+        store_snapshot(self.db.clone(), bytes).await?;
+        let last = meta.last_log_id.map_or(0, |l| l.index);
+        {
+            let mut inner = self.write_inner();
+            *inner = Inner { state, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        }
+        self.shared.committed.fetch_max(last, Ordering::Relaxed);
+        self.shared.applied_tx.send_replace(last);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let Some(bytes) = read_snapshot_bytes(&self.db)? else {
+            return Ok(None);
+        };
+        let split = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
+        let header: SnapshotHeader = serde_json::from_slice(&bytes[..split]).map_err(snap_err)?;
+        Ok(Some(Snapshot { meta: header.meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SnapshotBuilder {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // Serialize under the read lock: applies wait for it, readers do not.
+        let (meta, bytes) = {
+            let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
+            let snapshot_id = format!(
+                "{}-{}",
+                inner.last_applied.map_or(0, |l| l.leader_id.term),
+                inner.last_applied.map_or(0, |l| l.index)
+            );
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+                snapshot_id,
+            };
+            let mut bytes = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&inner.state.encode());
+            (meta, bytes)
+        };
+        store_snapshot(self.db.clone(), bytes.clone()).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+
