@@ -1,0 +1,146 @@
+//! The shared analysis signal: decoded audio downmixed and resampled once.
+//!
+//! Every feature except loudness and the fingerprint runs on this signal, so
+//! the (comparatively expensive) resampling happens exactly once per song.
+
+use rubato::{FftFixedIn, Resampler};
+
+use crate::DspError;
+
+/// Channel count above which input is refused (more than any real layout).
+pub const CHANNELS_MAX: usize = 64;
+/// Frames per resampler call: large enough to amortise the FFT set-up.
+const RESAMPLE_CHUNK_LEN: usize = 8192;
+
+/// A mono signal at a known sample rate.
+#[derive(Debug, Clone)]
+pub struct Mono {
+    pub samples: Vec<f32>,
+    pub rate_hz: u32,
+}
+
+impl Mono {
+    pub fn duration_s(&self) -> f64 {
+        if self.rate_hz == 0 {
+            return 0.0;
+        }
+        self.samples.len() as f64 / f64::from(self.rate_hz)
+    }
+}
+
+fn check_shape(channels: usize, rate_hz: u32) -> Result<(), DspError> {
+    if channels == 0 || channels > CHANNELS_MAX {
+        return Err(DspError::InvalidParameter(format!(
+            "channel count {channels} outside 1..={CHANNELS_MAX}"
+        )));
+    }
+    if rate_hz == 0 {
+        return Err(DspError::InvalidParameter("sample rate 0".into()));
+    }
+    Ok(())
+}
+
+/// Averages the channels of interleaved samples.
+pub fn downmix(interleaved: &[f32], channels: usize) -> Result<Vec<f32>, DspError> {
+    check_shape(channels, 1)?;
+    if channels == 1 {
+        return Ok(interleaved.to_vec());
+    }
+    let scale = 1.0 / channels as f32;
+    Ok(interleaved
+        .chunks_exact(channels)
+        .map(|frame| frame.iter().sum::<f32>() * scale)
+        .collect())
+}
+
+/// Downmixes interleaved samples and resamples them to `target_rate_hz`.
+pub fn analysis_signal(
+    interleaved: &[f32],
+    channels: usize,
+    rate_hz: u32,
+    target_rate_hz: u32,
+) -> Result<Mono, DspError> {
+    check_shape(channels, rate_hz)?;
+    check_shape(1, target_rate_hz)?;
+    let mixed = downmix(interleaved, channels)?;
+    Ok(Mono {
+        samples: resample(&mixed, rate_hz, target_rate_hz)?,
+        rate_hz: target_rate_hz,
+    })
+}
+
+/// Band-limited resampling of a mono signal; the output is aligned with the
+/// input (the resampler's delay is removed) and has the exact expected length.
+pub fn resample(samples: &[f32], rate_hz: u32, target_rate_hz: u32) -> Result<Vec<f32>, DspError> {
+    check_shape(1, rate_hz)?;
+    check_shape(1, target_rate_hz)?;
+    if rate_hz == target_rate_hz || samples.is_empty() {
+        return Ok(samples.to_vec());
+    }
+    let mut resampler = FftFixedIn::<f32>::new(
+        rate_hz as usize,
+        target_rate_hz as usize,
+        RESAMPLE_CHUNK_LEN,
+        2,
+        1,
+    )
+    .map_err(|err| DspError::InvalidParameter(format!("resampler: {err}")))?;
+    let expected_len =
+        (samples.len() as u64 * u64::from(target_rate_hz) / u64::from(rate_hz)) as usize;
+    let delay_len = resampler.output_delay();
+    let mut out = Vec::with_capacity(expected_len + delay_len + RESAMPLE_CHUNK_LEN);
+    let mut pos = 0;
+    let mut buffer = vec![vec![0.0f32; resampler.output_frames_max()]];
+    while pos + resampler.input_frames_next() <= samples.len() {
+        let take = resampler.input_frames_next();
+        let (_, written) = resampler
+            .process_into_buffer(&[&samples[pos..pos + take]], &mut buffer, None)
+            .map_err(|err| DspError::InvalidParameter(format!("resampler: {err}")))?;
+        out.extend_from_slice(&buffer[0][..written]);
+        pos += take;
+    }
+    // Flush the tail and the resampler's delay with zero padding.
+    let mut padded = Vec::new();
+    while out.len() < expected_len + delay_len {
+        padded.clear();
+        padded.extend_from_slice(&samples[pos.min(samples.len())..]);
+        pos = samples.len();
+        padded.resize(resampler.input_frames_next(), 0.0);
+        let (_, written) = resampler
+            .process_into_buffer(&[&padded], &mut buffer, None)
+            .map_err(|err| DspError::InvalidParameter(format!("resampler: {err}")))?;
+        if written == 0 {
+            break;
+        }
+        out.extend_from_slice(&buffer[0][..written]);
+    }
+    let end = (delay_len + expected_len).min(out.len());
+    let mut aligned = out[delay_len.min(end)..end].to_vec();
+    aligned.resize(expected_len, 0.0);
+    Ok(aligned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resample_halves_length_and_keeps_a_tone() {
+        let rate_hz = 44_100;
+        let samples: Vec<f32> = (0..rate_hz * 2)
+            .map(|n| (2.0 * std::f32::consts::PI * 440.0 * n as f32 / rate_hz as f32).sin())
+            .collect();
+        let out = resample(&samples, rate_hz, 22_050).unwrap();
+        assert_eq!(out.len(), samples.len() / 2);
+        // The resampler's delay is compensated: output sample n matches input 2n.
+        let max_err = (1000..out.len() - 1000)
+            .map(|n| (out[n] - samples[2 * n]).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_err < 0.01, "max error {max_err}");
+    }
+
+    #[test]
+    fn zero_channels_is_refused() {
+        assert!(analysis_signal(&[0.0; 4], 0, 44_100, 22_050).is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! Frame-level features from the shared STFT: spectral shape, ZCR, RMS, MFCC, chroma.
+//!
+//! Each follows librosa's default definition (magnitude spectrum for centroid,
+//! bandwidth and roll-off; power for flatness, mel and chroma; 2048-sample
+//! centred frames for ZCR and RMS) and is summarised by its mean over frames.
+
+use crate::filterbank::{self, FilterBank};
+use crate::stft::Spectrogram;
+
+/// Mel bands (librosa `n_mels`).
+pub const MELS_LEN: usize = 128;
+/// MFCC coefficients reported.
+pub const MFCC_LEN: usize = 13;
+/// Fraction of spectral energy below the roll-off frequency (librosa `roll_percent`).
+const ROLLOFF_FRACTION: f32 = 0.85;
+/// Floor of power values in dB conversions and flatness (librosa `amin`).
+const POWER_MIN: f32 = 1e-10;
+/// Dynamic range kept by `power_to_db` (librosa `top_db`).
+const DB_RANGE: f32 = 80.0;
+
+/// Means over frames of the spectral shape features.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Spectral {
+    pub centroid_hz: f64,
+    pub rolloff_hz: f64,
+    pub bandwidth_hz: f64,
+    pub flatness: f64,
+    pub zcr: f64,
+    pub rms: f64,
+}
+
+/// Per-frame series that later stages (onsets, tempo, key, chorus) reuse.
+#[derive(Debug, Clone)]
+pub struct Tracks {
+    /// Log-mel power spectrogram, `mel_db[frame][band]`.
+    pub mel_db: Vec<Vec<f32>>,
+    /// Chroma per frame, each normalised to a maximum of 1 (0 for silence), C first.
+    pub chroma: Vec<[f32; 12]>,
+    /// RMS per frame.
+    pub rms: Vec<f32>,
+}
+
+/// Computes the spectral summary and the per-frame tracks in one pass.
+pub fn describe(spectrogram: &Spectrogram, samples: &[f32]) -> (Spectral, Tracks) {
+    let mel_bank = filterbank::mel(spectrogram.rate_hz, spectrogram.fft_len, MELS_LEN);
+    let chroma_bank = filterbank::chroma(spectrogram.rate_hz, spectrogram.fft_len);
+    let frames_len = spectrogram.frames_len;
+    let freqs: Vec<f32> = (0..spectrogram.bins_len)
+        .map(|b| spectrogram.bin_hz(b))
+        .collect();
+    let mut sums = Spectral::default();
+    let mut mel_power = Vec::with_capacity(frames_len);
+    let mut chroma = Vec::with_capacity(frames_len);
+    let mut power = vec![0.0f32; spectrogram.bins_len];
+    for frame in 0..frames_len {
+        let magnitudes = spectrogram.frame(frame);
+        for (p, m) in power.iter_mut().zip(magnitudes) {
+            *p = m * m;
+        }
+        let shape = shape_of(magnitudes, &power, &freqs);
+        sums.centroid_hz += shape.centroid_hz;
+        sums.rolloff_hz += shape.rolloff_hz;
+        sums.bandwidth_hz += shape.bandwidth_hz;
+        sums.flatness += shape.flatness;
+        let mut mel = vec![0.0f32; MELS_LEN];
+        mel_bank.apply(&power, &mut mel);
+        mel_power.push(mel);
+        chroma.push(chroma_of(&chroma_bank, &power));
+    }
+    let rms = frame_rms(
+        samples,
+        spectrogram.fft_len,
+        spectrogram.hop_len,
+        frames_len,
+    );
+    let zcr = frame_zcr(
+        samples,
+        spectrogram.fft_len,
+        spectrogram.hop_len,
+        frames_len,
+    );
+    let count = frames_len.max(1) as f64;
+    let summary = Spectral {
+        centroid_hz: sums.centroid_hz / count,
+        rolloff_hz: sums.rolloff_hz / count,
+        bandwidth_hz: sums.bandwidth_hz / count,
+        flatness: sums.flatness / count,
+        zcr: zcr.iter().map(|&v| f64::from(v)).sum::<f64>() / count,
+        rms: rms.iter().map(|&v| f64::from(v)).sum::<f64>() / count,
+    };
+    let tracks = Tracks {
+        mel_db: power_to_db(mel_power),
+        chroma,
+        rms,
+    };
+    (summary, tracks)
+}
+
+fn shape_of(magnitudes: &[f32], power: &[f32], freqs: &[f32]) -> Spectral {
+    let total: f32 = magnitudes.iter().sum();
+    let mut shape = Spectral::default();
+    if total > 0.0 {
+        let centroid: f32 = magnitudes
+            .iter()
+            .zip(freqs)
+            .map(|(m, f)| m * f)
+            .sum::<f32>()
+            / total;
+        let spread: f32 = magnitudes
+            .iter()
+            .zip(freqs)
+            .map(|(m, f)| m * (f - centroid) * (f - centroid))
+            .sum::<f32>()
+            / total;
+        let mut cumulative = 0.0;
+        let threshold = ROLLOFF_FRACTION * total;
+        let rolloff_bin = magnitudes
+            .iter()
+            .position(|m| {
+                cumulative += m;
+                cumulative >= threshold
+            })
+            .unwrap_or(magnitudes.len() - 1);
+        shape.centroid_hz = f64::from(centroid);
+        shape.bandwidth_hz = f64::from(spread.sqrt());
+        shape.rolloff_hz = f64::from(freqs[rolloff_bin]);
+    }
+    let clamped = power.iter().map(|&p| f64::from(p.max(POWER_MIN)));
+    let (log_sum, sum) = clamped.fold((0.0, 0.0), |(l, s), p| (l + p.ln(), s + p));
+    let n = power.len().max(1) as f64;
+    shape.flatness = (log_sum / n).exp() / (sum / n);
+    shape
+}
+
+fn chroma_of(bank: &FilterBank, power: &[f32]) -> [f32; 12] {
+    let mut out = [0.0f32; 12];
+    bank.apply(power, &mut out);
+    let max = out.iter().copied().fold(0.0f32, f32::max);
+    if max > POWER_MIN {
+        out.iter_mut().for_each(|v| *v /= max);
+    } else {
+        out = [0.0; 12];
+    }
+    out
+}
+
+/// librosa `power_to_db(S, ref=1.0, amin=1e-10, top_db=80)`.
+fn power_to_db(mut mel_power: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    let mut max_db = f32::NEG_INFINITY;
+    for frame in mel_power.iter_mut() {
+        for v in frame.iter_mut() {
+            *v = 10.0 * v.max(POWER_MIN).log10();
+            max_db = max_db.max(*v);
+        }
+    }
+    let floor_db = max_db - DB_RANGE;
+    for frame in mel_power.iter_mut() {
+        frame.iter_mut().for_each(|v| *v = v.max(floor_db));
+    }
+    mel_power
+}
+
+/// Centred frames over a zero-padded signal: `(start, end)` in signal indices.
+fn frame_span(
+    frame: usize,
+    frame_len: usize,
+    hop_len: usize,
+    samples_len: usize,
+) -> (usize, usize) {
+    let centre = frame * hop_len;
+    let start = centre.saturating_sub(frame_len / 2).min(samples_len);
+    let end = (centre + frame_len / 2).min(samples_len);
+    (start, end)
+}
+
+/// librosa `feature.rms` (frame 2048, centred, zero padding).
+fn frame_rms(samples: &[f32], frame_len: usize, hop_len: usize, frames_len: usize) -> Vec<f32> {
+    let mut prefix = Vec::with_capacity(samples.len() + 1);
+    prefix.push(0.0f64);
+    let mut acc = 0.0f64;
+    for &s in samples {
+        acc += f64::from(s) * f64::from(s);
+        prefix.push(acc);
+    }
+    (0..frames_len)
+        .map(|frame| {
+            let (start, end) = frame_span(frame, frame_len, hop_len, samples.len());
+            ((prefix[end] - prefix[start]) / frame_len as f64).sqrt() as f32
+        })
+        .collect()
+}
+
+/// librosa `feature.zero_crossing_rate` (frame 2048, centred).
+fn frame_zcr(samples: &[f32], frame_len: usize, hop_len: usize, frames_len: usize) -> Vec<f32> {
+    let mut prefix = Vec::with_capacity(samples.len() + 1);
+    prefix.push(0u32);
+    let mut count = 0u32;
+    for (i, &s) in samples.iter().enumerate() {
+        if i > 0 && (s.is_sign_negative() != samples[i - 1].is_sign_negative()) {
+            count += 1;
+        }
+        prefix.push(count);
+    }
+    (0..frames_len)
+        .map(|frame| {
+            let (start, end) = frame_span(frame, frame_len, hop_len, samples.len());
+            (prefix[end] - prefix[start]) as f32 / frame_len as f32
+        })
+        .collect()
+}
+
+/// 13 MFCCs per frame (DCT-II, orthonormal, of the log-mel spectrogram):
+/// returns the mean and standard deviation of each coefficient.
+pub fn mfcc_stats(mel_db: &[Vec<f32>]) -> ([f64; MFCC_LEN], [f64; MFCC_LEN]) {
+    let n = MELS_LEN as f64;
+    let basis: Vec<Vec<f32>> = (0..MFCC_LEN)
+        .map(|k| {
+            let scale = if k == 0 {
+                (1.0 / n).sqrt()
+            } else {
+                (2.0 / n).sqrt()
+            };
+            (0..MELS_LEN)
+                .map(|m| {
+                    let angle =
+                        std::f64::consts::PI * k as f64 * (2.0 * m as f64 + 1.0) / (2.0 * n);
+                    (scale * angle.cos()) as f32
+                })
+                .collect()
+        })
+        .collect();
+    let mut sum = [0.0f64; MFCC_LEN];
+    let mut sum_sq = [0.0f64; MFCC_LEN];
+    for frame in mel_db {
+        for (k, row) in basis.iter().enumerate() {
+            let c = f64::from(row.iter().zip(frame).map(|(b, v)| b * v).sum::<f32>());
+            sum[k] += c;
+            sum_sq[k] += c * c;
+        }
+    }
+    let count = mel_db.len().max(1) as f64;
+    let mean: [f64; MFCC_LEN] = std::array::from_fn(|k| sum[k] / count);
+    let std: [f64; MFCC_LEN] =
+        std::array::from_fn(|k| (sum_sq[k] / count - mean[k] * mean[k]).max(0.0).sqrt());
+    (mean, std)
+}

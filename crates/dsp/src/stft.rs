@@ -1,0 +1,94 @@
+//! The one short-time Fourier transform that every spectral analysis shares.
+//!
+//! Matches librosa's `stft` defaults (periodic Hann window, `center=True` with
+//! zero padding) so that features built on it compare one to one.
+
+use realfft::RealFftPlanner;
+
+use crate::mono::Mono;
+
+/// Magnitude spectrogram, frame-major: `magnitudes[frame * bins_len + bin]`.
+#[derive(Debug, Clone)]
+pub struct Spectrogram {
+    pub magnitudes: Vec<f32>,
+    pub frames_len: usize,
+    pub bins_len: usize,
+    pub fft_len: usize,
+    pub hop_len: usize,
+    pub rate_hz: u32,
+}
+
+impl Spectrogram {
+    /// Magnitudes of one frame.
+    pub fn frame(&self, index: usize) -> &[f32] {
+        &self.magnitudes[index * self.bins_len..(index + 1) * self.bins_len]
+    }
+
+    /// Centre frequency of a bin.
+    pub fn bin_hz(&self, bin: usize) -> f32 {
+        bin as f32 * self.rate_hz as f32 / self.fft_len as f32
+    }
+
+    /// Time of a frame's centre.
+    pub fn frame_s(&self, frame: usize) -> f64 {
+        (frame * self.hop_len) as f64 / f64::from(self.rate_hz)
+    }
+}
+
+/// Periodic Hann window, as `scipy.signal.get_window("hann", n)`.
+pub fn hann(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * n as f64 / len as f64;
+            (0.5 - 0.5 * phase.cos()) as f32
+        })
+        .collect()
+}
+
+/// Number of centred frames librosa produces for a signal.
+pub fn frames_len(samples_len: usize, hop_len: usize) -> usize {
+    1 + samples_len / hop_len
+}
+
+/// Computes the magnitude STFT of a mono signal.
+pub fn stft(signal: &Mono, fft_len: usize, hop_len: usize) -> Spectrogram {
+    assert!(
+        fft_len >= 2 && fft_len % 2 == 0 && hop_len > 0,
+        "stft shape"
+    );
+    let bins_len = fft_len / 2 + 1;
+    let frames_len = frames_len(signal.samples.len(), hop_len);
+    let window = hann(fft_len);
+    let mut planner = RealFftPlanner::<f32>::new();
+    let fft = planner.plan_fft_forward(fft_len);
+    let mut input = fft.make_input_vec();
+    let mut output = fft.make_output_vec();
+    let mut scratch = fft.make_scratch_vec();
+    let mut magnitudes = Vec::with_capacity(frames_len * bins_len);
+    let half = (fft_len / 2) as isize;
+    let samples = &signal.samples;
+    for frame in 0..frames_len {
+        let start = (frame * hop_len) as isize - half;
+        for (n, slot) in input.iter_mut().enumerate() {
+            let index = start + n as isize;
+            let sample = if index >= 0 && (index as usize) < samples.len() {
+                samples[index as usize]
+            } else {
+                0.0
+            };
+            *slot = sample * window[n];
+        }
+        // The lengths come from the same plan, so processing cannot fail.
+        fft.process_with_scratch(&mut input, &mut output, &mut scratch)
+            .expect("buffers sized by the plan");
+        magnitudes.extend(output.iter().map(|c| c.norm()));
+    }
+    Spectrogram {
+        magnitudes,
+        frames_len,
+        bins_len,
+        fft_len,
+        hop_len,
+        rate_hz: signal.rate_hz,
+    }
+}
