@@ -1,0 +1,140 @@
+//! Request authentication: every `/v1` request (but the OpenAPI document) carries an HMAC
+//! signature (see [`model::signature`]) and the key's scopes must allow the route.
+//!
+//! The middleware checks, in order: the headers are present and well-formed; the timestamp is
+//! within [`CLOCK_SKEW_MAX_S`] of ours; the key exists and is not revoked; the signature
+//! matches; the nonce has not been seen in the window (replay); the scope allows the route.
+//! Then it buffers the body (up to the route's limit) and checks its hash against the signed
+//! one. Object uploads are streamed instead: their handler checks the hash at the end.
+
+use crate::error::{fail, Failure};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use model::signature::{self, Canonical, CLOCK_SKEW_MAX_S, NONCE_LEN_MAX};
+use model::{ErrorCode, KeyId, Scope};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Nonces remembered at most; past it, requests are refused until old ones expire.
+const NONCES_MAX: usize = 2_000_000;
+/// Largest buffered (non-upload) request body.
+pub(crate) const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The body hash the client signed, for handlers that stream the body.
+#[derive(Clone, Debug)]
+pub(crate) struct SignedBodyHash(pub(crate) String);
+
+/// Nonces seen within the skew window, with the time each expires.
+#[derive(Debug, Default)]
+pub(crate) struct Nonces {
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl Nonces {
+    /// Records a nonce; false if it was seen before (a replay) or the table is full.
+    fn insert(&self, nonce: &str, now_s: u64) -> Result<(), &'static str> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= NONCES_MAX {
+            seen.retain(|_, expires| *expires > now_s);
+            if seen.len() >= NONCES_MAX {
+                return Err("too many requests in the replay window; slow down");
+            }
+        }
+        if seen.insert(nonce.to_string(), now_s + 2 * CLOCK_SKEW_MAX_S).is_some_and(|exp| exp > now_s) {
+            return Err("nonce was already used (replay)");
+        }
+        Ok(())
+    }
+}
+
+/// The scope a route needs: the one table to audit.
+pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
+    let admin = path.starts_with("/v1/keys")
+        || path.starts_with("/v1/raft/")
+        || (path.starts_with("/v1/functions") && method != Method::GET);
+    if admin {
+        Scope::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Scope::Read
+    } else {
+        Scope::Submit
+    }
+}
+
+fn is_streamed_upload(method: &Method, path: &str) -> bool {
+    method == Method::PUT && path.starts_with("/v1/objects/")
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Failure> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| fail(ErrorCode::Unauthorized, format!("missing or unreadable header {name}")))
+}
+
+pub(crate) async fn require_signature(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    match verify(&app, request).await {
+        Ok(request) => next.run(request).await,
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
+    let (parts, body) = request.into_parts();
+    let h = &parts.headers;
+    let key_id = header(h, signature::HEADER_KEY)?;
+    let timestamp_s: u64 = header(h, signature::HEADER_TIMESTAMP)?
+        .parse()
+        .map_err(|_| fail(ErrorCode::Unauthorized, "timestamp must be whole seconds since the epoch"))?;
+    let nonce = header(h, signature::HEADER_NONCE)?;
+    let body_hash = header(h, signature::HEADER_CONTENT_SHA256)?;
+    let sig = header(h, signature::HEADER_SIGNATURE)?;
+    if nonce.len() < 16 || nonce.len() > NONCE_LEN_MAX {
+        return Err(fail(ErrorCode::Unauthorized, format!("nonce must be 16 to {NONCE_LEN_MAX} characters")));
+    }
+    let now_s = node::now_ms() / 1000;
+    if now_s.abs_diff(timestamp_s) > CLOCK_SKEW_MAX_S {
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            format!("request time is {}s off the server's clock; at most {CLOCK_SKEW_MAX_S}s allowed", now_s.abs_diff(timestamp_s)),
+        ));
+    }
+    let key = app
+        .node
+        .read(|s| s.key(&KeyId(key_id.to_string())).cloned())
+        .filter(|k| !k.revoked)
+        .ok_or_else(|| fail(ErrorCode::Unauthorized, format!("unknown or revoked key {key_id:?}")))?;
+    let canonical = Canonical {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        timestamp_s,
+        nonce,
+        body_sha256_hex: body_hash,
+    };
+    if !canonical.verify(&key.secret, sig) {
+        return Err(fail(ErrorCode::Unauthorized, "bad signature"));
+    }
+    app.nonces.insert(nonce, now_s).map_err(|why| fail(ErrorCode::Unauthorized, why))?;
+    let scope = required_scope(&parts.method, parts.uri.path());
+    if !key.allows(scope) {
+        return Err(fail(ErrorCode::Forbidden, format!("key {key_id} lacks the {scope:?} scope for this call")));
+    }
+    let body_hash = body_hash.to_string();
+    if is_streamed_upload(&parts.method, parts.uri.path()) {
+        let mut request = Request::from_parts(parts, body);
+        request.extensions_mut().insert(SignedBodyHash(body_hash));
+        return Ok(request);
+    }
+    let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
+        .await
+        .map_err(|_| fail(ErrorCode::TooLarge, format!("request body over {BODY_BYTES_MAX} bytes")))?;
+    if signature::body_sha256_hex(&bytes) != body_hash {
+        return Err(fail(ErrorCode::Unauthorized, "body does not match its signed hash"));
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}

@@ -1,0 +1,58 @@
+//! The HTTP API (axum): routes under `/v1`, request signing, `{code, message}` errors, health,
+//! metrics and the OpenAPI document. This is the only crate that knows HTTP on the server
+//! side; it talks to the node and nothing else.
+
+mod auth;
+mod error;
+mod routes;
+
+use auth::Nonces;
+use axum::routing::{get, post, put};
+use axum::Router;
+use node::Node;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+
+/// The OpenAPI 3.1 document, written by hand and checked against the routes by a test.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+#[derive(Clone, Debug)]
+pub(crate) struct AppState {
+    node: Node,
+    nonces: Arc<Nonces>,
+}
+
+/// The whole router: public health routes plus the signed `/v1` API.
+pub fn router(node: Node) -> Router {
+    let app = AppState { node, nonces: Arc::new(Nonces::default()) };
+    let signed = Router::new()
+        .route("/v1/functions", post(routes::deploy_function).get(routes::list_functions))
+        .route("/v1/functions/{name}", get(routes::get_function))
+        .route("/v1/jobs", post(routes::submit_job).get(routes::list_jobs))
+        .route("/v1/jobs/batch", post(routes::submit_batch))
+        .route("/v1/jobs/{id}", get(routes::get_job))
+        .route("/v1/jobs/{id}/cancel", post(routes::cancel_job))
+        .route("/v1/jobs/{id}/wait", get(routes::wait_job))
+        .route("/v1/jobs/{id}/logs", get(routes::job_logs))
+        .route("/v1/objects/{*key}", put(routes::put_object).get(routes::get_object))
+        .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
+        .route("/v1/raft/{kind}", post(routes::raft_rpc))
+        .route("/v1/cluster", get(routes::cluster))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_signature));
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/openapi.json", get(routes::openapi))
+        .merge(signed)
+        .fallback(routes::not_found)
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until `shutdown` fires.
+pub async fn serve(node: Node, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}

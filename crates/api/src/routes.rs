@@ -1,0 +1,320 @@
+//! Route handlers: parse, call the node, shape the answer. No logic of their own beyond that.
+
+use crate::auth::SignedBodyHash;
+use crate::error::{fail, parse_json, Failure};
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use model::{ErrorCode, FunctionSpec, Job, JobId, JobSpec, JobState, KeyId, Scope, SubmitResult};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Largest uploaded object.
+pub(crate) const OBJECT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+/// Jobs per batch submit.
+const BATCH_JOBS_MAX: usize = 10_000;
+/// Jobs per list page.
+const LIST_LIMIT_MAX: usize = 1_000;
+/// Jobs looked at per list call when filtering, so a rare filter cannot scan everything.
+const LIST_SCAN_MAX: usize = 100_000;
+
+type Answer<T> = Result<T, Failure>;
+
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
+    let raft = app.node.raft_figures();
+    let body = json!({ "ready": app.node.ready(), "leader": raft.leader, "term": raft.term });
+    let status = if app.node.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.node.metrics_text();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI_JSON).into_response()
+}
+
+pub(crate) async fn not_found() -> Failure {
+    fail(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+fn job_id(raw: &str) -> Answer<JobId> {
+    raw.parse().map(JobId).map_err(|_| fail(ErrorCode::InvalidInput, format!("{raw:?} is not a job id")))
+}
+
+// --- functions ---
+
+pub(crate) async fn deploy_function(State(app): State<AppState>, body: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    let spec: FunctionSpec = parse_json(&body)?;
+    let name = spec.name.clone();
+    let version = app.node.deploy(spec).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": name, "version": version }))))
+}
+
+pub(crate) async fn list_functions(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let functions: Vec<FunctionSpec> = app.node.read(|s| s.functions().cloned().collect());
+    Json(json!({ "functions": functions }))
+}
+
+pub(crate) async fn get_function(State(app): State<AppState>, Path(name): Path<String>) -> Answer<Json<FunctionSpec>> {
+    app.node
+        .read(|s| s.function(&name).cloned())
+        .map(Json)
+        .ok_or_else(|| fail(ErrorCode::NotFound, format!("no function {name:?}")))
+}
+
+// --- jobs ---
+
+#[derive(Serialize)]
+struct Submitted {
+    id: JobId,
+    /// True when the idempotency key matched an earlier job.
+    existing: bool,
+}
+
+pub(crate) async fn submit_job(State(app): State<AppState>, body: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    let spec: JobSpec = parse_json(&body)?;
+    let mut results = app.node.submit(vec![spec]).await?;
+    match results.pop() {
+        Some(SubmitResult::Created(id)) => Ok((StatusCode::CREATED, Json(json!(app.node.job(id)?)))),
+        Some(SubmitResult::Existing(id)) => Ok((StatusCode::OK, Json(json!(app.node.job(id)?)))),
+        Some(SubmitResult::Rejected(e)) => Err(Failure(e)),
+        None => Err(fail(ErrorCode::Internal, "submit answered nothing")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    jobs: Vec<JobSpec>,
+}
+
+pub(crate) async fn submit_batch(State(app): State<AppState>, body: Bytes) -> Answer<Json<serde_json::Value>> {
+    let batch: Batch = parse_json(&body)?;
+    if batch.jobs.len() > BATCH_JOBS_MAX {
+        return Err(fail(ErrorCode::TooLarge, format!("at most {BATCH_JOBS_MAX} jobs per batch")));
+    }
+    let results = app.node.submit(batch.jobs).await?;
+    let results: Vec<serde_json::Value> = results
+        .into_iter()
+        .map(|r| match r {
+            SubmitResult::Created(id) => json!(Submitted { id, existing: false }),
+            SubmitResult::Existing(id) => json!(Submitted { id, existing: true }),
+            SubmitResult::Rejected(e) => json!({ "error": e }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+pub(crate) async fn get_job(State(app): State<AppState>, Path(id): Path<String>) -> Answer<Json<Job>> {
+    Ok(Json(app.node.job(job_id(&id)?)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    function: Option<String>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_jobs(
+    State(app): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Json<serde_json::Value>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let state = match &q.state {
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| fail(ErrorCode::InvalidInput, format!("no job state {s:?}")))?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, LIST_LIMIT_MAX);
+    let (jobs, next_before) = app.node.read(|s| {
+        let mut jobs = Vec::new();
+        let mut last_seen = None;
+        for job in s.jobs_before(q.before.map(JobId)).take(LIST_SCAN_MAX) {
+            last_seen = Some(job.id);
+            let keep = state.is_none_or(|st| job.state == st) && q.function.as_ref().is_none_or(|f| &job.function == f);
+            if keep {
+                jobs.push(job.clone());
+                if jobs.len() == limit {
+                    break;
+                }
+            }
+        }
+        // A next page exists if anything older than the last job looked at remains.
+        let next = last_seen.filter(|id| s.jobs_before(Some(*id)).next().is_some());
+        (jobs, next)
+    });
+    Ok(Json(json!({ "jobs": jobs, "next_before": next_before })))
+}
+
+pub(crate) async fn cancel_job(State(app): State<AppState>, Path(id): Path<String>) -> Answer<Json<Job>> {
+    Ok(Json(app.node.cancel(job_id(&id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+pub(crate) async fn wait_job(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Json<Job>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    Ok(Json(app.node.wait(job_id(&id)?, timeout).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    attempt: Option<u64>,
+}
+
+pub(crate) async fn job_logs(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Response> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let id = job_id(&id)?;
+    let job = app.node.job(id)?;
+    let attempt = match q.attempt {
+        Some(a) => model::AttemptId(a),
+        None => job.attempts.last().map(|a| a.id).ok_or_else(|| fail(ErrorCode::NotFound, "the job has no attempt yet"))?,
+    };
+    let log = app.node.attempt_log(id, attempt).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
+}
+
+// --- objects ---
+
+pub(crate) async fn put_object(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    Extension(SignedBodyHash(signed_hash)): Extension<SignedBodyHash>,
+    body: Body,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+    // Stream to a temporary file while hashing, so a bad hash or an oversized body never
+    // becomes an object.
+    let tmp_dir = app.node.config().data_dir.join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| io_failure(&e))?;
+    let tmp = tempfile_in(&tmp_dir)?;
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_failure(&e))?;
+    let mut hasher = model::signature::BodyHasher::default();
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    let result = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| fail(ErrorCode::InvalidInput, format!("upload broke off: {e}")))?;
+            size += chunk.len() as u64;
+            if size > OBJECT_BYTES_MAX {
+                return Err(fail(ErrorCode::TooLarge, format!("objects are at most {OBJECT_BYTES_MAX} bytes")));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| io_failure(&e))?;
+        }
+        file.flush().await.map_err(|e| io_failure(&e))?;
+        if hasher.finish_hex() != signed_hash {
+            return Err(fail(ErrorCode::Unauthorized, "body does not match its signed hash"));
+        }
+        app.node.store().put_file(&key, &tmp, OBJECT_BYTES_MAX).await.map_err(|e| Failure(node::storage_error(e)))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let size = result?;
+    Ok((StatusCode::CREATED, Json(json!({ "key": key, "size": size }))))
+}
+
+fn io_failure(e: &std::io::Error) -> Failure {
+    if e.raw_os_error() == Some(28) {
+        fail(ErrorCode::StorageFull, e.to_string())
+    } else {
+        fail(ErrorCode::Internal, e.to_string())
+    }
+}
+
+fn tempfile_in(dir: &std::path::Path) -> Answer<std::path::PathBuf> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    Ok(dir.join(format!("upload-{}", hex::encode(bytes))))
+}
+
+pub(crate) async fn get_object(State(app): State<AppState>, Path(key): Path<String>) -> Answer<Response> {
+    let (len, stream) = app.node.store().get_stream(&key).await.map_err(|e| Failure(node::storage_error(e)))?;
+    let body = Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())], body)
+        .into_response())
+}
+
+// --- keys ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    scopes: Vec<Scope>,
+}
+
+pub(crate) async fn create_key(State(app): State<AppState>, body: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    let new: NewKey = parse_json(&body)?;
+    if new.scopes.is_empty() {
+        return Err(fail(ErrorCode::InvalidInput, "a key needs at least one scope: admin, submit or read"));
+    }
+    let (id, secret) = app.node.create_key(new.scopes.clone()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "secret": secret, "scopes": new.scopes }))))
+}
+
+pub(crate) async fn list_keys(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let keys: Vec<serde_json::Value> = app.node.read(|s| {
+        s.keys()
+            .map(|k| json!({ "id": k.id, "scopes": k.scopes, "created_at_ms": k.created_at_ms, "revoked": k.revoked }))
+            .collect()
+    });
+    Json(json!({ "keys": keys }))
+}
+
+pub(crate) async fn revoke_key(State(app): State<AppState>, Path(id): Path<String>) -> Answer<StatusCode> {
+    app.node.revoke_key(KeyId(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- cluster ---
+
+pub(crate) async fn cluster(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let raft = app.node.raft_figures();
+    let nodes: Vec<serde_json::Value> = app.node.read(|s| {
+        s.nodes()
+            .map(|n| json!({ "id": n.id, "addr": n.addr, "slots": n.slots, "running": s.running_count(n.id) }))
+            .collect()
+    });
+    Json(json!({
+        "nodes": nodes,
+        "leader": raft.leader,
+        "term": raft.term,
+        "commit_index": raft.commit_index,
+        "applied_index": raft.applied_index,
+    }))
+}
+
+pub(crate) async fn raft_rpc(State(app): State<AppState>, Path(kind): Path<String>, body: Bytes) -> Answer<Response> {
+    let answer = app.node.raft_rpc(&kind, &body).await.map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
+}

@@ -1,0 +1,300 @@
+//! A typed client for the chorus API, used by the CLI, the tests and the benchmarks. It signs
+//! every request (see [`model::signature`]) and turns `{code, message}` answers into
+//! [`ClientError::Api`].
+
+use bytes::Bytes;
+use model::signature::{self, Canonical};
+use model::{ApiError, ErrorCode, FunctionSpec, Job, JobId, JobSpec, Scope};
+use rand::RngCore;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status}: {error}")]
+    Api { status: u16, error: ApiError },
+    #[error("cannot reach the server: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The API's error code, if the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+/// Credentials: a key id and its hex secret.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub key_id: String,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    credentials: Credentials,
+    http: reqwest::Client,
+}
+
+/// One result of a batch submit.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Submitted { id: JobId, existing: bool },
+    Rejected { error: ApiError },
+}
+
+/// A page of jobs, newest first.
+#[derive(Clone, Debug, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_before: Option<JobId>,
+}
+
+/// Filters for [`Client::list_jobs`].
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub function: Option<String>,
+    pub before: Option<JobId>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewKey {
+    pub id: String,
+    pub secret: String,
+    pub scopes: Vec<Scope>,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Client {
+    /// A client for `server` (`http://host:port` or `host:port`).
+    pub fn new(server: &str, credentials: Credentials) -> Client {
+        let base = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap_or_default();
+        Client { base: base.trim_end_matches('/').to_string(), credentials, http }
+    }
+
+    /// The headers of a signed request; public so tests can forge bad ones.
+    pub fn sign(&self, method: &str, path_and_query: &str, body_sha256_hex: &str, timestamp_s: u64) -> Vec<(&'static str, String)> {
+        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let nonce = nonce();
+        let canonical = Canonical { method, path, query, timestamp_s, nonce: &nonce, body_sha256_hex };
+        let sig = canonical.sign(&self.credentials.secret).unwrap_or_default();
+        vec![
+            (signature::HEADER_KEY, self.credentials.key_id.clone()),
+            (signature::HEADER_TIMESTAMP, timestamp_s.to_string()),
+            (signature::HEADER_NONCE, nonce),
+            (signature::HEADER_CONTENT_SHA256, body_sha256_hex.to_string()),
+            (signature::HEADER_SIGNATURE, sig),
+        ]
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, method: Method, path_and_query: &str, body: Vec<u8>, timeout: Option<Duration>) -> Result<Bytes, ClientError> {
+        let hash = signature::body_sha256_hex(&body);
+        let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
+        for (name, value) in self.sign(method.as_str(), path_and_query, &hash, now_s()) {
+            request = request.header(name, value);
+        }
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        read(response).await
+    }
+
+    async fn json<T: DeserializeOwned>(&self, method: Method, path_and_query: &str, body: Option<&serde_json::Value>) -> Result<T, ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize")).unwrap_or_default();
+        let bytes = self.send(method, path_and_query, body, None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn deploy(&self, spec: &FunctionSpec) -> Result<u32, ClientError> {
+        #[derive(Deserialize)]
+        struct Deployed {
+            version: u32,
+        }
+        let body = serde_json::to_value(spec).expect("specs serialize");
+        let d: Deployed = self.json(Method::POST, "/v1/functions", Some(&body)).await?;
+        Ok(d.version)
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionSpec>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            functions: Vec<FunctionSpec>,
+        }
+        Ok(self.json::<List>(Method::GET, "/v1/functions", None).await?.functions)
+    }
+
+    pub async fn submit(&self, spec: &JobSpec) -> Result<Job, ClientError> {
+        self.json(Method::POST, "/v1/jobs", Some(&serde_json::to_value(spec).expect("specs serialize"))).await
+    }
+
+    pub async fn submit_batch(&self, specs: &[JobSpec]) -> Result<Vec<BatchResult>, ClientError> {
+        #[derive(Deserialize)]
+        struct Results {
+            results: Vec<BatchResult>,
+        }
+        let body = serde_json::json!({ "jobs": specs });
+        Ok(self.json::<Results>(Method::POST, "/v1/jobs/batch", Some(&body)).await?.results)
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<Job, ClientError> {
+        self.json(Method::GET, &format!("/v1/jobs/{id}"), None).await
+    }
+
+    pub async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, ClientError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = &filter.state {
+            query.append_pair("state", s);
+        }
+        if let Some(f) = &filter.function {
+            query.append_pair("function", f);
+        }
+        if let Some(b) = filter.before {
+            query.append_pair("before", &b.to_string());
+        }
+        if let Some(l) = filter.limit {
+            query.append_pair("limit", &l.to_string());
+        }
+        let query = query.finish();
+        let path = if query.is_empty() { "/v1/jobs".to_string() } else { format!("/v1/jobs?{query}") };
+        self.json(Method::GET, &path, None).await
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<Job, ClientError> {
+        self.json(Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await
+    }
+
+    /// Waits (server side) until the job finishes or `timeout` passes; returns it as it is.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Job, ClientError> {
+        let path = format!("/v1/jobs/{id}/wait?timeout_ms={}", timeout.as_millis());
+        let bytes = self.send(Method::GET, &path, Vec::new(), Some(timeout + Duration::from_secs(10))).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The log of an attempt (the last one if `attempt` is `None`).
+    pub async fn logs(&self, id: JobId, attempt: Option<u64>) -> Result<Bytes, ClientError> {
+        let path = match attempt {
+            Some(a) => format!("/v1/jobs/{id}/logs?attempt={a}"),
+            None => format!("/v1/jobs/{id}/logs"),
+        };
+        self.send(Method::GET, &path, Vec::new(), None).await
+    }
+
+    /// Uploads a local file as object `key`, streamed. The file is read twice: once to sign
+    /// its hash, once to send it.
+    pub async fn put_object(&self, key: &str, file: &Path) -> Result<u64, ClientError> {
+        let hash = hash_file(file).await?;
+        let path = format!("/v1/objects/{key}");
+        let mut request = self.http.put(format!("{}{path}", self.base));
+        for (name, value) in self.sign("PUT", &path, &hash, now_s()) {
+            request = request.header(name, value);
+        }
+        let f = tokio::fs::File::open(file).await?;
+        let len = f.metadata().await?.len();
+        let stream = tokio_util::io::ReaderStream::new(f);
+        let body = reqwest::Body::wrap_stream(stream);
+        let response = request.header("content-length", len).body(body).send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        read(response).await?;
+        Ok(len)
+    }
+
+    pub async fn get_object(&self, key: &str) -> Result<Bytes, ClientError> {
+        self.send(Method::GET, &format!("/v1/objects/{key}"), Vec::new(), None).await
+    }
+
+    pub async fn create_key(&self, scopes: &[Scope]) -> Result<NewKey, ClientError> {
+        self.json(Method::POST, "/v1/keys", Some(&serde_json::json!({ "scopes": scopes }))).await
+    }
+
+    pub async fn list_keys(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/keys", None).await
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/v1/keys/{id}"), Vec::new(), None).await.map(|_| ())
+    }
+
+    pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/cluster", None).await
+    }
+
+    /// A raw signed call, for tests of the API contract.
+    pub async fn raw(&self, method: &str, path_and_query: &str, body: Vec<u8>) -> Result<(u16, Bytes), ClientError> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let hash = signature::body_sha256_hex(&body);
+        let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
+        for (name, value) in self.sign(method.as_str(), path_and_query, &hash, now_s()) {
+            request = request.header(name, value);
+        }
+        let response = request.body(body).send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok((status, bytes))
+    }
+
+    /// An unsigned GET, for the public routes (`/healthz`, `/metrics`, the OpenAPI document).
+    pub async fn get_public(&self, path: &str) -> Result<(u16, Bytes), ClientError> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        Ok((status, response.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?))
+    }
+}
+
+async fn read(response: reqwest::Response) -> Result<Bytes, ClientError> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?;
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+        ApiError::new(ErrorCode::Internal, format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)))
+    });
+    Err(ClientError::Api { status: status.as_u16(), error })
+}
+
+async fn hash_file(path: &Path) -> Result<String, ClientError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = signature::BodyHasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish_hex())
+}

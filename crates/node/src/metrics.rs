@@ -1,0 +1,123 @@
+//! The node's Prometheus metrics. Event metrics (histograms, counters) are recorded as things
+//! happen; state metrics (jobs per state, raft figures, warm workers) are read at scrape time.
+
+use model::{JobState, State};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FunctionLabels {
+    pub(crate) function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    function: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    pub(crate) function: String,
+    pub(crate) outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    jobs: Family<JobLabels, Gauge>,
+    pub(crate) queue_wait: Family<FunctionLabels, Histogram>,
+    pub(crate) run_time: Family<FunctionLabels, Histogram>,
+    pub(crate) attempts: Family<OutcomeLabels, Counter>,
+    pub(crate) cold_starts: Family<FunctionLabels, Counter>,
+    warm_workers: Family<PoolLabels, Gauge>,
+    raft_term: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_apply_lag: Gauge,
+    raft_is_leader: Gauge,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs to about 1.7 hours.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 13))
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("chorus");
+        let jobs = Family::<JobLabels, Gauge>::default();
+        registry.register("jobs", "Jobs held by the registry, by function and state", jobs.clone());
+        let queue_wait = Family::<FunctionLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register("job_queue_wait_seconds", "Time from submit to the start of the first attempt", queue_wait.clone());
+        let run_time = Family::<FunctionLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register("attempt_run_seconds", "Time an attempt spent in its worker", run_time.clone());
+        let attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register("attempts", "Attempts finished on this node, by function and outcome code", attempts.clone());
+        let cold_starts = Family::<FunctionLabels, Counter>::default();
+        registry.register("cold_starts", "Worker processes started because no warm worker was idle", cold_starts.clone());
+        let warm_workers = Family::<PoolLabels, Gauge>::default();
+        registry.register("warm_workers", "Idle warm workers per pool (function@version)", warm_workers.clone());
+        let raft_term = Gauge::default();
+        registry.register("raft_term", "Current raft term", raft_term.clone());
+        let raft_commit_index = Gauge::default();
+        registry.register("raft_commit_index", "Highest log index known committed", raft_commit_index.clone());
+        let raft_applied_index = Gauge::default();
+        registry.register("raft_applied_index", "Highest log index applied to this node's state", raft_applied_index.clone());
+        let raft_apply_lag = Gauge::default();
+        registry.register("raft_apply_lag", "Log entries appended here but not yet applied", raft_apply_lag.clone());
+        let raft_is_leader = Gauge::default();
+        registry.register("raft_is_leader", "1 if this node is the raft leader", raft_is_leader.clone());
+        Metrics {
+            registry,
+            jobs,
+            queue_wait,
+            run_time,
+            attempts,
+            cold_starts,
+            warm_workers,
+            raft_term,
+            raft_commit_index,
+            raft_applied_index,
+            raft_apply_lag,
+            raft_is_leader,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format, reading state-derived values first.
+    pub(crate) fn render(&self, state: &State, raft: &registry::RaftFigures, warm: &BTreeMap<String, usize>) -> String {
+        self.jobs.clear();
+        for ((function, job_state), count) in state.job_counts() {
+            self.jobs.get_or_create(&JobLabels { function, state: job_state.as_str().into() }).set(count as i64);
+        }
+        // Functions with no jobs in a state still report zero, so rates and alerts see them.
+        for f in state.functions() {
+            for st in JobState::ALL {
+                let _ = self.jobs.get_or_create(&JobLabels { function: f.name.clone(), state: st.as_str().into() });
+            }
+        }
+        self.warm_workers.clear();
+        for (pool, n) in warm {
+            self.warm_workers.get_or_create(&PoolLabels { pool: pool.clone() }).set(*n as i64);
+        }
+        self.raft_term.set(raft.term as i64);
+        self.raft_commit_index.set(raft.commit_index as i64);
+        self.raft_applied_index.set(raft.applied_index as i64);
+        self.raft_apply_lag.set(raft.last_log_index.saturating_sub(raft.applied_index) as i64);
+        self.raft_is_leader.set(i64::from(raft.is_leader));
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

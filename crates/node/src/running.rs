@@ -1,0 +1,296 @@
+//! Running this node's attempts.
+//!
+//! The life of an attempt on its node:
+//! 1. the leader's `StartAttempts` assigns it here; [`dispatch`] sees it in the applied state
+//!    and starts a task for it;
+//! 2. the task waits for a free slot, fetches the input files, and hands the request to the
+//!    executor (a warm or new worker process);
+//! 3. on success, files the worker wrote become objects under `jobs/{job}/{attempt}/`; any
+//!    stderr becomes `logs/{job}/{attempt}.log`;
+//! 4. the result goes to [`report`], which batches results into `FinishAttempts` entries;
+//! 5. if the state stops showing the attempt as this node's current one (cancelled, or
+//!    superseded), its task is cancelled and the worker killed. A late result from such an
+//!    attempt is fenced off by the state machine.
+
+use crate::metrics::{FunctionLabels, OutcomeLabels};
+use crate::{now_ms, Node};
+use executor::ProcessSpec;
+use model::protocol::Request;
+use model::{AttemptId, AttemptResult, Command, FunctionKind, FunctionSpec, Job, JobError, JobId, Outcome};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Results waiting to be written to the log.
+pub(crate) const RESULTS_QUEUE_LEN_MAX: usize = 16_384;
+/// Results per `FinishAttempts` entry at most.
+const RESULTS_PER_ENTRY_MAX: usize = 4_096;
+/// Largest input file fetched for an attempt, and largest output file kept.
+const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// How often idle workers are checked against their idle time-out.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+/// Pause before a failed result write is tried again.
+const REPORT_RETRY: Duration = Duration::from_millis(200);
+
+pub(crate) fn log_key(job: JobId, attempt: AttemptId) -> String {
+    format!("logs/{job}/{attempt}.log")
+}
+
+/// What an attempt task needs, copied out of the state.
+struct Assignment {
+    job: Job,
+    attempt: AttemptId,
+    function: FunctionSpec,
+}
+
+pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
+    let me = node.id();
+    let slots = Arc::new(Semaphore::new(node.inner.config.slots as usize));
+    let mut applied = node.inner.registry.applied();
+    let mut local: HashMap<JobId, (AttemptId, CancellationToken)> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        // Reconcile what runs here with what the state assigns here.
+        let (assigned, new) = node.read(|s| {
+            let mut assigned = HashMap::new();
+            let mut new = Vec::new();
+            for job in s.running_on(me) {
+                let attempt = job.attempts.last().expect("running job has an attempt").id;
+                assigned.insert(job.id, attempt);
+                if local.get(&job.id).is_none_or(|(a, _)| *a != attempt) {
+                    if let Some(function) = s.function(&job.function) {
+                        new.push(Assignment { job: job.clone(), attempt, function: function.clone() });
+                    }
+                }
+            }
+            (assigned, new)
+        });
+        local.retain(|job, (attempt, token)| {
+            let keep = assigned.get(job) == Some(attempt);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for a in new {
+            let token = CancellationToken::new();
+            local.insert(a.job.id, (a.attempt, token.clone()));
+            tasks.spawn(run_attempt(node.clone(), a, token, slots.clone(), results.clone()));
+        }
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => break,
+            changed = applied.changed() => if changed.is_err() { break },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    for (_, (_, token)) in local {
+        token.cancel();
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn run_attempt(
+    node: Node,
+    a: Assignment,
+    cancel: CancellationToken,
+    slots: Arc<Semaphore>,
+    results: mpsc::Sender<AttemptResult>,
+) {
+    let _permit = tokio::select! {
+        permit = slots.acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+        () = cancel.cancelled() => return,
+    };
+    let labels = FunctionLabels { function: a.job.function.clone() };
+    if a.job.attempts.len() == 1 {
+        let waited_ms = now_ms().saturating_sub(a.job.submitted_at_ms);
+        node.inner.metrics.queue_wait.get_or_create(&labels).observe(waited_ms as f64 / 1000.0);
+    }
+    let work_dir = node.inner.config.data_dir.join("work").join(a.attempt.to_string());
+    let (outcome, log) = attempt_in(&node, &a, &work_dir, &cancel, &labels).await;
+    if let Err(e) = std::fs::remove_dir_all(&work_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %work_dir.display(), error = %e, "could not clean an attempt's work dir");
+        }
+    }
+    if cancel.is_cancelled() {
+        return; // The state has moved on; nobody waits for this result.
+    }
+    let code = match &outcome {
+        Outcome::Succeeded { .. } => "ok".to_string(),
+        Outcome::Failed(e) => e.code.clone(),
+    };
+    node.inner.metrics.attempts.get_or_create(&OutcomeLabels { function: a.job.function.clone(), outcome: code }).inc();
+    let mut log_bytes = log.len() as u64;
+    if !log.is_empty() {
+        if let Err(e) = node.inner.store.put_bytes(&log_key(a.job.id, a.attempt), log.into()).await {
+            tracing::warn!(job = %a.job.id, error = %e, "could not keep an attempt's log");
+            log_bytes = 0;
+        }
+    }
+    let result = AttemptResult { job: a.job.id, attempt: a.attempt, outcome, log_bytes };
+    let _ = results.send(result).await;
+}
+
+async fn attempt_in(
+    node: &Node,
+    a: &Assignment,
+    work_dir: &Path,
+    cancel: &CancellationToken,
+    labels: &FunctionLabels,
+) -> (Outcome, Vec<u8>) {
+    let failed = |code: &str, message: String| Outcome::Failed(JobError { code: code.into(), message });
+    let in_dir = work_dir.join("in");
+    let out_dir = work_dir.join("out");
+    if let Err(e) = std::fs::create_dir_all(&out_dir) {
+        return (failed(storage_code(&e), format!("work dir: {e}")), Vec::new());
+    }
+    let files = match fetch_inputs(node, &a.job.files, &in_dir).await {
+        Ok(files) => files,
+        Err(e) => return (Outcome::Failed(e), Vec::new()),
+    };
+    let request = Request {
+        job: a.job.id.0,
+        attempt: a.attempt.0,
+        function: a.job.function.clone(),
+        input: a.job.input.clone(),
+        files,
+        out_dir: out_dir.display().to_string(),
+    };
+    let pool = format!("{}@{}", a.function.name, a.function.version);
+    let spec = process_spec(node, &a.function);
+    let finished = node.inner.executor.run(&pool, &spec, &request, cancel).await;
+    node.inner.metrics.run_time.get_or_create(labels).observe(finished.run_time.as_secs_f64());
+    if finished.cold_start {
+        node.inner.metrics.cold_starts.get_or_create(labels).inc();
+    }
+    let outcome = match finished.reply {
+        Ok(output) => match keep_outputs(node, a, &out_dir).await {
+            Ok(objects) => Outcome::Succeeded { output, objects },
+            Err(e) => Outcome::Failed(e),
+        },
+        Err(e) => Outcome::Failed(e),
+    };
+    (outcome, finished.log)
+}
+
+fn process_spec(node: &Node, f: &FunctionSpec) -> ProcessSpec {
+    let (program, args) = match f.kind {
+        FunctionKind::Builtin => (node.inner.config.worker_program.clone(), vec!["worker".to_string()]),
+        FunctionKind::Command => (PathBuf::from(&f.command[0]), f.command[1..].to_vec()),
+    };
+    ProcessSpec {
+        program,
+        args,
+        env: f.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        memory_mb: f.memory_mb,
+        timeout_ms: f.timeout_ms,
+        idle_timeout_ms: f.idle_timeout_ms,
+    }
+}
+
+fn storage_code(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(28) {
+        "storage_full"
+    } else {
+        "internal"
+    }
+}
+
+/// Downloads the job's input objects into `dir`, returning their local paths in order.
+async fn fetch_inputs(node: &Node, keys: &[String], dir: &Path) -> Result<Vec<String>, JobError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| JobError { code: storage_code(&e).into(), message: e.to_string() })?;
+    let mut paths = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let name = key.rsplit('/').next().unwrap_or("input");
+        let path = dir.join(format!("{i}-{name}"));
+        node.inner.store.get_file(key, &path, FILE_BYTES_MAX).await.map_err(|e| {
+            let api = crate::storage_error(e);
+            let code = if api.code == model::ErrorCode::NotFound { "invalid_input" } else { api.code.as_str() };
+            JobError { code: code.into(), message: format!("input file {key:?}: {}", api.message) }
+        })?;
+        paths.push(path.display().to_string());
+    }
+    Ok(paths)
+}
+
+/// Uploads every file the worker wrote under `out_dir`; returns their object keys.
+async fn keep_outputs(node: &Node, a: &Assignment, out_dir: &Path) -> Result<Vec<String>, JobError> {
+    let mut objects = Vec::new();
+    let mut pending = vec![out_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| JobError { code: "internal".into(), message: e.to_string() })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                continue; // Links and the like are not outputs.
+            }
+            let rel = path.strip_prefix(out_dir).expect("walked from out_dir").to_string_lossy().replace('\\', "/");
+            let key = format!("jobs/{}/{}/{rel}", a.job.id, a.attempt);
+            node.inner.store.put_file(&key, &path, FILE_BYTES_MAX).await.map_err(|e| {
+                let api = crate::storage_error(e);
+                JobError { code: api.code.as_str().into(), message: format!("output {rel:?}: {}", api.message) }
+            })?;
+            objects.push(key);
+        }
+    }
+    objects.sort();
+    Ok(objects)
+}
+
+/// Writes attempt results to the log in batches: whatever arrived while the previous write
+/// was in flight goes into the next entry.
+pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<AttemptResult>) {
+    loop {
+        let first = tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            r = results.recv() => match r { Some(r) => r, None => return },
+        };
+        let mut batch = vec![first];
+        while batch.len() < RESULTS_PER_ENTRY_MAX {
+            match results.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        loop {
+            let command = Command::FinishAttempts { now_ms: now_ms(), results: batch.clone() };
+            match node.propose(command).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, results = batch.len(), "could not record results; trying again");
+                    tokio::select! {
+                        () = node.inner.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(REPORT_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn reap_idle_workers(node: Node) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let stopped = node.inner.executor.reap_idle().await;
+                if stopped > 0 {
+                    tracing::debug!(stopped, "scaled idle workers down");
+                }
+            }
+        }
+    }
+}
