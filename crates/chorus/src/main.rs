@@ -1,0 +1,63 @@
+//! The `chorus` binary: `serve` runs a node, `worker` serves built-in functions inside a
+//! worker process, and the rest are client commands. This is the only crate that reads
+//! arguments and the environment; errors end here as a message and an exit code.
+
+mod client_cmd;
+mod serve_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version, about = "A self-hosted platform for processing a music catalogue")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a node: registry, scheduler, executor and API.
+    Serve(serve_cmd::ServeArgs),
+    /// Serve built-in functions over stdin/stdout (started by a node, not by hand).
+    #[command(hide = true)]
+    Worker,
+    /// Submit a job.
+    Submit(client_cmd::SubmitArgs),
+    /// List, inspect, cancel jobs and read their logs.
+    Jobs(client_cmd::JobsArgs),
+    /// Deploy and list functions.
+    Functions(client_cmd::FunctionsArgs),
+    /// Create, list and revoke API keys.
+    Keys(client_cmd::KeysArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Worker => run_worker(),
+        Cmd::Serve(args) => runtime().and_then(|rt| rt.block_on(serve_cmd::serve(args))),
+        Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
+        Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
+        Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
+        Cmd::Keys(args) => runtime().and_then(|rt| rt.block_on(client_cmd::keys(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run_worker() -> anyhow::Result<ExitCode> {
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    worker::serve(stdin, stdout)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,75 @@
+//! `chorus serve`: start a node and its API, and stop both cleanly on SIGINT or SIGTERM.
+
+use anyhow::Context;
+use node::{Node, NodeConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Where the registry, objects and the admin key live.
+    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./chorus-data")]
+    data_dir: PathBuf,
+    /// Address the API listens on.
+    #[arg(long, env = "CHORUS_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: String,
+    /// Attempts this node runs at once (default: the number of CPUs).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Object storage: s3://bucket/prefix (AWS_* variables for endpoint and credentials) or
+    /// file:///dir. Default: DATA_DIR/objects.
+    #[arg(long, env = "CHORUS_STORAGE")]
+    storage: Option<String>,
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?.to_string();
+    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let config = NodeConfig {
+        data_dir: args.data_dir.clone(),
+        advertise_addr: addr.clone(),
+        slots,
+        storage_url: args.storage,
+        worker_program: std::env::current_exe().context("cannot find my own executable")?,
+        builtin_functions: worker::builtin_functions().into_iter().map(String::from).collect(),
+    };
+    let node = Node::start(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        node = node.id(),
+        %addr,
+        slots,
+        admin_key = %args.data_dir.join(node::ADMIN_KEY_FILE).display(),
+        "chorus is serving"
+    );
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signals.cancel();
+    });
+    let served = api::serve(node.clone(), listener, shutdown.clone()).await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    served.context("the API server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
