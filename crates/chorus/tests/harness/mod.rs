@@ -1,0 +1,147 @@
+//! Test harness: real `chorus serve` processes in temporary data dirs on free loopback ports.
+//! Helpers that assert are named `must_*`; waits poll a condition until a deadline.
+#![allow(dead_code, unreachable_pub)]
+
+use client::{Client, Credentials};
+use model::{Job, JobId};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for anything before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub client: Client,
+    pub addr: String,
+    slots: u32,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        TestNode::start_with_slots(2).await
+    }
+
+    pub async fn start_with_slots(slots: u32) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let placeholder = Client::new(&addr, Credentials { key_id: String::new(), secret: String::new() });
+        let mut node = TestNode { dir, client: placeholder, addr, slots, child: None };
+        node.spawn().await;
+        node
+    }
+
+    fn spawn_process(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["serve", "--listen", &self.addr, "--slots", &self.slots.to_string(), "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    async fn spawn(&mut self) {
+        self.spawn_process();
+        let key_file = self.dir.path().join("data").join(node::ADMIN_KEY_FILE);
+        let addr = self.addr.clone();
+        wait_until("the node is ready", || {
+            let key_file = key_file.clone();
+            let addr = addr.clone();
+            async move {
+                let Ok(text) = std::fs::read_to_string(&key_file) else { return false };
+                let Ok(key) = serde_json::from_str::<node::KeyFile>(&text) else { return false };
+                let probe = Client::new(&addr, Credentials { key_id: key.id, secret: key.secret });
+                matches!(probe.get_public("/readyz").await, Ok((200, _)))
+            }
+        })
+        .await;
+        let text = std::fs::read_to_string(&key_file).unwrap();
+        let key: node::KeyFile = serde_json::from_str(&text).unwrap();
+        self.client = Client::new(&self.addr, Credentials { key_id: key.id, secret: key.secret });
+    }
+
+    pub fn client_with(&self, key_id: &str, secret: &str) -> Client {
+        Client::new(&self.addr, Credentials { key_id: key_id.into(), secret: secret.into() })
+    }
+
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill_9();
+        self.spawn().await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.client.get_public("/metrics").await.unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- node log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` at the deadline.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the job is finished and returns it; panics at the deadline.
+pub async fn must_finish(client: &Client, id: JobId) -> Job {
+    let started = Instant::now();
+    loop {
+        let job = client.wait(id, Duration::from_secs(5)).await.unwrap();
+        if job.state.is_terminal() {
+            return job;
+        }
+        assert!(started.elapsed() < DEADLINE, "job {id} did not finish: {job:?}");
+    }
+}
+
+/// The value of one sample in a Prometheus text exposition.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+}

@@ -1,0 +1,286 @@
+//! End-to-end tests of one node: real `chorus serve` processes on loopback ports, driven
+//! through the signed API with the client crate. Faults are real too: `kill -9` of the node,
+//! workers that crash or hang.
+
+mod harness;
+
+use client::ClientError;
+use harness::{must_finish, wait_until, TestNode};
+use model::{ErrorCode, FunctionSpec, JobId, JobSpec, JobState, Scope};
+use serde_json::json;
+use std::time::Duration;
+
+fn job(function: &str, input: serde_json::Value) -> JobSpec {
+    JobSpec { function: function.into(), input, files: vec![], priority: 0, idempotency_key: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_jobs_survive_kill_9_of_the_node() {
+    let mut node = TestNode::start().await;
+    let specs: Vec<JobSpec> = (0..500).map(|i| job("sleep", json!({ "ms": i % 3 }))).collect();
+    let results = node.client.submit_batch(&specs).await.unwrap();
+    let ids: Vec<JobId> = results
+        .iter()
+        .map(|r| match r {
+            client::BatchResult::Submitted { id, existing: false } => *id,
+            other => panic!("unexpected batch result {other:?}"),
+        })
+        .collect();
+    // Right after the acknowledgement, before most jobs ran.
+    node.kill_9();
+    node.restart().await;
+    for id in &ids {
+        let job = must_finish(&node.client, *id).await;
+        assert_eq!(job.state, JobState::Succeeded, "job {id} after restart: {job:?}");
+    }
+    // Attempts that were running when the node died were failed over and retried.
+    let retried = node.client.list_jobs(&client::JobFilter { limit: Some(1000), ..Default::default() }).await.unwrap();
+    assert_eq!(retried.jobs.len(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_worker_fails_its_attempt_and_the_node_carries_on() {
+    let node = TestNode::start().await;
+    let mut spec = FunctionSpec::builtin("crasher");
+    spec.kind = model::FunctionKind::Command;
+    spec.command = vec!["sh".into(), "-c".into(), "read line; echo about to crash >&2; exit 3".into()];
+    spec.retry.max_attempts = 2;
+    spec.retry.backoff_initial_ms = 10;
+    node.client.deploy(&spec).await.unwrap();
+    let submitted = node.client.submit(&job("crasher", json!({}))).await.unwrap();
+    let done = must_finish(&node.client, submitted.id).await;
+    assert_eq!(done.state, JobState::Failed);
+    assert_eq!(done.attempts.len(), 2);
+    let error = done.error.unwrap();
+    assert_eq!(error.code, "worker_crashed");
+    assert!(error.message.contains("exit status: 3"), "{}", error.message);
+    let log = node.client.logs(submitted.id, None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&log), "about to crash\n");
+    // The node still runs other work.
+    let ok = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    assert_eq!(must_finish(&node.client, ok.id).await.state, JobState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_worker_is_killed_at_its_time_out() {
+    let node = TestNode::start().await;
+    let mut spec = FunctionSpec::builtin("sleep");
+    spec.timeout_ms = 300;
+    spec.retry.max_attempts = 1;
+    node.client.deploy(&spec).await.unwrap();
+    let submitted = node.client.submit(&job("sleep", json!({ "ms": 60_000 }))).await.unwrap();
+    let done = must_finish(&node.client, submitted.id).await;
+    assert_eq!(done.state, JobState::Failed);
+    assert_eq!(done.error.as_ref().unwrap().code, "timeout");
+    let attempt = &done.attempts[0];
+    let ran_ms = attempt.finished_at_ms.unwrap() - attempt.started_at_ms;
+    assert!((300..10_000).contains(&ran_ms), "the attempt ran {ran_ms} ms");
+    // What it logged before it was killed is kept.
+    let log = node.client.logs(submitted.id, None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&log), "sleeping 60000 ms\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_with_back_off_except_codes_never_retried() {
+    let node = TestNode::start().await;
+    let mut spec = FunctionSpec::builtin("fail");
+    spec.retry.max_attempts = 3;
+    spec.retry.backoff_initial_ms = 200;
+    spec.retry.jitter = 0.2;
+    node.client.deploy(&spec).await.unwrap();
+    let retried = node.client.submit(&job("fail", json!({ "code": "flaky" }))).await.unwrap();
+    let done = must_finish(&node.client, retried.id).await;
+    assert_eq!(done.state, JobState::Failed);
+    assert_eq!(done.attempts.len(), 3);
+    // Back-off: at least 200 ms * 0.8 before the second attempt, 400 ms * 0.8 before the third.
+    let gap = |i: usize| done.attempts[i].started_at_ms - done.attempts[i - 1].finished_at_ms.unwrap();
+    assert!(gap(1) >= 160, "first back-off was {} ms", gap(1));
+    assert!(gap(2) >= 320, "second back-off was {} ms", gap(2));
+    let fatal = node.client.submit(&job("fail", json!({ "code": "invalid_input" }))).await.unwrap();
+    let done = must_finish(&node.client, fatal.id).await;
+    assert_eq!((done.state, done.attempts.len()), (JobState::Failed, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_same_job() {
+    let node = TestNode::start().await;
+    let mut spec = job("noop", json!({}));
+    spec.idempotency_key = Some("song-42".into());
+    let first = node.client.submit(&spec).await.unwrap();
+    let second = node.client.submit(&spec).await.unwrap();
+    assert_eq!(first.id, second.id);
+    let batch = node.client.submit_batch(&[spec.clone(), spec]).await.unwrap();
+    for r in batch {
+        assert_eq!(r, client::BatchResult::Submitted { id: first.id, existing: true });
+    }
+    let all = node.client.list_jobs(&client::JobFilter::default()).await.unwrap();
+    assert_eq!(all.jobs.len(), 1, "one job, never a second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job_and_frees_its_slot() {
+    let node = TestNode::start_with_slots(1).await;
+    let long = node.client.submit(&job("sleep", json!({ "ms": 60_000 }))).await.unwrap();
+    wait_until("the job runs", || async { node.client.job(long.id).await.unwrap().state == JobState::Running }).await;
+    let cancelled = node.client.cancel(long.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    // The only slot is free again: a new job runs to completion long before 60 s.
+    let next = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    assert_eq!(must_finish(&node.client, next.id).await.state, JobState::Succeeded);
+    // Cancelling a finished job changes nothing.
+    assert_eq!(node.client.cancel(next.id).await.unwrap().state, JobState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_stable_codes() {
+    let node = TestNode::start().await;
+    let call = |method: &'static str, path: &'static str, body: Vec<u8>| {
+        let c = node.client.clone();
+        async move { c.raw(method, path, body).await.unwrap() }
+    };
+    let code = |body: &[u8]| serde_json::from_slice::<model::ApiError>(body).unwrap().code;
+    let (status, body) = call("POST", "/v1/jobs", b"{not json".to_vec()).await;
+    assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
+    let (status, body) = call("POST", "/v1/jobs", br#"{"function":"nope"}"#.to_vec()).await;
+    assert_eq!((status, code(&body)), (404, ErrorCode::NotFound));
+    let big = json!({ "function": "noop", "input": { "blob": "x".repeat(300 * 1024) } });
+    let (status, body) = call("POST", "/v1/jobs", serde_json::to_vec(&big).unwrap()).await;
+    assert_eq!((status, code(&body)), (413, ErrorCode::TooLarge));
+    let (status, body) = call("GET", "/v1/jobs/999999", vec![]).await;
+    assert_eq!((status, code(&body)), (404, ErrorCode::NotFound));
+    let (status, body) = call("GET", "/v1/jobs/abc", vec![]).await;
+    assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
+    let (status, body) = call("GET", "/v1/jobs?state=bogus", vec![]).await;
+    assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
+    let (status, body) = call("PUT", "/v1/objects/a%5C..%5Cb", b"x".to_vec()).await;
+    assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput), "a key that climbs out of the store");
+    let (status, body) = call("GET", "/v1/objects/uploads/missing", vec![]).await;
+    assert_eq!((status, code(&body)), (404, ErrorCode::NotFound));
+    let bad_fn = json!({ "name": "x", "kind": "command" });
+    let (status, body) = call("POST", "/v1/functions", serde_json::to_vec(&bad_fn).unwrap()).await;
+    assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
+    // After all that, the node still serves.
+    let ok = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    assert_eq!(must_finish(&node.client, ok.id).await.state, JobState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_auth_failure_is_refused() {
+    let node = TestNode::start().await;
+    let url = format!("{}/v1/jobs", node.client.base_url());
+    let http = reqwest::Client::new();
+    let status_of = |r: reqwest::Response| r.status().as_u16();
+    // No signature at all.
+    assert_eq!(status_of(http.get(&url).send().await.unwrap()), 401);
+    // A good signature, then the same request again: a replay.
+    let empty = model::signature::body_sha256_hex(b"");
+    let headers = node.client.sign("GET", "/v1/jobs", &empty, now_s());
+    let send = |headers: &[(&'static str, String)]| {
+        let mut r = http.get(&url);
+        for (k, v) in headers {
+            r = r.header(*k, v);
+        }
+        r.send()
+    };
+    assert_eq!(status_of(send(&headers).await.unwrap()), 200);
+    assert_eq!(status_of(send(&headers).await.unwrap()), 401, "replayed nonce");
+    // Clock skew over five minutes.
+    let old = node.client.sign("GET", "/v1/jobs", &empty, now_s() - 400);
+    assert_eq!(status_of(send(&old).await.unwrap()), 401, "skewed clock");
+    // Bad signature: a tampered path.
+    let tampered = node.client.sign("GET", "/v1/functions", &empty, now_s());
+    assert_eq!(status_of(send(&tampered).await.unwrap()), 401, "signature for another path");
+    // Unknown key.
+    let stranger = node.client_with("ck_unknown", "00ff");
+    assert_eq!(stranger.job(JobId(1)).await.unwrap_err().code(), Some(ErrorCode::Unauthorized));
+    // Body that does not match its signed hash.
+    let mut forged = node.client.sign("POST", "/v1/jobs", &empty, now_s());
+    forged.retain(|(k, _)| *k != "content-type");
+    let mut r = http.post(&url).body(r#"{"function":"noop"}"#);
+    for (k, v) in &forged {
+        r = r.header(*k, v);
+    }
+    assert_eq!(status_of(r.send().await.unwrap()), 401, "body swapped after signing");
+    // Scopes: read cannot submit, submit cannot deploy or make keys; revoked keys are dead.
+    let reader = node.client.create_key(&[Scope::Read]).await.unwrap();
+    let reader = node.client_with(&reader.id, &reader.secret);
+    assert!(reader.list_jobs(&client::JobFilter::default()).await.is_ok());
+    let err = reader.submit(&job("noop", json!({}))).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let submitter = node.client.create_key(&[Scope::Submit]).await.unwrap();
+    let submitter_client = node.client_with(&submitter.id, &submitter.secret);
+    assert!(submitter_client.submit(&job("noop", json!({}))).await.is_ok());
+    let err = submitter_client.deploy(&FunctionSpec::builtin("noop")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    assert_eq!(submitter_client.create_key(&[Scope::Admin]).await.unwrap_err().code(), Some(ErrorCode::Forbidden));
+    node.client.revoke_key(&submitter.id).await.unwrap();
+    let err = submitter_client.submit(&job("noop", json!({}))).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_functions_get_files_and_keep_outputs() {
+    let node = TestNode::start().await;
+    let text = std::fs::read_to_string(harness::repo_root().join("examples/hello.toml")).unwrap();
+    let mut spec: FunctionSpec = toml::from_str(&text).unwrap();
+    spec.command[1] = harness::repo_root().join("examples/hello.py").display().to_string();
+    node.client.deploy(&spec).await.unwrap();
+    let file = node.dir.path().join("song.bin");
+    std::fs::write(&file, vec![7u8; 100_000]).unwrap();
+    node.client.put_object("uploads/song.bin", &file).await.unwrap();
+    let mut spec = job("hello", json!({ "name": "ada" }));
+    spec.files = vec!["uploads/song.bin".into()];
+    let submitted = node.client.submit(&spec).await.unwrap();
+    let done = must_finish(&node.client, submitted.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.output.unwrap(), json!({ "greeting": "hello ada", "files": 1 }));
+    assert_eq!(done.objects.len(), 1);
+    let sizes: serde_json::Value = serde_json::from_slice(&node.client.get_object(&done.objects[0]).await.unwrap()).unwrap();
+    assert_eq!(sizes[0]["bytes"], 100_000);
+    assert_eq!(String::from_utf8_lossy(&node.client.logs(submitted.id, None).await.unwrap()), "greeting ada\n");
+    // A function's own error code comes through, and is not retried when policy says so.
+    let bad = node.client.submit(&job("hello", json!({}))).await.unwrap();
+    let done = must_finish(&node.client, bad.id).await;
+    assert_eq!((done.state, done.error.unwrap().code.as_str()), (JobState::Failed, "invalid_input"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stay_warm_then_scale_to_zero() {
+    let node = TestNode::start_with_slots(1).await;
+    let mut spec = FunctionSpec::builtin("noop");
+    spec.idle_timeout_ms = 1_500;
+    node.client.deploy(&spec).await.unwrap();
+    for _ in 0..5 {
+        let j = node.client.submit(&job("noop", json!({}))).await.unwrap();
+        assert_eq!(must_finish(&node.client, j.id).await.state, JobState::Succeeded);
+    }
+    let metrics = node.metrics().await;
+    assert_eq!(harness::metric(&metrics, "chorus_cold_starts_total{function=\"noop\"}"), Some(1.0), "{metrics}");
+    assert_eq!(harness::metric(&metrics, "chorus_warm_workers{pool=\"noop@2\"}"), Some(1.0));
+    wait_until("the idle worker is stopped", || async {
+        harness::metric(&node.metrics().await, "chorus_warm_workers{pool=\"noop@2\"}").is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reports_unreachable_servers_plainly() {
+    let c = client::Client::new("127.0.0.1:1", client::Credentials { key_id: "k".into(), secret: "00".into() });
+    assert!(matches!(c.job(JobId(1)).await, Err(ClientError::Http(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_when_the_job_finishes_or_at_the_time_out() {
+    let node = TestNode::start().await;
+    let slow = node.client.submit(&job("sleep", json!({ "ms": 5_000 }))).await.unwrap();
+    let started = std::time::Instant::now();
+    let still = node.client.wait(slow.id, Duration::from_millis(300)).await.unwrap();
+    assert!(!still.state.is_terminal());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let done = node.client.wait(slow.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+}
