@@ -1,6 +1,6 @@
 //! Test harness: real `chorus serve` processes in temporary data dirs on free loopback ports.
 //! Helpers that assert are named `must_*`; waits poll a condition until a deadline.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code)]
 
 use client::{Client, Credentials};
 use model::{Job, JobId};
@@ -10,16 +10,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for anything before it fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-pub struct TestNode {
-    pub dir: tempfile::TempDir,
-    pub client: Client,
-    pub addr: String,
+pub(crate) struct TestNode {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) client: Client,
+    pub(crate) addr: String,
     slots: u32,
     child: Option<Child>,
 }
@@ -29,11 +29,11 @@ fn free_port() -> u16 {
 }
 
 impl TestNode {
-    pub async fn start() -> TestNode {
+    pub(crate) async fn start() -> TestNode {
         TestNode::start_with_slots(2).await
     }
 
-    pub async fn start_with_slots(slots: u32) -> TestNode {
+    pub(crate) async fn start_with_slots(slots: u32) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let placeholder = Client::new(&addr, Credentials { key_id: String::new(), secret: String::new() });
@@ -76,29 +76,29 @@ impl TestNode {
         self.client = Client::new(&self.addr, Credentials { key_id: key.id, secret: key.secret });
     }
 
-    pub fn client_with(&self, key_id: &str, secret: &str) -> Client {
+    pub(crate) fn client_with(&self, key_id: &str, secret: &str) -> Client {
         Client::new(&self.addr, Credentials { key_id: key_id.into(), secret: secret.into() })
     }
 
-    pub fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
         }
     }
 
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill_9();
         self.spawn().await;
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let (status, body) = self.client.get_public("/metrics").await.unwrap();
         assert_eq!(status, 200);
         String::from_utf8(body.to_vec()).unwrap()
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
     }
 }
@@ -116,7 +116,7 @@ impl Drop for TestNode {
 }
 
 /// Polls `condition` until it holds; panics with `what` at the deadline.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -130,7 +130,7 @@ where
 }
 
 /// Waits until the job is finished and returns it; panics at the deadline.
-pub async fn must_finish(client: &Client, id: JobId) -> Job {
+pub(crate) async fn must_finish(client: &Client, id: JobId) -> Job {
     let started = Instant::now();
     loop {
         let job = client.wait(id, Duration::from_secs(5)).await.unwrap();
@@ -142,6 +142,6 @@ pub async fn must_finish(client: &Client, id: JobId) -> Job {
 }
 
 /// The value of one sample in a Prometheus text exposition.
-pub fn metric(text: &str, sample: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
 }
