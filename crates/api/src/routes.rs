@@ -37,9 +37,16 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.node.metrics_text();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+/// OpenMetrics if the scraper asks for it (Prometheus does), else the classic text format.
+pub(crate) async fn metrics(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let openmetrics = accept.contains("application/openmetrics-text");
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, content_type)], app.node.metrics_text(openmetrics)).into_response()
 }
 
 pub(crate) async fn openapi() -> Response {

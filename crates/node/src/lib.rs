@@ -293,11 +293,16 @@ impl Node {
         self.inner.store.get_bytes(&running::log_key(job, attempt), limit).await.map_err(storage_error)
     }
 
-    /// Prometheus text exposition of this node's metrics.
-    pub fn metrics_text(&self) -> String {
+    /// This node's metrics, in OpenMetrics text, or the classic Prometheus text format.
+    pub fn metrics_text(&self, openmetrics: bool) -> String {
         let raft = self.raft_figures();
         let warm = self.inner.executor.warm_workers();
-        self.read(|s| self.inner.metrics.render(s, &raft, &warm))
+        let text = self.read(|s| self.inner.metrics.render(s, &raft, &warm));
+        if openmetrics {
+            text
+        } else {
+            metrics::to_prometheus_text(&text)
+        }
     }
 }
 

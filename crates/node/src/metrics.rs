@@ -121,3 +121,48 @@ impl Metrics {
         text
     }
 }
+
+/// Rewrites OpenMetrics text as the classic Prometheus text format (0.0.4), for scrapers and
+/// linters (`promtool check metrics`) that do not speak OpenMetrics. prometheus-client only
+/// writes OpenMetrics, where a counter family `x` has samples `x_total`; the classic format
+/// names the family `x_total` and has no `# UNIT` or `# EOF` lines.
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    #[test]
+    fn counters_are_renamed_for_the_classic_format() {
+        let om = "# HELP chorus_attempts Attempts.\n# TYPE chorus_attempts counter\nchorus_attempts_total{function=\"noop\"} 3\n# HELP chorus_raft_term Term.\n# TYPE chorus_raft_term gauge\nchorus_raft_term 2\n# EOF\n";
+        expect![[r#"
+            # HELP chorus_attempts_total Attempts.
+            # TYPE chorus_attempts_total counter
+            chorus_attempts_total{function="noop"} 3
+            # HELP chorus_raft_term Term.
+            # TYPE chorus_raft_term gauge
+            chorus_raft_term 2
+        "#]]
+        .assert_eq(&to_prometheus_text(om));
+    }
+}

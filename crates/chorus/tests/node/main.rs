@@ -285,3 +285,41 @@ async fn wait_returns_when_the_job_finishes_or_at_the_time_out() {
     let done = node.client.wait(slow.id, Duration::from_secs(30)).await.unwrap();
     assert_eq!(done.state, JobState::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_jobs_and_raft_and_pass_promtool() {
+    let node = TestNode::start().await;
+    let ok = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    must_finish(&node.client, ok.id).await;
+    let text = node.metrics().await;
+    for sample in [
+        "chorus_jobs{function=\"noop\",state=\"succeeded\"}",
+        "chorus_jobs{function=\"noop\",state=\"queued\"}",
+        "chorus_job_queue_wait_seconds_count{function=\"noop\"}",
+        "chorus_attempt_run_seconds_count{function=\"noop\"}",
+        "chorus_cold_starts_total{function=\"noop\"}",
+        "chorus_raft_term",
+        "chorus_raft_commit_index",
+        "chorus_raft_apply_lag",
+    ] {
+        assert!(harness::metric(&text, sample).is_some(), "no sample {sample} in\n{text}");
+    }
+    assert_eq!(harness::metric(&text, "chorus_jobs{function=\"noop\",state=\"succeeded\"}"), Some(1.0));
+    // promtool (Debian's prometheus package; CI installs it) must find nothing to complain about.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed: apt-get install prometheus");
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
