@@ -9,7 +9,7 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 /// The test and benchmark built-ins that every node has.
-pub const TEST_FUNCTIONS: &[&str] = &["noop", "sleep", "fail"];
+pub const TEST_FUNCTIONS: &[&str] = &["noop", "sleep", "fail", "clock"];
 
 /// Longest `sleep` accepted, so a typo cannot park a worker for days.
 const SLEEP_MS_MAX: u64 = 3_600_000;
@@ -44,6 +44,8 @@ pub fn execute(request: &Request) -> Reply {
         "noop" => Reply::ok(serde_json::json!({})),
         "sleep" => sleep(&request.input),
         "fail" => fail(&request.input),
+        // The worker's wall clock when the attempt began, for submit-to-start benchmarks.
+        "clock" => Reply::ok(serde_json::json!({ "now_us": now_us() })),
         other => Reply::err("unsupported_function", format!("this worker has no built-in function {other:?}")),
     }
 }
@@ -58,6 +60,10 @@ fn sleep(input: &serde_json::Value) -> Reply {
     eprintln!("sleeping {ms} ms");
     std::thread::sleep(Duration::from_millis(ms));
     Reply::ok(serde_json::json!({ "slept_ms": ms }))
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 fn fail(input: &serde_json::Value) -> Reply {
