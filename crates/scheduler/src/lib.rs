@@ -1,73 +1,75 @@
-//! Placement: which node runs which due job. A pure function, run by the leader; see
-//! [`place`]. It knows nothing of raft, processes or time.
+//! Placement: which node runs which due job. A pure function, [`place`], run by the leader's
+//! scheduling loop; it knows nothing of raft, processes or time, and its only randomness is a
+//! seeded PRNG whose state the caller holds.
+//!
+//! # One call, step by step
+//!
+//! The caller passes the [`Config`], its [`SchedulerState`] (kept from the previous call, or
+//! [`SchedulerState::new`] on a new leader), a [`NodeView`] per node and the due jobs as
+//! [`PendingJob`]s in priority order.
+//!
+//! 1. Nodes are taken in id order, whatever order they came in. State kept for nodes that are
+//!    no longer in the view is dropped.
+//! 2. Every up node's CPU breaker takes one step (below); each change is reported in
+//!    [`Placement::breaker_changes`].
+//! 3. Each job in turn, in the given order:
+//!    1. its candidates are the nodes that carry all of its required labels, are up, not
+//!       draining, of non-zero weight, with a closed breaker and assigned below capacity;
+//!    2. it wants `1 + backups` attempts on distinct nodes; if there are not enough nodes it
+//!       is left queued with a [`Reason`], and it never gets only some of them;
+//!    3. each attempt picks one candidate with the job's strategy (its function's own, or
+//!       [`Config::default_strategy`]); the node's assigned count goes up by one and it is no
+//!       longer a candidate for this job.
+//! 4. The PRNG and round-robin state go back into the [`SchedulerState`].
+//!
+//! # Strategies
+//!
+//! - **least-request** (the default): power of two choices. Draw two distinct candidates with
+//!   the PRNG and take the one with the lower assigned/capacity (on a tie the higher weight,
+//!   then the first drawn). It avoids loaded nodes almost as well as looking at all of them,
+//!   without sending a whole batch to the single emptiest node.
+//! - **cpu-load**: the candidate with the lowest smoothed CPU, ties by assigned/capacity, then
+//!   node id. CPU does not move within one call, so a batch fills the coolest node up to its
+//!   capacity before the next; the next call sees the new CPU, and the breaker stops a node
+//!   that got too hot.
+//! - **concurrency**: the candidate with the lowest assigned/capacity, compared exactly, ties
+//!   to the lower node id. This is the scheduler's original behaviour.
+//! - **weighted-round-robin**: smooth weighted round-robin as in nginx. Every candidate's
+//!   current weight grows by its weight; the largest (first on a tie) is picked and loses the
+//!   sum of the candidates' weights. With the same candidates throughout, every run of
+//!   `sum(weights)` picks gives each node exactly `weight` of them, interleaved. The current
+//!   weights live in [`SchedulerState::round_robin_weights`], so the rotation carries on
+//!   across calls.
+//! - **random**: a uniformly random candidate, drawn with the PRNG.
+//!
+//! # The CPU breaker
+//!
+//! The caller smooths raw CPU samples with [`smooth`] (an EWMA) and passes the result in
+//! [`NodeView::cpu_percent`]. At each call, for each node that is up:
+//!
+//! 1. a closed breaker opens when CPU is at or above [`Config::cpu_threshold_percent`];
+//! 2. an open breaker closes when CPU is below `cpu_threshold_percent - cpu_hysteresis_percent`;
+//! 3. in between, the breaker stays as it was (the hysteresis band), so a node around the
+//!    threshold does not flap.
+//!
+//! A node with an open breaker gets no new attempts; what it holds is left alone. The
+//! breaker limits load by CPU, capacity limits it by count: a node gets work only while both
+//! allow. A down node's breaker keeps its state, since its CPU figure is stale.
+//!
+//! # Invariants
+//!
+//! - No node gets more than `capacity - assigned` new attempts, and none while it is down,
+//!   draining, of weight 0 or with an open breaker.
+//! - A job's attempts are on distinct nodes, and it gets either `1 + backups` or none.
+//! - The same arguments and state give the same placement and the same new state.
 
-use model::{JobId, NodeId};
+mod breaker;
+mod place;
+mod splitmix;
+mod strategy;
 
-/// A node as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeView {
-    pub id: NodeId,
-    /// Attempts it may hold at once (running or waiting for a free worker slot).
-    pub capacity: u32,
-    /// Attempts it holds now.
-    pub assigned: u32,
-}
-
-/// Jobs placed per node, in the order they should start.
-pub type Placement = Vec<(NodeId, Vec<JobId>)>;
-
-/// Places `jobs` (already in priority order) by least-request: each job goes to the node
-/// with the fewest assigned attempts relative to its capacity; ties go to the lower node id.
-/// Jobs that find no free capacity stay queued (they are simply not in the placement).
-pub fn place(nodes: &[NodeView], jobs: &[JobId]) -> Placement {
-    let mut load: Vec<(NodeView, Vec<JobId>)> = nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
-    for &job in jobs {
-        // Least-request by free share, compared exactly: a/b < c/d  <=>  a*d < c*b.
-        let best = load
-            .iter_mut()
-            .filter(|(n, _)| n.assigned < n.capacity)
-            .min_by(|(a, _), (b, _)| {
-                let lhs = u64::from(a.assigned) * u64::from(b.capacity);
-                let rhs = u64::from(b.assigned) * u64::from(a.capacity);
-                lhs.cmp(&rhs).then(a.id.cmp(&b.id))
-            });
-        let Some((node, placed)) = best else { break };
-        node.assigned += 1;
-        placed.push(job);
-    }
-    load.into_iter().filter(|(_, placed)| !placed.is_empty()).map(|(n, placed)| (n.id, placed)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use expect_test::expect;
-
-    fn check(nodes: &[(NodeId, u32, u32)], jobs: u64, expected: expect_test::Expect) {
-        let nodes: Vec<NodeView> =
-            nodes.iter().map(|&(id, capacity, assigned)| NodeView { id, capacity, assigned }).collect();
-        let jobs: Vec<JobId> = (1..=jobs).map(JobId).collect();
-        let placement = place(&nodes, &jobs);
-        let text: Vec<String> = placement
-            .iter()
-            .map(|(node, js)| format!("{node}: {:?}", js.iter().map(|j| j.0).collect::<Vec<_>>()))
-            .collect();
-        expected.assert_eq(&text.join("\n"));
-    }
-
-    #[test]
-    fn one_node_takes_up_to_its_capacity() {
-        check(&[(1, 3, 0)], 5, expect!["1: [1, 2, 3]"]);
-        check(&[(1, 3, 3)], 5, expect![""]);
-    }
-
-    #[test]
-    fn least_request_spreads_by_free_share() {
-        check(&[(1, 4, 0), (2, 4, 2)], 4, expect![[r#"
-            1: [1, 2, 3]
-            2: [4]"#]]);
-        check(&[(1, 2, 0), (2, 8, 0)], 5, expect![[r#"
-            1: [1]
-            2: [2, 3, 4, 5]"#]]);
-    }
-}
+pub use breaker::{
+    smooth, Breaker, BreakerChange, CPU_HYSTERESIS_PERCENT_DEFAULT, CPU_THRESHOLD_PERCENT_DEFAULT,
+};
+pub use place::{place, Config, NodeView, PendingJob, Placement, Reason, SchedulerState, Unplaced};
+pub use strategy::{Strategy, UnknownStrategy};
