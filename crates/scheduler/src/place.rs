@@ -161,13 +161,10 @@ impl fmt::Display for Reason {
         match self {
             Reason::NoNodeWithLabels => write!(f, "no node carries the required labels"),
             Reason::TooFewNodes { wanted, usable } => {
-                write!(f, "needs {wanted} distinct nodes, {usable} usable")
+                write!(f, "needs {wanted} distinct nodes up, not draining, with the labels; there are {usable}")
             }
             Reason::Busy { wanted, available } => {
-                write!(
-                    f,
-                    "needs {wanted} nodes with room and a closed breaker, {available} now"
-                )
+                write!(f, "needs {wanted} distinct nodes with room and a closed breaker; there are {available} now")
             }
         }
     }
