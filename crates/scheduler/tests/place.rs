@@ -201,6 +201,46 @@ fn concurrency_evens_out_assigned_over_capacity() {
     );
 }
 
+/// The scheduler's original least-request, kept as `concurrency`: the same answers as before.
+fn check_original(nodes: &[(NodeId, u32, u32)], job_count: u64, expected: Expect) {
+    let nodes: Vec<NodeView> = nodes
+        .iter()
+        .map(|&(id, capacity, assigned)| NodeView::new(id, capacity, assigned))
+        .collect();
+    let config = config(Strategy::Concurrency);
+    let placement = run(
+        &config,
+        &mut SchedulerState::new(&config),
+        &nodes,
+        &jobs(job_count),
+    );
+    let attempts = Placement {
+        unplaced: Vec::new(),
+        ..placement
+    };
+    expected.assert_eq(&render_jobs(&attempts));
+}
+
+#[test]
+fn concurrency_keeps_the_original_answers() {
+    check_original(&[(1, 3, 0)], 5, expect!["node 1: [1, 2, 3]"]);
+    check_original(&[(1, 3, 3)], 5, expect![""]);
+    check_original(
+        &[(1, 4, 0), (2, 4, 2)],
+        4,
+        expect![[r#"
+        node 1: [1, 2, 3]
+        node 2: [4]"#]],
+    );
+    check_original(
+        &[(1, 2, 0), (2, 8, 0)],
+        5,
+        expect![[r#"
+        node 1: [1]
+        node 2: [2, 3, 4, 5]"#]],
+    );
+}
+
 #[test]
 fn weighted_round_robin_matches_weights_exactly() {
     let mut nodes = [
