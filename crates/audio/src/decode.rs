@@ -1,0 +1,469 @@
+//! Decoding a file into interleaved `f32` samples: the single decode every
+//! analysis and transcode of a job shares.
+//!
+//! symphonia handles every container and codec it knows (MP3, AAC/M4A, FLAC,
+//! Vorbis, WAV, AIFF, ALAC, CAF, MKV/WebM); Opus packets, which symphonia can
+//! demux but not decode, go to libopus. Bad files must fail with a code, never
+//! panic or hang, so every loop has a bound and the decode runs under
+//! `catch_unwind` as a last line of defence against bugs in third-party decoders.
+
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use symphonia::core::audio::GenericAudioBufferRef;
+use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
+use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoder, AudioDecoderOptions};
+use symphonia::core::codecs::CodecParameters;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::{MetadataOptions, MetadataRevision, StandardTag};
+
+use crate::AudioError;
+
+/// Longest programme accepted: two hours (about 2.8 GB of stereo 48 kHz `f32`).
+pub const DURATION_MAX_S: f64 = 2.0 * 3600.0;
+/// Largest input file accepted.
+pub const FILE_LEN_MAX: u64 = 4 << 30;
+/// Most channels accepted (7.1 plus headroom).
+pub const CHANNELS_MAX: usize = 16;
+/// Highest sample rate accepted.
+pub const RATE_MAX_HZ: u32 = 384_000;
+/// Consecutive undecodable packets tolerated before the file is declared corrupt.
+const DECODE_ERRORS_MAX: usize = 100;
+/// Packets read without any audio coming out before giving up (guards
+/// against demuxers looping on garbage).
+const PACKETS_WITHOUT_AUDIO_MAX: usize = 100_000;
+/// Most tags kept, and longest tag value, so a hostile header cannot balloon the manifest.
+const TAGS_MAX: usize = 64;
+const TAG_VALUE_LEN_MAX: usize = 1024;
+/// Largest Opus frame: 120 ms at 48 kHz.
+const OPUS_FRAME_LEN_MAX: usize = 5760;
+
+/// One metadata tag, with a normalised (Vorbis comment style) key when the
+/// tag is one of the well-known ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// What the container says about the audio before decoding it.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub container: String,
+    pub codec: String,
+    pub rate_hz: u32,
+    pub channels: usize,
+    pub bits_per_sample: Option<u32>,
+    /// Frames declared by the container, if any.
+    pub frames_declared: Option<u64>,
+    pub tags: Vec<Tag>,
+    pub file_len: u64,
+}
+
+/// Decoded audio: interleaved samples at the source rate and channel count.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub info: Info,
+    pub samples: Vec<f32>,
+    pub channels: usize,
+    pub rate_hz: u32,
+}
+
+impl Decoded {
+    pub fn frames_len(&self) -> usize {
+        self.samples.len() / self.channels.max(1)
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        self.frames_len() as f64 / f64::from(self.rate_hz.max(1))
+    }
+}
+
+fn map_error(err: SymphoniaError) -> AudioError {
+    match err {
+        SymphoniaError::Unsupported(what) => AudioError::UnsupportedFormat(what.to_string()),
+        SymphoniaError::LimitError(what) => AudioError::TooLarge(what.to_string()),
+        SymphoniaError::IoError(io) => AudioError::InvalidInput(format!("unreadable stream: {io}")),
+        SymphoniaError::DecodeError(what) => {
+            AudioError::InvalidInput(format!("corrupt stream: {what}"))
+        }
+        other => AudioError::InvalidInput(other.to_string()),
+    }
+}
+
+struct Opened {
+    reader: Box<dyn FormatReader>,
+    track_id: u32,
+    params: AudioCodecParameters,
+    info: Info,
+}
+
+fn open(path: &Path) -> Result<Opened, AudioError> {
+    let file = File::open(path).map_err(|err| AudioError::io(path, err))?;
+    let file_len = file
+        .metadata()
+        .map_err(|err| AudioError::io(path, err))?
+        .len();
+    if file_len == 0 {
+        return Err(AudioError::InvalidInput("empty file".into()));
+    }
+    if file_len > FILE_LEN_MAX {
+        return Err(AudioError::TooLarge(format!(
+            "file of {file_len} bytes exceeds {FILE_LEN_MAX}"
+        )));
+    }
+    let stream = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
+        hint.with_extension(extension);
+    }
+    let mut reader = symphonia::default::get_probe()
+        .probe(
+            &hint,
+            stream,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|err| match err {
+            SymphoniaError::Unsupported(_) => {
+                AudioError::UnsupportedFormat("not a recognised audio container".into())
+            }
+            other => map_error(other),
+        })?;
+    let track = reader
+        .default_track(TrackType::Audio)
+        .ok_or_else(|| AudioError::InvalidInput("no audio track".into()))?;
+    let track_id = track.id;
+    let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
+        return Err(AudioError::InvalidInput(
+            "audio track without codec parameters".into(),
+        ));
+    };
+    let frames_declared = track.num_frames;
+    let codec = if params.codec == CODEC_ID_OPUS {
+        "opus".to_string()
+    } else {
+        symphonia::default::get_codecs()
+            .get_audio_decoder(params.codec)
+            .map_or_else(
+                || "unknown".to_string(),
+                |d| d.codec.info.short_name.to_string(),
+            )
+    };
+    let container = reader.format_info().short_name.to_string();
+    let tags = reader
+        .metadata()
+        .skip_to_latest()
+        .map(tags_of)
+        .unwrap_or_default();
+    let info = Info {
+        container,
+        codec,
+        rate_hz: params.sample_rate.unwrap_or(0),
+        channels: params.channels.as_ref().map_or(0, |c| c.count()),
+        bits_per_sample: params.bits_per_sample,
+        frames_declared,
+        tags,
+        file_len,
+    };
+    Ok(Opened {
+        reader,
+        track_id,
+        params,
+        info,
+    })
+}
+
+/// Normalised key for the tags that transcodes carry over.
+fn standard_key(tag: &StandardTag) -> Option<&'static str> {
+    Some(match tag {
+        StandardTag::TrackTitle(_) => "TITLE",
+        StandardTag::Artist(_) => "ARTIST",
+        StandardTag::Album(_) => "ALBUM",
+        StandardTag::AlbumArtist(_) => "ALBUMARTIST",
+        StandardTag::Genre(_) => "GENRE",
+        StandardTag::RecordingDate(_) | StandardTag::ReleaseDate(_) => "DATE",
+        StandardTag::TrackNumber(_) => "TRACKNUMBER",
+        StandardTag::Comment(_) => "COMMENT",
+        StandardTag::Composer(_) => "COMPOSER",
+        _ => return None,
+    })
+}
+
+fn tags_of(revision: &MetadataRevision) -> Vec<Tag> {
+    let mut tags: Vec<Tag> = Vec::new();
+    let all = revision.media.tags.iter().chain(
+        revision
+            .per_track
+            .iter()
+            .flat_map(|t| t.metadata.tags.iter()),
+    );
+    for tag in all {
+        let key = tag
+            .std
+            .as_ref()
+            .and_then(standard_key)
+            .map_or_else(|| tag.raw.key.to_ascii_uppercase(), str::to_string);
+        let mut value = tag.raw.value.to_string();
+        if value.len() > TAG_VALUE_LEN_MAX || key.is_empty() {
+            continue;
+        }
+        value.retain(|c| !c.is_control());
+        if tags.len() < TAGS_MAX && !tags.iter().any(|t| t.key == key) {
+            tags.push(Tag { key, value });
+        }
+    }
+    tags
+}
+
+/// Reads the container headers only (no decode).
+pub fn probe(path: &Path) -> Result<Info, AudioError> {
+    guarded(|| open(path).map(|opened| opened.info))
+}
+
+/// Decodes the whole file, or its first `limit_s` seconds.
+pub fn decode(path: &Path, limit_s: Option<f64>) -> Result<Decoded, AudioError> {
+    guarded(|| decode_unguarded(path, limit_s))
+}
+
+fn guarded<T>(work: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioError> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        Err(AudioError::InvalidInput(
+            "the decoder failed on malformed data".into(),
+        ))
+    })
+}
+
+/// Where decoded samples go: checks the layout and the duration limit.
+struct Sink {
+    samples: Vec<f32>,
+    channels: usize,
+    rate_hz: u32,
+    frames_max: Option<usize>,
+}
+
+impl Sink {
+    fn push(
+        &mut self,
+        interleaved: &[f32],
+        channels: usize,
+        rate_hz: u32,
+    ) -> Result<bool, AudioError> {
+        if channels == 0 || channels > CHANNELS_MAX || rate_hz == 0 || rate_hz > RATE_MAX_HZ {
+            return Err(AudioError::UnsupportedFormat(format!(
+                "{channels} channels at {rate_hz} Hz"
+            )));
+        }
+        if self.channels == 0 {
+            self.channels = channels;
+            self.rate_hz = rate_hz;
+            self.frames_max = Some(match self.frames_max {
+                Some(limit_frames) => limit_frames,
+                None => (DURATION_MAX_S * f64::from(rate_hz)) as usize,
+            });
+        } else if (channels, rate_hz) != (self.channels, self.rate_hz) {
+            return Err(AudioError::UnsupportedFormat(
+                "channel count or sample rate changes mid-stream".into(),
+            ));
+        }
+        self.samples.extend_from_slice(interleaved);
+        let frames = self.samples.len() / self.channels;
+        let limit = self.frames_max.unwrap_or(usize::MAX);
+        Ok(frames >= limit)
+    }
+}
+
+fn decode_unguarded(path: &Path, limit_s: Option<f64>) -> Result<Decoded, AudioError> {
+    let Opened {
+        mut reader,
+        track_id,
+        params,
+        mut info,
+    } = open(path)?;
+    let mut decoder = Decoder::new(&params)?;
+    let mut sink = Sink {
+        samples: Vec::new(),
+        channels: 0,
+        rate_hz: 0,
+        frames_max: None,
+    };
+    let mut truncate_to_limit = false;
+    let mut errors_in_row = 0usize;
+    let mut packets_without_audio = 0usize;
+    let mut scratch: Vec<f32> = Vec::new();
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            // A truncated file ends early: keep what decoded, if anything.
+            Err(SymphoniaError::IoError(err))
+                if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                break
+            }
+            Err(SymphoniaError::ResetRequired) => {
+                return Err(AudioError::UnsupportedFormat("chained streams".into()))
+            }
+            Err(err) => {
+                if sink.samples.is_empty() {
+                    return Err(map_error(err));
+                }
+                break;
+            }
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        let produced = decoder.decode(&packet, &mut scratch);
+        match produced {
+            Ok(Some((channels, rate_hz))) => {
+                errors_in_row = 0;
+                if scratch.is_empty() {
+                    packets_without_audio += 1;
+                } else {
+                    packets_without_audio = 0;
+                }
+                if sink.frames_max.is_none() {
+                    if let Some(limit_s) = limit_s {
+                        sink.frames_max = Some((limit_s * f64::from(rate_hz)) as usize);
+                        truncate_to_limit = true;
+                    }
+                }
+                if sink.push(&scratch, channels, rate_hz)? {
+                    if truncate_to_limit {
+                        break;
+                    }
+                    return Err(AudioError::TooLarge(format!(
+                        "longer than {DURATION_MAX_S} s"
+                    )));
+                }
+            }
+            Ok(None) => packets_without_audio += 1,
+            Err(err @ AudioError::InvalidInput(_)) => {
+                errors_in_row += 1;
+                if errors_in_row > DECODE_ERRORS_MAX {
+                    return Err(err);
+                }
+            }
+            Err(err) => return Err(err),
+        }
+        if packets_without_audio > PACKETS_WITHOUT_AUDIO_MAX {
+            return Err(AudioError::InvalidInput("no audio in the stream".into()));
+        }
+    }
+    if sink.samples.is_empty() || sink.channels == 0 {
+        return Err(AudioError::InvalidInput("no audio could be decoded".into()));
+    }
+    if truncate_to_limit {
+        let frames_max = sink.frames_max.unwrap_or(usize::MAX);
+        sink.samples.truncate(frames_max * sink.channels);
+    }
+    // Containers may omit these; the decoded stream is the truth.
+    info.rate_hz = sink.rate_hz;
+    info.channels = sink.channels;
+    Ok(Decoded {
+        info,
+        samples: sink.samples,
+        channels: sink.channels,
+        rate_hz: sink.rate_hz,
+    })
+}
+
+/// symphonia's decoder, or libopus for Opus.
+enum Decoder {
+    Symphonia(Box<dyn AudioDecoder>),
+    Opus {
+        decoder: opusic_c::Decoder,
+        channels: usize,
+        buffer: Vec<f32>,
+    },
+}
+
+impl Decoder {
+    fn new(params: &AudioCodecParameters) -> Result<Decoder, AudioError> {
+        if params.codec == CODEC_ID_OPUS {
+            let channels = params.channels.as_ref().map_or(2, |c| c.count());
+            let layout = match channels {
+                1 => opusic_c::Channels::Mono,
+                2 => opusic_c::Channels::Stereo,
+                n => {
+                    return Err(AudioError::UnsupportedFormat(format!(
+                        "multichannel ({n}) Opus"
+                    )))
+                }
+            };
+            let decoder = opusic_c::Decoder::new(layout, opusic_c::SampleRate::Hz48000)
+                .map_err(|err| AudioError::UnsupportedFormat(format!("libopus: {err:?}")))?;
+            return Ok(Decoder::Opus {
+                decoder,
+                channels,
+                buffer: Vec::with_capacity(OPUS_FRAME_LEN_MAX * channels),
+            });
+        }
+        let decoder = symphonia::default::get_codecs()
+            .make_audio_decoder(params, &AudioDecoderOptions::default())
+            .map_err(|err| match err {
+                SymphoniaError::Unsupported(_) => {
+                    AudioError::UnsupportedFormat(format!("no decoder for codec {}", params.codec))
+                }
+                other => map_error(other),
+            })?;
+        Ok(Decoder::Symphonia(decoder))
+    }
+
+    /// Decodes one packet into `out` (interleaved); returns its layout, or
+    /// `None` when the packet carried no audio.
+    fn decode(
+        &mut self,
+        packet: &symphonia::core::packet::Packet,
+        out: &mut Vec<f32>,
+    ) -> Result<Option<(usize, u32)>, AudioError> {
+        out.clear();
+        match self {
+            Decoder::Symphonia(decoder) => match decoder.decode(packet) {
+                Ok(buffer) => Ok(copy_out(&buffer, out)),
+                Err(SymphoniaError::DecodeError(what)) => {
+                    Err(AudioError::InvalidInput(format!("corrupt packet: {what}")))
+                }
+                Err(SymphoniaError::IoError(err)) => {
+                    Err(AudioError::InvalidInput(format!("corrupt packet: {err}")))
+                }
+                Err(err) => Err(map_error(err)),
+            },
+            Decoder::Opus {
+                decoder,
+                channels,
+                buffer,
+            } => {
+                // A sized slice, not `decode_float_to_vec`: that one sets the
+                // length to the frame count rather than frames times channels.
+                buffer.resize(OPUS_FRAME_LEN_MAX * *channels, 0.0);
+                let frames = decoder
+                    .decode_float_to_slice(&packet.data, buffer, false)
+                    .map_err(|err| {
+                        AudioError::InvalidInput(format!("corrupt Opus packet: {err:?}"))
+                    })?
+                    .min(OPUS_FRAME_LEN_MAX);
+                // Apply the container's pre-skip and end trimming, as symphonia's own decoders do.
+                let trim_start = (packet.trim_start.get() as usize).min(frames);
+                let trim_end = (packet.trim_end.get() as usize).min(frames - trim_start);
+                let end = frames - trim_end;
+                out.extend_from_slice(&buffer[trim_start * *channels..end * *channels]);
+                Ok(Some((*channels, 48_000)))
+            }
+        }
+    }
+}
+
+fn copy_out(buffer: &GenericAudioBufferRef<'_>, out: &mut Vec<f32>) -> Option<(usize, u32)> {
+    let spec = buffer.spec();
+    let channels = spec.channels().count();
+    let rate_hz = spec.rate();
+    out.resize(buffer.samples_interleaved(), 0.0);
+    buffer.copy_to_slice_interleaved(&mut out[..]);
+    Some((channels, rate_hz))
+}
