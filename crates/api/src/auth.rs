@@ -55,6 +55,9 @@ impl Nonces {
 pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
     let admin = path.starts_with("/v1/keys")
         || path.starts_with("/v1/raft/")
+        || path.starts_with("/v1/cluster/join")
+        || (path.starts_with("/v1/config") && method != Method::GET)
+        || (path.starts_with("/v1/nodes/") && method != Method::GET)
         || (path.starts_with("/v1/functions") && method != Method::GET);
     if admin {
         Scope::Admin
@@ -103,6 +106,27 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             format!("request time is {}s off the server's clock; at most {CLOCK_SKEW_MAX_S}s allowed", now_s.abs_diff(timestamp_s)),
         ));
     }
+    // Peers sign raft traffic with the cluster secret, which every member has from the
+    // moment it joins (before it has replicated any API key).
+    if key_id == registry_key_id() {
+        if !parts.uri.path().starts_with("/v1/raft/") {
+            return Err(fail(ErrorCode::Forbidden, "the cluster key is only for raft traffic"));
+        }
+        let canonical = Canonical {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            timestamp_s,
+            nonce,
+            body_sha256_hex: body_hash,
+        };
+        if !app.node.verify_peer(&canonical, sig) {
+            return Err(fail(ErrorCode::Unauthorized, "bad cluster signature"));
+        }
+        app.nonces.insert(nonce, now_s).map_err(|why| fail(ErrorCode::Unauthorized, why))?;
+        let body_hash = body_hash.to_string();
+        return buffered(parts, body, &body_hash).await;
+    }
     let key = app
         .node
         .read(|s| s.key(&KeyId(key_id.to_string())).cloned())
@@ -130,6 +154,15 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         request.extensions_mut().insert(SignedBodyHash(body_hash));
         return Ok(request);
     }
+    buffered(parts, body, &body_hash).await
+}
+
+fn registry_key_id() -> &'static str {
+    node::CLUSTER_KEY_ID
+}
+
+/// Reads the whole body (up to the limit) and checks it against its signed hash.
+async fn buffered(parts: axum::http::request::Parts, body: Body, body_hash: &str) -> Result<Request, Failure> {
     let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
         .await
         .map_err(|_| fail(ErrorCode::TooLarge, format!("request body over {BODY_BYTES_MAX} bytes")))?;

@@ -41,6 +41,11 @@ pub fn router(node: Node) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
         .route("/v1/raft/{kind}", post(routes::raft_rpc))
         .route("/v1/cluster", get(routes::cluster))
+        .route("/v1/cluster/join", post(routes::join))
+        .route("/v1/nodes", get(routes::list_nodes))
+        .route("/v1/nodes/{id}/{action}", post(routes::node_action))
+        .route("/v1/config", get(routes::get_config))
+        .route("/v1/config/{key}", put(routes::set_config))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_signature));
     Router::new()
         .route("/healthz", get(routes::healthz))

@@ -13,6 +13,7 @@ use model::{ErrorCode, FunctionSpec, Job, JobId, JobSpec, JobState, KeyId, Scope
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
+use node::registry_role;
 use tokio::io::AsyncWriteExt;
 
 /// Largest uploaded object.
@@ -125,7 +126,23 @@ pub(crate) async fn submit_batch(State(app): State<AppState>, body: Bytes) -> An
     Ok(Json(json!({ "results": results })))
 }
 
-pub(crate) async fn get_job(State(app): State<AppState>, Path(id): Path<String>) -> Answer<Json<Job>> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadQuery {
+    /// Read this node's state as it is, without first catching up with the leader.
+    #[serde(default)]
+    stale: bool,
+}
+
+pub(crate) async fn get_job(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Json<Job>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    if !q.stale {
+        app.node.sync().await?;
+    }
     Ok(Json(app.node.job(job_id(&id)?)?))
 }
 
@@ -136,6 +153,8 @@ pub(crate) struct ListQuery {
     function: Option<String>,
     before: Option<u64>,
     limit: Option<usize>,
+    #[serde(default)]
+    stale: bool,
 }
 
 pub(crate) async fn list_jobs(
@@ -148,6 +167,9 @@ pub(crate) async fn list_jobs(
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, LIST_LIMIT_MAX);
+    if !q.stale {
+        app.node.sync().await?;
+    }
     let (jobs, next_before) = app.node.read(|s| {
         let mut jobs = Vec::new();
         let mut last_seen = None;
@@ -185,6 +207,7 @@ pub(crate) async fn wait_job(
 ) -> Answer<Json<Job>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    app.node.sync().await?;
     Ok(Json(app.node.wait(job_id(&id)?, timeout).await?))
 }
 
@@ -319,6 +342,76 @@ pub(crate) async fn cluster(State(app): State<AppState>) -> Json<serde_json::Val
         "commit_index": raft.commit_index,
         "applied_index": raft.applied_index,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    addr: String,
+    slots: u32,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+pub(crate) async fn join(State(app): State<AppState>, body: Bytes) -> Answer<Json<serde_json::Value>> {
+    let req: JoinRequest = parse_json(&body)?;
+    if req.addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(fail(ErrorCode::InvalidInput, format!("{:?} is not a host:port address", req.addr)));
+    }
+    let (id, secret) = app.node.join(req.addr, req.slots, req.labels).await?;
+    Ok(Json(json!({ "id": id, "cluster_secret": secret })))
+}
+
+pub(crate) async fn list_nodes(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
+    app.node.sync().await?;
+    let roles: std::collections::BTreeMap<u64, registry_role::Role> = app.node.members().into_iter().collect();
+    let now = node::now_ms();
+    let nodes: Vec<serde_json::Value> = app.node.read(|s| {
+        s.nodes()
+            .map(|n| {
+                json!({
+                    "id": n.id,
+                    "addr": n.addr,
+                    "status": n.status.as_str(),
+                    "role": roles.get(&n.id).map_or("none", |r| match r {
+                        registry_role::Role::Voter => "voter",
+                        registry_role::Role::Learner => "learner",
+                        registry_role::Role::Removed => "removed",
+                    }),
+                    "slots": n.slots,
+                    "running": s.running_count(n.id),
+                    "labels": n.labels,
+                    "load": n.load,
+                    "heartbeat_age_ms": now.saturating_sub(n.last_heartbeat_ms),
+                })
+            })
+            .collect()
+    });
+    let raft = app.node.raft_figures();
+    Ok(Json(json!({ "nodes": nodes, "leader": raft.leader, "term": raft.term })))
+}
+
+pub(crate) async fn node_action(State(app): State<AppState>, Path((id, action)): Path<(String, String)>) -> Answer<Json<serde_json::Value>> {
+    let id: u64 = id.parse().map_err(|_| fail(ErrorCode::InvalidInput, format!("{id:?} is not a node id")))?;
+    app.node.node_action(id, &action).await?;
+    Ok(Json(json!({ "id": id, "done": action })))
+}
+
+pub(crate) async fn get_config(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
+    app.node.sync().await?;
+    Ok(Json(json!({ "config": app.node.read(|s| s.config().clone()) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigValue {
+    value: String,
+}
+
+pub(crate) async fn set_config(State(app): State<AppState>, Path(key): Path<String>, body: Bytes) -> Answer<Json<serde_json::Value>> {
+    let v: ConfigValue = parse_json(&body)?;
+    app.node.set_config(key.clone(), v.value.clone()).await?;
+    Ok(Json(json!({ "key": key, "value": v.value })))
 }
 
 pub(crate) async fn raft_rpc(State(app): State<AppState>, Path(kind): Path<String>, body: Bytes) -> Answer<Response> {

@@ -301,3 +301,106 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodesArgs {
+    #[command(subcommand)]
+    command: NodesCmd,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum NodesCmd {
+    List,
+    /// Take no new work; finish what runs (then the node can be stopped with no job lost).
+    Drain { id: u64 },
+    Undrain { id: u64 },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Make a voter a learner.
+    Demote { id: u64 },
+    /// Remove a node from the cluster; its attempts are retried elsewhere.
+    Remove { id: u64 },
+}
+
+pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let (id, action) = match args.command {
+        NodesCmd::List => {
+            let nodes = client.nodes().await?;
+            if args.conn.json {
+                println!("{nodes}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let leader = nodes["leader"].as_u64();
+            println!("{:>4}  {:<21} {:<9} {:<8} {:>5} {:>7} {:>6}  labels", "id", "addr", "status", "role", "slots", "running", "cpu%");
+            for n in nodes["nodes"].as_array().into_iter().flatten() {
+                let id = n["id"].as_u64().unwrap_or(0);
+                let star = if Some(id) == leader { "*" } else { " " };
+                println!(
+                    "{id:>3}{star}  {:<21} {:<9} {:<8} {:>5} {:>7} {:>6.1}  {}",
+                    n["addr"].as_str().unwrap_or("?"),
+                    n["status"].as_str().unwrap_or("?"),
+                    n["role"].as_str().unwrap_or("?"),
+                    n["slots"],
+                    n["running"],
+                    n["load"]["cpu_percent"].as_f64().unwrap_or(0.0),
+                    n["labels"]
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodesCmd::Drain { id } => (id, "drain"),
+        NodesCmd::Undrain { id } => (id, "undrain"),
+        NodesCmd::Promote { id } => (id, "promote"),
+        NodesCmd::Demote { id } => (id, "demote"),
+        NodesCmd::Remove { id } => (id, "remove"),
+    };
+    let answer = client.node_action(id, action).await?;
+    if args.conn.json {
+        println!("{answer}");
+    } else {
+        println!("node {id}: {action} done");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCmd,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigCmd {
+    /// Show the cluster config.
+    Get,
+    /// e.g. `chorus config set scheduler.strategy cpu-load`.
+    Set { key: String, value: String },
+}
+
+pub(crate) async fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    match args.command {
+        ConfigCmd::Get => {
+            let config = client.config().await?;
+            if args.conn.json {
+                println!("{config}");
+            } else {
+                for (k, v) in config["config"].as_object().into_iter().flatten() {
+                    println!("{k} = {}", v.as_str().unwrap_or_default());
+                }
+            }
+        }
+        ConfigCmd::Set { key, value } => {
+            client.set_config(&key, &value).await?;
+            if !args.conn.json {
+                println!("{key} = {value}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

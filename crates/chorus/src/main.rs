@@ -30,6 +30,10 @@ enum Cmd {
     Functions(client_cmd::FunctionsArgs),
     /// Create, list and revoke API keys.
     Keys(client_cmd::KeysArgs),
+    /// List nodes; drain, promote, demote or remove one.
+    Nodes(client_cmd::NodesArgs),
+    /// Read or change cluster config (applied live on every node).
+    Config(client_cmd::ConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
         Cmd::Keys(args) => runtime().and_then(|rt| rt.block_on(client_cmd::keys(args))),
+        Cmd::Nodes(args) => runtime().and_then(|rt| rt.block_on(client_cmd::nodes(args))),
+        Cmd::Config(args) => runtime().and_then(|rt| rt.block_on(client_cmd::config(args))),
     };
     match result {
         Ok(code) => code,

@@ -21,18 +21,36 @@ pub(crate) struct ServeArgs {
     /// file:///dir. Default: DATA_DIR/objects.
     #[arg(long, env = "CHORUS_STORAGE")]
     storage: Option<String>,
+    /// Join the cluster that the node at this host:port belongs to (credentials from
+    /// CHORUS_KEY_ID / CHORUS_KEY_SECRET: an admin key of that cluster).
+    #[arg(long)]
+    join: Option<String>,
+    /// A placement label such as pool=burst (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// How long SIGTERM waits for running attempts before stopping anyway.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout_s: u64,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?.to_string();
     let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let join = match args.join {
+        Some(addr) => {
+            let key_id = std::env::var("CHORUS_KEY_ID").context("--join needs CHORUS_KEY_ID (an admin key of the cluster)")?;
+            let secret = std::env::var("CHORUS_KEY_SECRET").context("--join needs CHORUS_KEY_SECRET")?;
+            Some(node::JoinTarget { addr, key_id, secret })
+        }
+        None => None,
+    };
     let config = NodeConfig {
         data_dir: args.data_dir.clone(),
         advertise_addr: addr.clone(),
@@ -40,8 +58,20 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         storage_url: args.storage,
         worker_program: std::env::current_exe().context("cannot find my own executable")?,
         builtin_functions: worker::builtin_functions().into_iter().map(String::from).collect(),
+        labels: args.labels,
+        join,
     };
-    let node = Node::start(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Open first and serve the API before running: a joining node must answer its new
+    // peers' raft traffic before it can hear from a leader.
+    let node = Node::open(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(api::serve(node.clone(), listener, shutdown.clone()));
+    if let Err(e) = node.run().await {
+        shutdown.cancel();
+        let _ = server.await;
+        node.shutdown().await;
+        anyhow::bail!("{e}");
+    }
     tracing::info!(
         node = node.id(),
         %addr,
@@ -49,16 +79,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admin_key = %args.data_dir.join(node::ADMIN_KEY_FILE).display(),
         "chorus is serving"
     );
-    let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        signals.cancel();
-    });
-    let served = api::serve(node.clone(), listener, shutdown.clone()).await;
-    tracing::info!("shutting down");
-    node.shutdown().await;
-    served.context("the API server failed")?;
+    wait_for_signal().await;
+    tracing::info!("draining, then shutting down");
+    node.drain_and_stop(std::time::Duration::from_secs(args.drain_timeout_s)).await;
+    shutdown.cancel();
+    server.await.context("the API server task failed")?.context("the API server failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -73,6 +73,12 @@ pub struct JobFilter {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+pub struct JoinAnswer {
+    pub id: u64,
+    pub cluster_secret: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
 pub struct NewKey {
     pub id: String,
     pub secret: String,
@@ -244,6 +250,32 @@ impl Client {
 
     pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
         self.send(Method::DELETE, &format!("/v1/keys/{id}"), Vec::new(), None).await.map(|_| ())
+    }
+
+    /// Asks the cluster to admit a new node at `addr`; the answer has its id and the cluster
+    /// secret it signs raft traffic with.
+    pub async fn join(&self, addr: &str, slots: u32, labels: &[String]) -> Result<JoinAnswer, ClientError> {
+        let body = serde_json::json!({ "addr": addr, "slots": slots, "labels": labels });
+        self.json(Method::POST, "/v1/cluster/join", Some(&body)).await
+    }
+
+    pub async fn nodes(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/nodes", None).await
+    }
+
+    /// `action`: drain, undrain, promote, demote or remove.
+    pub async fn node_action(&self, id: u64, action: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::POST, &format!("/v1/nodes/{id}/{action}"), None).await
+    }
+
+    pub async fn config(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/config", None).await
+    }
+
+    pub async fn set_config(&self, key: &str, value: &str) -> Result<(), ClientError> {
+        self.json::<serde_json::Value>(Method::PUT, &format!("/v1/config/{key}"), Some(&serde_json::json!({ "value": value })))
+            .await
+            .map(|_| ())
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {

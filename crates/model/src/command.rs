@@ -8,7 +8,9 @@
 use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{JobError, JobState};
-use crate::state::{ApiKey, NodeInfo};
+use crate::node::{NodeLoad, NodeStatus};
+use crate::state::ApiKey;
+use std::collections::BTreeSet;
 use crate::ApiError;
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +57,14 @@ pub enum Command {
     CancelJob { now_ms: u64, job: JobId },
     /// Every attempt running on `node` failed with `code` (the node restarted or died).
     AbandonAttempts { now_ms: u64, node: NodeId, code: String },
-    RegisterNode { node: NodeInfo },
+    /// A node (re)starts: its address, slots and labels. The founding node registers itself.
+    RegisterNode { id: NodeId, addr: String, slots: u32, labels: BTreeSet<String>, now_ms: u64 },
+    /// A new node asks to join; it gets a fresh id (`Response::Joined`).
+    JoinNode { addr: String, slots: u32, labels: BTreeSet<String>, now_ms: u64 },
+    /// A node's periodic sign of life, with its load.
+    Heartbeat { node: NodeId, now_ms: u64, load: NodeLoad },
+    SetNodeStatus { node: NodeId, status: NodeStatus },
+    RemoveNode { node: NodeId },
     CreateKey { key: ApiKey },
     RevokeKey { id: KeyId },
     SetConfig { key: String, value: String },
@@ -84,6 +93,7 @@ pub enum Response {
     Finished { taken: u32, stale: u32 },
     Cancelled { previous: JobState },
     Abandoned { attempts: u32 },
+    Joined { id: NodeId },
     Rejected(ApiError),
     Batch(Vec<Response>),
 }

@@ -34,6 +34,13 @@ pub struct FunctionSpec {
     /// Idle workers of this function are stopped after this long (scale to zero).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Placement strategy for this function's jobs (e.g. `cpu-load`); the cluster's default
+    /// if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Labels a node must have to run this function's jobs (e.g. `pool=realtime`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// Where the code of a function lives.
@@ -123,6 +130,8 @@ impl FunctionSpec {
             timeout_ms: default_timeout_ms(),
             memory_mb: None,
             idle_timeout_ms: default_idle_timeout_ms(),
+            strategy: None,
+            labels: Vec::new(),
         }
     }
 

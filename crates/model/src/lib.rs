@@ -9,6 +9,7 @@ mod command;
 mod function;
 mod ids;
 mod job;
+mod node;
 pub mod protocol;
 pub mod signature;
 mod state;
@@ -18,4 +19,5 @@ pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResu
 pub use function::{FunctionKind, FunctionSpec, RetryPolicy, FUNCTION_NAME_LEN_MAX};
 pub use ids::{AttemptId, JobId, KeyId, NodeId};
 pub use job::{Attempt, Job, JobError, JobState};
-pub use state::{ApiKey, JobCounts, NodeInfo, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
+pub use node::{NodeInfo, NodeLoad, NodeStatus};
+pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};

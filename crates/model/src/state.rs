@@ -9,6 +9,7 @@
 use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
 use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
+use crate::node::{NodeInfo, NodeLoad, NodeStatus};
 use crate::job::{Attempt, Job, JobError, JobState};
 use crate::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
@@ -62,16 +63,6 @@ impl ApiKey {
     }
 }
 
-/// A member of the cluster as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: NodeId,
-    /// `host:port` of its API.
-    pub addr: String,
-    /// Attempts it may run at once.
-    pub slots: u32,
-}
-
 /// Jobs per (function, state), for metrics.
 pub type JobCounts = BTreeMap<(String, JobState), u64>;
 
@@ -85,6 +76,9 @@ pub struct State {
     config: BTreeMap<String, String>,
     next_job_id: u64,
     next_attempt_id: u64,
+    /// Node ids are never reused: a node that leaves and comes back gets a new one.
+    #[serde(default)]
+    next_node_id: u64,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -222,10 +216,41 @@ impl State {
             Command::FinishAttempts { now_ms, results } => self.finish(now_ms, results),
             Command::CancelJob { now_ms, job } => self.cancel(now_ms, job),
             Command::AbandonAttempts { now_ms, node, code } => self.abandon(now_ms, node, code),
-            Command::RegisterNode { node } => {
-                self.nodes.insert(node.id, node);
+            Command::RegisterNode { id, addr, slots, labels, now_ms } => {
+                self.next_node_id = self.next_node_id.max(id);
+                let node = self.nodes.entry(id).or_insert_with(|| NodeInfo::new(id));
+                node.addr = addr;
+                node.slots = slots;
+                node.labels = labels;
+                node.last_heartbeat_ms = now_ms;
+                if node.status == NodeStatus::Down {
+                    node.status = NodeStatus::Up;
+                }
                 Response::Done
             }
+            Command::JoinNode { addr, slots, labels, now_ms } => {
+                self.next_node_id = self.next_node_id.max(self.nodes.keys().max().copied().unwrap_or(0)) + 1;
+                let id = self.next_node_id;
+                let mut node = NodeInfo::new(id);
+                node.addr = addr;
+                node.slots = slots;
+                node.labels = labels;
+                node.last_heartbeat_ms = now_ms;
+                self.nodes.insert(id, node);
+                Response::Joined { id }
+            }
+            Command::Heartbeat { node, now_ms, load } => self.heartbeat(node, now_ms, load),
+            Command::SetNodeStatus { node, status } => match self.nodes.get_mut(&node) {
+                Some(n) => {
+                    n.status = status;
+                    Response::Done
+                }
+                None => Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no node {node}"))),
+            },
+            Command::RemoveNode { node } => match self.nodes.remove(&node) {
+                Some(_) => Response::Done,
+                None => Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no node {node}"))),
+            },
             Command::CreateKey { key } => {
                 if self.keys.contains_key(&key.id) {
                     return Response::Rejected(ApiError::new(ErrorCode::Conflict, format!("key {} exists", key.id)));
@@ -246,6 +271,20 @@ impl State {
             }
             Command::Batch(commands) => Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect()),
         }
+    }
+
+    fn heartbeat(&mut self, id: NodeId, now_ms: u64, load: NodeLoad) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no node {id}")));
+        };
+        node.last_heartbeat_ms = now_ms;
+        node.load = load;
+        // A node that was marked down and is heard from again is back (a draining one stays
+        // draining until an operator says otherwise).
+        if node.status == NodeStatus::Down {
+            node.status = NodeStatus::Up;
+        }
+        Response::Done
     }
 
     fn deploy(&mut self, mut spec: FunctionSpec) -> Response {

@@ -2,7 +2,7 @@
 
 use expect_test::{expect, Expect};
 use model::{
-    AttemptResult, Command, FunctionSpec, JobError, JobId, JobSpec, NodeInfo, Outcome, Response, State,
+    AttemptResult, Command, FunctionSpec, JobError, JobId, JobSpec, Outcome, Response, State,
 };
 use serde_json::json;
 
@@ -71,7 +71,7 @@ fn setup() -> Vec<Command> {
     vec![
         Command::DeployFunction { spec: FunctionSpec::builtin("noop") },
         Command::DeployFunction { spec: fail },
-        Command::RegisterNode { node: NodeInfo { id: 1, addr: "n1".into(), slots: 2 } },
+        Command::RegisterNode { id: 1, addr: "n1".into(), slots: 2, labels: Default::default(), now_ms: 0 },
     ]
 }
 

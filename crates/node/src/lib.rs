@@ -14,12 +14,13 @@
 //!
 //! Shutdown cancels the tasks, stops idle workers and shuts raft down.
 
+mod liveness;
 mod metrics;
 mod running;
 mod scheduling;
 
 use model::{
-    ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobId, JobSpec, KeyId, NodeId, NodeInfo, Response,
+    ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobId, JobSpec, KeyId, NodeId, Response,
     Scope, State, SubmitResult,
 };
 use rand::RngCore;
@@ -32,6 +33,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use storage::Store as ObjectStore;
+pub use registry::CLUSTER_KEY_ID;
+
+/// Raft roles, for the API's node listing.
+pub mod registry_role {
+    pub use registry::Role;
+}
 
 /// How long start-up waits for the registry to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -52,7 +59,26 @@ pub struct NodeConfig {
     pub worker_program: PathBuf,
     /// Names of the built-in functions that `worker_program` serves.
     pub builtin_functions: Vec<String>,
+    /// Placement labels, e.g. `pool=burst`.
+    pub labels: Vec<String>,
+    /// Join an existing cluster through this node, instead of founding one.
+    pub join: Option<JoinTarget>,
 }
+
+/// Where and how a new node asks to join.
+#[derive(Clone, Debug)]
+pub struct JoinTarget {
+    /// `host:port` of any member.
+    pub addr: String,
+    /// An admin key of the cluster.
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// The file that holds the cluster secret (hex), which signs raft traffic between nodes.
+const CLUSTER_KEY_FILE: &str = "cluster.key";
+/// How long a joining node waits to be admitted and to hear from a leader.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// The admin key written on first start, read by the CLI on the same machine.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -78,6 +104,9 @@ struct Inner {
     metrics: metrics::Metrics,
     shutdown: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
+    cluster_secret: String,
+    /// Set once start-up has finished (the tasks run).
+    running: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.
@@ -114,22 +143,34 @@ fn rejected(response: Response) -> Result<Response, ApiError> {
     }
 }
 
+fn internal(what: &str, e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
 impl Node {
-    /// Starts a node on `config.data_dir`; see the module docs for the steps.
+    /// Opens and runs a node; for callers that serve the API themselves only after it is up
+    /// (a founding node needs no peer to reach it while it starts).
     pub async fn start(config: NodeConfig) -> Result<Node, ApiError> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| ApiError::new(ErrorCode::Internal, format!("{what}: {e}"));
+        let node = Node::open(config).await?;
+        node.run().await?;
+        Ok(node)
+    }
+
+    /// Phase one of start-up: find this node's identity (founding, restarting, or joining
+    /// through `config.join`) and open the registry. From here on the API can serve raft RPC,
+    /// which a joining node needs before phase two.
+    pub async fn open(config: NodeConfig) -> Result<Node, ApiError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| internal("data dir", &e))?;
-        let id = node_id(&config.data_dir).map_err(|e| internal("node id", &e))?;
-        let registry = Registry::open(&config.data_dir.join("raft"), id, &config.advertise_addr)
+        let (id, secret, founding) = identity(&config).await?;
+        let registry = Registry::open(&config.data_dir.join("raft"), id, &config.advertise_addr, founding, &secret)
             .await
             .map_err(unavailable)?;
-        registry.wait_for_leader(LEADER_WAIT).await.map_err(unavailable)?;
         let store = match &config.storage_url {
             Some(url) => Store::open(url),
             None => Store::local(&config.data_dir.join("objects")),
         }
         .map_err(storage_error)?;
-        let node = Node {
+        Ok(Node {
             inner: Arc::new(Inner {
                 config,
                 registry,
@@ -138,11 +179,21 @@ impl Node {
                 metrics: metrics::Metrics::new(),
                 shutdown: CancellationToken::new(),
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
+                cluster_secret: secret,
+                running: std::sync::atomic::AtomicBool::new(false),
             }),
-        };
-        node.bootstrap().await?;
-        node.spawn_tasks().await;
-        Ok(node)
+        })
+    }
+
+    /// Phase two: wait for a leader and catch up, bootstrap, start the tasks.
+    pub async fn run(&self) -> Result<(), ApiError> {
+        let wait = if self.inner.config.join.is_some() { JOIN_WAIT } else { LEADER_WAIT };
+        self.inner.registry.wait_for_leader(wait).await.map_err(unavailable)?;
+        self.inner.registry.sync().await.map_err(unavailable)?;
+        self.bootstrap().await?;
+        self.spawn_tasks().await;
+        self.inner.running.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     async fn bootstrap(&self) -> Result<(), ApiError> {
@@ -155,13 +206,20 @@ impl Node {
         }
         let key_path = cfg.data_dir.join(ADMIN_KEY_FILE);
         if !key_path.exists() {
-            let (id, secret) = self.create_key(vec![Scope::Admin]).await?;
-            write_key_file(&key_path, &KeyFile { id: id.0, secret })
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{}: {e}", key_path.display())))?;
+            // A joining node keeps the key it joined with, for the CLI on its machine.
+            let key = match &cfg.join {
+                Some(join) => KeyFile { id: join.key_id.clone(), secret: join.secret.clone() },
+                None => {
+                    let (id, secret) = self.create_key(vec![Scope::Admin]).await?;
+                    KeyFile { id: id.0, secret }
+                }
+            };
+            write_key_file(&key_path, &key).map_err(|e| internal(&key_path.display().to_string(), &e))?;
         }
         let id = self.id();
-        let info = NodeInfo { id, addr: cfg.advertise_addr.clone(), slots: cfg.slots };
-        self.propose(Command::RegisterNode { node: info }).await?;
+        let labels = cfg.labels.iter().cloned().collect();
+        let register = Command::RegisterNode { id, addr: cfg.advertise_addr.clone(), slots: cfg.slots, labels, now_ms: now_ms() };
+        self.propose(register).await?;
         if self.read(|s| s.running_count(id)) > 0 {
             let code = "node_restarted".to_string();
             let response = self.propose(Command::AbandonAttempts { now_ms: now_ms(), node: id, code }).await?;
@@ -177,6 +235,122 @@ impl Node {
         tasks.spawn(running::dispatch(self.clone(), results_tx));
         tasks.spawn(running::report(self.clone(), results_rx));
         tasks.spawn(running::reap_idle_workers(self.clone()));
+        tasks.spawn(liveness::heartbeat(self.clone()));
+        tasks.spawn(liveness::scan(self.clone()));
+    }
+
+    /// Takes no new work, waits (up to `limit`) until what runs here has finished, then shuts
+    /// down. Queued jobs stay in the registry for other nodes or the next start.
+    pub async fn drain_and_stop(&self, limit: Duration) {
+        let me = self.id();
+        let status = Command::SetNodeStatus { node: me, status: model::NodeStatus::Draining };
+        // Without a quorum nothing can be recorded: do not wait for it forever.
+        let marked = tokio::time::timeout(LEADER_WAIT, self.propose(status)).await;
+        let marked = marked.unwrap_or_else(|_| Err(ApiError::new(ErrorCode::Unavailable, "no quorum to record the drain")));
+        match marked {
+            Ok(_) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                let mut applied = self.inner.registry.applied();
+                while self.read(|s| s.running_count(me)) > 0 {
+                    tokio::select! {
+                        _ = applied.changed() => {}
+                        () = tokio::time::sleep_until(deadline) => {
+                            tracing::warn!("drain time is up; stopping with attempts still running (they will be retried)");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not mark this node draining"),
+        }
+        self.shutdown().await;
+    }
+
+    /// Admits a new node: gives it an id and the cluster secret, and adds it to the raft
+    /// membership (as a learner, then a voter while there are fewer than three) once it
+    /// answers.
+    pub async fn join(&self, addr: String, slots: u32, labels: Vec<String>) -> Result<(NodeId, String), ApiError> {
+        let command = Command::JoinNode { addr: addr.clone(), slots, labels: labels.into_iter().collect(), now_ms: now_ms() };
+        let id = match rejected(self.propose(command).await?)? {
+            Response::Joined { id } => id,
+            other => return Err(unexpected(other)),
+        };
+        let registry = self.inner.registry.clone();
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.tasks.lock().await.spawn(async move {
+            let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+            loop {
+                match registry.add_member(id, &addr).await {
+                    Ok(()) => {
+                        tracing::info!(node = id, %addr, "node joined");
+                        return;
+                    }
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(node = id, error = %e, "adding node; trying again");
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = id, error = %e, "gave up adding node");
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        });
+        Ok((id, self.inner.cluster_secret.clone()))
+    }
+
+    /// Changes a node's raft role or status: `drain`, `undrain`, `promote`, `demote`, `remove`.
+    pub async fn node_action(&self, id: NodeId, action: &str) -> Result<(), ApiError> {
+        if self.read(|s| s.node(id).is_none()) {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no node {id}")));
+        }
+        let status = |status| Command::SetNodeStatus { node: id, status };
+        match action {
+            "drain" => rejected(self.propose(status(model::NodeStatus::Draining)).await?).map(|_| ()),
+            "undrain" => rejected(self.propose(status(model::NodeStatus::Up)).await?).map(|_| ()),
+            "promote" => self.inner.registry.change_role(id, registry::Role::Voter).await.map_err(unavailable),
+            "demote" => self.inner.registry.change_role(id, registry::Role::Learner).await.map_err(unavailable),
+            "remove" => {
+                if id == self.id() {
+                    return Err(ApiError::new(ErrorCode::Conflict, "a node cannot remove itself; ask another node"));
+                }
+                self.inner.registry.change_role(id, registry::Role::Removed).await.map_err(unavailable)?;
+                let now = now_ms();
+                self.propose(Command::AbandonAttempts { now_ms: now, node: id, code: "node_removed".into() }).await?;
+                rejected(self.propose(Command::RemoveNode { node: id }).await?).map(|_| ())
+            }
+            other => Err(ApiError::new(ErrorCode::InvalidInput, format!("unknown node action {other:?}"))),
+        }
+    }
+
+    /// Changes cluster config through the log; every node reads it live.
+    pub async fn set_config(&self, key: String, value: String) -> Result<(), ApiError> {
+        if key.is_empty() || key.len() > 128 || value.len() > 4096 {
+            return Err(ApiError::new(ErrorCode::InvalidInput, "config keys are 1 to 128 bytes, values at most 4096"));
+        }
+        if key == "scheduler.strategy" && value.parse::<scheduler::Strategy>().is_err() {
+            return Err(ApiError::new(ErrorCode::InvalidInput, format!("unknown strategy {value:?}")));
+        }
+        rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| ())
+    }
+
+    /// Raft roles of the members.
+    pub fn members(&self) -> Vec<(NodeId, registry::Role)> {
+        self.inner.registry.members()
+    }
+
+    /// Makes local reads linearizable: waits until this node has applied what the leader had
+    /// committed at the time of the call.
+    pub async fn sync(&self) -> Result<(), ApiError> {
+        self.inner.registry.sync().await.map_err(unavailable)
+    }
+
+    /// Checks the cluster signature of an RPC from a peer.
+    pub fn verify_peer(&self, canonical: &model::signature::Canonical<'_>, signature_hex: &str) -> bool {
+        self.inner.registry.verify_peer(canonical, signature_hex)
     }
 
     /// Stops the tasks, the idle workers and raft.
@@ -211,7 +385,9 @@ impl Node {
 
     /// Whether the node can serve writes now.
     pub fn ready(&self) -> bool {
-        self.raft_figures().leader.is_some() && !self.inner.shutdown.is_cancelled()
+        self.inner.running.load(std::sync::atomic::Ordering::Acquire)
+            && self.raft_figures().leader.is_some()
+            && !self.inner.shutdown.is_cancelled()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
@@ -310,18 +486,48 @@ fn unexpected(response: Response) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("unexpected registry response {response:?}"))
 }
 
-/// This node's id: read from `DATA_DIR/node.id`, or 1 for a pristine node that founds a
-/// cluster. Ids are never reused: the cluster issues new ones to joining nodes.
-fn node_id(data_dir: &Path) -> std::io::Result<NodeId> {
-    let path = data_dir.join("node.id");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, "1\n")?;
-            Ok(1)
-        }
-        Err(e) => Err(e),
+/// This node's id, the cluster secret, and whether a pristine registry founds a cluster.
+///
+/// `DATA_DIR/node.id` is written last, so it marks a complete identity: a node that has it
+/// restarts as the member it was. Without it, a node founds a cluster as node 1, or joins one
+/// and gets a fresh id from the leader (ids are never reused).
+async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Founding), ApiError> {
+    let dir = &config.data_dir;
+    let id_path = dir.join("node.id");
+    let secret_path = dir.join(CLUSTER_KEY_FILE);
+    let read = |p: &Path| std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| internal(&p.display().to_string(), &e));
+    if id_path.exists() {
+        let id = read(&id_path)?.parse().map_err(|e| internal(&id_path.display().to_string(), &e))?;
+        return Ok((id, read(&secret_path)?, registry::Founding::Join));
     }
+    let (id, secret, founding) = match &config.join {
+        None => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            (1, hex::encode(bytes), registry::Founding::Found)
+        }
+        Some(join) => {
+            let credentials = client::Credentials { key_id: join.key_id.clone(), secret: join.secret.clone() };
+            let member = client::Client::new(&join.addr, credentials);
+            let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+            let answer = loop {
+                match member.join(&config.advertise_addr, config.slots, &config.labels).await {
+                    Ok(answer) => break answer,
+                    Err(e) if e.code() != Some(ErrorCode::Unavailable) && !matches!(e, client::ClientError::Http(_)) => {
+                        return Err(ApiError::new(ErrorCode::Unavailable, format!("joining through {}: {e}", join.addr)));
+                    }
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(ApiError::new(ErrorCode::Unavailable, format!("joining through {}: {e}", join.addr)));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            (answer.id, answer.cluster_secret, registry::Founding::Join)
+        }
+    };
+    std::fs::write(&secret_path, format!("{secret}\n")).map_err(|e| internal(&secret_path.display().to_string(), &e))?;
+    std::fs::write(&id_path, format!("{id}\n")).map_err(|e| internal(&id_path.display().to_string(), &e))?;
+    Ok((id, secret, founding))
 }
 
 fn write_key_file(path: &Path, key: &KeyFile) -> std::io::Result<()> {

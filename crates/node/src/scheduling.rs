@@ -1,14 +1,19 @@
 //! The scheduling loop. Every node runs it; it acts only while its node is the leader, so
-//! exactly one node places jobs at a time. Placement itself is the pure
-//! [`scheduler::place`]; this loop feeds it and turns its answer into `StartAttempts`.
+//! exactly one node places jobs at a time (a deposed leader's `StartAttempts` fails to
+//! commit). Placement itself is the pure [`scheduler::place`]; this loop feeds it the due jobs
+//! and a view of the nodes, keeps the scheduler's state between calls, and turns its answer
+//! into `StartAttempts` entries, one per node.
 //!
 //! A node holds up to `slots * (1 + PREFETCH_PER_SLOT)` attempts: `slots` running and the rest
 //! waiting in the node for a free slot. Prefetching lets one log entry start many jobs, which
-//! is what makes small jobs cheap; it costs nothing in fairness on one node.
+//! is what makes small jobs cheap.
+//!
+//! Cluster config read live on every pass (set with `chorus config set`):
+//! `scheduler.strategy` (default `least-request`) and `scheduler.cpu_threshold` (default 85).
 
 use crate::{now_ms, Node};
-use model::Command;
-use scheduler::NodeView;
+use model::{Command, NodeStatus, State};
+use scheduler::{Config, NodeView, PendingJob, SchedulerState, Strategy};
 use std::time::Duration;
 
 /// Attempts a node holds waiting per slot.
@@ -16,8 +21,33 @@ pub(crate) const PREFETCH_PER_SLOT: u32 = 32;
 /// How often the loop looks even if nothing changed (delayed retries becoming due).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
+fn config(s: &State) -> Config {
+    let mut config = Config::default();
+    if let Some(strategy) = s.config().get("scheduler.strategy").and_then(|v| v.parse::<Strategy>().ok()) {
+        config.default_strategy = strategy;
+    }
+    if let Some(threshold) = s.config().get("scheduler.cpu_threshold").and_then(|v| v.parse::<f64>().ok()) {
+        config.cpu_threshold_percent = threshold;
+    }
+    config
+}
+
+fn view(s: &State) -> Vec<NodeView> {
+    s.nodes()
+        .map(|n| {
+            let mut v = NodeView::new(n.id, n.slots.saturating_mul(1 + PREFETCH_PER_SLOT), s.running_count(n.id) as u32);
+            v.labels = n.labels.clone();
+            v.cpu_percent = n.load.cpu_percent;
+            v.up = n.status != NodeStatus::Down;
+            v.draining = n.status == NodeStatus::Draining;
+            v
+        })
+        .collect()
+}
+
 pub(crate) async fn run(node: Node) {
     let mut applied = node.inner.registry.applied();
+    let mut state: Option<SchedulerState> = None;
     loop {
         let next_due = node.read(|s| s.next_due_ms());
         let wait = next_due.map_or(IDLE_TICK, |due| Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_TICK));
@@ -27,26 +57,41 @@ pub(crate) async fn run(node: Node) {
             () = tokio::time::sleep(wait) => {}
         }
         if !node.inner.registry.figures().is_leader {
+            // A new leader starts from a fresh scheduler state.
+            state = None;
             continue;
         }
         let now = now_ms();
         let placement = node.read(|s| {
-            let nodes: Vec<NodeView> = s
-                .nodes()
-                .map(|n| NodeView {
-                    id: n.id,
-                    capacity: n.slots.saturating_mul(1 + PREFETCH_PER_SLOT),
-                    assigned: s.running_count(n.id) as u32,
+            let config = config(s);
+            let state = state.get_or_insert_with(|| SchedulerState::new(&config));
+            let nodes = view(s);
+            let free: u32 = nodes.iter().filter(|n| n.up && !n.draining).map(|n| n.capacity.saturating_sub(n.assigned)).sum();
+            if free == 0 {
+                return None;
+            }
+            let due: Vec<PendingJob> = s
+                .due_jobs(now, free as usize)
+                .iter()
+                .map(|j| {
+                    let mut p = PendingJob::new(j.id);
+                    if let Some(f) = s.function(&j.function) {
+                        p.strategy = f.strategy.as_deref().and_then(|v| v.parse().ok());
+                        p.required_labels = f.labels.iter().cloned().collect();
+                    }
+                    p
                 })
                 .collect();
-            let free: u32 = nodes.iter().map(|n| n.capacity.saturating_sub(n.assigned)).sum();
-            if free == 0 {
-                return Vec::new();
+            if due.is_empty() {
+                return None;
             }
-            let due: Vec<_> = s.due_jobs(now, free as usize).iter().map(|j| j.id).collect();
-            scheduler::place(&nodes, &due)
+            Some(scheduler::place(&config, state, &nodes, &due))
         });
-        for (target, jobs) in placement {
+        let Some(placement) = placement else { continue };
+        for change in &placement.breaker_changes {
+            tracing::warn!(node = change.node, cpu_percent = change.cpu_percent, breaker = ?change.breaker, "alert: CPU circuit breaker changed");
+        }
+        for (target, jobs) in placement.attempts {
             if let Err(e) = node.propose(Command::StartAttempts { now_ms: now, node: target, jobs }).await {
                 tracing::warn!(error = %e, "could not start attempts");
                 break;

@@ -18,13 +18,14 @@ mod state_machine;
 
 use model::{Command, NodeId, Response, State};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub use network::RaftRpcError;
+pub use network::{RaftRpcError, CLUSTER_KEY_ID};
 
 openraft::declare_raft_types!(
     /// openraft's view of chorus: commands in, responses out, nodes addressed by `host:port`.
@@ -34,6 +35,19 @@ openraft::declare_raft_types!(
 );
 
 pub type RaftInstance = Raft<TypeConfig>;
+
+/// A node's role in the raft membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Voter,
+    Learner,
+    /// Not a member any more.
+    Removed,
+}
+
+/// How long a forwarded call waits for a leader or for its entry to be applied here.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Log entries between snapshots; a snapshot lets the log before it be purged.
 const SNAPSHOT_LOGS_SINCE_LAST: u64 = 5_000;
@@ -60,6 +74,19 @@ pub struct RaftFigures {
     pub voters: usize,
 }
 
+/// Voters in the cluster: the first nodes to join become voters up to this many; later ones
+/// are learners (full replicas without a vote).
+pub const VOTERS_DEFAULT: usize = 3;
+
+/// How a node takes part when it opens the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Founding {
+    /// A pristine node makes itself a one-member cluster.
+    Found,
+    /// A pristine node waits to be added by the leader (`chorus serve --join`).
+    Join,
+}
+
 /// A running member of the registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -67,6 +94,7 @@ pub struct Registry {
     raft: RaftInstance,
     state: Arc<state_machine::Shared>,
     proposer: proposer::Handle,
+    peers: network::Peers,
 }
 
 impl std::fmt::Debug for Registry {
@@ -78,7 +106,14 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Opens (or creates) the registry in `dir` and starts raft. A pristine node initializes
     /// itself as a one-member cluster: a single node is just the smallest cluster.
-    pub async fn open(dir: &Path, id: NodeId, addr: &str) -> Result<Registry, RegistryError> {
+    /// `cluster_secret` (hex) signs raft RPC between nodes.
+    pub async fn open(
+        dir: &Path,
+        id: NodeId,
+        addr: &str,
+        founding: Founding,
+        cluster_secret: &str,
+    ) -> Result<Registry, RegistryError> {
         std::fs::create_dir_all(dir).map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let db = log_store::open_db(&dir.join("raft.redb"))?;
         let log_store = log_store::LogStore::new(db.clone());
@@ -93,25 +128,135 @@ impl Registry {
             ..Config::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RegistryError::Unavailable(e.to_string()))?);
-        let raft = Raft::new(id, config, network::Network::new(), log_store, sm)
+        let peers = network::Peers::new(cluster_secret);
+        let raft = Raft::new(id, config, network::Network::new(peers.clone()), log_store, sm)
             .await
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let initialized = raft.is_initialized().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        if !initialized {
+        if !initialized && founding == Founding::Found {
             let members = BTreeMap::from([(id, BasicNode::new(addr))]);
             raft.initialize(members).await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         }
         let proposer = proposer::Handle::spawn(raft.clone());
-        Ok(Registry { id, raft, state: shared, proposer })
+        Ok(Registry { id, raft, state: shared, proposer, peers })
     }
 
     pub fn id(&self) -> NodeId {
         self.id
     }
 
-    /// Appends `command` to the log and returns its response once applied here.
+    /// Appends `command` to the log and returns its response once applied. On a follower the
+    /// command is forwarded to the leader, and the answer comes back once this node has
+    /// applied it too (so a caller reads its own writes here).
     pub async fn propose(&self, command: Command) -> Result<Response, RegistryError> {
-        self.proposer.propose(command).await
+        if self.figures().is_leader {
+            return self.proposer.propose(command).await;
+        }
+        let body = serde_json::to_vec(&command).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let answer = self.forward("propose", body).await?;
+        let forwarded: network::Forwarded<Response> =
+            serde_json::from_slice(&answer).map_err(|e| RegistryError::Unavailable(format!("leader answered: {e}")))?;
+        self.wait_applied(forwarded.index).await?;
+        Ok(forwarded.value)
+    }
+
+    /// Sends an RPC to the leader, following leader changes a few times.
+    async fn forward(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>, RegistryError> {
+        let (leader, addr) = self.leader_addr().await?;
+        if leader == self.id {
+            return Err(RegistryError::Unavailable("this node became leader while forwarding; try again".into()));
+        }
+        self.peers.call(&addr, kind, body).await
+    }
+
+    /// The leader and its address. A node that just joined may hear from the leader before
+    /// it has replicated the membership that holds the leader's address: wait for both.
+    async fn leader_addr(&self) -> Result<(NodeId, String), RegistryError> {
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                {
+                    let m = metrics.borrow();
+                    if let Some(leader) = m.current_leader {
+                        if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                            return Ok((leader, node.addr.clone()));
+                        }
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(RegistryError::Unavailable("raft stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(LEADER_WAIT, wait)
+            .await
+            .map_err(|_| RegistryError::Unavailable("no leader with a known address in time".into()))?
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), RegistryError> {
+        let mut applied = self.applied();
+        let reached = tokio::time::timeout(LEADER_WAIT, applied.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(RegistryError::Unavailable(format!("log index {index} not applied here in time")))
+        }
+    }
+
+    /// Proposes on the leader (the serving side of a forwarded `propose`).
+    async fn propose_here(&self, command: Command) -> Result<network::Forwarded<Response>, RegistryError> {
+        let value = self.proposer.propose(command).await?;
+        let index = self.state.committed_index();
+        Ok(network::Forwarded { index, value })
+    }
+
+    /// Adds a node: first as a learner (blocking until it has caught up), then as a voter if
+    /// the cluster has fewer than [`VOTERS_DEFAULT`] voters. Runs on the leader; forwarded
+    /// there from any other node.
+    pub async fn add_member(&self, id: NodeId, addr: &str) -> Result<(), RegistryError> {
+        if !self.figures().is_leader {
+            let body = serde_json::to_vec(&(id, addr)).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            self.forward("add_member", body).await?;
+            return Ok(());
+        }
+        let write_err = |e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>| {
+            RegistryError::Unavailable(e.to_string())
+        };
+        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(write_err)?;
+        if self.figures().voters < VOTERS_DEFAULT {
+            let ids = std::collections::BTreeSet::from([id]);
+            self.raft.change_membership(openraft::ChangeMembers::AddVoterIds(ids), true).await.map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Makes a learner a voter, or a voter a learner; removes a node from the membership.
+    pub async fn change_role(&self, id: NodeId, role: Role) -> Result<(), RegistryError> {
+        if !self.figures().is_leader {
+            let body = serde_json::to_vec(&(id, role)).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            self.forward("change_role", body).await?;
+            return Ok(());
+        }
+        let ids = std::collections::BTreeSet::from([id]);
+        let change = match role {
+            Role::Voter => openraft::ChangeMembers::AddVoterIds(ids),
+            Role::Learner => openraft::ChangeMembers::RemoveVoters(ids),
+            Role::Removed => openraft::ChangeMembers::RemoveNodes(ids),
+        };
+        // `retain = true` keeps a demoted voter as a learner.
+        self.raft.change_membership(change, role == Role::Learner).await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Voters and learners, as raft knows them.
+    pub fn members(&self) -> Vec<(NodeId, Role)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, _)| (*id, if voters.contains(id) { Role::Voter } else { Role::Learner }))
+            .collect()
     }
 
     /// Runs `f` on the state as applied on this node (possibly behind the leader).
@@ -119,14 +264,26 @@ impl Registry {
         self.state.read(f)
     }
 
-    /// Waits until this node has applied everything the leader had committed when called.
+    /// Waits until this node has applied everything the leader had committed when called
+    /// (read-index): after it, a local read is linearizable.
     pub async fn sync(&self) -> Result<(), RegistryError> {
-        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| match e.forward_to_leader() {
+        let index = if self.figures().is_leader {
+            self.read_index_here().await?
+        } else {
+            let answer = self.forward("read_index", Vec::new()).await?;
+            serde_json::from_slice(&answer).map_err(|e| RegistryError::Unavailable(e.to_string()))?
+        };
+        self.wait_applied(index).await
+    }
+
+    async fn read_index_here(&self) -> Result<u64, RegistryError> {
+        let read = self.raft.ensure_linearizable().await.map_err(|e| match e.forward_to_leader() {
             Some(fwd) => RegistryError::NotLeader {
                 leader: fwd.leader_id.zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
             },
             None => RegistryError::Unavailable(e.to_string()),
-        })
+        })?;
+        Ok(read.map_or(0, |l| l.index))
     }
 
     /// Ticks whenever entries are applied; the value is the last applied index.
@@ -165,9 +322,33 @@ impl Registry {
             .map_err(|_| RegistryError::Unavailable("no leader elected in time".into()))?
     }
 
-    /// Handles raft RPCs from peers (the API mounts them); bodies are JSON.
+    /// Handles RPCs from peers (the API mounts them; bodies are JSON): raft's own, and the
+    /// ones followers forward to the leader.
     pub async fn handle_rpc(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, RaftRpcError> {
-        network::handle(&self.raft, kind, body).await
+        let unavailable = |e: RegistryError| RaftRpcError::Unavailable(e.to_string());
+        match kind {
+            "propose" => {
+                let command: Command = serde_json::from_slice(body)?;
+                Ok(serde_json::to_vec(&self.propose_here(command).await.map_err(unavailable)?)?)
+            }
+            "read_index" => Ok(serde_json::to_vec(&self.read_index_here().await.map_err(unavailable)?)?),
+            "add_member" => {
+                let (id, addr): (NodeId, String) = serde_json::from_slice(body)?;
+                self.add_member(id, &addr).await.map_err(unavailable)?;
+                Ok(b"{}".to_vec())
+            }
+            "change_role" => {
+                let (id, role): (NodeId, Role) = serde_json::from_slice(body)?;
+                self.change_role(id, role).await.map_err(unavailable)?;
+                Ok(b"{}".to_vec())
+            }
+            _ => network::handle(&self.raft, kind, body).await,
+        }
+    }
+
+    /// Checks the cluster signature of an RPC from a peer.
+    pub fn verify_peer(&self, canonical: &model::signature::Canonical<'_>, signature_hex: &str) -> bool {
+        self.peers.verify(canonical, signature_hex)
     }
 
     pub async fn shutdown(&self) {

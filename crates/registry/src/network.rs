@@ -13,23 +13,87 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Why a peer's raft RPC could not be handled.
+/// Why a peer's RPC could not be handled.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftRpcError {
     #[error("unknown raft rpc {0:?}")]
     UnknownKind(String),
     #[error("malformed raft rpc: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Network {
+/// A value computed on the leader, with the log index a follower must apply before it
+/// answers its own caller.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub(crate) struct Forwarded<T> {
+    pub(crate) index: u64,
+    pub(crate) value: T,
+}
+
+/// The key id cluster RPCs are signed with; the secret is the cluster secret every node has.
+pub const CLUSTER_KEY_ID: &str = "cluster";
+
+/// Signed HTTP calls to peers.
+#[derive(Clone, Debug)]
+pub(crate) struct Peers {
     client: reqwest::Client,
+    secret: std::sync::Arc<str>,
+}
+
+impl Peers {
+    pub(crate) fn new(secret: &str) -> Peers {
+        Peers { client: reqwest::Client::new(), secret: secret.into() }
+    }
+
+    fn signed(&self, addr: &str, kind: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+        use model::signature::{self, Canonical};
+        use rand::RngCore;
+        let path = format!("/v1/raft/{kind}");
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let nonce = hex::encode(nonce);
+        let hash = signature::body_sha256_hex(&body);
+        let timestamp_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let canonical = Canonical { method: "POST", path: &path, query: "", timestamp_s, nonce: &nonce, body_sha256_hex: &hash };
+        let sig = canonical.sign(&self.secret).unwrap_or_default();
+        self.client
+            .post(format!("http://{addr}{path}"))
+            .header(signature::HEADER_KEY, CLUSTER_KEY_ID)
+            .header(signature::HEADER_TIMESTAMP, timestamp_s.to_string())
+            .header(signature::HEADER_NONCE, nonce)
+            .header(signature::HEADER_CONTENT_SHA256, hash)
+            .header(signature::HEADER_SIGNATURE, sig)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
+    /// A forwarded call to the leader; its answer body.
+    pub(crate) async fn call(&self, addr: &str, kind: &str, body: Vec<u8>) -> Result<Vec<u8>, crate::RegistryError> {
+        let unavailable = |e: String| crate::RegistryError::Unavailable(format!("leader at {addr}: {e}"));
+        let response = self.signed(addr, kind, body).send().await.map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        if !status.is_success() {
+            return Err(unavailable(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    pub(crate) fn verify(&self, canonical: &model::signature::Canonical<'_>, signature_hex: &str) -> bool {
+        canonical.verify(&self.secret, signature_hex)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Network {
+    peers: Peers,
 }
 
 impl Network {
-    pub(crate) fn new() -> Network {
-        Network { client: reqwest::Client::new() }
+    pub(crate) fn new(peers: Peers) -> Network {
+        Network { peers }
     }
 }
 
@@ -37,13 +101,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Connection {
-        Connection { client: self.client.clone(), addr: node.addr.clone() }
+        Connection { peers: self.peers.clone(), addr: node.addr.clone() }
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Connection {
-    client: reqwest::Client,
+    peers: Peers,
     addr: String,
 }
 
@@ -59,8 +123,8 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/v1/raft/{kind}", self.addr);
-        let sent = self.client.post(url).json(req).timeout(option.hard_ttl()).send().await;
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let sent = self.peers.signed(&self.addr, kind, body).timeout(option.hard_ttl()).send().await;
         let response = sent.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))

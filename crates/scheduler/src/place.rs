@@ -275,7 +275,7 @@ fn step_breakers(
     views: &[&NodeView],
 ) -> (Vec<Slot>, Vec<BreakerChange>) {
     let mut changes = Vec::new();
-    let slots = views
+    let mut slots: Vec<Slot> = views
         .iter()
         .map(|view| {
             let before = state.breakers.get(&view.id).copied().unwrap_or_default();
@@ -309,6 +309,15 @@ fn step_breakers(
             }
         })
         .collect();
+    // The breaker steers work away from hot nodes while cooler ones can take it. When every
+    // usable node is hot, refusing all work would only stall the cluster (and a node busy
+    // with its own attempts is hot by design), so open breakers are ignored for this call;
+    // they stay open in the state and were reported when they opened.
+    if !slots.iter().any(|s| s.usable && s.breaker == Breaker::Closed) {
+        for slot in &mut slots {
+            slot.breaker = Breaker::Closed;
+        }
+    }
     (slots, changes)
 }
 

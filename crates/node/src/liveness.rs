@@ -1,0 +1,143 @@
+//! Node liveness, separate from raft's own heartbeats.
+//!
+//! - Every node proposes a `Heartbeat` with its load every [`HEARTBEAT_INTERVAL`].
+//! - The leader scans the members every [`SCAN_INTERVAL`]: a node not heard from for
+//!   [`DOWN_AFTER`] is marked down and its running attempts fail with `node_lost`, so they
+//!   are retried elsewhere. The scan runs only while its node is leader; a deposed leader's
+//!   proposals fail, which fences it by term.
+//! - A node marked down that heartbeats again is up again.
+//! - When a voter has been down for [`PROMOTE_AFTER`] and a learner is up, the leader
+//!   promotes the learner and demotes the dead voter, so the quorum heals itself.
+
+use crate::{now_ms, Node};
+use model::{Command, NodeLoad, NodeStatus};
+use std::time::Duration;
+
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+const DOWN_AFTER: Duration = Duration::from_millis(2_000);
+const PROMOTE_AFTER: Duration = Duration::from_secs(10);
+/// Weight of a new CPU sample in the smoothed figure.
+const CPU_SMOOTHING: f64 = 0.3;
+
+pub(crate) async fn heartbeat(node: Node) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut cpu = CpuMeter::default();
+    let mut cpu_percent = 0.0;
+    loop {
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(sample) = cpu.sample() {
+            cpu_percent = CPU_SMOOTHING * sample + (1.0 - CPU_SMOOTHING) * cpu_percent;
+        }
+        let me = node.id();
+        let running = node.read(|s| s.running_count(me)) as u32;
+        let slots = node.inner.config.slots;
+        let load = NodeLoad {
+            cpu_percent,
+            memory_used_bytes: memory_used_bytes().unwrap_or(0),
+            running,
+            free_slots: slots.saturating_sub(running),
+            warm_workers: node.inner.executor.warm_workers().into_iter().map(|(k, v)| (k, v as u32)).collect(),
+        };
+        if let Err(e) = node.propose(Command::Heartbeat { node: me, now_ms: now_ms(), load }).await {
+            tracing::debug!(error = %e, "heartbeat not recorded");
+        }
+    }
+}
+
+pub(crate) async fn scan(node: Node) {
+    let mut tick = tokio::time::interval(SCAN_INTERVAL);
+    // When this node became leader: a new leader gives every node a full DOWN_AFTER before
+    // judging it, since heartbeats may have been lost in the election.
+    let mut leader_since: Option<u64> = None;
+    loop {
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !node.inner.registry.figures().is_leader {
+            leader_since = None;
+            continue;
+        }
+        let now = now_ms();
+        let since = *leader_since.get_or_insert(now);
+        let down_after_ms = DOWN_AFTER.as_millis() as u64;
+        let lost: Vec<u64> = node.read(|s| {
+            s.nodes()
+                .filter(|n| n.status != NodeStatus::Down && n.id != node.id())
+                .filter(|n| now.saturating_sub(n.last_heartbeat_ms.max(since)) > down_after_ms)
+                .map(|n| n.id)
+                .collect()
+        });
+        for id in lost {
+            tracing::warn!(node = id, "node missed its heartbeats; marking it down and failing over its attempts");
+            let marked = node.propose(Command::SetNodeStatus { node: id, status: NodeStatus::Down }).await;
+            let abandoned = node.propose(Command::AbandonAttempts { now_ms: now, node: id, code: "node_lost".into() }).await;
+            if let Err(e) = marked.and(abandoned) {
+                tracing::warn!(node = id, error = %e, "could not fail the node over");
+            }
+        }
+        promote_learners(&node, now).await;
+    }
+}
+
+/// Replaces voters that have been down for long with learners that are up.
+async fn promote_learners(node: &Node, now: u64) {
+    let members = node.members();
+    let promote_after_ms = PROMOTE_AFTER.as_millis() as u64;
+    let (dead_voters, live_learners) = node.read(|s| {
+        let status = |id| s.node(id).map(|n| (n.status, n.last_heartbeat_ms));
+        let dead: Vec<u64> = members
+            .iter()
+            .filter(|(_, role)| *role == registry::Role::Voter)
+            .filter(|(id, _)| matches!(status(*id), Some((NodeStatus::Down, t)) if now.saturating_sub(t) > promote_after_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        let live: Vec<u64> = members
+            .iter()
+            .filter(|(_, role)| *role == registry::Role::Learner)
+            .filter(|(id, _)| matches!(status(*id), Some((NodeStatus::Up, _))))
+            .map(|(id, _)| *id)
+            .collect();
+        (dead, live)
+    });
+    for (dead, live) in dead_voters.into_iter().zip(live_learners) {
+        tracing::warn!(dead, live, "promoting a learner in place of a voter that is gone");
+        let promoted = node.inner.registry.change_role(live, registry::Role::Voter).await;
+        let demoted = node.inner.registry.change_role(dead, registry::Role::Learner).await;
+        if let Err(e) = promoted.and(demoted) {
+            tracing::warn!(error = %e, "could not replace the voter");
+        }
+    }
+}
+
+/// Whole-machine CPU use from `/proc/stat`, between two calls.
+#[derive(Debug, Default)]
+struct CpuMeter {
+    last: Option<(u64, u64)>,
+}
+
+impl CpuMeter {
+    fn sample(&mut self) -> Option<f64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let total: u64 = fields.iter().sum();
+        // idle + iowait
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        let previous = self.last.replace((total, idle));
+        let (t0, i0) = previous?;
+        let dt = total.saturating_sub(t0);
+        (dt > 0).then(|| 100.0 * (1.0 - idle.saturating_sub(i0) as f64 / dt as f64))
+    }
+}
+
+fn memory_used_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |name: &str| -> Option<u64> {
+        text.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("MemTotal:")? - kib("MemAvailable:")?) * 1024)
+}
