@@ -22,6 +22,8 @@ pub(crate) struct TestNode {
     pub(crate) addr: String,
     slots: u32,
     child: Option<Child>,
+    /// `--join` target and the admin key to join with.
+    join: Option<(String, Credentials)>,
 }
 
 fn free_port() -> u16 {
@@ -37,16 +39,51 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let placeholder = Client::new(&addr, Credentials { key_id: String::new(), secret: String::new() });
-        let mut node = TestNode { dir, client: placeholder, addr, slots, child: None };
+        let mut node = TestNode { dir, client: placeholder, addr, slots, child: None, join: None };
         node.spawn().await;
         node
     }
 
+    /// A node that joins the cluster `member` belongs to.
+    pub(crate) async fn join(member: &TestNode) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let credentials = member.credentials();
+        let mut node = TestNode {
+            dir,
+            client: Client::new(&addr, credentials.clone()),
+            addr,
+            slots: 2,
+            child: None,
+            join: Some((member.addr.clone(), credentials)),
+        };
+        node.spawn().await;
+        node
+    }
+
+    pub(crate) fn credentials(&self) -> Credentials {
+        let text = std::fs::read_to_string(self.dir.path().join("data").join(node::ADMIN_KEY_FILE)).unwrap();
+        let key: node::KeyFile = serde_json::from_str(&text).unwrap();
+        Credentials { key_id: key.id, secret: key.secret }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
+        command
             .args(["serve", "--listen", &self.addr, "--slots", &self.slots.to_string(), "--data-dir"])
-            .arg(self.dir.path().join("data"))
+            .arg(self.dir.path().join("data"));
+        if let Some((member, credentials)) = &self.join {
+            command
+                .args(["--join", member])
+                .env("CHORUS_KEY_ID", &credentials.key_id)
+                .env("CHORUS_KEY_SECRET", &credentials.secret);
+        }
+        let child = command
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

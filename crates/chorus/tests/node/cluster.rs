@@ -1,0 +1,131 @@
+//! Multi-process clusters on loopback: three real nodes, faults by `kill -9`.
+
+use crate::harness::{must_finish, wait_until, TestNode};
+use model::{JobId, JobSpec, JobState};
+use serde_json::json;
+use std::collections::BTreeSet;
+
+async fn cluster() -> Vec<TestNode> {
+    let first = TestNode::start().await;
+    let second = TestNode::join(&first).await;
+    let third = TestNode::join(&first).await;
+    let nodes = vec![first, second, third];
+    wait_until("three voters are up", || async {
+        let list = nodes[0].client.nodes().await.unwrap();
+        let rows = list["nodes"].as_array().unwrap();
+        rows.len() == 3 && rows.iter().all(|n| n["status"] == "up" && n["role"] == "voter")
+    })
+    .await;
+    nodes
+}
+
+fn leader_index(nodes: &[TestNode], leader: u64) -> usize {
+    let ids: Vec<u64> = nodes.iter().map(|n| std::fs::read_to_string(n.dir.path().join("data/node.id")).unwrap().trim().parse().unwrap()).collect();
+    ids.iter().position(|id| *id == leader).unwrap()
+}
+
+async fn leader(node: &TestNode) -> u64 {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(id) = node.client.nodes().await.ok().and_then(|n| n["leader"].as_u64()) {
+            return id;
+        }
+        assert!(started.elapsed() < crate::harness::DEADLINE, "no leader known");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn sleeps(n: usize, ms: u64) -> Vec<JobSpec> {
+    (0..n).map(|_| JobSpec { function: "sleep".into(), input: json!({ "ms": ms }), files: vec![], priority: 0, idempotency_key: None }).collect()
+}
+
+async fn submit(node: &TestNode, specs: &[JobSpec]) -> Vec<JobId> {
+    node.client
+        .submit_batch(specs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            client::BatchResult::Submitted { id, .. } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_loses_no_acknowledged_job() {
+    let mut nodes = cluster().await;
+    let old = leader(&nodes[0]).await;
+    let li = leader_index(&nodes, old);
+    let follower = (li + 1) % 3;
+    let ids = submit(&nodes[follower], &sleeps(30, 300)).await;
+    nodes[li].kill_9();
+    let new = leader(&nodes[follower]).await;
+    assert_ne!(new, old, "a new leader was elected");
+    for id in ids {
+        let job = must_finish(&nodes[follower].client, id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert!(job.attempts.last().unwrap().node != old || job.attempts.len() == 1, "{job:?}");
+    }
+    // The cluster still takes writes with two of three voters.
+    let more = submit(&nodes[(li + 2) % 3], &sleeps(3, 1)).await;
+    for id in more {
+        assert_eq!(must_finish(&nodes[follower].client, id).await.state, JobState::Succeeded);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_of_a_killed_node_finish_elsewhere() {
+    let mut nodes = cluster().await;
+    let leader_id = leader(&nodes[0]).await;
+    let li = leader_index(&nodes, leader_id);
+    let victim = (li + 1) % 3;
+    let victim_id: u64 = std::fs::read_to_string(nodes[victim].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let ids = submit(&nodes[li], &sleeps(12, 2_000)).await;
+    // Wait until the victim runs some of them, then kill it.
+    wait_until("the victim runs attempts", || async {
+        let list = nodes[li].client.nodes().await.unwrap();
+        list["nodes"].as_array().unwrap().iter().any(|n| n["id"] == victim_id && n["running"].as_u64() > Some(0))
+    })
+    .await;
+    nodes[victim].kill_9();
+    let mut moved = 0;
+    for id in ids {
+        let job = must_finish(&nodes[li].client, id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        if job.attempts.iter().any(|a| a.node == victim_id) {
+            let lost = &job.attempts[0];
+            assert_eq!(lost.error.as_ref().map(|e| e.code.as_str()), Some("node_lost"), "{job:?}");
+            assert_ne!(job.attempts.last().unwrap().node, victim_id);
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "some jobs ran on the killed node and moved");
+    let list = nodes[li].client.nodes().await.unwrap();
+    let status: BTreeSet<(u64, String)> =
+        list["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_u64().unwrap(), n["status"].as_str().unwrap().to_string())).collect();
+    assert!(status.contains(&(victim_id, "down".to_string())), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_finishes_its_work_and_takes_no_more() {
+    let nodes = cluster().await;
+    let target_id: u64 = std::fs::read_to_string(nodes[2].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let first = submit(&nodes[0], &sleeps(6, 500)).await;
+    nodes[0].client.node_action(target_id, "drain").await.unwrap();
+    let later = submit(&nodes[1], &sleeps(12, 10)).await;
+    for id in &first {
+        assert_eq!(must_finish(&nodes[0].client, *id).await.state, JobState::Succeeded);
+    }
+    for id in &later {
+        let job = must_finish(&nodes[0].client, *id).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        assert!(job.attempts.iter().all(|a| a.node != target_id), "job {id} ran on the drained node");
+    }
+    // Config set through one node is seen by every other.
+    nodes[1].client.set_config("scheduler.strategy", "cpu-load").await.unwrap();
+    for n in &nodes {
+        let config = n.client.config().await.unwrap();
+        assert_eq!(config["config"]["scheduler.strategy"], "cpu-load");
+    }
+}
