@@ -238,6 +238,9 @@ class CeleryPeer(Peer):
     def send_clock(self, sent):
         self.t.clock.apply_async(args=(sent,))
 
+    def purge(self):
+        self.t.app.control.purge()
+
 
 class RqPeer(Peer):
     name = "rq"
@@ -272,6 +275,9 @@ class RqPeer(Peer):
     def send_clock(self, sent):
         self.q.enqueue(self.t.clock, sent)
 
+    def purge(self):
+        self.q.empty()
+
 
 class DramatiqPeer(Peer):
     name = "dramatiq"
@@ -297,6 +303,9 @@ class DramatiqPeer(Peer):
 
     def send_clock(self, sent):
         self.t.clock.send(sent)
+
+    def purge(self):
+        self.t.broker.flush_all()
 
 
 PEERS = {"celery": CeleryPeer, "rq": RqPeer, "dramatiq": DramatiqPeer}
@@ -342,6 +351,11 @@ def run_peer(args) -> dict:
         result["drain_s"] = round(end - first[0], 3) if first else None
         result["drain_jobs_per_s_incl_startup"] = round(count / (end - spawned), 1)
 
+        if count < args.jobs:
+            # Drop what is left so that the latency jobs do not queue behind it.
+            peer.purge()
+            time.sleep(1.0)  # jobs the workers already hold finish
+
         # Submit-to-start latency, open loop, with the same (warm) workers.
         rate, n = latency_plan(result["drain_jobs_per_s"] or 1.0, args)
         peer.r0.delete(LATENCY_KEY)
@@ -350,7 +364,7 @@ def run_peer(args) -> dict:
         sent = loop.pop("sent")
         want = loop["sent_count"]
         try:
-            wait_until(lambda: peer.r0.llen(LATENCY_KEY) >= want, args.drain_limit_s, "latency jobs")
+            wait_until(lambda: peer.r0.llen(LATENCY_KEY) >= want, 60, "latency jobs")
         except TimeoutError as e:
             result["latency_error"] = str(e)
         values = [float(x) for x in peer.r0.lrange(LATENCY_KEY, 0, -1)]
@@ -509,7 +523,7 @@ def run_chorus(args) -> dict:
         sent = loop.pop("sent")
         want = before + sum(1 for i in ids if i is not None)
         try:
-            wait_until(lambda: client.count("clock", "succeeded") >= want, args.drain_limit_s, "clock jobs")
+            wait_until(lambda: client.count("clock", "succeeded") >= want, 60, "clock jobs")
         except TimeoutError as e:
             result["latency_error"] = str(e)
         sampler.join(15)
