@@ -2,6 +2,7 @@
 //! worker process, and the rest are client commands. This is the only crate that reads
 //! arguments and the environment; errors end here as a message and an exit code.
 
+mod audio_cmd;
 mod client_cmd;
 mod serve_cmd;
 
@@ -34,6 +35,10 @@ enum Cmd {
     Nodes(client_cmd::NodesArgs),
     /// Read or change cluster config (applied live on every node).
     Config(client_cmd::ConfigArgs),
+    /// Analyse audio files locally (no server needed).
+    Analyze(audio_cmd::AnalyzeArgs),
+    /// Transcode an audio file locally, one decode for all outputs.
+    Transcode(audio_cmd::TranscodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +52,8 @@ fn main() -> ExitCode {
         Cmd::Keys(args) => runtime().and_then(|rt| rt.block_on(client_cmd::keys(args))),
         Cmd::Nodes(args) => runtime().and_then(|rt| rt.block_on(client_cmd::nodes(args))),
         Cmd::Config(args) => runtime().and_then(|rt| rt.block_on(client_cmd::config(args))),
+        Cmd::Analyze(args) => audio_cmd::analyze(args),
+        Cmd::Transcode(args) => audio_cmd::transcode(args),
     };
     match result {
         Ok(code) => code,

@@ -16,7 +16,7 @@ const SLEEP_MS_MAX: u64 = 3_600_000;
 
 /// Every built-in function a worker can run.
 pub fn builtin_functions() -> Vec<&'static str> {
-    TEST_FUNCTIONS.to_vec()
+    TEST_FUNCTIONS.iter().chain(audio::FUNCTIONS).copied().collect()
 }
 
 /// Serves requests until stdin closes. Returns an error only if stdout is gone.
@@ -46,7 +46,26 @@ pub fn execute(request: &Request) -> Reply {
         "fail" => fail(&request.input),
         // The worker's wall clock when the attempt began, for submit-to-start benchmarks.
         "clock" => Reply::ok(serde_json::json!({ "now_us": now_us() })),
+        name if audio::FUNCTIONS.contains(&name) => run_audio(request),
         other => Reply::err("unsupported_function", format!("this worker has no built-in function {other:?}")),
+    }
+}
+
+fn run_audio(request: &Request) -> Reply {
+    let files: Vec<std::path::PathBuf> = request.files.iter().map(std::path::PathBuf::from).collect();
+    let task = audio::Task {
+        function: &request.function,
+        input: &request.input,
+        files: &files,
+        out_dir: std::path::Path::new(&request.out_dir),
+    };
+    let started = std::time::Instant::now();
+    match audio::execute(task) {
+        Ok(output) => {
+            eprintln!("{} took {:.0} ms, wrote {} files", request.function, started.elapsed().as_secs_f64() * 1e3, output.files.len());
+            Reply::ok(output.json)
+        }
+        Err(e) => Reply::err(e.code(), e.to_string()),
     }
 }
 
