@@ -72,10 +72,15 @@ pub fn run(
     out_dir: Option<&Path>,
 ) -> Result<(Manifest, Vec<PathBuf>), AudioError> {
     let mut timings_ms: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let mut cpu_ms: BTreeMap<&'static str, f64> = BTreeMap::new();
     let mut clock = Instant::now();
+    let mut cpu_clock_ms = thread_cpu_ms();
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
         timings.insert(name, round_to(clock.elapsed().as_secs_f64() * 1000.0, 1));
         clock = Instant::now();
+        let now_ms = thread_cpu_ms();
+        cpu_ms.insert(name, round_to(now_ms - cpu_clock_ms, 1));
+        cpu_clock_ms = now_ms;
     };
     let mut manifest = Manifest {
         version: MANIFEST_VERSION,
@@ -96,6 +101,7 @@ pub fn run(
         manifest.probe = Some(probe_json(&info, duration_s));
         lap("probe", &mut timings_ms);
         manifest.timings_ms = timings_ms;
+        manifest.cpu_ms = cpu_ms;
         return Ok((manifest, files));
     }
     let fingerprint_only =
@@ -195,7 +201,20 @@ pub fn run(
         lap("transcode", &mut timings_ms);
     }
     manifest.timings_ms = timings_ms;
+    manifest.cpu_ms = cpu_ms;
     Ok((manifest, files))
+}
+
+/// CPU time consumed by the calling thread, in milliseconds.
+fn thread_cpu_ms() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant
+    // every supported Unix provides. On failure the fields stay zero.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 * 1000.0 + now.tv_nsec as f64 / 1e6
 }
 
 fn probe_json(info: &Info, duration_s: Option<f64>) -> ProbeJson {

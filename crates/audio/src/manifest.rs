@@ -45,6 +45,9 @@ pub struct Manifest {
     pub outputs: Option<Vec<OutputJson>>,
     /// Wall time per stage, for capacity planning.
     pub timings_ms: BTreeMap<&'static str, f64>,
+    /// CPU time of the working thread per stage: unlike wall time, it does
+    /// not grow when other processes share the core.
+    pub cpu_ms: BTreeMap<&'static str, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

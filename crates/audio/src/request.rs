@@ -2,7 +2,7 @@
 //! takes the union of the others' fields). Unknown fields are refused so a
 //! typo never silently changes a job.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::transcode::{Format, Target};
 use crate::AudioError;
@@ -17,35 +17,46 @@ pub const OUTPUTS_MAX: usize = 16;
 const TARGET_RANGE_LUFS: std::ops::RangeInclusive<f64> = -70.0..=0.0;
 
 /// Parameters of an audio function call. See the crate README for each field.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     /// Loudness target for the reported gain (default -14 LUFS).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_lufs: Option<f64>,
     /// Waveform resolution (default 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub points: Option<usize>,
     /// Also draw `waveform.png` (default: true for audio.waveform and audio.ingest).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub png: Option<bool>,
     /// Height of the picture (its width is `points`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub png_height: Option<u32>,
     /// Include beat times in the features (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub beats: Option<bool>,
     /// Transcode outputs.
     #[serde(default)]
     pub outputs: Vec<OutputRequest>,
     /// Normalise transcodes to this loudness (peak-limited to -1 dBTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub normalize_lufs: Option<f64>,
 }
 
 /// One transcode output, e.g. `{"format": "opus", "bitrate_kbps": 96}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
     pub format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bitrate_kbps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_rate_hz: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub channels: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bits_per_sample: Option<u32>,
 }
 

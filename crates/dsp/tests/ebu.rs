@@ -80,14 +80,17 @@ fn tech_3341_case_5() {
 fn check_true_peak(freq_hz: f64, phase_deg: f64, true_peak_dbtp: f64) {
     // The sine's amplitude is its true peak; its samples may never reach it.
     let mut samples = sine(freq_hz, true_peak_dbtp, 5.0, phase_deg.to_radians());
-    // A 20 ms fade-in: jumping from digital silence straight into a sine is a
-    // step whose interpolation rings above the sine's own peak, and measuring
-    // that onset is not what these cases are about.
+    // 20 ms fades: jumping between digital silence and a sine is a step
+    // whose interpolation rings above the sine's own peak, and measuring
+    // those edges is not what these steady-state cases are about.
     let fade_len = (0.02 * f64::from(RATE_HZ)) as usize;
+    let frames = samples.len() / 2;
     for n in 0..fade_len {
         let gain = (0.5 - 0.5 * (std::f64::consts::PI * n as f64 / fade_len as f64).cos()) as f32;
-        samples[2 * n] *= gain;
-        samples[2 * n + 1] *= gain;
+        for frame in [n, frames - 1 - n] {
+            samples[2 * frame] *= gain;
+            samples[2 * frame + 1] *= gain;
+        }
     }
     let measured = must_measure(&samples).true_peak_dbtp.expect("not silent");
     let error = measured - true_peak_dbtp;
