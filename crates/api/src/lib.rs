@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 
+/// The dashboard: one static page that signs its calls in the browser.
+pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+
 /// The OpenAPI 3.1 document, written by hand and checked against the routes by a test.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
@@ -48,6 +51,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/config/{key}", put(routes::set_config))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_signature));
     Router::new()
+        .route("/", get(routes::dashboard))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

@@ -27,6 +27,10 @@ const LIST_SCAN_MAX: usize = 100_000;
 
 type Answer<T> = Result<T, Failure>;
 
+pub(crate) async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::DASHBOARD_HTML).into_response()
+}
+
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }

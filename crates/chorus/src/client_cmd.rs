@@ -20,7 +20,7 @@ pub(crate) struct Conn {
     data_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Conn {

@@ -4,7 +4,10 @@
 
 mod audio_cmd;
 mod client_cmd;
+mod demo_cmd;
+mod ingest_cmd;
 mod serve_cmd;
+mod synth;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +38,10 @@ enum Cmd {
     Nodes(client_cmd::NodesArgs),
     /// Read or change cluster config (applied live on every node).
     Config(client_cmd::ConfigArgs),
+    /// The main job in a minute: a node, songs analysed as jobs, a table of results.
+    Demo(demo_cmd::DemoArgs),
+    /// Ingest a directory of songs through a node: analysis and transcodes, resumable.
+    Ingest(ingest_cmd::IngestArgs),
     /// Analyse audio files locally (no server needed).
     Analyze(audio_cmd::AnalyzeArgs),
     /// Transcode an audio file locally, one decode for all outputs.
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
         Cmd::Keys(args) => runtime().and_then(|rt| rt.block_on(client_cmd::keys(args))),
         Cmd::Nodes(args) => runtime().and_then(|rt| rt.block_on(client_cmd::nodes(args))),
         Cmd::Config(args) => runtime().and_then(|rt| rt.block_on(client_cmd::config(args))),
+        Cmd::Demo(args) => runtime().and_then(|rt| rt.block_on(demo_cmd::demo(args))),
+        Cmd::Ingest(args) => runtime().and_then(|rt| rt.block_on(ingest_cmd::ingest(args))),
         Cmd::Analyze(args) => audio_cmd::analyze(args),
         Cmd::Transcode(args) => audio_cmd::transcode(args),
     };
