@@ -4,6 +4,7 @@
 
 mod cluster;
 mod contract;
+mod dashboard;
 mod harness;
 
 use client::ClientError;

@@ -1,0 +1,92 @@
+//! The main job end to end, as a person sees it: `chorus demo --keep-running` analyses its
+//! songs, then headless Chromium opens the dashboard link it printed; the screenshot must show
+//! the waveform with the chorus marked, and the page must show the analysis values.
+
+use crate::harness::{repo_root, DEADLINE};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromium(args: &[&str]) -> std::process::Output {
+    // A fresh profile each time: a shared or default one makes headless Chromium print nothing.
+    let profile = tempfile::tempdir().unwrap();
+    Command::new("chromium")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        .args(["--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1400,900", "--virtual-time-budget=10000"])
+        .args(args)
+        .output()
+        .expect("chromium is needed for the dashboard test: apt-get install chromium")
+}
+
+/// Pixels of exactly this colour in an RGBA or RGB PNG.
+fn count_colour(png_bytes: &[u8], rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    buf[..info.buffer_size()].chunks(step).filter(|p| p[..3] == rgb).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_songs_on_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["demo", "--keep-running", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut demo = Demo(child);
+    let stdout = demo.0.stdout.take().unwrap();
+    let started = Instant::now();
+    let mut printed = String::new();
+    let mut url = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(u) = line.strip_prefix("dashboard: ") {
+            url = Some(u.to_string());
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE * 3, "the demo took too long:\n{printed}");
+    }
+    let url = url.unwrap_or_else(|| panic!("the demo printed no dashboard link:\n{printed}"));
+    // The table: three songs, each with loudness, tempo, key and a chorus that overlaps the truth.
+    assert_eq!(printed.matches("-> found a chorus").count(), 3, "{printed}");
+    assert!(printed.contains("mp3,opus"), "{printed}");
+
+    let dom = chromium(&["--dump-dom", &url]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for text in ["LUFS", "BPM", "minor", "audio.ingest", "succeeded", "up"] {
+        assert!(dom.contains(text), "the dashboard does not show {text:?}:\n{dom}");
+    }
+    assert!(dom.contains(r#"<div id="error"></div>"#), "the dashboard shows an error:\n{dom}");
+
+    let shot = dir.path().join("dashboard.png");
+    let out = chromium(&[&format!("--screenshot={}", shot.display()), &url]);
+    let png = std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
+    // The waveform (#7aa2ff) and the chorus section chip (#f5a524) are on screen.
+    let wave = count_colour(&png, [0x7a, 0xa2, 0xff]);
+    let chorus = count_colour(&png, [0xf5, 0xa5, 0x24]);
+    assert!(wave > 2_000, "waveform pixels: {wave}");
+    assert!(chorus > 200, "chorus pixels: {chorus}");
+    let keep = std::env::var_os("CHORUS_KEEP_SCREENSHOT").map(std::path::PathBuf::from);
+    if let Some(path) = keep {
+        std::fs::copy(&shot, path).unwrap();
+    }
+}
