@@ -82,6 +82,8 @@ pub struct Structure {
 #[derive(Debug, Clone)]
 struct Group {
     starts: Vec<usize>,
+    /// The segment the search started from (one of `starts`).
+    origin: usize,
     len: usize,
     fitness: f64,
     mean_score: f64,
@@ -142,16 +144,29 @@ pub fn detect(chroma: &[[f32; 12]], rms: &[f32], frame_rate_hz: f64) -> Structur
     let mut taken = vec![false; blocks.len()];
     let mut groups: Vec<Group> = Vec::new();
     while groups.len() < GROUPS_MAX {
-        let Some(group) = best_group(
-            &similarity,
-            &energy,
-            mean_energy,
-            &taken,
-            len_min,
-            len_max,
-            block_s,
-        ) else {
+        let find =
+            |grid: Grid| best_group(&similarity, &energy, mean_energy, &taken, grid, block_s);
+        // Coarse to fine: every other start and every fourth length first,
+        // then every start and length around the winner (4x fewer evaluations).
+        let Some(coarse) = find(Grid {
+            lens: len_min..=len_max,
+            len_step: COARSE_LEN_STEP,
+            starts: 0..=blocks.len(),
+            start_step: COARSE_START_STEP,
+        }) else {
             break;
+        };
+        let (start, len) = (coarse.origin, coarse.len);
+        let fine = find(Grid {
+            lens: len.saturating_sub(COARSE_LEN_STEP).max(len_min)
+                ..=(len + COARSE_LEN_STEP).min(len_max),
+            len_step: 1,
+            starts: start.saturating_sub(COARSE_START_STEP)..=start + COARSE_START_STEP,
+            start_step: 1,
+        });
+        let group = match fine {
+            Some(fine) if fine.fitness >= coarse.fitness => fine,
+            _ => coarse,
         };
         for &start in &group.starts {
             taken[start..start + group.len]
@@ -317,14 +332,25 @@ fn moving_mean(values: &[f32], half: usize, out: &mut Vec<f32>) {
     }));
 }
 
+/// Step of the coarse search over lengths and starts, in blocks.
+const COARSE_LEN_STEP: usize = 4;
+const COARSE_START_STEP: usize = 2;
+
+/// The (length, start) grid one search evaluates, in blocks.
+struct Grid {
+    lens: std::ops::RangeInclusive<usize>,
+    len_step: usize,
+    starts: std::ops::RangeInclusive<usize>,
+    start_step: usize,
+}
+
 /// Step 4: the fittest segment among those not yet taken, with its repetitions.
 fn best_group(
     similarity: &Similarity,
     energy: &[f64],
     mean_energy: f64,
     taken: &[bool],
-    len_min: usize,
-    len_max: usize,
+    grid: Grid,
     block_s: f64,
 ) -> Option<Group> {
     let n = similarity.blocks_len;
@@ -339,9 +365,15 @@ fn best_group(
     }
     let mut best: Option<Group> = None;
     let mut candidates: Vec<(usize, f64)> = Vec::new();
-    for len in (len_min..=len_max).step_by(2) {
+    for len in grid.lens.step_by(grid.len_step) {
+        if len == 0 || len > n {
+            continue;
+        }
         let length_term = len as f64 * length_weight(len as f64 * block_s);
-        for start in 0..=(n - len) {
+        for start in grid.starts.clone().step_by(grid.start_step) {
+            if start + len > n {
+                break;
+            }
             if !is_free(start, len) {
                 continue;
             }
@@ -395,6 +427,7 @@ fn best_group(
                 starts.sort_unstable();
                 best = Some(Group {
                     starts,
+                    origin: start,
                     len,
                     fitness,
                     mean_score: score_sum / repeats,
