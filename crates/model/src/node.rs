@@ -36,6 +36,9 @@ pub struct NodeLoad {
     pub free_slots: u32,
     /// Idle warm workers per pool (function@version).
     pub warm_workers: BTreeMap<String, u32>,
+    /// Attempts the node wants to hold waiting for a slot, sized to its recent run times.
+    #[serde(default)]
+    pub prefetch: u32,
 }
 
 /// A member of the cluster.

@@ -107,6 +107,8 @@ struct Inner {
     cluster_secret: String,
     /// Set once start-up has finished (the tasks run).
     running: std::sync::atomic::AtomicBool,
+    /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).
+    run_time_ewma_us: std::sync::atomic::AtomicU64,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.
@@ -181,6 +183,7 @@ impl Node {
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
                 cluster_secret: secret,
                 running: std::sync::atomic::AtomicBool::new(false),
+                run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
             }),
         })
     }

@@ -41,6 +41,7 @@ pub(crate) async fn heartbeat(node: Node) {
             running,
             free_slots: slots.saturating_sub(running),
             warm_workers: node.inner.executor.warm_workers().into_iter().map(|(k, v)| (k, v as u32)).collect(),
+            prefetch: prefetch(slots, node.inner.run_time_ewma_us.load(std::sync::atomic::Ordering::Relaxed)),
         };
         if let Err(e) = node.propose(Command::Heartbeat { node: me, now_ms: now_ms(), load }).await {
             tracing::debug!(error = %e, "heartbeat not recorded");
@@ -112,6 +113,14 @@ async fn promote_learners(node: &Node, now: u64) {
             tracing::warn!(error = %e, "could not replace the voter");
         }
     }
+}
+
+/// Attempts to hold waiting: enough to keep every slot busy for about
+/// [`crate::scheduling::PREFETCH_WORK`] at the recent mean run time, at least one per slot.
+fn prefetch(slots: u32, run_time_us: u64) -> u32 {
+    let work_us = crate::scheduling::PREFETCH_WORK.as_micros() as u64;
+    let per_slot = work_us / run_time_us.max(1);
+    (u64::from(slots) * per_slot).clamp(u64::from(slots), u64::from(crate::scheduling::PREFETCH_MAX)) as u32
 }
 
 /// Whole-machine CPU use from `/proc/stat`, between two calls.

@@ -47,9 +47,56 @@ struct Assignment {
     function: FunctionSpec,
 }
 
+/// Work directories, one per running attempt, reused from attempt to attempt: creating and
+/// removing directories costs milliseconds of journal traffic on a busy disk, more than a
+/// small job itself.
+#[derive(Debug)]
+struct WorkDirs {
+    root: PathBuf,
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl WorkDirs {
+    fn new(root: PathBuf) -> WorkDirs {
+        // Dirs of a previous process may hold leftovers: start from scratch.
+        let _ = std::fs::remove_dir_all(&root);
+        WorkDirs { root, free: std::sync::Mutex::new(Vec::new()), next: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// A directory with empty `in/` and `out/` subdirectories.
+    fn take(&self) -> std::io::Result<PathBuf> {
+        if let Some(dir) = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(dir);
+        }
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.root.join(format!("w{n}"));
+        std::fs::create_dir_all(dir.join("in"))?;
+        std::fs::create_dir_all(dir.join("out"))?;
+        Ok(dir)
+    }
+
+    /// Empties the directory (reading an empty one costs no write) and keeps it for reuse.
+    fn give_back(&self, dir: PathBuf) {
+        for sub in ["in", "out"] {
+            let path = dir.join(sub);
+            let empty = std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
+            if !empty {
+                let _ = std::fs::remove_dir_all(&path);
+                if let Err(e) = std::fs::create_dir(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not reset a work dir; dropping it");
+                    return;
+                }
+            }
+        }
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
+    }
+}
+
 pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
     let me = node.id();
     let slots = Arc::new(Semaphore::new(node.inner.config.slots as usize));
+    let work_dirs = Arc::new(WorkDirs::new(node.inner.config.data_dir.join("work")));
     let mut applied = node.inner.registry.applied();
     let mut local: HashMap<JobId, (AttemptId, CancellationToken)> = HashMap::new();
     let mut tasks = JoinSet::new();
@@ -79,7 +126,7 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
         for a in new {
             let token = CancellationToken::new();
             local.insert(a.job.id, (a.attempt, token.clone()));
-            tasks.spawn(run_attempt(node.clone(), a, token, slots.clone(), results.clone()));
+            tasks.spawn(run_attempt(node.clone(), a, token, slots.clone(), work_dirs.clone(), results.clone()));
         }
         tokio::select! {
             () = node.inner.shutdown.cancelled() => break,
@@ -98,6 +145,7 @@ async fn run_attempt(
     a: Assignment,
     cancel: CancellationToken,
     slots: Arc<Semaphore>,
+    work_dirs: Arc<WorkDirs>,
     results: mpsc::Sender<AttemptResult>,
 ) {
     let _permit = tokio::select! {
@@ -109,13 +157,17 @@ async fn run_attempt(
         let waited_ms = now_ms().saturating_sub(a.job.submitted_at_ms);
         node.inner.metrics.queue_wait.get_or_create(&labels).observe(waited_ms as f64 / 1000.0);
     }
-    let work_dir = node.inner.config.data_dir.join("work").join(a.attempt.to_string());
-    let (outcome, log) = attempt_in(&node, &a, &work_dir, &cancel, &labels).await;
-    if let Err(e) = std::fs::remove_dir_all(&work_dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %work_dir.display(), error = %e, "could not clean an attempt's work dir");
+    let (outcome, log) = match work_dirs.take() {
+        Ok(work_dir) => {
+            let done = attempt_in(&node, &a, &work_dir, &cancel, &labels).await;
+            work_dirs.give_back(work_dir);
+            done
         }
-    }
+        Err(e) => {
+            let error = JobError { code: storage_code(&e).into(), message: format!("work dir: {e}") };
+            (Outcome::Failed(error), Vec::new())
+        }
+    };
     if cancel.is_cancelled() {
         return; // The state has moved on; nobody waits for this result.
     }
@@ -142,12 +194,8 @@ async fn attempt_in(
     cancel: &CancellationToken,
     labels: &FunctionLabels,
 ) -> (Outcome, Vec<u8>) {
-    let failed = |code: &str, message: String| Outcome::Failed(JobError { code: code.into(), message });
     let in_dir = work_dir.join("in");
     let out_dir = work_dir.join("out");
-    if let Err(e) = std::fs::create_dir_all(&out_dir) {
-        return (failed(storage_code(&e), format!("work dir: {e}")), Vec::new());
-    }
     let files = match fetch_inputs(node, &a.job.files, &in_dir).await {
         Ok(files) => files,
         Err(e) => return (Outcome::Failed(e), Vec::new()),
@@ -164,6 +212,11 @@ async fn attempt_in(
     let spec = process_spec(node, &a.function);
     let finished = node.inner.executor.run(&pool, &spec, &request, cancel).await;
     node.inner.metrics.run_time.get_or_create(labels).observe(finished.run_time.as_secs_f64());
+    // An exponentially weighted mean (1/8 per sample); races between slots only blur it.
+    let ewma = &node.inner.run_time_ewma_us;
+    let old = ewma.load(std::sync::atomic::Ordering::Relaxed);
+    let sample = finished.run_time.as_micros() as u64;
+    ewma.store(old - old / 8 + sample / 8, std::sync::atomic::Ordering::Relaxed);
     if finished.cold_start {
         node.inner.metrics.cold_starts.get_or_create(labels).inc();
     }
@@ -205,7 +258,6 @@ async fn fetch_inputs(node: &Node, keys: &[String], dir: &Path) -> Result<Vec<St
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    std::fs::create_dir_all(dir).map_err(|e| JobError { code: storage_code(&e).into(), message: e.to_string() })?;
     let mut paths = Vec::with_capacity(keys.len());
     for (i, key) in keys.iter().enumerate() {
         let name = key.rsplit('/').next().unwrap_or("input");
@@ -264,6 +316,7 @@ pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<AttemptResult
                 Err(_) => break,
             }
         }
+        tracing::debug!(results = batch.len(), "recording results");
         loop {
             let command = Command::FinishAttempts { now_ms: now_ms(), results: batch.clone() };
             match node.propose(command).await {

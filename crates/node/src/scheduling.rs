@@ -4,9 +4,11 @@
 //! and a view of the nodes, keeps the scheduler's state between calls, and turns its answer
 //! into `StartAttempts` entries, one per node.
 //!
-//! A node holds up to `slots * (1 + PREFETCH_PER_SLOT)` attempts: `slots` running and the rest
-//! waiting in the node for a free slot. Prefetching lets one log entry start many jobs, which
-//! is what makes small jobs cheap.
+//! A node holds up to `slots + prefetch` attempts: `slots` running and the rest waiting in the
+//! node for a free slot. Each node sizes its prefetch to about [`PREFETCH_WORK`] of work at its
+//! recent run times and reports it in its heartbeat: small jobs get a deep queue, so one log
+//! entry starts hundreds of them; long jobs get a shallow one, so they spread over the
+//! cluster instead of piling up on one node.
 //!
 //! Cluster config read live on every pass (set with `chorus config set`):
 //! `scheduler.strategy` (default `least-request`) and `scheduler.cpu_threshold` (default 85).
@@ -16,8 +18,12 @@ use model::{Command, NodeStatus, State};
 use scheduler::{Config, NodeView, PendingJob, SchedulerState, Strategy};
 use std::time::Duration;
 
-/// Attempts a node holds waiting per slot.
-pub(crate) const PREFETCH_PER_SLOT: u32 = 32;
+/// Attempts waiting per slot before a node has reported its own prefetch.
+const PREFETCH_PER_SLOT_DEFAULT: u32 = 8;
+/// How much work a node's prefetch should cover.
+pub(crate) const PREFETCH_WORK: Duration = Duration::from_millis(50);
+/// Attempts a node holds waiting at most.
+pub(crate) const PREFETCH_MAX: u32 = 2_048;
 /// How often the loop looks even if nothing changed (delayed retries becoming due).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
@@ -35,7 +41,11 @@ fn config(s: &State) -> Config {
 fn view(s: &State) -> Vec<NodeView> {
     s.nodes()
         .map(|n| {
-            let mut v = NodeView::new(n.id, n.slots.saturating_mul(1 + PREFETCH_PER_SLOT), s.running_count(n.id) as u32);
+            let prefetch = match n.load.prefetch {
+                0 => n.slots.saturating_mul(PREFETCH_PER_SLOT_DEFAULT),
+                reported => reported.min(PREFETCH_MAX),
+            };
+            let mut v = NodeView::new(n.id, n.slots.saturating_add(prefetch), s.running_count(n.id) as u32);
             v.labels = n.labels.clone();
             v.cpu_percent = n.load.cpu_percent;
             v.up = n.status != NodeStatus::Down;
@@ -92,6 +102,7 @@ pub(crate) async fn run(node: Node) {
             tracing::warn!(node = change.node, cpu_percent = change.cpu_percent, breaker = ?change.breaker, "alert: CPU circuit breaker changed");
         }
         for (target, jobs) in placement.attempts {
+            tracing::debug!(node = target, jobs = jobs.len(), "starting attempts");
             if let Err(e) = node.propose(Command::StartAttempts { now_ms: now, node: target, jobs }).await {
                 tracing::warn!(error = %e, "could not start attempts");
                 break;

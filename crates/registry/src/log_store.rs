@@ -4,7 +4,7 @@
 use crate::{RegistryError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
@@ -61,12 +61,18 @@ impl LogStore {
         serde_json::from_slice(value.value()).map(Some).map_err(read_err)
     }
 
-    /// Writes one meta value durably, on a blocking thread (a commit waits for fsync).
-    async fn write_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError<NodeId>> {
+    /// Writes one meta value on a blocking thread (a durable commit waits for fsync).
+    async fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
         let db = self.db.clone();
         blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
+            let mut txn = db.begin_write().map_err(write_err)?;
+            txn.set_durability(durability).map_err(write_err)?;
             txn.open_table(META).map_err(write_err)?.insert(key, bytes.as_slice()).map_err(write_err)?;
             txn.commit().map_err(write_err)
         })
@@ -118,7 +124,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(META_VOTE, vote).await
+        // A vote must survive a crash: raft's safety depends on never voting twice in a term.
+        self.write_meta(META_VOTE, vote, Durability::Immediate).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -126,7 +133,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(META_COMMITTED, &committed).await
+        // Only a hint for a faster restart (the leader re-establishes the commit index), so it
+        // rides along with the next durable log write instead of paying an fsync of its own.
+        self.write_meta(META_COMMITTED, &committed, Durability::None).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

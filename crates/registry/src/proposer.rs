@@ -1,7 +1,8 @@
-//! Group commit. Callers hand commands to one proposer task; it keeps up to
-//! [`IN_FLIGHT_MAX`] log writes in flight and, while they are all busy, packs whatever else
-//! arrives into a single [`Command::Batch`] entry. An idle registry therefore writes a lone
-//! command at once (lowest latency), and a busy one pays one fsync for thousands of commands.
+//! Group commit. Callers hand commands to one proposer task; it keeps [`IN_FLIGHT_MAX`] log
+//! write in flight and packs whatever arrives meanwhile into the next [`Command::Batch`]
+//! entry. An idle registry writes a lone command at once (lowest latency); a busy one pays one
+//! fsync for thousands of commands. More writes in flight would not help: the log store
+//! commits them one after the other, each with its own fsync.
 
 use crate::{RaftInstance, RegistryError};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -16,7 +17,7 @@ const QUEUE_LEN_MAX: usize = 16_384;
 /// Commands packed into one log entry at most.
 const BATCH_COMMANDS_MAX: usize = 4_096;
 /// Log writes in flight at once.
-const IN_FLIGHT_MAX: usize = 4;
+const IN_FLIGHT_MAX: usize = 1;
 
 struct Proposal {
     command: Command,
