@@ -209,8 +209,16 @@ impl State {
     pub fn apply(&mut self, command: Command) -> Response {
         match command {
             Command::DeployFunction { spec } => self.deploy(spec),
-            Command::SubmitJobs { now_ms, jobs } => {
-                Response::Submitted(jobs.into_iter().map(|spec| self.submit(now_ms, spec)).collect())
+            Command::SubmitJobs { now_ms, jobs, place } => {
+                let mut results = Vec::with_capacity(jobs.len());
+                for (i, spec) in jobs.into_iter().enumerate() {
+                    let result = self.submit(now_ms, spec);
+                    if let (SubmitResult::Created(id), Some(Some(node))) = (&result, place.get(i)) {
+                        self.start(now_ms, *node, vec![*id]);
+                    }
+                    results.push(result);
+                }
+                Response::Submitted(results)
             }
             Command::StartAttempts { now_ms, node, jobs } => self.start(now_ms, node, jobs),
             Command::FinishAttempts { now_ms, results } => self.finish(now_ms, results),

@@ -79,7 +79,7 @@ fn setup() -> Vec<Command> {
 fn jobs_start_in_priority_order_and_finish() {
     let mut commands = setup();
     commands.extend([
-        Command::SubmitJobs { now_ms: 100, jobs: vec![job("noop", 0, None), job("noop", 5, None), job("nope", 0, None)] },
+        Command::SubmitJobs { now_ms: 100, jobs: vec![job("noop", 0, None), job("noop", 5, None), job("nope", 0, None)], place: vec![] },
         Command::StartAttempts { now_ms: 200, node: 1, jobs: vec![JobId(2), JobId(1)] },
         Command::FinishAttempts { now_ms: 300, results: vec![succeeded(2, 1), succeeded(2, 1)] },
     ]);
@@ -102,7 +102,7 @@ fn jobs_start_in_priority_order_and_finish() {
 fn failures_retry_with_back_off_until_attempts_run_out() {
     let mut commands = setup();
     commands.extend([
-        Command::SubmitJobs { now_ms: 100, jobs: vec![job("fail", 0, None), job("fail", 0, None)] },
+        Command::SubmitJobs { now_ms: 100, jobs: vec![job("fail", 0, None), job("fail", 0, None)], place: vec![] },
         Command::StartAttempts { now_ms: 200, node: 1, jobs: vec![JobId(1), JobId(2)] },
         // Job 1 fails with a retryable code, job 2 with one that is never retried.
         Command::FinishAttempts { now_ms: 300, results: vec![failed(1, 1, "flaky"), failed(2, 2, "invalid_input")] },
@@ -130,8 +130,8 @@ fn failures_retry_with_back_off_until_attempts_run_out() {
 fn idempotency_keys_cancel_and_abandoned_nodes() {
     let mut commands = setup();
     commands.extend([
-        Command::SubmitJobs { now_ms: 100, jobs: vec![job("noop", 0, Some("k")), job("noop", 0, Some("k")), job("noop", 0, None)] },
-        Command::SubmitJobs { now_ms: 150, jobs: vec![job("noop", 0, Some("k"))] },
+        Command::SubmitJobs { now_ms: 100, jobs: vec![job("noop", 0, Some("k")), job("noop", 0, Some("k")), job("noop", 0, None)], place: vec![] },
+        Command::SubmitJobs { now_ms: 150, jobs: vec![job("noop", 0, Some("k"))], place: vec![] },
         Command::StartAttempts { now_ms: 200, node: 1, jobs: vec![JobId(1), JobId(2)] },
         Command::CancelJob { now_ms: 250, job: JobId(2) },
         Command::CancelJob { now_ms: 260, job: JobId(99) },
@@ -155,5 +155,29 @@ fn idempotency_keys_cancel_and_abandoned_nodes() {
             job 1 noop p0 Queued not_before=499 attempts=[1@200:node_restarted]
             job 2 noop p0 Cancelled not_before=0 attempts=[2@200:cancelled]
             due at 10000: [1]"#]],
+    );
+}
+
+#[test]
+fn a_placed_submit_starts_its_jobs_in_the_same_entry() {
+    let mut commands = setup();
+    commands.extend([
+        // Job 1 is placed on node 1; job 2 waits; the duplicate key is not started twice.
+        Command::SubmitJobs {
+            now_ms: 100,
+            jobs: vec![job("noop", 0, Some("k")), job("noop", 0, None), job("noop", 0, Some("k"))],
+            place: vec![Some(1), None, Some(1)],
+        },
+    ]);
+    check(
+        commands,
+        expect![[r#"
+            -> {"deployed":{"version":1}}
+            -> {"deployed":{"version":1}}
+            -> "done"
+            -> {"submitted":[{"created":1},{"created":2},{"existing":1}]}
+            job 1 noop p0 Running not_before=0 attempts=[1@100]
+            job 2 noop p0 Queued not_before=0 attempts=[]
+            due at 10000: [2]"#]],
     );
 }

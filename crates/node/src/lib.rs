@@ -412,7 +412,8 @@ impl Node {
 
     /// Submits jobs in one log entry; each gets its own result.
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<SubmitResult>, ApiError> {
-        match self.propose(Command::SubmitJobs { now_ms: now_ms(), jobs }).await? {
+        let place = scheduling::place_new(self, &jobs);
+        match self.propose(Command::SubmitJobs { now_ms: now_ms(), jobs, place }).await? {
             Response::Submitted(results) => Ok(results),
             other => Err(unexpected(other)),
         }

@@ -55,6 +55,43 @@ fn view(s: &State) -> Vec<NodeView> {
         .collect()
 }
 
+/// Chooses nodes for jobs being submitted, so that they start in the same log entry that
+/// creates them. Only on the leader, and only while nothing is waiting: new jobs must not
+/// jump the queue. An empty answer means "let the scheduling loop place them".
+pub(crate) fn place_new(node: &Node, specs: &[model::JobSpec]) -> Vec<Option<model::NodeId>> {
+    if !node.inner.registry.figures().is_leader {
+        return Vec::new();
+    }
+    node.read(|s| {
+        if !s.due_jobs(now_ms(), 1).is_empty() {
+            return Vec::new();
+        }
+        let config = config(s);
+        let mut state = SchedulerState::new(&config);
+        // Placeholder ids: the real ones are assigned when the entry is applied.
+        let pending: Vec<PendingJob> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let mut p = PendingJob::new(model::JobId(u64::MAX - i as u64));
+                if let Some(f) = s.function(&spec.function) {
+                    p.strategy = f.strategy.as_deref().and_then(|v| v.parse().ok());
+                    p.required_labels = f.labels.iter().cloned().collect();
+                }
+                p
+            })
+            .collect();
+        let placement = scheduler::place(&config, &mut state, &view(s), &pending);
+        let mut place = vec![None; specs.len()];
+        for (target, jobs) in placement.attempts {
+            for job in jobs {
+                place[(u64::MAX - job.0) as usize] = Some(target);
+            }
+        }
+        place
+    })
+}
+
 pub(crate) async fn run(node: Node) {
     let mut applied = node.inner.registry.applied();
     let mut state: Option<SchedulerState> = None;
