@@ -8,11 +8,12 @@ use realfft::RealFftPlanner;
 
 use crate::stft::hann;
 
-/// Autocorrelation window of the tempogram, in onset frames (librosa: 384).
-const TEMPOGRAM_WINDOW_LEN: usize = 384;
+/// Autocorrelation window of the tempogram (librosa `feature.tempo`'s
+/// `ac_size`: 8 s, i.e. 344 frames at 22050 Hz with hop 512).
+const TEMPOGRAM_WINDOW_S: f64 = 8.0;
 /// Hop between tempogram windows. librosa uses 1; the mean over windows barely
-/// changes with 64 and it costs 64 times less.
-const TEMPOGRAM_HOP_LEN: usize = 64;
+/// changes with 16 and it costs 16 times less.
+const TEMPOGRAM_HOP_LEN: usize = 16;
 /// Centre of the tempo prior (librosa `start_bpm`).
 const PRIOR_BPM: f64 = 120.0;
 /// Width of the tempo prior in octaves (librosa `std_bpm`).
@@ -32,7 +33,7 @@ pub struct Tempo {
 
 /// Estimates the tempo from an onset envelope sampled at `frame_rate_hz`.
 pub fn estimate(envelope: &[f32], frame_rate_hz: f64) -> Option<Tempo> {
-    let window_len = TEMPOGRAM_WINDOW_LEN;
+    let window_len = (TEMPOGRAM_WINDOW_S * frame_rate_hz).floor().max(8.0) as usize;
     if envelope.len() < window_len / 4 || envelope.iter().all(|&v| v <= 0.0) {
         return None;
     }
