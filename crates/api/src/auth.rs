@@ -106,20 +106,20 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             format!("request time is {}s off the server's clock; at most {CLOCK_SKEW_MAX_S}s allowed", now_s.abs_diff(timestamp_s)),
         ));
     }
+    let canonical = Canonical {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        timestamp_s,
+        nonce,
+        body_sha256_hex: body_hash,
+    };
     // Peers sign raft traffic with the cluster secret, which every member has from the
     // moment it joins (before it has replicated any API key).
     if key_id == registry_key_id() {
         if !parts.uri.path().starts_with("/v1/raft/") {
             return Err(fail(ErrorCode::Forbidden, "the cluster key is only for raft traffic"));
         }
-        let canonical = Canonical {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            timestamp_s,
-            nonce,
-            body_sha256_hex: body_hash,
-        };
         if !app.node.verify_peer(&canonical, sig) {
             return Err(fail(ErrorCode::Unauthorized, "bad cluster signature"));
         }
@@ -132,14 +132,6 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         .read(|s| s.key(&KeyId(key_id.to_string())).cloned())
         .filter(|k| !k.revoked)
         .ok_or_else(|| fail(ErrorCode::Unauthorized, format!("unknown or revoked key {key_id:?}")))?;
-    let canonical = Canonical {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        timestamp_s,
-        nonce,
-        body_sha256_hex: body_hash,
-    };
     if !canonical.verify(&key.secret, sig) {
         return Err(fail(ErrorCode::Unauthorized, "bad signature"));
     }
