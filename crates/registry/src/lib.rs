@@ -120,9 +120,11 @@ impl Registry {
         let (sm, shared) = state_machine::StateMachine::open(db)?;
         let config = Config {
             cluster_name: "chorus".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // A new leader within a second of losing one: heartbeats every 50 ms, elections
+            // after 150 to 300 ms of silence (randomised so candidates rarely collide).
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
             max_in_snapshot_log_to_keep: 1_000,
             ..Config::default()
