@@ -129,3 +129,35 @@ async fn a_drained_node_finishes_its_work_and_takes_no_more() {
         assert_eq!(config["config"]["scheduler.strategy"], "cpu-load");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_replaces_a_voter_that_is_gone() {
+    let mut nodes = cluster().await;
+    // A fourth node joins as a learner: the cluster has its three voters.
+    nodes.push(TestNode::join(&nodes[0]).await);
+    let learner_id: u64 = std::fs::read_to_string(nodes[3].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let role_of = |list: &serde_json::Value, id: u64| {
+        list["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).map(|n| n["role"].as_str().unwrap().to_string())
+    };
+    wait_until("the fourth node is a learner", || async {
+        role_of(&nodes[0].client.nodes().await.unwrap(), learner_id).as_deref() == Some("learner")
+    })
+    .await;
+    // Kill a voter that is not the leader; after the stabilisation time the learner takes its
+    // vote, and the dead node is demoted.
+    let leader_id = leader(&nodes[0]).await;
+    let li = leader_index(&nodes[..3], leader_id);
+    let victim = (li + 1) % 3;
+    let victim_id: u64 = std::fs::read_to_string(nodes[victim].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    nodes[victim].kill_9();
+    wait_until("the learner is promoted and the dead voter demoted", || async {
+        let list = nodes[li].client.nodes().await.unwrap();
+        role_of(&list, learner_id).as_deref() == Some("voter") && role_of(&list, victim_id).as_deref() == Some("learner")
+    })
+    .await;
+    // The cluster still commits.
+    let ids = submit(&nodes[3], &sleeps(2, 1)).await;
+    for id in ids {
+        assert_eq!(must_finish(&nodes[li].client, id).await.state, JobState::Succeeded);
+    }
+}
