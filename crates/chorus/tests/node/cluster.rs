@@ -1,6 +1,6 @@
 //! Multi-process clusters on loopback: three real nodes, faults by `kill -9`.
 
-use crate::harness::{must_finish, wait_until, TestNode};
+use crate::harness::{must_find, must_finish, wait_until, TestNode};
 use model::{JobId, JobSpec, JobState};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -20,19 +20,11 @@ async fn cluster() -> Vec<TestNode> {
 }
 
 fn leader_index(nodes: &[TestNode], leader: u64) -> usize {
-    let ids: Vec<u64> = nodes.iter().map(|n| std::fs::read_to_string(n.dir.path().join("data/node.id")).unwrap().trim().parse().unwrap()).collect();
-    ids.iter().position(|id| *id == leader).unwrap()
+    nodes.iter().position(|n| n.id() == leader).unwrap()
 }
 
 async fn leader(node: &TestNode) -> u64 {
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(id) = node.client.nodes().await.ok().and_then(|n| n["leader"].as_u64()) {
-            return id;
-        }
-        assert!(started.elapsed() < crate::harness::DEADLINE, "no leader known");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    must_find("a leader is known", || async { node.client.nodes().await.ok().and_then(|n| n["leader"].as_u64()) }).await
 }
 
 fn sleeps(n: usize, ms: u64) -> Vec<JobSpec> {
@@ -80,7 +72,7 @@ async fn the_jobs_of_a_killed_node_finish_elsewhere() {
     let leader_id = leader(&nodes[0]).await;
     let li = leader_index(&nodes, leader_id);
     let victim = (li + 1) % 3;
-    let victim_id: u64 = std::fs::read_to_string(nodes[victim].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let victim_id = nodes[victim].id();
     let ids = submit(&nodes[li], &sleeps(12, 2_000)).await;
     // Wait until the victim runs some of them, then kill it.
     wait_until("the victim runs attempts", || async {
@@ -110,7 +102,7 @@ async fn the_jobs_of_a_killed_node_finish_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_finishes_its_work_and_takes_no_more() {
     let nodes = cluster().await;
-    let target_id: u64 = std::fs::read_to_string(nodes[2].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let target_id = nodes[2].id();
     let first = submit(&nodes[0], &sleeps(6, 500)).await;
     nodes[0].client.node_action(target_id, "drain").await.unwrap();
     let later = submit(&nodes[1], &sleeps(12, 10)).await;
@@ -135,7 +127,7 @@ async fn a_learner_replaces_a_voter_that_is_gone() {
     let mut nodes = cluster().await;
     // A fourth node joins as a learner: the cluster has its three voters.
     nodes.push(TestNode::join(&nodes[0]).await);
-    let learner_id: u64 = std::fs::read_to_string(nodes[3].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let learner_id = nodes[3].id();
     let role_of = |list: &serde_json::Value, id: u64| {
         list["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).map(|n| n["role"].as_str().unwrap().to_string())
     };
@@ -148,7 +140,7 @@ async fn a_learner_replaces_a_voter_that_is_gone() {
     let leader_id = leader(&nodes[0]).await;
     let li = leader_index(&nodes[..3], leader_id);
     let victim = (li + 1) % 3;
-    let victim_id: u64 = std::fs::read_to_string(nodes[victim].dir.path().join("data/node.id")).unwrap().trim().parse().unwrap();
+    let victim_id = nodes[victim].id();
     nodes[victim].kill_9();
     wait_until("the learner is promoted and the dead voter demoted", || async {
         let list = nodes[li].client.nodes().await.unwrap();

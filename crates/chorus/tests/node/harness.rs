@@ -67,6 +67,11 @@ impl TestNode {
         Credentials { key_id: key.id, secret: key.secret }
     }
 
+    /// The node's id, as it wrote it in its data dir.
+    pub(crate) fn id(&self) -> u64 {
+        std::fs::read_to_string(self.dir.path().join("data/node.id")).unwrap().trim().parse().unwrap()
+    }
+
     pub(crate) fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -152,18 +157,38 @@ impl Drop for TestNode {
     }
 }
 
+/// Polls `probe` until it finds a value; panics with `what` at the deadline. The only wait in
+/// the tests: the poll interval is short and the deadline bounds it, so no test sleeps and
+/// hopes.
+pub(crate) async fn must_find<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(started.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// How often a wait looks at its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Polls `condition` until it holds; panics with `what` at the deadline.
 pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let started = Instant::now();
-    while !condition().await {
-        assert!(started.elapsed() < DEADLINE, "timed out waiting until {what}");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    must_find(what, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
 }
 
 /// Waits until the job is finished and returns it; panics at the deadline.
