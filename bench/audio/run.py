@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MUSIC = ROOT / "bench" / "music" / "root"
-RELEASE = ROOT / "target" / "release" / "examples"
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "examples"
 PYTHON = ROOT / "bench" / ".venv" / "bin" / "python"
 PEERS = ROOT / "bench" / "audio" / "peers.py"
 CORE = os.environ.get("BENCH_CORE", "0")

@@ -142,8 +142,9 @@ pub fn run(
         )?;
         lap("resample", &mut timings_ms);
         let analysis = if plan.features || plan.chorus {
-            let analysis = dsp::analysis::analyze(&signal)?;
-            lap("analysis", &mut timings_ms);
+            let analysis = dsp::analysis::analyze_with_laps(&signal, &mut |stage| {
+                lap(stage, &mut timings_ms)
+            })?;
             Some(analysis)
         } else {
             None

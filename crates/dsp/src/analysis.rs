@@ -29,13 +29,25 @@ pub struct Analysis {
 
 /// Runs features and chorus detection on the analysis signal.
 pub fn analyze(signal: &Mono) -> Result<Analysis, DspError> {
+    analyze_with_laps(signal, &mut |_| {})
+}
+
+/// [`analyze`], calling `lap` with each stage's name as it completes
+/// ("stft", "features", "rhythm", "chorus"), so callers can time the stages
+/// without this crate reading a clock.
+pub fn analyze_with_laps(
+    signal: &Mono,
+    lap: &mut dyn FnMut(&'static str),
+) -> Result<Analysis, DspError> {
     if signal.rate_hz == 0 {
         return Err(DspError::InvalidParameter("sample rate 0".into()));
     }
     let spectrogram = stft::stft(signal, FFT_LEN, HOP_LEN);
+    lap("stft");
     let frame_rate_hz = f64::from(signal.rate_hz) / HOP_LEN as f64;
     let (spectral, tracks) = spectral::describe(&spectrogram, &signal.samples);
     let (mfcc_mean, mfcc_std) = spectral::mfcc_stats(&tracks.mel_db);
+    lap("features");
     let envelope = onset::strength(&tracks.mel_db, FFT_LEN, HOP_LEN);
     let duration_s = signal.duration_s();
     let onset_rate_per_s = if duration_s > 0.0 {
@@ -60,7 +72,9 @@ pub fn analyze(signal: &Mono) -> Result<Analysis, DspError> {
     let frames_len = tracks.chroma.len().max(1) as f64;
     chroma_mean.iter_mut().for_each(|v| *v /= frames_len);
     let key = key::estimate(&chroma_mean);
+    lap("rhythm");
     let structure = chorus::detect(&tracks.chroma, &tracks.rms, frame_rate_hz);
+    lap("chorus");
     Ok(Analysis {
         duration_s,
         tempo,
