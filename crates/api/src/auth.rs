@@ -44,7 +44,10 @@ impl Nonces {
                 return Err("too many requests in the replay window; slow down");
             }
         }
-        if seen.insert(nonce.to_string(), now_s + 2 * CLOCK_SKEW_MAX_S).is_some_and(|exp| exp > now_s) {
+        if seen
+            .insert(nonce.to_string(), now_s + 2 * CLOCK_SKEW_MAX_S)
+            .is_some_and(|exp| exp > now_s)
+        {
             return Err("nonce was already used (replay)");
         }
         Ok(())
@@ -76,10 +79,19 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Failure> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| fail(ErrorCode::Unauthorized, format!("missing or unreadable header {name}")))
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::Unauthorized,
+                format!("missing or unreadable header {name}"),
+            )
+        })
 }
 
-pub(crate) async fn require_signature(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn require_signature(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     match verify(&app, request).await {
         Ok(request) => next.run(request).await,
         Err(failure) => failure.into_response(),
@@ -92,18 +104,29 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
     let key_id = header(h, signature::HEADER_KEY)?;
     let timestamp_s: u64 = header(h, signature::HEADER_TIMESTAMP)?
         .parse()
-        .map_err(|_| fail(ErrorCode::Unauthorized, "timestamp must be whole seconds since the epoch"))?;
+        .map_err(|_| {
+            fail(
+                ErrorCode::Unauthorized,
+                "timestamp must be whole seconds since the epoch",
+            )
+        })?;
     let nonce = header(h, signature::HEADER_NONCE)?;
     let body_hash = header(h, signature::HEADER_CONTENT_SHA256)?;
     let sig = header(h, signature::HEADER_SIGNATURE)?;
     if nonce.len() < 16 || nonce.len() > NONCE_LEN_MAX {
-        return Err(fail(ErrorCode::Unauthorized, format!("nonce must be 16 to {NONCE_LEN_MAX} characters")));
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            format!("nonce must be 16 to {NONCE_LEN_MAX} characters"),
+        ));
     }
     let now_s = node::now_ms() / 1000;
     if now_s.abs_diff(timestamp_s) > CLOCK_SKEW_MAX_S {
         return Err(fail(
             ErrorCode::Unauthorized,
-            format!("request time is {}s off the server's clock; at most {CLOCK_SKEW_MAX_S}s allowed", now_s.abs_diff(timestamp_s)),
+            format!(
+                "request time is {}s off the server's clock; at most {CLOCK_SKEW_MAX_S}s allowed",
+                now_s.abs_diff(timestamp_s)
+            ),
         ));
     }
     let canonical = Canonical {
@@ -118,12 +141,17 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
     // moment it joins (before it has replicated any API key).
     if key_id == registry_key_id() {
         if !parts.uri.path().starts_with("/v1/raft/") {
-            return Err(fail(ErrorCode::Forbidden, "the cluster key is only for raft traffic"));
+            return Err(fail(
+                ErrorCode::Forbidden,
+                "the cluster key is only for raft traffic",
+            ));
         }
         if !app.node.verify_peer(&canonical, sig) {
             return Err(fail(ErrorCode::Unauthorized, "bad cluster signature"));
         }
-        app.nonces.insert(nonce, now_s).map_err(|why| fail(ErrorCode::Unauthorized, why))?;
+        app.nonces
+            .insert(nonce, now_s)
+            .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
         let body_hash = body_hash.to_string();
         return buffered(parts, body, &body_hash).await;
     }
@@ -131,14 +159,24 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         .node
         .read(|s| s.key(&KeyId(key_id.to_string())).cloned())
         .filter(|k| !k.revoked)
-        .ok_or_else(|| fail(ErrorCode::Unauthorized, format!("unknown or revoked key {key_id:?}")))?;
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::Unauthorized,
+                format!("unknown or revoked key {key_id:?}"),
+            )
+        })?;
     if !canonical.verify(&key.secret, sig) {
         return Err(fail(ErrorCode::Unauthorized, "bad signature"));
     }
-    app.nonces.insert(nonce, now_s).map_err(|why| fail(ErrorCode::Unauthorized, why))?;
+    app.nonces
+        .insert(nonce, now_s)
+        .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
     let scope = required_scope(&parts.method, parts.uri.path());
     if !key.allows(scope) {
-        return Err(fail(ErrorCode::Forbidden, format!("key {key_id} lacks the {scope:?} scope for this call")));
+        return Err(fail(
+            ErrorCode::Forbidden,
+            format!("key {key_id} lacks the {scope:?} scope for this call"),
+        ));
     }
     let body_hash = body_hash.to_string();
     if is_streamed_upload(&parts.method, parts.uri.path()) {
@@ -154,12 +192,24 @@ fn registry_key_id() -> &'static str {
 }
 
 /// Reads the whole body (up to the limit) and checks it against its signed hash.
-async fn buffered(parts: axum::http::request::Parts, body: Body, body_hash: &str) -> Result<Request, Failure> {
+async fn buffered(
+    parts: axum::http::request::Parts,
+    body: Body,
+    body_hash: &str,
+) -> Result<Request, Failure> {
     let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
         .await
-        .map_err(|_| fail(ErrorCode::TooLarge, format!("request body over {BODY_BYTES_MAX} bytes")))?;
+        .map_err(|_| {
+            fail(
+                ErrorCode::TooLarge,
+                format!("request body over {BODY_BYTES_MAX} bytes"),
+            )
+        })?;
     if signature::body_sha256_hex(&bytes) != body_hash {
-        return Err(fail(ErrorCode::Unauthorized, "body does not match its signed hash"));
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            "body does not match its signed hash",
+        ));
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }

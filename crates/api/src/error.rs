@@ -49,5 +49,6 @@ impl IntoResponse for Failure {
 
 /// Parses a JSON body into `T`, answering `invalid_input` with serde's reason.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| fail(ErrorCode::InvalidInput, format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| fail(ErrorCode::InvalidInput, format!("malformed JSON body: {e}")))
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-
 /// The dashboard: one static page that signs its calls in the browser.
 pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 
@@ -29,9 +28,15 @@ pub(crate) struct AppState {
 
 /// The whole router: public health routes plus the signed `/v1` API.
 pub fn router(node: Node) -> Router {
-    let app = AppState { node, nonces: Arc::new(Nonces::default()) };
+    let app = AppState {
+        node,
+        nonces: Arc::new(Nonces::default()),
+    };
     let signed = Router::new()
-        .route("/v1/functions", post(routes::deploy_function).get(routes::list_functions))
+        .route(
+            "/v1/functions",
+            post(routes::deploy_function).get(routes::list_functions),
+        )
         .route("/v1/functions/{name}", get(routes::get_function))
         .route("/v1/jobs", post(routes::submit_job).get(routes::list_jobs))
         .route("/v1/jobs/batch", post(routes::submit_batch))
@@ -39,7 +44,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/jobs/{id}/cancel", post(routes::cancel_job))
         .route("/v1/jobs/{id}/wait", get(routes::wait_job))
         .route("/v1/jobs/{id}/logs", get(routes::job_logs))
-        .route("/v1/objects/{*key}", put(routes::put_object).get(routes::get_object))
+        .route(
+            "/v1/objects/{*key}",
+            put(routes::put_object).get(routes::get_object),
+        )
         .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
         .route("/v1/raft/{kind}", post(routes::raft_rpc))
@@ -49,7 +57,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/nodes/{id}/{action}", post(routes::node_action))
         .route("/v1/config", get(routes::get_config))
         .route("/v1/config/{key}", put(routes::set_config))
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_signature));
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_signature,
+        ));
     Router::new()
         .route("/", get(routes::dashboard))
         .route("/healthz", get(routes::healthz))
@@ -62,6 +73,12 @@ pub fn router(node: Node) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` fires.
-pub async fn serve(node: Node, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(node)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

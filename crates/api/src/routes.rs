@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use model::{ErrorCode, FunctionSpec, Job, JobId, JobSpec, JobState, KeyId, Scope, SubmitResult};
+use node::registry_role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
-use node::registry_role;
 use tokio::io::AsyncWriteExt;
 
 /// Largest uploaded object.
@@ -28,7 +28,11 @@ const LIST_SCAN_MAX: usize = 100_000;
 type Answer<T> = Result<T, Failure>;
 
 pub(crate) async fn dashboard() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::DASHBOARD_HTML).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::DASHBOARD_HTML,
+    )
+        .into_response()
 }
 
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
@@ -38,24 +42,42 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let raft = app.node.raft_figures();
     let body = json!({ "ready": app.node.ready(), "leader": raft.leader, "term": raft.term });
-    let status = if app.node.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if app.node.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 /// OpenMetrics if the scraper asks for it (Prometheus does), else the classic text format.
-pub(crate) async fn metrics(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let openmetrics = accept.contains("application/openmetrics-text");
     let content_type = if openmetrics {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
-    ([(header::CONTENT_TYPE, content_type)], app.node.metrics_text(openmetrics)).into_response()
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        app.node.metrics_text(openmetrics),
+    )
+        .into_response()
 }
 
 pub(crate) async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI_JSON).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::OPENAPI_JSON,
+    )
+        .into_response()
 }
 
 pub(crate) async fn not_found() -> Failure {
@@ -63,16 +85,24 @@ pub(crate) async fn not_found() -> Failure {
 }
 
 fn job_id(raw: &str) -> Answer<JobId> {
-    raw.parse().map(JobId).map_err(|_| fail(ErrorCode::InvalidInput, format!("{raw:?} is not a job id")))
+    raw.parse()
+        .map(JobId)
+        .map_err(|_| fail(ErrorCode::InvalidInput, format!("{raw:?} is not a job id")))
 }
 
 // --- functions ---
 
-pub(crate) async fn deploy_function(State(app): State<AppState>, body: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+pub(crate) async fn deploy_function(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     let spec: FunctionSpec = parse_json(&body)?;
     let name = spec.name.clone();
     let version = app.node.deploy(spec).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "name": name, "version": version }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "version": version })),
+    ))
 }
 
 pub(crate) async fn list_functions(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -80,7 +110,10 @@ pub(crate) async fn list_functions(State(app): State<AppState>) -> Json<serde_js
     Json(json!({ "functions": functions }))
 }
 
-pub(crate) async fn get_function(State(app): State<AppState>, Path(name): Path<String>) -> Answer<Json<FunctionSpec>> {
+pub(crate) async fn get_function(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Answer<Json<FunctionSpec>> {
     app.node
         .read(|s| s.function(&name).cloned())
         .map(Json)
@@ -96,11 +129,16 @@ struct Submitted {
     existing: bool,
 }
 
-pub(crate) async fn submit_job(State(app): State<AppState>, body: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+pub(crate) async fn submit_job(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     let spec: JobSpec = parse_json(&body)?;
     let mut results = app.node.submit(vec![spec]).await?;
     match results.pop() {
-        Some(SubmitResult::Created(id)) => Ok((StatusCode::CREATED, Json(json!(app.node.job(id)?)))),
+        Some(SubmitResult::Created(id)) => {
+            Ok((StatusCode::CREATED, Json(json!(app.node.job(id)?))))
+        }
         Some(SubmitResult::Existing(id)) => Ok((StatusCode::OK, Json(json!(app.node.job(id)?)))),
         Some(SubmitResult::Rejected(e)) => Err(Failure(e)),
         None => Err(fail(ErrorCode::Internal, "submit answered nothing")),
@@ -113,16 +151,25 @@ struct Batch {
     jobs: Vec<JobSpec>,
 }
 
-pub(crate) async fn submit_batch(State(app): State<AppState>, body: Bytes) -> Answer<Json<serde_json::Value>> {
+pub(crate) async fn submit_batch(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Answer<Json<serde_json::Value>> {
     let batch: Batch = parse_json(&body)?;
     if batch.jobs.len() > BATCH_JOBS_MAX {
-        return Err(fail(ErrorCode::TooLarge, format!("at most {BATCH_JOBS_MAX} jobs per batch")));
+        return Err(fail(
+            ErrorCode::TooLarge,
+            format!("at most {BATCH_JOBS_MAX} jobs per batch"),
+        ));
     }
     let results = app.node.submit(batch.jobs).await?;
     let results: Vec<serde_json::Value> = results
         .into_iter()
         .map(|r| match r {
-            SubmitResult::Created(id) => json!(Submitted { id, existing: false }),
+            SubmitResult::Created(id) => json!(Submitted {
+                id,
+                existing: false
+            }),
             SubmitResult::Existing(id) => json!(Submitted { id, existing: true }),
             SubmitResult::Rejected(e) => json!({ "error": e }),
         })
@@ -167,7 +214,10 @@ pub(crate) async fn list_jobs(
 ) -> Answer<Json<serde_json::Value>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
     let state = match &q.state {
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| fail(ErrorCode::InvalidInput, format!("no job state {s:?}")))?),
+        Some(s) => Some(
+            JobState::parse(s)
+                .ok_or_else(|| fail(ErrorCode::InvalidInput, format!("no job state {s:?}")))?,
+        ),
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, LIST_LIMIT_MAX);
@@ -179,7 +229,8 @@ pub(crate) async fn list_jobs(
         let mut last_seen = None;
         for job in s.jobs_before(q.before.map(JobId)).take(LIST_SCAN_MAX) {
             last_seen = Some(job.id);
-            let keep = state.is_none_or(|st| job.state == st) && q.function.as_ref().is_none_or(|f| &job.function == f);
+            let keep = state.is_none_or(|st| job.state == st)
+                && q.function.as_ref().is_none_or(|f| &job.function == f);
             if keep {
                 jobs.push(job.clone());
                 if jobs.len() == limit {
@@ -194,7 +245,10 @@ pub(crate) async fn list_jobs(
     Ok(Json(json!({ "jobs": jobs, "next_before": next_before })))
 }
 
-pub(crate) async fn cancel_job(State(app): State<AppState>, Path(id): Path<String>) -> Answer<Json<Job>> {
+pub(crate) async fn cancel_job(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Answer<Json<Job>> {
     Ok(Json(app.node.cancel(job_id(&id)?).await?))
 }
 
@@ -231,7 +285,11 @@ pub(crate) async fn job_logs(
     let job = app.node.job(id)?;
     let attempt = match q.attempt {
         Some(a) => model::AttemptId(a),
-        None => job.attempts.last().map(|a| a.id).ok_or_else(|| fail(ErrorCode::NotFound, "the job has no attempt yet"))?,
+        None => job
+            .attempts
+            .last()
+            .map(|a| a.id)
+            .ok_or_else(|| fail(ErrorCode::NotFound, "the job has no attempt yet"))?,
     };
     let log = app.node.attempt_log(id, attempt).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
@@ -251,30 +309,46 @@ pub(crate) async fn put_object(
     let tmp_dir = app.node.config().data_dir.join("tmp");
     std::fs::create_dir_all(&tmp_dir).map_err(|e| io_failure(&e))?;
     let tmp = tempfile_in(&tmp_dir)?;
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_failure(&e))?;
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| io_failure(&e))?;
     let mut hasher = model::signature::BodyHasher::default();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
     let result = async {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fail(ErrorCode::InvalidInput, format!("upload broke off: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| fail(ErrorCode::InvalidInput, format!("upload broke off: {e}")))?;
             size += chunk.len() as u64;
             if size > OBJECT_BYTES_MAX {
-                return Err(fail(ErrorCode::TooLarge, format!("objects are at most {OBJECT_BYTES_MAX} bytes")));
+                return Err(fail(
+                    ErrorCode::TooLarge,
+                    format!("objects are at most {OBJECT_BYTES_MAX} bytes"),
+                ));
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(|e| io_failure(&e))?;
         }
         file.flush().await.map_err(|e| io_failure(&e))?;
         if hasher.finish_hex() != signed_hash {
-            return Err(fail(ErrorCode::Unauthorized, "body does not match its signed hash"));
+            return Err(fail(
+                ErrorCode::Unauthorized,
+                "body does not match its signed hash",
+            ));
         }
-        app.node.store().put_file(&key, &tmp, OBJECT_BYTES_MAX).await.map_err(|e| Failure(node::storage_error(e)))
+        app.node
+            .store()
+            .put_file(&key, &tmp, OBJECT_BYTES_MAX)
+            .await
+            .map_err(|e| Failure(node::storage_error(e)))
     }
     .await;
     let _ = tokio::fs::remove_file(&tmp).await;
     let size = result?;
-    Ok((StatusCode::CREATED, Json(json!({ "key": key, "size": size }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": key, "size": size })),
+    ))
 }
 
 fn io_failure(e: &std::io::Error) -> Failure {
@@ -292,10 +366,24 @@ fn tempfile_in(dir: &std::path::Path) -> Answer<std::path::PathBuf> {
     Ok(dir.join(format!("upload-{}", hex::encode(bytes))))
 }
 
-pub(crate) async fn get_object(State(app): State<AppState>, Path(key): Path<String>) -> Answer<Response> {
-    let (len, stream) = app.node.store().get_stream(&key).await.map_err(|e| Failure(node::storage_error(e)))?;
+pub(crate) async fn get_object(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+) -> Answer<Response> {
+    let (len, stream) = app
+        .node
+        .store()
+        .get_stream(&key)
+        .await
+        .map_err(|e| Failure(node::storage_error(e)))?;
     let body = Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)));
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())], body)
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
         .into_response())
 }
 
@@ -307,13 +395,22 @@ struct NewKey {
     scopes: Vec<Scope>,
 }
 
-pub(crate) async fn create_key(State(app): State<AppState>, body: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+pub(crate) async fn create_key(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     let new: NewKey = parse_json(&body)?;
     if new.scopes.is_empty() {
-        return Err(fail(ErrorCode::InvalidInput, "a key needs at least one scope: admin, submit or read"));
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            "a key needs at least one scope: admin, submit or read",
+        ));
     }
     let (id, secret) = app.node.create_key(new.scopes.clone()).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "secret": secret, "scopes": new.scopes }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "secret": secret, "scopes": new.scopes })),
+    ))
 }
 
 pub(crate) async fn list_keys(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -325,7 +422,10 @@ pub(crate) async fn list_keys(State(app): State<AppState>) -> Json<serde_json::V
     Json(json!({ "keys": keys }))
 }
 
-pub(crate) async fn revoke_key(State(app): State<AppState>, Path(id): Path<String>) -> Answer<StatusCode> {
+pub(crate) async fn revoke_key(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Answer<StatusCode> {
     app.node.revoke_key(KeyId(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -357,10 +457,16 @@ struct JoinRequest {
     labels: Vec<String>,
 }
 
-pub(crate) async fn join(State(app): State<AppState>, body: Bytes) -> Answer<Json<serde_json::Value>> {
+pub(crate) async fn join(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Answer<Json<serde_json::Value>> {
     let req: JoinRequest = parse_json(&body)?;
     if req.addr.parse::<std::net::SocketAddr>().is_err() {
-        return Err(fail(ErrorCode::InvalidInput, format!("{:?} is not a host:port address", req.addr)));
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            format!("{:?} is not a host:port address", req.addr),
+        ));
     }
     let (id, secret) = app.node.join(req.addr, req.slots, req.labels).await?;
     Ok(Json(json!({ "id": id, "cluster_secret": secret })))
@@ -368,7 +474,8 @@ pub(crate) async fn join(State(app): State<AppState>, body: Bytes) -> Answer<Jso
 
 pub(crate) async fn list_nodes(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
-    let roles: std::collections::BTreeMap<u64, registry_role::Role> = app.node.members().into_iter().collect();
+    let roles: std::collections::BTreeMap<u64, registry_role::Role> =
+        app.node.members().into_iter().collect();
     let now = node::now_ms();
     let nodes: Vec<serde_json::Value> = app.node.read(|s| {
         s.nodes()
@@ -392,18 +499,27 @@ pub(crate) async fn list_nodes(State(app): State<AppState>) -> Answer<Json<serde
             .collect()
     });
     let raft = app.node.raft_figures();
-    Ok(Json(json!({ "nodes": nodes, "leader": raft.leader, "term": raft.term })))
+    Ok(Json(
+        json!({ "nodes": nodes, "leader": raft.leader, "term": raft.term }),
+    ))
 }
 
-pub(crate) async fn node_action(State(app): State<AppState>, Path((id, action)): Path<(String, String)>) -> Answer<Json<serde_json::Value>> {
-    let id: u64 = id.parse().map_err(|_| fail(ErrorCode::InvalidInput, format!("{id:?} is not a node id")))?;
+pub(crate) async fn node_action(
+    State(app): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Answer<Json<serde_json::Value>> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| fail(ErrorCode::InvalidInput, format!("{id:?} is not a node id")))?;
     app.node.node_action(id, &action).await?;
     Ok(Json(json!({ "id": id, "done": action })))
 }
 
 pub(crate) async fn get_config(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
-    Ok(Json(json!({ "config": app.node.read(|s| s.config().clone()) })))
+    Ok(Json(
+        json!({ "config": app.node.read(|s| s.config().clone()) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -412,13 +528,25 @@ struct ConfigValue {
     value: String,
 }
 
-pub(crate) async fn set_config(State(app): State<AppState>, Path(key): Path<String>, body: Bytes) -> Answer<Json<serde_json::Value>> {
+pub(crate) async fn set_config(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Answer<Json<serde_json::Value>> {
     let v: ConfigValue = parse_json(&body)?;
     app.node.set_config(key.clone(), v.value.clone()).await?;
     Ok(Json(json!({ "key": key, "value": v.value })))
 }
 
-pub(crate) async fn raft_rpc(State(app): State<AppState>, Path(kind): Path<String>, body: Bytes) -> Answer<Response> {
-    let answer = app.node.raft_rpc(&kind, &body).await.map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+pub(crate) async fn raft_rpc(
+    State(app): State<AppState>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Answer<Response> {
+    let answer = app
+        .node
+        .raft_rpc(&kind, &body)
+        .await
+        .map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
 }

@@ -52,12 +52,17 @@ pub(crate) fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = args.jobs.unwrap_or(cores).clamp(1, args.files.len().max(1));
     // The waveform peaks are for players, not for a terminal.
-    let plan = Plan { waveform: false, ..Plan::everything(Vec::new()) };
+    let plan = Plan {
+        waveform: false,
+        ..Plan::everything(Vec::new())
+    };
     let request = Request::default();
     let progress = indicatif::ProgressBar::new(args.files.len() as u64);
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files, {elapsed} elapsed, ETA {eta}")
-            .context("progress template")?,
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} files, {elapsed} elapsed, ETA {eta}",
+        )
+        .context("progress template")?,
     );
     if args.files.len() < 2 {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -69,7 +74,9 @@ pub(crate) fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         for _ in 0..jobs {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = args.files.get(index) else { break };
+                let Some(path) = args.files.get(index) else {
+                    break;
+                };
                 let outcome = ingest::run(path, &plan, &request, None)
                     .map(|(manifest, _)| manifest)
                     .map_err(|err| (err.code().to_string(), err.to_string()));
@@ -100,7 +107,11 @@ pub(crate) fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn table_header() -> String {
@@ -127,7 +138,10 @@ fn table_row(m: &Manifest) -> String {
         fmt(loudness.map(|l| l.range_lu), 1),
         fmt(loudness.and_then(|l| l.true_peak_dbtp), 1),
         fmt(m.tempo.as_ref().and_then(|t| t.as_ref()).map(|t| t.bpm), 1),
-        m.key.as_ref().and_then(|k| k.as_ref()).map_or_else(dash, |k| k.name.clone()),
+        m.key
+            .as_ref()
+            .and_then(|k| k.as_ref())
+            .map_or_else(dash, |k| k.name.clone()),
         chorus.map_or_else(dash, |c| format!("{}-{}", clock(c.start_s), clock(c.end_s))),
         fmt(chorus.map(|c| c.confidence), 2),
     )
@@ -142,13 +156,20 @@ fn clock(seconds: f64) -> String {
 pub(crate) fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
     let outputs = request::parse_outputs(&args.to).map_err(|err| anyhow::anyhow!("--to: {err}"))?;
     anyhow::ensure!(!outputs.is_empty(), "--to names no output");
-    let request = Request { outputs, normalize_lufs: args.normalize, ..Request::default() };
+    let request = Request {
+        outputs,
+        normalize_lufs: args.normalize,
+        ..Request::default()
+    };
     // The same JSON the worker receives, validated the same way.
     let input = serde_json::to_value(&request)?;
     let request = Request::parse(&input).map_err(|err| anyhow::anyhow!("{err}"))?;
     let out_dir = args.out.unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let plan = Plan { targets: request.targets().map_err(|err| anyhow::anyhow!("{err}"))?, ..Plan::default() };
+    let plan = Plan {
+        targets: request.targets().map_err(|err| anyhow::anyhow!("{err}"))?,
+        ..Plan::default()
+    };
     match ingest::run(&args.file, &plan, &request, Some(&out_dir)) {
         Ok((manifest, _)) if args.json => println!("{}", serde_json::to_string_pretty(&manifest)?),
         Ok((manifest, _)) => {
@@ -159,8 +180,14 @@ pub(crate) fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
                     output.format,
                     output.sample_rate_hz,
                     output.channels,
-                    output.bitrate_kbps.map_or_else(String::new, |k| format!(" {k} kbps")),
-                    if output.gain_db != 0.0 { format!(" gain {:+.2} dB", output.gain_db) } else { String::new() },
+                    output
+                        .bitrate_kbps
+                        .map_or_else(String::new, |k| format!(" {k} kbps")),
+                    if output.gain_db != 0.0 {
+                        format!(" gain {:+.2} dB", output.gain_db)
+                    } else {
+                        String::new()
+                    },
                     output.bytes
                 );
             }

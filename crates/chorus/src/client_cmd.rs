@@ -13,10 +13,20 @@ use std::time::{Duration, Instant};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Conn {
     /// The node's API.
-    #[arg(long, env = "CHORUS_SERVER", default_value = "http://127.0.0.1:7700", global = true)]
+    #[arg(
+        long,
+        env = "CHORUS_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
     server: String,
     /// Data dir of a node on this machine, whose admin key is used when no key is given.
-    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./chorus-data", global = true)]
+    #[arg(
+        long,
+        env = "CHORUS_DATA_DIR",
+        default_value = "./chorus-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -25,7 +35,10 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        let credentials = match (std::env::var("CHORUS_KEY_ID"), std::env::var("CHORUS_KEY_SECRET")) {
+        let credentials = match (
+            std::env::var("CHORUS_KEY_ID"),
+            std::env::var("CHORUS_KEY_SECRET"),
+        ) {
             (Ok(key_id), Ok(secret)) => Credentials { key_id, secret },
             _ => read_admin_key(&self.data_dir)?,
         };
@@ -38,8 +51,12 @@ pub(crate) fn read_admin_key(data_dir: &Path) -> anyhow::Result<Credentials> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("no credentials: set CHORUS_KEY_ID and CHORUS_KEY_SECRET, or point --data-dir at a node's data dir ({} not readable)", path.display())
     })?;
-    let key: node::KeyFile = serde_json::from_str(&text).with_context(|| format!("{} is not a key file", path.display()))?;
-    Ok(Credentials { key_id: key.id, secret: key.secret })
+    let key: node::KeyFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a key file", path.display()))?;
+    Ok(Credentials {
+        key_id: key.id,
+        secret: key.secret,
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,12 +81,19 @@ pub(crate) struct SubmitArgs {
 
 pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
-    let input: serde_json::Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
+    let input: serde_json::Value =
+        serde_json::from_str(&args.input).context("--input is not valid JSON")?;
     let mut files = Vec::new();
     for path in &args.files {
         files.push(upload(&client, path).await?);
     }
-    let spec = JobSpec { function: args.function, input, files, priority: args.priority, idempotency_key: args.idempotency_key };
+    let spec = JobSpec {
+        function: args.function,
+        input,
+        files,
+        priority: args.priority,
+        idempotency_key: args.idempotency_key,
+    };
     let job = client.submit(&spec).await?;
     if !args.wait {
         print_job(&job, args.conn.json);
@@ -77,7 +101,11 @@ pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     let job = wait_with_progress(&client, job.id, args.conn.json).await?;
     print_job(&job, args.conn.json);
-    Ok(if job.state == JobState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if job.state == JobState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Uploads a file under a key derived from its content, so the same file is stored once.
@@ -86,7 +114,18 @@ pub(crate) async fn upload(client: &Client, path: &Path) -> anyhow::Result<Strin
     let digest = hex::encode(&Sha256::digest(&bytes)[..12]);
     let name: String = path
         .file_name()
-        .map(|n| n.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect())
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
         .unwrap_or_else(|| "file".into());
     let key = format!("uploads/{digest}/{name}");
     client.put_object(&key, path).await?;
@@ -94,12 +133,20 @@ pub(crate) async fn upload(client: &Client, path: &Path) -> anyhow::Result<Strin
 }
 
 async fn wait_with_progress(client: &Client, id: JobId, quiet: bool) -> anyhow::Result<Job> {
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
     bar.enable_steady_tick(Duration::from_millis(100));
     let started = Instant::now();
     loop {
         let job = client.wait(id, Duration::from_secs(1)).await?;
-        bar.set_message(format!("job {id}: {} ({:.1}s)", job.state.as_str(), started.elapsed().as_secs_f64()));
+        bar.set_message(format!(
+            "job {id}: {} ({:.1}s)",
+            job.state.as_str(),
+            started.elapsed().as_secs_f64()
+        ));
         if job.state.is_terminal() {
             bar.finish_and_clear();
             return Ok(job);
@@ -109,13 +156,23 @@ async fn wait_with_progress(client: &Client, id: JobId, quiet: bool) -> anyhow::
 
 fn print_job(job: &Job, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(job).expect("jobs serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(job).expect("jobs serialize")
+        );
         return;
     }
     println!("job {}  {}  {}", job.id, job.function, job.state.as_str());
     for a in &job.attempts {
-        let took = a.finished_at_ms.map(|f| format!("{} ms", f.saturating_sub(a.started_at_ms))).unwrap_or_else(|| "running".into());
-        let how = a.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "ok".into());
+        let took = a
+            .finished_at_ms
+            .map(|f| format!("{} ms", f.saturating_sub(a.started_at_ms)))
+            .unwrap_or_else(|| "running".into());
+        let how = a
+            .error
+            .as_ref()
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .unwrap_or_else(|| "ok".into());
         println!("  attempt {} on node {}: {took}, {how}", a.id, a.node);
     }
     if let Some(output) = &job.output {
@@ -150,31 +207,61 @@ enum JobsCmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    Get { id: u64 },
+    Get {
+        id: u64,
+    },
     /// The job's log (its last attempt's, unless --attempt).
     Logs {
         id: u64,
         #[arg(long)]
         attempt: Option<u64>,
     },
-    Cancel { id: u64 },
+    Cancel {
+        id: u64,
+    },
     /// Wait until the job is finished.
-    Wait { id: u64 },
+    Wait {
+        id: u64,
+    },
 }
 
 pub(crate) async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let json = args.conn.json;
     match args.command {
-        JobsCmd::List { state, function, before, limit } => {
-            let page = client.list_jobs(&JobFilter { state, function, before: before.map(JobId), limit: Some(limit) }).await?;
+        JobsCmd::List {
+            state,
+            function,
+            before,
+            limit,
+        } => {
+            let page = client
+                .list_jobs(&JobFilter {
+                    state,
+                    function,
+                    before: before.map(JobId),
+                    limit: Some(limit),
+                })
+                .await?;
             if json {
-                println!("{}", serde_json::json!({ "jobs": page.jobs, "next_before": page.next_before }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "jobs": page.jobs, "next_before": page.next_before })
+                );
             } else {
-                println!("{:>8}  {:<20} {:<10} {:>8}  error", "id", "function", "state", "attempts");
+                println!(
+                    "{:>8}  {:<20} {:<10} {:>8}  error",
+                    "id", "function", "state", "attempts"
+                );
                 for j in &page.jobs {
                     let error = j.error.as_ref().map(|e| e.code.as_str()).unwrap_or("");
-                    println!("{:>8}  {:<20} {:<10} {:>8}  {error}", j.id.0, j.function, j.state.as_str(), j.attempts.len());
+                    println!(
+                        "{:>8}  {:<20} {:<10} {:>8}  {error}",
+                        j.id.0,
+                        j.function,
+                        j.state.as_str(),
+                        j.attempts.len()
+                    );
                 }
                 if let Some(next) = page.next_before {
                     println!("(more: --before {next})");
@@ -209,7 +296,9 @@ pub(crate) struct FunctionsArgs {
 #[derive(Debug, clap::Subcommand)]
 enum FunctionsCmd {
     /// Deploy a function from a TOML spec (see examples/).
-    Deploy { file: PathBuf },
+    Deploy {
+        file: PathBuf,
+    },
     List,
 }
 
@@ -217,11 +306,16 @@ pub(crate) async fn functions(args: FunctionsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     match args.command {
         FunctionsCmd::Deploy { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let spec: FunctionSpec = toml::from_str(&text).with_context(|| format!("{} is not a function spec", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let spec: FunctionSpec = toml::from_str(&text)
+                .with_context(|| format!("{} is not a function spec", file.display()))?;
             let version = client.deploy(&spec).await?;
             if args.conn.json {
-                println!("{}", serde_json::json!({ "name": spec.name, "version": version }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "name": spec.name, "version": version })
+                );
             } else {
                 println!("deployed {} version {version}", spec.name);
             }
@@ -231,10 +325,20 @@ pub(crate) async fn functions(args: FunctionsArgs) -> anyhow::Result<ExitCode> {
             if args.conn.json {
                 println!("{}", serde_json::to_string_pretty(&functions)?);
             } else {
-                println!("{:<24} {:>7}  {:<8} {:>10}  command", "name", "version", "kind", "timeout");
+                println!(
+                    "{:<24} {:>7}  {:<8} {:>10}  command",
+                    "name", "version", "kind", "timeout"
+                );
                 for f in functions {
                     let kind = format!("{:?}", f.kind).to_lowercase();
-                    println!("{:<24} {:>7}  {:<8} {:>8}ms  {}", f.name, f.version, kind, f.timeout_ms, f.command.join(" "));
+                    println!(
+                        "{:<24} {:>7}  {:<8} {:>8}ms  {}",
+                        f.name,
+                        f.version,
+                        kind,
+                        f.timeout_ms,
+                        f.command.join(" ")
+                    );
                 }
             }
         }
@@ -259,7 +363,9 @@ enum KeysCmd {
         scopes: Vec<String>,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
@@ -275,7 +381,10 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
             }
             let key = client.create_key(&parsed).await?;
             if args.conn.json {
-                println!("{}", serde_json::json!({ "id": key.id, "secret": key.secret, "scopes": key.scopes }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": key.id, "secret": key.secret, "scopes": key.scopes })
+                );
             } else {
                 println!("CHORUS_KEY_ID={}\nCHORUS_KEY_SECRET={}", key.id, key.secret);
             }
@@ -286,8 +395,16 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
                 println!("{keys}");
             } else {
                 for k in keys["keys"].as_array().into_iter().flatten() {
-                    let revoked = if k["revoked"].as_bool() == Some(true) { "  (revoked)" } else { "" };
-                    println!("{}  {}{revoked}", k["id"].as_str().unwrap_or("?"), k["scopes"]);
+                    let revoked = if k["revoked"].as_bool() == Some(true) {
+                        "  (revoked)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{}  {}{revoked}",
+                        k["id"].as_str().unwrap_or("?"),
+                        k["scopes"]
+                    );
                 }
             }
         }
@@ -301,7 +418,6 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-
 #[derive(Debug, clap::Args)]
 pub(crate) struct NodesArgs {
     #[command(subcommand)]
@@ -314,14 +430,24 @@ pub(crate) struct NodesArgs {
 enum NodesCmd {
     List,
     /// Take no new work; finish what runs (then the node can be stopped with no job lost).
-    Drain { id: u64 },
-    Undrain { id: u64 },
+    Drain {
+        id: u64,
+    },
+    Undrain {
+        id: u64,
+    },
     /// Make a learner a voter.
-    Promote { id: u64 },
+    Promote {
+        id: u64,
+    },
     /// Make a voter a learner.
-    Demote { id: u64 },
+    Demote {
+        id: u64,
+    },
     /// Remove a node from the cluster; its attempts are retried elsewhere.
-    Remove { id: u64 },
+    Remove {
+        id: u64,
+    },
 }
 
 pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
@@ -334,7 +460,10 @@ pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let leader = nodes["leader"].as_u64();
-            println!("{:>4}  {:<21} {:<9} {:<8} {:>5} {:>7} {:>6}  labels", "id", "addr", "status", "role", "slots", "running", "cpu%");
+            println!(
+                "{:>4}  {:<21} {:<9} {:<8} {:>5} {:>7} {:>6}  labels",
+                "id", "addr", "status", "role", "slots", "running", "cpu%"
+            );
             for n in nodes["nodes"].as_array().into_iter().flatten() {
                 let id = n["id"].as_u64().unwrap_or(0);
                 let star = if Some(id) == leader { "*" } else { " " };

@@ -37,7 +37,9 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => std::env::temp_dir().join(format!("chorus-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&data_dir)?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?.to_string();
     let slots = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let config = NodeConfig {
@@ -46,12 +48,20 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         slots,
         storage_url: None,
         worker_program: std::env::current_exe().context("cannot find my own executable")?,
-        builtin_functions: worker::builtin_functions().into_iter().map(String::from).collect(),
+        builtin_functions: worker::builtin_functions()
+            .into_iter()
+            .map(String::from)
+            .collect(),
         labels: Vec::new(),
         join: None,
     };
-    println!("chorus demo: starting a one-node cluster in {}", data_dir.display());
-    let node = Node::open(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "chorus demo: starting a one-node cluster in {}",
+        data_dir.display()
+    );
+    let node = Node::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(node.clone(), listener, shutdown.clone()));
     node.run().await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -68,7 +78,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             let mut files = Vec::new();
             for song in &songs {
                 let path = songs_dir.join(format!("{}.wav", song.name));
-                synth::write_wav(song, &path).with_context(|| format!("cannot write {}", path.display()))?;
+                synth::write_wav(song, &path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 files.push(path);
             }
             (files, songs)
@@ -76,24 +87,42 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     anyhow::ensure!(!files.is_empty(), "no songs to analyse");
     let input = serde_json::json!({ "outputs": ingest_cmd::parse_outputs(&args.to)? });
-    println!("running audio.ingest on {} songs as jobs on the node at http://{addr}", files.len());
+    println!(
+        "running audio.ingest on {} songs as jobs on the node at http://{addr}",
+        files.len()
+    );
     let bar = ingest_cmd::progress_bar(files.len(), false);
     let results = ingest_cmd::run(&client, &files, &input, slots as usize, &bar).await?;
     bar.finish_and_clear();
     println!();
     ingest_cmd::print_table(&results);
     print_truth(&truth, &results);
-    let failed = results.iter().filter(|r| r.job.as_ref().is_none_or(|j| j.state != model::JobState::Succeeded)).count();
-    println!("\noutputs (manifest, waveform.png, transcodes): {}", data_dir.join("objects").join("jobs").display());
+    let failed = results
+        .iter()
+        .filter(|r| {
+            r.job
+                .as_ref()
+                .is_none_or(|j| j.state != model::JobState::Succeeded)
+        })
+        .count();
+    println!(
+        "\noutputs (manifest, waveform.png, transcodes): {}",
+        data_dir.join("objects").join("jobs").display()
+    );
     println!("dashboard: {}", dashboard_url(&addr, &credentials));
     if args.keep_running {
         println!("the node keeps running; Ctrl-C stops it");
         let _ = tokio::signal::ctrl_c().await;
     }
-    node.drain_and_stop(std::time::Duration::from_secs(10)).await;
+    node.drain_and_stop(std::time::Duration::from_secs(10))
+        .await;
     shutdown.cancel();
     let _ = server.await;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The dashboard signs its requests in the browser; the key travels in the URL fragment,
@@ -108,15 +137,37 @@ fn print_truth(truth: &[synth::Song], results: &[SongResult]) {
     }
     println!("\nwhat the songs really are:");
     for (song, r) in truth.iter().zip(results) {
-        let found = r.job.as_ref().and_then(|j| j.output.as_ref()).map(|m| (m["chorus"]["start_s"].as_f64(), m["chorus"]["end_s"].as_f64()));
+        let found = r.job.as_ref().and_then(|j| j.output.as_ref()).map(|m| {
+            (
+                m["chorus"]["start_s"].as_f64(),
+                m["chorus"]["end_s"].as_f64(),
+            )
+        });
         let hit = match found {
             Some((Some(start), Some(end))) => {
-                let overlaps = song.choruses_s.iter().any(|(a, b)| start < f64::from(*b) && end > f64::from(*a));
-                if overlaps { "found a chorus" } else { "missed the choruses" }
+                let overlaps = song
+                    .choruses_s
+                    .iter()
+                    .any(|(a, b)| start < f64::from(*b) && end > f64::from(*a));
+                if overlaps {
+                    "found a chorus"
+                } else {
+                    "missed the choruses"
+                }
             }
             _ => "no chorus reported",
         };
-        let choruses: Vec<String> = song.choruses_s.iter().map(|(a, b)| format!("{a:.1}-{b:.1}s")).collect();
-        println!("  {:<28} {:>5.0} BPM  {:<8}  choruses at {}  -> {hit}", song.name, song.bpm, song.key, choruses.join(", "));
+        let choruses: Vec<String> = song
+            .choruses_s
+            .iter()
+            .map(|(a, b)| format!("{a:.1}-{b:.1}s"))
+            .collect();
+        println!(
+            "  {:<28} {:>5.0} BPM  {:<8}  choruses at {}  -> {hit}",
+            song.name,
+            song.bpm,
+            song.key,
+            choruses.join(", ")
+        );
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 /// Files a directory walk takes at most.
 const FILES_MAX: usize = 1_000_000;
 /// Audio file endings ingest picks up.
-const AUDIO_EXTENSIONS: &[&str] = &["mp3", "ogg", "oga", "opus", "flac", "wav", "aiff", "aif", "m4a", "mp4", "aac"];
+const AUDIO_EXTENSIONS: &[&str] = &[
+    "mp3", "ogg", "oga", "opus", "flac", "wav", "aiff", "aif", "m4a", "mp4", "aac",
+];
 /// Priority of bulk ingest jobs: below online work (priority 0), so it keeps its latency.
 const INGEST_PRIORITY: i32 = -10;
 
@@ -52,10 +54,15 @@ pub(crate) struct SongResult {
 pub(crate) fn parse_outputs(spec: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut outputs = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (format, rate) = part.split_once(':').map_or((part, None), |(f, r)| (f, Some(r)));
+        let (format, rate) = part
+            .split_once(':')
+            .map_or((part, None), |(f, r)| (f, Some(r)));
         let mut output = serde_json::json!({ "format": format });
         if let Some(rate) = rate {
-            let kbps: u32 = rate.trim_end_matches(['k', 'K']).parse().with_context(|| format!("bad bit rate in {part:?}"))?;
+            let kbps: u32 = rate
+                .trim_end_matches(['k', 'K'])
+                .parse()
+                .with_context(|| format!("bad bit rate in {part:?}"))?;
             output["bitrate_kbps"] = kbps.into();
         }
         outputs.push(output);
@@ -67,14 +74,23 @@ pub(crate) fn find_audio(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        let entries = std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?;
+        let entries =
+            std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
                 found.push(path);
-                anyhow::ensure!(found.len() <= FILES_MAX, "more than {FILES_MAX} files under {}", dir.display());
+                anyhow::ensure!(
+                    found.len() <= FILES_MAX,
+                    "more than {FILES_MAX} files under {}",
+                    dir.display()
+                );
             }
         }
     }
@@ -91,8 +107,15 @@ pub(crate) async fn run(
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<SongResult>> {
     let options_hash = hex::encode(&Sha256::digest(serde_json::to_vec(input)?)[..6]);
-    let mut results: Vec<SongResult> =
-        files.iter().map(|p| SongResult { path: p.clone(), job: None, skipped: false, error: None }).collect();
+    let mut results: Vec<SongResult> = files
+        .iter()
+        .map(|p| SongResult {
+            path: p.clone(),
+            job: None,
+            skipped: false,
+            error: None,
+        })
+        .collect();
     let mut waiting: VecDeque<(usize, JobId)> = VecDeque::new();
     let started = Instant::now();
     let mut next = 0;
@@ -117,7 +140,9 @@ pub(crate) async fn run(
                 }
             }
         }
-        let Some((i, id)) = waiting.pop_front() else { continue };
+        let Some((i, id)) = waiting.pop_front() else {
+            continue;
+        };
         let job = client.wait(id, Duration::from_millis(500)).await?;
         if job.state.is_terminal() {
             results[i].job = Some(job);
@@ -132,7 +157,12 @@ pub(crate) async fn run(
     Ok(results)
 }
 
-async fn submit_one(client: &Client, path: &Path, input: &serde_json::Value, options_hash: &str) -> anyhow::Result<Job> {
+async fn submit_one(
+    client: &Client,
+    path: &Path,
+    input: &serde_json::Value,
+    options_hash: &str,
+) -> anyhow::Result<Job> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let content = hex::encode(Sha256::digest(&bytes));
     let key = upload(client, path).await?;
@@ -152,8 +182,10 @@ pub(crate) fn progress_bar(len: usize, quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} songs  {msg}  ETA {eta}")
-            .expect("the template is valid"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} songs  {msg}  ETA {eta}",
+        )
+        .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
@@ -166,26 +198,51 @@ pub(crate) fn print_table(results: &[SongResult]) {
         "song", "dur", "LUFS", "BPM", "key", "chorus", "transcodes", "took"
     );
     for r in results {
-        let name: String = r.path.file_name().map(|n| n.to_string_lossy().chars().take(28).collect()).unwrap_or_default();
+        let name: String = r
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(28).collect())
+            .unwrap_or_default();
         let Some(job) = r.job.as_ref().filter(|j| j.state == JobState::Succeeded) else {
-            let why = r.error.clone().or_else(|| r.job.as_ref().and_then(|j| j.error.as_ref().map(|e| format!("{}: {}", e.code, e.message))));
-            println!("{name:<28} failed: {}", why.unwrap_or_else(|| "unknown".into()));
+            let why = r.error.clone().or_else(|| {
+                r.job.as_ref().and_then(|j| {
+                    j.error
+                        .as_ref()
+                        .map(|e| format!("{}: {}", e.code, e.message))
+                })
+            });
+            println!(
+                "{name:<28} failed: {}",
+                why.unwrap_or_else(|| "unknown".into())
+            );
             continue;
         };
         let m = job.output.clone().unwrap_or_default();
         let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
         let clock = |s: f64| format!("{}:{:02}", (s / 60.0) as u32, (s % 60.0) as u32);
-        let chorus = match (m["chorus"]["start_s"].as_f64(), m["chorus"]["end_s"].as_f64()) {
+        let chorus = match (
+            m["chorus"]["start_s"].as_f64(),
+            m["chorus"]["end_s"].as_f64(),
+        ) {
             (Some(a), Some(b)) => format!("{}-{}", clock(a), clock(b)),
             _ => "-".into(),
         };
-        let transcodes: Vec<String> = m["outputs"].as_array().into_iter().flatten().filter_map(|o| o["format"].as_str().map(String::from)).collect();
+        let transcodes: Vec<String> = m["outputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["format"].as_str().map(String::from))
+            .collect();
         let took = job
             .attempts
             .last()
             .and_then(|a| a.finished_at_ms.map(|f| f.saturating_sub(a.started_at_ms)))
             .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0));
-        let took = if r.skipped { "skipped".to_string() } else { took };
+        let took = if r.skipped {
+            "skipped".to_string()
+        } else {
+            took
+        };
         println!(
             "{name:<28} {:>6} {:>7} {:>6}  {:<9} {:>13}  {:<16} {:>7}",
             m["duration_s"].as_f64().map_or("-".into(), clock),
@@ -193,7 +250,11 @@ pub(crate) fn print_table(results: &[SongResult]) {
             num(&m["tempo"]["bpm"]),
             m["key"]["name"].as_str().unwrap_or("-"),
             chorus,
-            if transcodes.is_empty() { "-".into() } else { transcodes.join(",") },
+            if transcodes.is_empty() {
+                "-".into()
+            } else {
+                transcodes.join(",")
+            },
             took
         );
     }
@@ -202,7 +263,11 @@ pub(crate) fn print_table(results: &[SongResult]) {
 pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let files = find_audio(&args.dir)?;
-    anyhow::ensure!(!files.is_empty(), "no audio files under {}", args.dir.display());
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no audio files under {}",
+        args.dir.display()
+    );
     let mut input = serde_json::json!({ "outputs": parse_outputs(&args.to)? });
     if let Some(lufs) = args.normalize {
         input["normalize_lufs"] = lufs.into();
@@ -210,7 +275,14 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let bar = progress_bar(files.len(), args.conn.json);
     let results = run(&client, &files, &input, args.concurrency, &bar).await?;
     bar.finish_and_clear();
-    let failed: Vec<&SongResult> = results.iter().filter(|r| r.job.as_ref().is_none_or(|j| j.state != JobState::Succeeded)).collect();
+    let failed: Vec<&SongResult> = results
+        .iter()
+        .filter(|r| {
+            r.job
+                .as_ref()
+                .is_none_or(|j| j.state != JobState::Succeeded)
+        })
+        .collect();
     let skipped = results.iter().filter(|r| r.skipped).count();
     if args.conn.json {
         let rows: Vec<serde_json::Value> = results
@@ -220,7 +292,16 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::json!({ "results": rows }));
     } else {
         print_table(&results);
-        println!("\n{} done ({} skipped as already done), {} failed", results.len() - failed.len(), skipped, failed.len());
+        println!(
+            "\n{} done ({} skipped as already done), {} failed",
+            results.len() - failed.len(),
+            skipped,
+            failed.len()
+        );
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "chorus", version, about = "A self-hosted platform for processing a music catalogue")]
+#[command(
+    name = "chorus",
+    version,
+    about = "A self-hosted platform for processing a music catalogue"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -74,7 +78,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run_worker() -> anyhow::Result<ExitCode> {

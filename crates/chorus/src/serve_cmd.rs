@@ -36,18 +36,29 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| "info,openraft=error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+                .unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?.to_string();
-    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
     let join = match args.join {
         Some(addr) => {
-            let key_id = std::env::var("CHORUS_KEY_ID").context("--join needs CHORUS_KEY_ID (an admin key of the cluster)")?;
-            let secret = std::env::var("CHORUS_KEY_SECRET").context("--join needs CHORUS_KEY_SECRET")?;
-            Some(node::JoinTarget { addr, key_id, secret })
+            let key_id = std::env::var("CHORUS_KEY_ID")
+                .context("--join needs CHORUS_KEY_ID (an admin key of the cluster)")?;
+            let secret =
+                std::env::var("CHORUS_KEY_SECRET").context("--join needs CHORUS_KEY_SECRET")?;
+            Some(node::JoinTarget {
+                addr,
+                key_id,
+                secret,
+            })
         }
         None => None,
     };
@@ -57,13 +68,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         slots,
         storage_url: args.storage,
         worker_program: std::env::current_exe().context("cannot find my own executable")?,
-        builtin_functions: worker::builtin_functions().into_iter().map(String::from).collect(),
+        builtin_functions: worker::builtin_functions()
+            .into_iter()
+            .map(String::from)
+            .collect(),
         labels: args.labels,
         join,
     };
     // Open first and serve the API before running: a joining node must answer its new
     // peers' raft traffic before it can hear from a leader.
-    let node = Node::open(config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node = Node::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(node.clone(), listener, shutdown.clone()));
     if let Err(e) = node.run().await {
@@ -81,9 +97,13 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     wait_for_signal().await;
     tracing::info!("draining, then shutting down");
-    node.drain_and_stop(std::time::Duration::from_secs(args.drain_timeout_s)).await;
+    node.drain_and_stop(std::time::Duration::from_secs(args.drain_timeout_s))
+        .await;
     shutdown.cancel();
-    server.await.context("the API server task failed")?.context("the API server failed")?;
+    server
+        .await
+        .context("the API server task failed")?
+        .context("the API server failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

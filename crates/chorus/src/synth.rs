@@ -60,8 +60,18 @@ fn midi_hz(note: f32) -> f32 {
 
 /// Chords as semitone offsets from the tonic (minor-key progressions).
 fn chord(part: Part, bar: u32) -> [f32; 3] {
-    let verse = [[0.0, 3.0, 7.0], [8.0, 12.0, 15.0], [3.0, 7.0, 10.0], [10.0, 14.0, 17.0]]; // i VI III VII
-    let chorus = [[5.0, 8.0, 12.0], [7.0, 10.0, 14.0], [0.0, 3.0, 7.0], [0.0, 3.0, 7.0]]; // iv v i i
+    let verse = [
+        [0.0, 3.0, 7.0],
+        [8.0, 12.0, 15.0],
+        [3.0, 7.0, 10.0],
+        [10.0, 14.0, 17.0],
+    ]; // i VI III VII
+    let chorus = [
+        [5.0, 8.0, 12.0],
+        [7.0, 10.0, 14.0],
+        [0.0, 3.0, 7.0],
+        [0.0, 3.0, 7.0],
+    ]; // iv v i i
     let bridge = [[8.0, 12.0, 15.0], [10.0, 14.0, 17.0]];
     match part {
         Part::Chorus => chorus[(bar % 4) as usize],
@@ -70,7 +80,13 @@ fn chord(part: Part, bar: u32) -> [f32; 3] {
     }
 }
 
-pub(crate) fn song(name: &'static str, bpm: f32, tonic_midi: f32, key: &'static str, seed: u32) -> Song {
+pub(crate) fn song(
+    name: &'static str,
+    bpm: f32,
+    tonic_midi: f32,
+    key: &'static str,
+    seed: u32,
+) -> Song {
     let beat_s = 60.0 / bpm;
     let bar_s = 4.0 * beat_s;
     let total_bars: u32 = ARRANGEMENT.iter().map(|(_, bars)| bars).sum();
@@ -112,14 +128,18 @@ pub(crate) fn song(name: &'static str, bpm: f32, tonic_midi: f32, key: &'static 
             x += 0.22 * bass_env * (TAU * midi_hz(tonic_midi + a - 24.0) * t).sin();
             // Kick on every beat (a falling sine).
             let kick_t = in_beat * beat_s;
-            x += 0.5 * (-kick_t * 30.0).exp() * (TAU * (50.0 + 80.0 * (-kick_t * 40.0).exp()) * kick_t).sin();
+            x += 0.5
+                * (-kick_t * 30.0).exp()
+                * (TAU * (50.0 + 80.0 * (-kick_t * 40.0).exp()) * kick_t).sin();
             if part == Part::Chorus {
                 // Hi-hats on eighths, and a lead hook that repeats every bar.
                 let eighth = (t % (beat_s / 2.0)) / (beat_s / 2.0);
                 x += 0.05 * (-eighth * 40.0).exp() * noise.next();
                 let hook = [12.0, 15.0, 19.0, 15.0][((t / beat_s) as u32 % 4) as usize];
                 let f = midi_hz(tonic_midi + hook);
-                x += 0.09 * ((TAU * f * t).sin() + 0.5 * (TAU * 3.0 * f * t).sin()) * (1.0 - in_beat * 0.5);
+                x += 0.09
+                    * ((TAU * f * t).sin() + 0.5 * (TAU * 3.0 * f * t).sin())
+                    * (1.0 - in_beat * 0.5);
             }
             x += 0.003 * noise.next();
             *out = (x * gain * 0.6).clamp(-1.0, 1.0);
@@ -127,7 +147,13 @@ pub(crate) fn song(name: &'static str, bpm: f32, tonic_midi: f32, key: &'static 
         bar_start += bars;
     }
     debug_assert_eq!(chorus_count, 3);
-    Song { name, bpm, key, samples, choruses_s }
+    Song {
+        name,
+        bpm,
+        key,
+        samples,
+        choruses_s,
+    }
 }
 
 /// The demo's songs.
@@ -141,7 +167,12 @@ pub(crate) fn demo_songs() -> Vec<Song> {
 
 /// Writes a song as 16-bit mono WAV.
 pub(crate) fn write_wav(song: &Song, path: &std::path::Path) -> Result<(), hound::Error> {
-    let spec = hound::WavSpec { channels: 1, sample_rate: SAMPLE_RATE_HZ, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE_HZ,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut writer = hound::WavWriter::create(path, spec)?;
     for s in &song.samples {
         writer.write_sample((s * i16::MAX as f32) as i16)?;

@@ -86,7 +86,9 @@ pub struct NewKey {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn nonce() -> String {
@@ -98,22 +100,51 @@ fn nonce() -> String {
 impl Client {
     /// A client for `server` (`http://host:port` or `host:port`).
     pub fn new(server: &str, credentials: Credentials) -> Client {
-        let base = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap_or_default();
-        Client { base: base.trim_end_matches('/').to_string(), credentials, http }
+        let base = if server.contains("://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        };
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_default();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            credentials,
+            http,
+        }
     }
 
     /// The headers of a signed request; public so tests can forge bad ones.
-    pub fn sign(&self, method: &str, path_and_query: &str, body_sha256_hex: &str, timestamp_s: u64) -> Vec<(&'static str, String)> {
-        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    pub fn sign(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body_sha256_hex: &str,
+        timestamp_s: u64,
+    ) -> Vec<(&'static str, String)> {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         let nonce = nonce();
-        let canonical = Canonical { method, path, query, timestamp_s, nonce: &nonce, body_sha256_hex };
+        let canonical = Canonical {
+            method,
+            path,
+            query,
+            timestamp_s,
+            nonce: &nonce,
+            body_sha256_hex,
+        };
         let sig = canonical.sign(&self.credentials.secret).unwrap_or_default();
         vec![
             (signature::HEADER_KEY, self.credentials.key_id.clone()),
             (signature::HEADER_TIMESTAMP, timestamp_s.to_string()),
             (signature::HEADER_NONCE, nonce),
-            (signature::HEADER_CONTENT_SHA256, body_sha256_hex.to_string()),
+            (
+                signature::HEADER_CONTENT_SHA256,
+                body_sha256_hex.to_string(),
+            ),
             (signature::HEADER_SIGNATURE, sig),
         ]
     }
@@ -122,24 +153,44 @@ impl Client {
         &self.base
     }
 
-    async fn send(&self, method: Method, path_and_query: &str, body: Vec<u8>, timeout: Option<Duration>) -> Result<Bytes, ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, ClientError> {
         let hash = signature::body_sha256_hex(&body);
-        let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path_and_query}", self.base));
         for (name, value) in self.sign(method.as_str(), path_and_query, &hash, now_s()) {
             request = request.header(name, value);
         }
         if !body.is_empty() {
-            request = request.header("content-type", "application/json").body(body);
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
         }
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
-        let response = request.send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         read(response).await
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path_and_query: &str, body: Option<&serde_json::Value>) -> Result<T, ClientError> {
-        let body = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize")).unwrap_or_default();
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).expect("JSON values serialize"))
+            .unwrap_or_default();
         let bytes = self.send(method, path_and_query, body, None).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -150,7 +201,9 @@ impl Client {
             version: u32,
         }
         let body = serde_json::to_value(spec).expect("specs serialize");
-        let d: Deployed = self.json(Method::POST, "/v1/functions", Some(&body)).await?;
+        let d: Deployed = self
+            .json(Method::POST, "/v1/functions", Some(&body))
+            .await?;
         Ok(d.version)
     }
 
@@ -159,11 +212,19 @@ impl Client {
         struct List {
             functions: Vec<FunctionSpec>,
         }
-        Ok(self.json::<List>(Method::GET, "/v1/functions", None).await?.functions)
+        Ok(self
+            .json::<List>(Method::GET, "/v1/functions", None)
+            .await?
+            .functions)
     }
 
     pub async fn submit(&self, spec: &JobSpec) -> Result<Job, ClientError> {
-        self.json(Method::POST, "/v1/jobs", Some(&serde_json::to_value(spec).expect("specs serialize"))).await
+        self.json(
+            Method::POST,
+            "/v1/jobs",
+            Some(&serde_json::to_value(spec).expect("specs serialize")),
+        )
+        .await
     }
 
     pub async fn submit_batch(&self, specs: &[JobSpec]) -> Result<Vec<BatchResult>, ClientError> {
@@ -172,11 +233,15 @@ impl Client {
             results: Vec<BatchResult>,
         }
         let body = serde_json::json!({ "jobs": specs });
-        Ok(self.json::<Results>(Method::POST, "/v1/jobs/batch", Some(&body)).await?.results)
+        Ok(self
+            .json::<Results>(Method::POST, "/v1/jobs/batch", Some(&body))
+            .await?
+            .results)
     }
 
     pub async fn job(&self, id: JobId) -> Result<Job, ClientError> {
-        self.json(Method::GET, &format!("/v1/jobs/{id}"), None).await
+        self.json(Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await
     }
 
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, ClientError> {
@@ -194,18 +259,30 @@ impl Client {
             query.append_pair("limit", &l.to_string());
         }
         let query = query.finish();
-        let path = if query.is_empty() { "/v1/jobs".to_string() } else { format!("/v1/jobs?{query}") };
+        let path = if query.is_empty() {
+            "/v1/jobs".to_string()
+        } else {
+            format!("/v1/jobs?{query}")
+        };
         self.json(Method::GET, &path, None).await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<Job, ClientError> {
-        self.json(Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await
+        self.json(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+            .await
     }
 
     /// Waits (server side) until the job finishes or `timeout` passes; returns it as it is.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Job, ClientError> {
         let path = format!("/v1/jobs/{id}/wait?timeout_ms={}", timeout.as_millis());
-        let bytes = self.send(Method::GET, &path, Vec::new(), Some(timeout + Duration::from_secs(10))).await?;
+        let bytes = self
+            .send(
+                Method::GET,
+                &path,
+                Vec::new(),
+                Some(timeout + Duration::from_secs(10)),
+            )
+            .await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -231,17 +308,28 @@ impl Client {
         let len = f.metadata().await?.len();
         let stream = tokio_util::io::ReaderStream::new(f);
         let body = reqwest::Body::wrap_stream(stream);
-        let response = request.header("content-length", len).body(body).send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = request
+            .header("content-length", len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         read(response).await?;
         Ok(len)
     }
 
     pub async fn get_object(&self, key: &str) -> Result<Bytes, ClientError> {
-        self.send(Method::GET, &format!("/v1/objects/{key}"), Vec::new(), None).await
+        self.send(Method::GET, &format!("/v1/objects/{key}"), Vec::new(), None)
+            .await
     }
 
     pub async fn create_key(&self, scopes: &[Scope]) -> Result<NewKey, ClientError> {
-        self.json(Method::POST, "/v1/keys", Some(&serde_json::json!({ "scopes": scopes }))).await
+        self.json(
+            Method::POST,
+            "/v1/keys",
+            Some(&serde_json::json!({ "scopes": scopes })),
+        )
+        .await
     }
 
     pub async fn list_keys(&self) -> Result<serde_json::Value, ClientError> {
@@ -249,14 +337,22 @@ impl Client {
     }
 
     pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
-        self.send(Method::DELETE, &format!("/v1/keys/{id}"), Vec::new(), None).await.map(|_| ())
+        self.send(Method::DELETE, &format!("/v1/keys/{id}"), Vec::new(), None)
+            .await
+            .map(|_| ())
     }
 
     /// Asks the cluster to admit a new node at `addr`; the answer has its id and the cluster
     /// secret it signs raft traffic with.
-    pub async fn join(&self, addr: &str, slots: u32, labels: &[String]) -> Result<JoinAnswer, ClientError> {
+    pub async fn join(
+        &self,
+        addr: &str,
+        slots: u32,
+        labels: &[String],
+    ) -> Result<JoinAnswer, ClientError> {
         let body = serde_json::json!({ "addr": addr, "slots": slots, "labels": labels });
-        self.json(Method::POST, "/v1/cluster/join", Some(&body)).await
+        self.json(Method::POST, "/v1/cluster/join", Some(&body))
+            .await
     }
 
     pub async fn nodes(&self) -> Result<serde_json::Value, ClientError> {
@@ -264,8 +360,13 @@ impl Client {
     }
 
     /// `action`: drain, undrain, promote, demote or remove.
-    pub async fn node_action(&self, id: u64, action: &str) -> Result<serde_json::Value, ClientError> {
-        self.json(Method::POST, &format!("/v1/nodes/{id}/{action}"), None).await
+    pub async fn node_action(
+        &self,
+        id: u64,
+        action: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::POST, &format!("/v1/nodes/{id}/{action}"), None)
+            .await
     }
 
     pub async fn config(&self) -> Result<serde_json::Value, ClientError> {
@@ -273,9 +374,13 @@ impl Client {
     }
 
     pub async fn set_config(&self, key: &str, value: &str) -> Result<(), ClientError> {
-        self.json::<serde_json::Value>(Method::PUT, &format!("/v1/config/{key}"), Some(&serde_json::json!({ "value": value })))
-            .await
-            .map(|_| ())
+        self.json::<serde_json::Value>(
+            Method::PUT,
+            &format!("/v1/config/{key}"),
+            Some(&serde_json::json!({ "value": value })),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
@@ -283,37 +388,72 @@ impl Client {
     }
 
     /// A raw signed call, for tests of the API contract.
-    pub async fn raw(&self, method: &str, path_and_query: &str, body: Vec<u8>) -> Result<(u16, Bytes), ClientError> {
-        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode(e.to_string()))?;
+    pub async fn raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         let hash = signature::body_sha256_hex(&body);
-        let mut request = self.http.request(method.clone(), format!("{}{path_and_query}", self.base));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path_and_query}", self.base));
         for (name, value) in self.sign(method.as_str(), path_and_query, &hash, now_s()) {
             request = request.header(name, value);
         }
-        let response = request.body(body).send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         Ok((status, bytes))
     }
 
     /// An unsigned GET, for the public routes (`/healthz`, `/metrics`, the OpenAPI document).
     pub async fn get_public(&self, path: &str) -> Result<(u16, Bytes), ClientError> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let status = response.status().as_u16();
-        Ok((status, response.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?))
+        Ok((
+            status,
+            response
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?,
+        ))
     }
 }
 
 async fn read(response: reqwest::Response) -> Result<Bytes, ClientError> {
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| ClientError::Http(e.to_string()))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
     if status.is_success() {
         return Ok(bytes);
     }
     let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
-        ApiError::new(ErrorCode::Internal, format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)))
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+        )
     });
-    Err(ClientError::Api { status: status.as_u16(), error })
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        error,
+    })
 }
 
 async fn hash_file(path: &Path) -> Result<String, ClientError> {

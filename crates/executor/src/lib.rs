@@ -71,7 +71,10 @@ pub struct Executor {
 }
 
 fn failure(code: &str, message: impl Into<String>) -> JobError {
-    JobError { code: code.to_string(), message: message.into() }
+    JobError {
+        code: code.to_string(),
+        message: message.into(),
+    }
 }
 
 impl Executor {
@@ -84,11 +87,24 @@ impl Executor {
     }
 
     /// Runs one attempt in a worker of pool `pool` (one pool per function version).
-    pub async fn run(&self, pool: &str, spec: &ProcessSpec, request: &Request, cancel: &CancellationToken) -> Finished {
+    pub async fn run(
+        &self,
+        pool: &str,
+        spec: &ProcessSpec,
+        request: &Request,
+        cancel: &CancellationToken,
+    ) -> Finished {
         let started = Instant::now();
         let line = match serde_json::to_string(request) {
             Ok(line) => line,
-            Err(e) => return finished(Err(failure("invalid_input", e.to_string())), Vec::new(), false, started),
+            Err(e) => {
+                return finished(
+                    Err(failure("invalid_input", e.to_string())),
+                    Vec::new(),
+                    false,
+                    started,
+                )
+            }
         };
         // A warm worker may have died while idle; then start a fresh one, once.
         let mut cold_start = false;
@@ -103,7 +119,12 @@ impl Executor {
                         Ok(w) => w,
                         Err(e) => {
                             let message = format!("cannot start {}: {e}", spec.program.display());
-                            return finished(Err(failure("spawn_failed", message)), Vec::new(), true, started);
+                            return finished(
+                                Err(failure("spawn_failed", message)),
+                                Vec::new(),
+                                true,
+                                started,
+                            );
                         }
                     }
                 }
@@ -131,7 +152,9 @@ impl Executor {
             Exchange::Broken(error) => {
                 match error.code.as_str() {
                     "timeout" => self.counters.timeouts.fetch_add(1, Ordering::Relaxed),
-                    "worker_crashed" => self.counters.worker_crashes.fetch_add(1, Ordering::Relaxed),
+                    "worker_crashed" => {
+                        self.counters.worker_crashes.fetch_add(1, Ordering::Relaxed)
+                    }
                     _ => 0,
                 };
                 worker.kill().await;
@@ -160,7 +183,11 @@ impl Executor {
     /// Idle workers per pool, for metrics and node load reports.
     pub fn warm_workers(&self) -> BTreeMap<String, usize> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.iter().filter(|(_, p)| !p.idle.is_empty()).map(|(k, p)| (k.clone(), p.idle.len())).collect()
+        pools
+            .iter()
+            .filter(|(_, p)| !p.idle.is_empty())
+            .map(|(k, p)| (k.clone(), p.idle.len()))
+            .collect()
     }
 
     /// Stops workers idle for longer than their pool's idle time-out. Returns how many.
@@ -171,8 +198,10 @@ impl Executor {
             let mut expired = Vec::new();
             for pool in pools.values_mut() {
                 let timeout = pool.idle_timeout;
-                let (old, fresh): (Vec<Worker>, Vec<Worker>) =
-                    pool.idle.drain(..).partition(|w| now.duration_since(w.last_used) >= timeout);
+                let (old, fresh): (Vec<Worker>, Vec<Worker>) = pool
+                    .idle
+                    .drain(..)
+                    .partition(|w| now.duration_since(w.last_used) >= timeout);
                 pool.idle = fresh;
                 expired.extend(old);
             }
@@ -204,5 +233,10 @@ fn finished(
     cold_start: bool,
     started: Instant,
 ) -> Finished {
-    Finished { reply, log, cold_start, run_time: started.elapsed() }
+    Finished {
+        reply,
+        log,
+        cold_start,
+        run_time: started.elapsed(),
+    }
 }

@@ -54,7 +54,10 @@ impl Worker {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(bytes) = memory_bytes {
-                    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
                     if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -87,7 +90,11 @@ impl Worker {
 
     /// Waits for the reply, reading stderr meanwhile (so a chatty worker never blocks on a
     /// full pipe). Stderr is polled first, so what a worker logs before replying is kept.
-    pub(crate) async fn await_reply(&mut self, deadline: tokio::time::Instant, cancel: &CancellationToken) -> Exchange {
+    pub(crate) async fn await_reply(
+        &mut self,
+        deadline: tokio::time::Instant,
+        cancel: &CancellationToken,
+    ) -> Exchange {
         let mut buf = vec![0u8; 16 * 1024];
         let mut stderr_open = true;
         loop {
@@ -109,25 +116,39 @@ impl Worker {
     async fn reply(&mut self, line: Option<Result<String, LinesCodecError>>) -> Exchange {
         match line {
             Some(Ok(line)) => match serde_json::from_str::<Reply>(&line) {
-                Ok(Reply { output: Some(output), error: None }) => Exchange::Reply(Ok(output)),
-                Ok(Reply { output: None, error: Some(error) }) => Exchange::Reply(Err(error)),
+                Ok(Reply {
+                    output: Some(output),
+                    error: None,
+                }) => Exchange::Reply(Ok(output)),
+                Ok(Reply {
+                    output: None,
+                    error: Some(error),
+                }) => Exchange::Reply(Err(error)),
                 _ => {
                     let shown: String = line.chars().take(200).collect();
-                    Exchange::Broken(failure("worker_crashed", format!("not a protocol reply: {shown:?}")))
+                    Exchange::Broken(failure(
+                        "worker_crashed",
+                        format!("not a protocol reply: {shown:?}"),
+                    ))
                 }
             },
             Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Exchange::Broken(failure(
                 "worker_crashed",
                 format!("reply line over {REPLY_BYTES_MAX} bytes; write big results to files"),
             )),
-            Some(Err(LinesCodecError::Io(e))) => Exchange::Broken(failure("worker_crashed", e.to_string())),
+            Some(Err(LinesCodecError::Io(e))) => {
+                Exchange::Broken(failure("worker_crashed", e.to_string()))
+            }
             None => {
                 // Collect what the worker said on its way out, and how it ended.
                 let mut rest = Vec::new();
                 let mut tail = (&mut self.stderr).take(LOG_BYTES_MAX as u64);
-                let _ = tokio::time::timeout(Duration::from_millis(200), tail.read_to_end(&mut rest)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), tail.read_to_end(&mut rest))
+                        .await;
                 self.keep_log(&rest);
-                let status = tokio::time::timeout(Duration::from_millis(200), self.child.wait()).await;
+                let status =
+                    tokio::time::timeout(Duration::from_millis(200), self.child.wait()).await;
                 let how = match status {
                     Ok(Ok(status)) => format!("worker exited ({status}) without replying"),
                     _ => "worker closed its stdout without replying".to_string(),
@@ -148,7 +169,13 @@ impl Worker {
     pub(crate) fn take_log(&mut self) -> Vec<u8> {
         let mut log = std::mem::take(&mut self.log);
         if self.log_dropped_bytes > 0 {
-            log.extend_from_slice(format!("\n[chorus: {} more bytes of log dropped]\n", self.log_dropped_bytes).as_bytes());
+            log.extend_from_slice(
+                format!(
+                    "\n[chorus: {} more bytes of log dropped]\n",
+                    self.log_dropped_bytes
+                )
+                .as_bytes(),
+            );
         }
         log
     }
@@ -166,9 +193,14 @@ impl Worker {
 
     /// Asks the worker to exit (end of stdin), then kills it if it lingers.
     pub(crate) async fn stop(self) {
-        let Worker { mut child, stdin, .. } = self;
+        let Worker {
+            mut child, stdin, ..
+        } = self;
         drop(stdin);
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, child.wait())
+            .await
+            .is_err()
+        {
             if let Some(pid) = child.id() {
                 // SAFETY: as in `kill`.
                 unsafe {

@@ -10,9 +10,9 @@ use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{JobError, JobState};
 use crate::node::{NodeLoad, NodeStatus};
 use crate::state::ApiKey;
-use std::collections::BTreeSet;
 use crate::ApiError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// What a client asks to run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,14 +41,19 @@ pub struct AttemptResult {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    Succeeded { output: serde_json::Value, objects: Vec<String> },
+    Succeeded {
+        output: serde_json::Value,
+        objects: Vec<String>,
+    },
     Failed(JobError),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    DeployFunction { spec: FunctionSpec },
+    DeployFunction {
+        spec: FunctionSpec,
+    },
     /// Many jobs in one entry: a batch costs one log write. `place[i]`, when given, starts
     /// job `i` on that node in the same entry (the leader chose it while nothing was waiting),
     /// which saves a log write on the way from submit to start.
@@ -59,22 +64,63 @@ pub enum Command {
         place: Vec<Option<NodeId>>,
     },
     /// The leader places queued jobs on a node.
-    StartAttempts { now_ms: u64, node: NodeId, jobs: Vec<JobId> },
-    FinishAttempts { now_ms: u64, results: Vec<AttemptResult> },
-    CancelJob { now_ms: u64, job: JobId },
+    StartAttempts {
+        now_ms: u64,
+        node: NodeId,
+        jobs: Vec<JobId>,
+    },
+    FinishAttempts {
+        now_ms: u64,
+        results: Vec<AttemptResult>,
+    },
+    CancelJob {
+        now_ms: u64,
+        job: JobId,
+    },
     /// Every attempt running on `node` failed with `code` (the node restarted or died).
-    AbandonAttempts { now_ms: u64, node: NodeId, code: String },
+    AbandonAttempts {
+        now_ms: u64,
+        node: NodeId,
+        code: String,
+    },
     /// A node (re)starts: its address, slots and labels. The founding node registers itself.
-    RegisterNode { id: NodeId, addr: String, slots: u32, labels: BTreeSet<String>, now_ms: u64 },
+    RegisterNode {
+        id: NodeId,
+        addr: String,
+        slots: u32,
+        labels: BTreeSet<String>,
+        now_ms: u64,
+    },
     /// A new node asks to join; it gets a fresh id (`Response::Joined`).
-    JoinNode { addr: String, slots: u32, labels: BTreeSet<String>, now_ms: u64 },
+    JoinNode {
+        addr: String,
+        slots: u32,
+        labels: BTreeSet<String>,
+        now_ms: u64,
+    },
     /// A node's periodic sign of life, with its load.
-    Heartbeat { node: NodeId, now_ms: u64, load: NodeLoad },
-    SetNodeStatus { node: NodeId, status: NodeStatus },
-    RemoveNode { node: NodeId },
-    CreateKey { key: ApiKey },
-    RevokeKey { id: KeyId },
-    SetConfig { key: String, value: String },
+    Heartbeat {
+        node: NodeId,
+        now_ms: u64,
+        load: NodeLoad,
+    },
+    SetNodeStatus {
+        node: NodeId,
+        status: NodeStatus,
+    },
+    RemoveNode {
+        node: NodeId,
+    },
+    CreateKey {
+        key: ApiKey,
+    },
+    RevokeKey {
+        id: KeyId,
+    },
+    SetConfig {
+        key: String,
+        value: String,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -93,14 +139,25 @@ pub enum SubmitResult {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Done,
-    Deployed { version: u32 },
+    Deployed {
+        version: u32,
+    },
     Submitted(Vec<SubmitResult>),
     Started(Vec<(JobId, AttemptId)>),
     /// How many results were taken; the rest were stale (superseded attempts).
-    Finished { taken: u32, stale: u32 },
-    Cancelled { previous: JobState },
-    Abandoned { attempts: u32 },
-    Joined { id: NodeId },
+    Finished {
+        taken: u32,
+        stale: u32,
+    },
+    Cancelled {
+        previous: JobState,
+    },
+    Abandoned {
+        attempts: u32,
+    },
+    Joined {
+        id: NodeId,
+    },
     Rejected(ApiError),
     Batch(Vec<Response>),
 }

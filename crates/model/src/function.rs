@@ -105,7 +105,10 @@ impl RetryPolicy {
     /// replica computes the same delay for the same job.
     pub fn backoff_ms(&self, attempt_no: u32, seed: u64) -> u64 {
         let exp = attempt_no.saturating_sub(1).min(32);
-        let base = self.backoff_initial_ms.saturating_mul(1u64 << exp).min(self.backoff_max_ms);
+        let base = self
+            .backoff_initial_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.backoff_max_ms);
         // splitmix64: a tiny, well-known mixer; a dependency for eight lines is not worth it.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -139,7 +142,10 @@ impl FunctionSpec {
     pub fn validate(&self) -> Result<(), String> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= FUNCTION_NAME_LEN_MAX
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !name_ok {
             return Err(format!(
                 "function name {:?} must be 1 to {FUNCTION_NAME_LEN_MAX} characters of a-z, A-Z, 0-9, '.', '_', '-'",
@@ -148,15 +154,21 @@ impl FunctionSpec {
         }
         match self.kind {
             FunctionKind::Command if self.command.is_empty() => {
-                return Err("a command function needs `command = [\"program\", \"arg\", ...]`".into())
+                return Err(
+                    "a command function needs `command = [\"program\", \"arg\", ...]`".into(),
+                )
             }
             FunctionKind::Builtin if !self.command.is_empty() => {
-                return Err("a built-in function takes no `command`; set `kind = \"command\"`".into())
+                return Err(
+                    "a built-in function takes no `command`; set `kind = \"command\"`".into(),
+                )
             }
             _ => {}
         }
         if self.retry.max_attempts == 0 || self.retry.max_attempts > MAX_ATTEMPTS_LIMIT {
-            return Err(format!("retry.max_attempts must be 1 to {MAX_ATTEMPTS_LIMIT}"));
+            return Err(format!(
+                "retry.max_attempts must be 1 to {MAX_ATTEMPTS_LIMIT}"
+            ));
         }
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             return Err("retry.jitter must be between 0 and 1".into());

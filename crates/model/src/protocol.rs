@@ -48,10 +48,19 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(output: serde_json::Value) -> Reply {
-        Reply { output: Some(output), error: None }
+        Reply {
+            output: Some(output),
+            error: None,
+        }
     }
 
     pub fn err(code: &str, message: impl Into<String>) -> Reply {
-        Reply { output: None, error: Some(JobError { code: code.to_string(), message: message.into() }) }
+        Reply {
+            output: None,
+            error: Some(JobError {
+                code: code.to_string(),
+                message: message.into(),
+            }),
+        }
     }
 }

@@ -9,8 +9,8 @@
 use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
 use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
-use crate::node::{NodeInfo, NodeLoad, NodeStatus};
 use crate::job::{Attempt, Job, JobError, JobState};
+use crate::node::{NodeInfo, NodeLoad, NodeStatus};
 use crate::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -59,7 +59,11 @@ pub struct ApiKey {
 
 impl ApiKey {
     pub fn allows(&self, scope: Scope) -> bool {
-        !self.revoked && self.scopes.iter().any(|s| *s == Scope::Admin || *s == scope)
+        !self.revoked
+            && self
+                .scopes
+                .iter()
+                .any(|s| *s == Scope::Admin || *s == scope)
     }
 }
 
@@ -170,8 +174,17 @@ impl State {
     /// Jobs queued and due at `now_ms`, highest priority first, then oldest first; at most
     /// `limit` of them.
     pub fn due_jobs(&self, now_ms: u64, limit: usize) -> Vec<&Job> {
-        let mut due: Vec<&Job> = self.queue.iter().take(limit).map(|(_, id)| &self.jobs[id]).collect();
-        let delayed_due = self.delayed.iter().take_while(|(t, _)| *t <= now_ms).take(limit);
+        let mut due: Vec<&Job> = self
+            .queue
+            .iter()
+            .take(limit)
+            .map(|(_, id)| &self.jobs[id])
+            .collect();
+        let delayed_due = self
+            .delayed
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .take(limit);
         due.extend(delayed_due.map(|(_, id)| &self.jobs[id]));
         if due.len() > limit {
             due.sort_by_key(|job| (Reverse(job.priority), job.id));
@@ -187,7 +200,11 @@ impl State {
 
     /// Jobs whose current attempt runs on `node`.
     pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Job> {
-        self.running.get(&node).into_iter().flatten().map(|id| &self.jobs[id])
+        self.running
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .map(|id| &self.jobs[id])
     }
 
     pub fn running_count(&self, node: NodeId) -> usize {
@@ -209,7 +226,11 @@ impl State {
     pub fn apply(&mut self, command: Command) -> Response {
         match command {
             Command::DeployFunction { spec } => self.deploy(spec),
-            Command::SubmitJobs { now_ms, jobs, place } => {
+            Command::SubmitJobs {
+                now_ms,
+                jobs,
+                place,
+            } => {
                 let mut results = Vec::with_capacity(jobs.len());
                 for (i, spec) in jobs.into_iter().enumerate() {
                     let result = self.submit(now_ms, spec);
@@ -224,7 +245,13 @@ impl State {
             Command::FinishAttempts { now_ms, results } => self.finish(now_ms, results),
             Command::CancelJob { now_ms, job } => self.cancel(now_ms, job),
             Command::AbandonAttempts { now_ms, node, code } => self.abandon(now_ms, node, code),
-            Command::RegisterNode { id, addr, slots, labels, now_ms } => {
+            Command::RegisterNode {
+                id,
+                addr,
+                slots,
+                labels,
+                now_ms,
+            } => {
                 self.next_node_id = self.next_node_id.max(id);
                 let node = self.nodes.entry(id).or_insert_with(|| NodeInfo::new(id));
                 node.addr = addr;
@@ -236,8 +263,16 @@ impl State {
                 }
                 Response::Done
             }
-            Command::JoinNode { addr, slots, labels, now_ms } => {
-                self.next_node_id = self.next_node_id.max(self.nodes.keys().max().copied().unwrap_or(0)) + 1;
+            Command::JoinNode {
+                addr,
+                slots,
+                labels,
+                now_ms,
+            } => {
+                self.next_node_id = self
+                    .next_node_id
+                    .max(self.nodes.keys().max().copied().unwrap_or(0))
+                    + 1;
                 let id = self.next_node_id;
                 let mut node = NodeInfo::new(id);
                 node.addr = addr;
@@ -253,15 +288,24 @@ impl State {
                     n.status = status;
                     Response::Done
                 }
-                None => Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no node {node}"))),
+                None => Response::Rejected(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no node {node}"),
+                )),
             },
             Command::RemoveNode { node } => match self.nodes.remove(&node) {
                 Some(_) => Response::Done,
-                None => Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no node {node}"))),
+                None => Response::Rejected(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no node {node}"),
+                )),
             },
             Command::CreateKey { key } => {
                 if self.keys.contains_key(&key.id) {
-                    return Response::Rejected(ApiError::new(ErrorCode::Conflict, format!("key {} exists", key.id)));
+                    return Response::Rejected(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("key {} exists", key.id),
+                    ));
                 }
                 self.keys.insert(key.id.clone(), key);
                 Response::Done
@@ -271,13 +315,17 @@ impl State {
                     key.revoked = true;
                     Response::Done
                 }
-                None => Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no key {id}"))),
+                None => {
+                    Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no key {id}")))
+                }
             },
             Command::SetConfig { key, value } => {
                 self.config.insert(key, value);
                 Response::Done
             }
-            Command::Batch(commands) => Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect()),
+            Command::Batch(commands) => {
+                Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
+            }
         }
     }
 
@@ -299,7 +347,10 @@ impl State {
         if let Err(message) = spec.validate() {
             return Response::Rejected(ApiError::new(ErrorCode::InvalidInput, message));
         }
-        spec.version = self.functions.get(&spec.name).map_or(1, |old| old.version + 1);
+        spec.version = self
+            .functions
+            .get(&spec.name)
+            .map_or(1, |old| old.version + 1);
         let version = spec.version;
         self.functions.insert(spec.name.clone(), spec);
         Response::Deployed { version }
@@ -308,7 +359,10 @@ impl State {
     /// Checks a job spec against the limits; the API runs the same check before proposing.
     pub fn check_job_spec(&self, spec: &JobSpec) -> Result<(), ApiError> {
         if !self.functions.contains_key(&spec.function) {
-            return Err(ApiError::new(ErrorCode::NotFound, format!("no function {:?}", spec.function)));
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no function {:?}", spec.function),
+            ));
         }
         let input_len = serde_json::to_vec(&spec.input).map_or(usize::MAX, |v| v.len());
         if input_len > INPUT_BYTES_MAX {
@@ -318,7 +372,10 @@ impl State {
             ));
         }
         if spec.files.len() > FILES_PER_JOB_MAX {
-            return Err(ApiError::new(ErrorCode::InvalidInput, format!("at most {FILES_PER_JOB_MAX} files per job")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("at most {FILES_PER_JOB_MAX} files per job"),
+            ));
         }
         if let Some(key) = &spec.idempotency_key {
             if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
@@ -372,7 +429,10 @@ impl State {
         let mut started = Vec::with_capacity(jobs.len());
         for id in jobs {
             // A job may have been cancelled or started since the leader chose it.
-            let startable = self.jobs.get(&id).is_some_and(|job| job.state == JobState::Queued);
+            let startable = self
+                .jobs
+                .get(&id)
+                .is_some_and(|job| job.state == JobState::Queued);
             if !startable {
                 continue;
             }
@@ -410,7 +470,11 @@ impl State {
     /// Records one attempt's end. Returns false (and changes nothing) when the result is
     /// stale: the job is not running that attempt any more (fencing).
     fn finish_one(&mut self, now_ms: u64, result: AttemptResult) -> bool {
-        let current = self.jobs.get(&result.job).and_then(Job::current_attempt).map(|a| a.id);
+        let current = self
+            .jobs
+            .get(&result.job)
+            .and_then(Job::current_attempt)
+            .map(|a| a.id);
         if current != Some(result.attempt) {
             // Still record the log size of a superseded attempt, so its log can be read.
             if let Some(a) = self.attempt_mut(result.job, result.attempt) {
@@ -419,8 +483,14 @@ impl State {
             return false;
         }
         self.index_remove(result.job);
-        let retry = self.functions.get(&self.jobs[&result.job].function).map(|f| f.retry.clone());
-        let job = self.jobs.get_mut(&result.job).expect("current attempt exists");
+        let retry = self
+            .functions
+            .get(&self.jobs[&result.job].function)
+            .map(|f| f.retry.clone());
+        let job = self
+            .jobs
+            .get_mut(&result.job)
+            .expect("current attempt exists");
         let attempt_no = job.attempts.len() as u32;
         let attempt = job.attempts.last_mut().expect("running job has an attempt");
         attempt.finished_at_ms = Some(now_ms);
@@ -452,7 +522,11 @@ impl State {
     }
 
     fn attempt_mut(&mut self, job: JobId, attempt: AttemptId) -> Option<&mut Attempt> {
-        self.jobs.get_mut(&job)?.attempts.iter_mut().find(|a| a.id == attempt)
+        self.jobs
+            .get_mut(&job)?
+            .attempts
+            .iter_mut()
+            .find(|a| a.id == attempt)
     }
 
     fn cancel(&mut self, now_ms: u64, id: JobId) -> Response {
@@ -465,23 +539,43 @@ impl State {
         }
         self.index_remove(id);
         let job = self.jobs.get_mut(&id).expect("checked above");
-        if let Some(attempt) = job.attempts.last_mut().filter(|_| previous == JobState::Running) {
+        if let Some(attempt) = job
+            .attempts
+            .last_mut()
+            .filter(|_| previous == JobState::Running)
+        {
             attempt.finished_at_ms = Some(now_ms);
-            attempt.error = Some(JobError { code: "cancelled".into(), message: "cancelled by request".into() });
+            attempt.error = Some(JobError {
+                code: "cancelled".into(),
+                message: "cancelled by request".into(),
+            });
         }
         job.state = JobState::Cancelled;
         job.finished_at_ms = Some(now_ms);
-        job.error = Some(JobError { code: "cancelled".into(), message: "cancelled by request".into() });
+        job.error = Some(JobError {
+            code: "cancelled".into(),
+            message: "cancelled by request".into(),
+        });
         Response::Cancelled { previous }
     }
 
     fn abandon(&mut self, now_ms: u64, node: NodeId, code: String) -> Response {
-        let ids: Vec<JobId> = self.running.get(&node).into_iter().flatten().copied().collect();
+        let ids: Vec<JobId> = self
+            .running
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let results = ids
             .iter()
             .map(|&job| AttemptResult {
                 job,
-                attempt: self.jobs[&job].attempts.last().expect("running job has an attempt").id,
+                attempt: self.jobs[&job]
+                    .attempts
+                    .last()
+                    .expect("running job has an attempt")
+                    .id,
                 outcome: Outcome::Failed(JobError {
                     code: code.clone(),
                     message: format!("node {node} lost the attempt"),
@@ -490,7 +584,9 @@ impl State {
             })
             .collect();
         self.finish(now_ms, results);
-        Response::Abandoned { attempts: ids.len() as u32 }
+        Response::Abandoned {
+            attempts: ids.len() as u32,
+        }
     }
 
     fn index_insert(&mut self, id: JobId) {
@@ -503,7 +599,11 @@ impl State {
                 self.queue.insert((Reverse(job.priority), id));
             }
             JobState::Running => {
-                let node = job.attempts.last().expect("running job has an attempt").node;
+                let node = job
+                    .attempts
+                    .last()
+                    .expect("running job has an attempt")
+                    .node;
                 self.running.entry(node).or_default().insert(id);
             }
             _ => {}
@@ -518,7 +618,11 @@ impl State {
                 self.delayed.remove(&(job.not_before_ms, id));
             }
             JobState::Running => {
-                let node = job.attempts.last().expect("running job has an attempt").node;
+                let node = job
+                    .attempts
+                    .last()
+                    .expect("running job has an attempt")
+                    .node;
                 if let Some(set) = self.running.get_mut(&node) {
                     set.remove(&id);
                 }
@@ -534,9 +638,16 @@ impl State {
         assert_eq!(rebuilt.queue, self.queue, "queue index");
         assert_eq!(rebuilt.delayed, self.delayed, "delayed index");
         let nonempty = |m: &BTreeMap<NodeId, BTreeSet<JobId>>| {
-            m.iter().filter(|(_, s)| !s.is_empty()).map(|(k, s)| (*k, s.clone())).collect::<BTreeMap<_, _>>()
+            m.iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(k, s)| (*k, s.clone()))
+                .collect::<BTreeMap<_, _>>()
         };
-        assert_eq!(nonempty(&rebuilt.running), nonempty(&self.running), "running index");
+        assert_eq!(
+            nonempty(&rebuilt.running),
+            nonempty(&self.running),
+            "running index"
+        );
         assert_eq!(rebuilt.idempotency, self.idempotency, "idempotency index");
     }
 }

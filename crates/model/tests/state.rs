@@ -7,14 +7,23 @@ use model::{
 use serde_json::json;
 
 fn job(function: &str, priority: i32, key: Option<&str>) -> JobSpec {
-    JobSpec { function: function.into(), input: json!({}), files: vec![], priority, idempotency_key: key.map(String::from) }
+    JobSpec {
+        function: function.into(),
+        input: json!({}),
+        files: vec![],
+        priority,
+        idempotency_key: key.map(String::from),
+    }
 }
 
 fn failed(job: u64, attempt: u64, code: &str) -> AttemptResult {
     AttemptResult {
         job: JobId(job),
         attempt: model::AttemptId(attempt),
-        outcome: Outcome::Failed(JobError { code: code.into(), message: String::new() }),
+        outcome: Outcome::Failed(JobError {
+            code: code.into(),
+            message: String::new(),
+        }),
         log_bytes: 0,
     }
 }
@@ -23,7 +32,10 @@ fn succeeded(job: u64, attempt: u64) -> AttemptResult {
     AttemptResult {
         job: JobId(job),
         attempt: model::AttemptId(attempt),
-        outcome: Outcome::Succeeded { output: json!({"ok": true}), objects: vec![] },
+        outcome: Outcome::Succeeded {
+            output: json!({"ok": true}),
+            objects: vec![],
+        },
         log_bytes: 12,
     }
 }
@@ -45,7 +57,17 @@ fn check(commands: Vec<Command>, expected: Expect) {
         let attempts: Vec<String> = job
             .attempts
             .iter()
-            .map(|a| format!("{}@{}{}", a.id, a.started_at_ms, a.error.as_ref().map(|e| format!(":{}", e.code)).unwrap_or_default()))
+            .map(|a| {
+                format!(
+                    "{}@{}{}",
+                    a.id,
+                    a.started_at_ms,
+                    a.error
+                        .as_ref()
+                        .map(|e| format!(":{}", e.code))
+                        .unwrap_or_default()
+                )
+            })
             .collect();
         lines.push(format!(
             "job {} {} p{} {:?} not_before={} attempts=[{}]",
@@ -57,7 +79,14 @@ fn check(commands: Vec<Command>, expected: Expect) {
             attempts.join(" ")
         ));
     }
-    lines.push(format!("due at 10000: {:?}", state.due_jobs(10_000, 10).iter().map(|j| j.id.0).collect::<Vec<_>>()));
+    lines.push(format!(
+        "due at 10000: {:?}",
+        state
+            .due_jobs(10_000, 10)
+            .iter()
+            .map(|j| j.id.0)
+            .collect::<Vec<_>>()
+    ));
     expected.assert_eq(&lines.join("\n"));
 }
 
@@ -69,9 +98,17 @@ fn setup() -> Vec<Command> {
     let mut fail = FunctionSpec::builtin("fail");
     fail.retry.max_attempts = 2;
     vec![
-        Command::DeployFunction { spec: FunctionSpec::builtin("noop") },
+        Command::DeployFunction {
+            spec: FunctionSpec::builtin("noop"),
+        },
         Command::DeployFunction { spec: fail },
-        Command::RegisterNode { id: 1, addr: "n1".into(), slots: 2, labels: Default::default(), now_ms: 0 },
+        Command::RegisterNode {
+            id: 1,
+            addr: "n1".into(),
+            slots: 2,
+            labels: Default::default(),
+            now_ms: 0,
+        },
     ]
 }
 
@@ -79,9 +116,24 @@ fn setup() -> Vec<Command> {
 fn jobs_start_in_priority_order_and_finish() {
     let mut commands = setup();
     commands.extend([
-        Command::SubmitJobs { now_ms: 100, jobs: vec![job("noop", 0, None), job("noop", 5, None), job("nope", 0, None)], place: vec![] },
-        Command::StartAttempts { now_ms: 200, node: 1, jobs: vec![JobId(2), JobId(1)] },
-        Command::FinishAttempts { now_ms: 300, results: vec![succeeded(2, 1), succeeded(2, 1)] },
+        Command::SubmitJobs {
+            now_ms: 100,
+            jobs: vec![
+                job("noop", 0, None),
+                job("noop", 5, None),
+                job("nope", 0, None),
+            ],
+            place: vec![],
+        },
+        Command::StartAttempts {
+            now_ms: 200,
+            node: 1,
+            jobs: vec![JobId(2), JobId(1)],
+        },
+        Command::FinishAttempts {
+            now_ms: 300,
+            results: vec![succeeded(2, 1), succeeded(2, 1)],
+        },
     ]);
     check(
         commands,
@@ -102,12 +154,30 @@ fn jobs_start_in_priority_order_and_finish() {
 fn failures_retry_with_back_off_until_attempts_run_out() {
     let mut commands = setup();
     commands.extend([
-        Command::SubmitJobs { now_ms: 100, jobs: vec![job("fail", 0, None), job("fail", 0, None)], place: vec![] },
-        Command::StartAttempts { now_ms: 200, node: 1, jobs: vec![JobId(1), JobId(2)] },
+        Command::SubmitJobs {
+            now_ms: 100,
+            jobs: vec![job("fail", 0, None), job("fail", 0, None)],
+            place: vec![],
+        },
+        Command::StartAttempts {
+            now_ms: 200,
+            node: 1,
+            jobs: vec![JobId(1), JobId(2)],
+        },
         // Job 1 fails with a retryable code, job 2 with one that is never retried.
-        Command::FinishAttempts { now_ms: 300, results: vec![failed(1, 1, "flaky"), failed(2, 2, "invalid_input")] },
-        Command::StartAttempts { now_ms: 600, node: 1, jobs: vec![JobId(1)] },
-        Command::FinishAttempts { now_ms: 700, results: vec![failed(1, 3, "flaky")] },
+        Command::FinishAttempts {
+            now_ms: 300,
+            results: vec![failed(1, 1, "flaky"), failed(2, 2, "invalid_input")],
+        },
+        Command::StartAttempts {
+            now_ms: 600,
+            node: 1,
+            jobs: vec![JobId(1)],
+        },
+        Command::FinishAttempts {
+            now_ms: 700,
+            results: vec![failed(1, 3, "flaky")],
+        },
     ]);
     check(
         commands,
@@ -130,14 +200,43 @@ fn failures_retry_with_back_off_until_attempts_run_out() {
 fn idempotency_keys_cancel_and_abandoned_nodes() {
     let mut commands = setup();
     commands.extend([
-        Command::SubmitJobs { now_ms: 100, jobs: vec![job("noop", 0, Some("k")), job("noop", 0, Some("k")), job("noop", 0, None)], place: vec![] },
-        Command::SubmitJobs { now_ms: 150, jobs: vec![job("noop", 0, Some("k"))], place: vec![] },
-        Command::StartAttempts { now_ms: 200, node: 1, jobs: vec![JobId(1), JobId(2)] },
-        Command::CancelJob { now_ms: 250, job: JobId(2) },
-        Command::CancelJob { now_ms: 260, job: JobId(99) },
-        Command::AbandonAttempts { now_ms: 300, node: 1, code: "node_restarted".into() },
+        Command::SubmitJobs {
+            now_ms: 100,
+            jobs: vec![
+                job("noop", 0, Some("k")),
+                job("noop", 0, Some("k")),
+                job("noop", 0, None),
+            ],
+            place: vec![],
+        },
+        Command::SubmitJobs {
+            now_ms: 150,
+            jobs: vec![job("noop", 0, Some("k"))],
+            place: vec![],
+        },
+        Command::StartAttempts {
+            now_ms: 200,
+            node: 1,
+            jobs: vec![JobId(1), JobId(2)],
+        },
+        Command::CancelJob {
+            now_ms: 250,
+            job: JobId(2),
+        },
+        Command::CancelJob {
+            now_ms: 260,
+            job: JobId(99),
+        },
+        Command::AbandonAttempts {
+            now_ms: 300,
+            node: 1,
+            code: "node_restarted".into(),
+        },
         // The late result of the abandoned attempt is fenced off.
-        Command::FinishAttempts { now_ms: 400, results: vec![succeeded(1, 1)] },
+        Command::FinishAttempts {
+            now_ms: 400,
+            results: vec![succeeded(1, 1)],
+        },
     ]);
     check(
         commands,
@@ -165,7 +264,11 @@ fn a_placed_submit_starts_its_jobs_in_the_same_entry() {
         // Job 1 is placed on node 1; job 2 waits; the duplicate key is not started twice.
         Command::SubmitJobs {
             now_ms: 100,
-            jobs: vec![job("noop", 0, Some("k")), job("noop", 0, None), job("noop", 0, Some("k"))],
+            jobs: vec![
+                job("noop", 0, Some("k")),
+                job("noop", 0, None),
+                job("noop", 0, Some("k")),
+            ],
             place: vec![Some(1), None, Some(1)],
         },
     ]);

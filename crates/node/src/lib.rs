@@ -20,8 +20,8 @@ mod running;
 mod scheduling;
 
 use model::{
-    ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobId, JobSpec, KeyId, NodeId, Response,
-    Scope, State, SubmitResult,
+    ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobId, JobSpec, KeyId, NodeId,
+    Response, Scope, State, SubmitResult,
 };
 use rand::RngCore;
 use registry::{Registry, RegistryError};
@@ -32,8 +32,8 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use storage::Store as ObjectStore;
 pub use registry::CLUSTER_KEY_ID;
+pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.
 pub mod registry_role {
@@ -113,15 +113,20 @@ struct Inner {
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unavailable(e: RegistryError) -> ApiError {
     match e {
-        RegistryError::NotLeader { leader } => {
-            ApiError::new(ErrorCode::Unavailable, format!("not the leader; the leader is {leader:?}"))
+        RegistryError::NotLeader { leader } => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("not the leader; the leader is {leader:?}"),
+        ),
+        RegistryError::Storage(m) if m.contains("No space left") => {
+            ApiError::new(ErrorCode::StorageFull, m)
         }
-        RegistryError::Storage(m) if m.contains("No space left") => ApiError::new(ErrorCode::StorageFull, m),
         other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     }
 }
@@ -164,9 +169,15 @@ impl Node {
     pub async fn open(config: NodeConfig) -> Result<Node, ApiError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| internal("data dir", &e))?;
         let (id, secret, founding) = identity(&config).await?;
-        let registry = Registry::open(&config.data_dir.join("raft"), id, &config.advertise_addr, founding, &secret)
-            .await
-            .map_err(unavailable)?;
+        let registry = Registry::open(
+            &config.data_dir.join("raft"),
+            id,
+            &config.advertise_addr,
+            founding,
+            &secret,
+        )
+        .await
+        .map_err(unavailable)?;
         let store = match &config.storage_url {
             Some(url) => Store::open(url),
             None => Store::local(&config.data_dir.join("objects")),
@@ -190,43 +201,79 @@ impl Node {
 
     /// Phase two: wait for a leader and catch up, bootstrap, start the tasks.
     pub async fn run(&self) -> Result<(), ApiError> {
-        let wait = if self.inner.config.join.is_some() { JOIN_WAIT } else { LEADER_WAIT };
-        self.inner.registry.wait_for_leader(wait).await.map_err(unavailable)?;
+        let wait = if self.inner.config.join.is_some() {
+            JOIN_WAIT
+        } else {
+            LEADER_WAIT
+        };
+        self.inner
+            .registry
+            .wait_for_leader(wait)
+            .await
+            .map_err(unavailable)?;
         self.inner.registry.sync().await.map_err(unavailable)?;
         self.bootstrap().await?;
         self.spawn_tasks().await;
-        self.inner.running.store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .running
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
     async fn bootstrap(&self) -> Result<(), ApiError> {
         let cfg = &self.inner.config;
         let missing: Vec<String> = self.read(|s| {
-            cfg.builtin_functions.iter().filter(|f| s.function(f).is_none()).cloned().collect()
+            cfg.builtin_functions
+                .iter()
+                .filter(|f| s.function(f).is_none())
+                .cloned()
+                .collect()
         });
         for name in missing {
-            self.propose(Command::DeployFunction { spec: FunctionSpec::builtin(&name) }).await?;
+            self.propose(Command::DeployFunction {
+                spec: FunctionSpec::builtin(&name),
+            })
+            .await?;
         }
         let key_path = cfg.data_dir.join(ADMIN_KEY_FILE);
         if !key_path.exists() {
             // A joining node keeps the key it joined with, for the CLI on its machine.
             let key = match &cfg.join {
-                Some(join) => KeyFile { id: join.key_id.clone(), secret: join.secret.clone() },
+                Some(join) => KeyFile {
+                    id: join.key_id.clone(),
+                    secret: join.secret.clone(),
+                },
                 None => {
                     let (id, secret) = self.create_key(vec![Scope::Admin]).await?;
                     KeyFile { id: id.0, secret }
                 }
             };
-            write_key_file(&key_path, &key).map_err(|e| internal(&key_path.display().to_string(), &e))?;
+            write_key_file(&key_path, &key)
+                .map_err(|e| internal(&key_path.display().to_string(), &e))?;
         }
         let id = self.id();
         let labels = cfg.labels.iter().cloned().collect();
-        let register = Command::RegisterNode { id, addr: cfg.advertise_addr.clone(), slots: cfg.slots, labels, now_ms: now_ms() };
+        let register = Command::RegisterNode {
+            id,
+            addr: cfg.advertise_addr.clone(),
+            slots: cfg.slots,
+            labels,
+            now_ms: now_ms(),
+        };
         self.propose(register).await?;
         if self.read(|s| s.running_count(id)) > 0 {
             let code = "node_restarted".to_string();
-            let response = self.propose(Command::AbandonAttempts { now_ms: now_ms(), node: id, code }).await?;
-            tracing::info!(?response, "failed over attempts left running by the previous process");
+            let response = self
+                .propose(Command::AbandonAttempts {
+                    now_ms: now_ms(),
+                    node: id,
+                    code,
+                })
+                .await?;
+            tracing::info!(
+                ?response,
+                "failed over attempts left running by the previous process"
+            );
         }
         Ok(())
     }
@@ -246,10 +293,18 @@ impl Node {
     /// down. Queued jobs stay in the registry for other nodes or the next start.
     pub async fn drain_and_stop(&self, limit: Duration) {
         let me = self.id();
-        let status = Command::SetNodeStatus { node: me, status: model::NodeStatus::Draining };
+        let status = Command::SetNodeStatus {
+            node: me,
+            status: model::NodeStatus::Draining,
+        };
         // Without a quorum nothing can be recorded: do not wait for it forever.
         let marked = tokio::time::timeout(LEADER_WAIT, self.propose(status)).await;
-        let marked = marked.unwrap_or_else(|_| Err(ApiError::new(ErrorCode::Unavailable, "no quorum to record the drain")));
+        let marked = marked.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "no quorum to record the drain",
+            ))
+        });
         match marked {
             Ok(_) => {
                 let deadline = tokio::time::Instant::now() + limit;
@@ -272,8 +327,18 @@ impl Node {
     /// Admits a new node: gives it an id and the cluster secret, and adds it to the raft
     /// membership (as a learner, then a voter while there are fewer than three) once it
     /// answers.
-    pub async fn join(&self, addr: String, slots: u32, labels: Vec<String>) -> Result<(NodeId, String), ApiError> {
-        let command = Command::JoinNode { addr: addr.clone(), slots, labels: labels.into_iter().collect(), now_ms: now_ms() };
+    pub async fn join(
+        &self,
+        addr: String,
+        slots: u32,
+        labels: Vec<String>,
+    ) -> Result<(NodeId, String), ApiError> {
+        let command = Command::JoinNode {
+            addr: addr.clone(),
+            slots,
+            labels: labels.into_iter().collect(),
+            now_ms: now_ms(),
+        };
         let id = match rejected(self.propose(command).await?)? {
             Response::Joined { id } => id,
             other => return Err(unexpected(other)),
@@ -312,30 +377,63 @@ impl Node {
         }
         let status = |status| Command::SetNodeStatus { node: id, status };
         match action {
-            "drain" => rejected(self.propose(status(model::NodeStatus::Draining)).await?).map(|_| ()),
+            "drain" => {
+                rejected(self.propose(status(model::NodeStatus::Draining)).await?).map(|_| ())
+            }
             "undrain" => rejected(self.propose(status(model::NodeStatus::Up)).await?).map(|_| ()),
-            "promote" => self.inner.registry.change_role(id, registry::Role::Voter).await.map_err(unavailable),
-            "demote" => self.inner.registry.change_role(id, registry::Role::Learner).await.map_err(unavailable),
+            "promote" => self
+                .inner
+                .registry
+                .change_role(id, registry::Role::Voter)
+                .await
+                .map_err(unavailable),
+            "demote" => self
+                .inner
+                .registry
+                .change_role(id, registry::Role::Learner)
+                .await
+                .map_err(unavailable),
             "remove" => {
                 if id == self.id() {
-                    return Err(ApiError::new(ErrorCode::Conflict, "a node cannot remove itself; ask another node"));
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "a node cannot remove itself; ask another node",
+                    ));
                 }
-                self.inner.registry.change_role(id, registry::Role::Removed).await.map_err(unavailable)?;
+                self.inner
+                    .registry
+                    .change_role(id, registry::Role::Removed)
+                    .await
+                    .map_err(unavailable)?;
                 let now = now_ms();
-                self.propose(Command::AbandonAttempts { now_ms: now, node: id, code: "node_removed".into() }).await?;
+                self.propose(Command::AbandonAttempts {
+                    now_ms: now,
+                    node: id,
+                    code: "node_removed".into(),
+                })
+                .await?;
                 rejected(self.propose(Command::RemoveNode { node: id }).await?).map(|_| ())
             }
-            other => Err(ApiError::new(ErrorCode::InvalidInput, format!("unknown node action {other:?}"))),
+            other => Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("unknown node action {other:?}"),
+            )),
         }
     }
 
     /// Changes cluster config through the log; every node reads it live.
     pub async fn set_config(&self, key: String, value: String) -> Result<(), ApiError> {
         if key.is_empty() || key.len() > 128 || value.len() > 4096 {
-            return Err(ApiError::new(ErrorCode::InvalidInput, "config keys are 1 to 128 bytes, values at most 4096"));
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "config keys are 1 to 128 bytes, values at most 4096",
+            ));
         }
         if key == "scheduler.strategy" && value.parse::<scheduler::Strategy>().is_err() {
-            return Err(ApiError::new(ErrorCode::InvalidInput, format!("unknown strategy {value:?}")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("unknown strategy {value:?}"),
+            ));
         }
         rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| ())
     }
@@ -352,7 +450,11 @@ impl Node {
     }
 
     /// Checks the cluster signature of an RPC from a peer.
-    pub fn verify_peer(&self, canonical: &model::signature::Canonical<'_>, signature_hex: &str) -> bool {
+    pub fn verify_peer(
+        &self,
+        canonical: &model::signature::Canonical<'_>,
+        signature_hex: &str,
+    ) -> bool {
         self.inner.registry.verify_peer(canonical, signature_hex)
     }
 
@@ -388,20 +490,31 @@ impl Node {
 
     /// Whether the node can serve writes now.
     pub fn ready(&self) -> bool {
-        self.inner.running.load(std::sync::atomic::Ordering::Acquire)
+        self.inner
+            .running
+            .load(std::sync::atomic::Ordering::Acquire)
             && self.raft_figures().leader.is_some()
             && !self.inner.shutdown.is_cancelled()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
-        self.inner.registry.propose(command).await.map_err(unavailable)
+        self.inner
+            .registry
+            .propose(command)
+            .await
+            .map_err(unavailable)
     }
 
     pub async fn deploy(&self, spec: FunctionSpec) -> Result<u32, ApiError> {
-        if spec.kind == model::FunctionKind::Builtin && !self.inner.config.builtin_functions.contains(&spec.name) {
+        if spec.kind == model::FunctionKind::Builtin
+            && !self.inner.config.builtin_functions.contains(&spec.name)
+        {
             return Err(ApiError::new(
                 ErrorCode::InvalidInput,
-                format!("{:?} is not a built-in function; set kind = \"command\" and a command", spec.name),
+                format!(
+                    "{:?} is not a built-in function; set kind = \"command\" and a command",
+                    spec.name
+                ),
             ));
         }
         match rejected(self.propose(Command::DeployFunction { spec }).await?)? {
@@ -413,18 +526,32 @@ impl Node {
     /// Submits jobs in one log entry; each gets its own result.
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<SubmitResult>, ApiError> {
         let place = scheduling::place_new(self, &jobs);
-        match self.propose(Command::SubmitJobs { now_ms: now_ms(), jobs, place }).await? {
+        match self
+            .propose(Command::SubmitJobs {
+                now_ms: now_ms(),
+                jobs,
+                place,
+            })
+            .await?
+        {
             Response::Submitted(results) => Ok(results),
             other => Err(unexpected(other)),
         }
     }
 
     pub fn job(&self, id: JobId) -> Result<Job, ApiError> {
-        self.read(|s| s.job(id).cloned()).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {id}")))
+        self.read(|s| s.job(id).cloned())
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {id}")))
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<Job, ApiError> {
-        rejected(self.propose(Command::CancelJob { now_ms: now_ms(), job: id }).await?)?;
+        rejected(
+            self.propose(Command::CancelJob {
+                now_ms: now_ms(),
+                job: id,
+            })
+            .await?,
+        )?;
         self.job(id)
     }
 
@@ -451,7 +578,13 @@ impl Node {
         rand::rng().fill_bytes(&mut bytes);
         let id = KeyId(format!("ck_{}", hex::encode(&bytes[..8])));
         let secret = hex::encode(&bytes[8..]);
-        let key = ApiKey { id: id.clone(), secret: secret.clone(), scopes, created_at_ms: now_ms(), revoked: false };
+        let key = ApiKey {
+            id: id.clone(),
+            secret: secret.clone(),
+            scopes,
+            created_at_ms: now_ms(),
+            revoked: false,
+        };
         rejected(self.propose(Command::CreateKey { key }).await?)?;
         Ok((id, secret))
     }
@@ -461,16 +594,27 @@ impl Node {
     }
 
     /// The attempt's captured stderr (empty if it logged nothing).
-    pub async fn attempt_log(&self, job: JobId, attempt: model::AttemptId) -> Result<bytes::Bytes, ApiError> {
+    pub async fn attempt_log(
+        &self,
+        job: JobId,
+        attempt: model::AttemptId,
+    ) -> Result<bytes::Bytes, ApiError> {
         let j = self.job(job)?;
         let a = j.attempts.iter().find(|a| a.id == attempt).ok_or_else(|| {
-            ApiError::new(ErrorCode::NotFound, format!("job {job} has no attempt {attempt}"))
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("job {job} has no attempt {attempt}"),
+            )
         })?;
         if a.log_bytes == 0 {
             return Ok(bytes::Bytes::new());
         }
         let limit = executor::LOG_BYTES_MAX as u64 + 1024;
-        self.inner.store.get_bytes(&running::log_key(job, attempt), limit).await.map_err(storage_error)
+        self.inner
+            .store
+            .get_bytes(&running::log_key(job, attempt), limit)
+            .await
+            .map_err(storage_error)
     }
 
     /// This node's metrics, in OpenMetrics text, or the classic Prometheus text format.
@@ -487,7 +631,10 @@ impl Node {
 }
 
 fn unexpected(response: Response) -> ApiError {
-    ApiError::new(ErrorCode::Internal, format!("unexpected registry response {response:?}"))
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected registry response {response:?}"),
+    )
 }
 
 /// This node's id, the cluster secret, and whether a pristine registry founds a cluster.
@@ -499,9 +646,15 @@ async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Foun
     let dir = &config.data_dir;
     let id_path = dir.join("node.id");
     let secret_path = dir.join(CLUSTER_KEY_FILE);
-    let read = |p: &Path| std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| internal(&p.display().to_string(), &e));
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| internal(&p.display().to_string(), &e))
+    };
     if id_path.exists() {
-        let id = read(&id_path)?.parse().map_err(|e| internal(&id_path.display().to_string(), &e))?;
+        let id = read(&id_path)?
+            .parse()
+            .map_err(|e| internal(&id_path.display().to_string(), &e))?;
         return Ok((id, read(&secret_path)?, registry::Founding::Join));
     }
     let (id, secret, founding) = match &config.join {
@@ -511,17 +664,32 @@ async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Foun
             (1, hex::encode(bytes), registry::Founding::Found)
         }
         Some(join) => {
-            let credentials = client::Credentials { key_id: join.key_id.clone(), secret: join.secret.clone() };
+            let credentials = client::Credentials {
+                key_id: join.key_id.clone(),
+                secret: join.secret.clone(),
+            };
             let member = client::Client::new(&join.addr, credentials);
             let deadline = tokio::time::Instant::now() + JOIN_WAIT;
             let answer = loop {
-                match member.join(&config.advertise_addr, config.slots, &config.labels).await {
+                match member
+                    .join(&config.advertise_addr, config.slots, &config.labels)
+                    .await
+                {
                     Ok(answer) => break answer,
-                    Err(e) if e.code() != Some(ErrorCode::Unavailable) && !matches!(e, client::ClientError::Http(_)) => {
-                        return Err(ApiError::new(ErrorCode::Unavailable, format!("joining through {}: {e}", join.addr)));
+                    Err(e)
+                        if e.code() != Some(ErrorCode::Unavailable)
+                            && !matches!(e, client::ClientError::Http(_)) =>
+                    {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("joining through {}: {e}", join.addr),
+                        ));
                     }
                     Err(e) if tokio::time::Instant::now() >= deadline => {
-                        return Err(ApiError::new(ErrorCode::Unavailable, format!("joining through {}: {e}", join.addr)));
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("joining through {}: {e}", join.addr),
+                        ));
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
@@ -529,8 +697,10 @@ async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Foun
             (answer.id, answer.cluster_secret, registry::Founding::Join)
         }
     };
-    std::fs::write(&secret_path, format!("{secret}\n")).map_err(|e| internal(&secret_path.display().to_string(), &e))?;
-    std::fs::write(&id_path, format!("{id}\n")).map_err(|e| internal(&id_path.display().to_string(), &e))?;
+    std::fs::write(&secret_path, format!("{secret}\n"))
+        .map_err(|e| internal(&secret_path.display().to_string(), &e))?;
+    std::fs::write(&id_path, format!("{id}\n"))
+        .map_err(|e| internal(&id_path.display().to_string(), &e))?;
     Ok((id, secret, founding))
 }
 
@@ -538,14 +708,22 @@ fn write_key_file(path: &Path, key: &KeyFile) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::to_string_pretty(key).map_err(std::io::Error::other)?;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
 }
 
 impl Node {
     /// Serves a raft RPC from a peer.
-    pub async fn raft_rpc(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, registry::RaftRpcError> {
+    pub async fn raft_rpc(
+        &self,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, registry::RaftRpcError> {
         self.inner.registry.handle_rpc(kind, body).await
     }
 }

@@ -40,10 +40,28 @@ pub(crate) async fn heartbeat(node: Node) {
             memory_used_bytes: memory_used_bytes().unwrap_or(0),
             running,
             free_slots: slots.saturating_sub(running),
-            warm_workers: node.inner.executor.warm_workers().into_iter().map(|(k, v)| (k, v as u32)).collect(),
-            prefetch: prefetch(slots, node.inner.run_time_ewma_us.load(std::sync::atomic::Ordering::Relaxed)),
+            warm_workers: node
+                .inner
+                .executor
+                .warm_workers()
+                .into_iter()
+                .map(|(k, v)| (k, v as u32))
+                .collect(),
+            prefetch: prefetch(
+                slots,
+                node.inner
+                    .run_time_ewma_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         };
-        if let Err(e) = node.propose(Command::Heartbeat { node: me, now_ms: now_ms(), load }).await {
+        if let Err(e) = node
+            .propose(Command::Heartbeat {
+                node: me,
+                now_ms: now_ms(),
+                load,
+            })
+            .await
+        {
             tracing::debug!(error = %e, "heartbeat not recorded");
         }
     }
@@ -74,9 +92,23 @@ pub(crate) async fn scan(node: Node) {
                 .collect()
         });
         for id in lost {
-            tracing::warn!(node = id, "node missed its heartbeats; marking it down and failing over its attempts");
-            let marked = node.propose(Command::SetNodeStatus { node: id, status: NodeStatus::Down }).await;
-            let abandoned = node.propose(Command::AbandonAttempts { now_ms: now, node: id, code: "node_lost".into() }).await;
+            tracing::warn!(
+                node = id,
+                "node missed its heartbeats; marking it down and failing over its attempts"
+            );
+            let marked = node
+                .propose(Command::SetNodeStatus {
+                    node: id,
+                    status: NodeStatus::Down,
+                })
+                .await;
+            let abandoned = node
+                .propose(Command::AbandonAttempts {
+                    now_ms: now,
+                    node: id,
+                    code: "node_lost".into(),
+                })
+                .await;
             if let Err(e) = marked.and(abandoned) {
                 tracing::warn!(node = id, error = %e, "could not fail the node over");
             }
@@ -106,9 +138,21 @@ async fn promote_learners(node: &Node, now: u64) {
         (dead, live)
     });
     for (dead, live) in dead_voters.into_iter().zip(live_learners) {
-        tracing::warn!(dead, live, "promoting a learner in place of a voter that is gone");
-        let promoted = node.inner.registry.change_role(live, registry::Role::Voter).await;
-        let demoted = node.inner.registry.change_role(dead, registry::Role::Learner).await;
+        tracing::warn!(
+            dead,
+            live,
+            "promoting a learner in place of a voter that is gone"
+        );
+        let promoted = node
+            .inner
+            .registry
+            .change_role(live, registry::Role::Voter)
+            .await;
+        let demoted = node
+            .inner
+            .registry
+            .change_role(dead, registry::Role::Learner)
+            .await;
         if let Err(e) = promoted.and(demoted) {
             tracing::warn!(error = %e, "could not replace the voter");
         }
@@ -120,7 +164,8 @@ async fn promote_learners(node: &Node, now: u64) {
 fn prefetch(slots: u32, run_time_us: u64) -> u32 {
     let work_us = crate::scheduling::PREFETCH_WORK.as_micros() as u64;
     let per_slot = work_us / run_time_us.max(1);
-    (u64::from(slots) * per_slot).clamp(u64::from(slots), u64::from(crate::scheduling::PREFETCH_MAX)) as u32
+    (u64::from(slots) * per_slot)
+        .clamp(u64::from(slots), u64::from(crate::scheduling::PREFETCH_MAX)) as u32
 }
 
 /// Whole-machine CPU use from `/proc/stat`, between two calls.
@@ -132,7 +177,13 @@ struct CpuMeter {
 impl CpuMeter {
     fn sample(&mut self) -> Option<f64> {
         let text = std::fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let fields: Vec<u64> = text
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
         let total: u64 = fields.iter().sum();
         // idle + iowait
         let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
@@ -146,7 +197,12 @@ impl CpuMeter {
 fn memory_used_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = |name: &str| -> Option<u64> {
-        text.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     };
     Some((kib("MemTotal:")? - kib("MemAvailable:")?) * 1024)
 }

@@ -58,27 +58,71 @@ impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("chorus");
         let jobs = Family::<JobLabels, Gauge>::default();
-        registry.register("jobs", "Jobs held by the registry, by function and state", jobs.clone());
-        let queue_wait = Family::<FunctionLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        registry.register("job_queue_wait_seconds", "Time from submit to the start of the first attempt", queue_wait.clone());
-        let run_time = Family::<FunctionLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        registry.register("attempt_run_seconds", "Time an attempt spent in its worker", run_time.clone());
+        registry.register(
+            "jobs",
+            "Jobs held by the registry, by function and state",
+            jobs.clone(),
+        );
+        let queue_wait = Family::<FunctionLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "job_queue_wait_seconds",
+            "Time from submit to the start of the first attempt",
+            queue_wait.clone(),
+        );
+        let run_time = Family::<FunctionLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "attempt_run_seconds",
+            "Time an attempt spent in its worker",
+            run_time.clone(),
+        );
         let attempts = Family::<OutcomeLabels, Counter>::default();
-        registry.register("attempts", "Attempts finished on this node, by function and outcome code", attempts.clone());
+        registry.register(
+            "attempts",
+            "Attempts finished on this node, by function and outcome code",
+            attempts.clone(),
+        );
         let cold_starts = Family::<FunctionLabels, Counter>::default();
-        registry.register("cold_starts", "Worker processes started because no warm worker was idle", cold_starts.clone());
+        registry.register(
+            "cold_starts",
+            "Worker processes started because no warm worker was idle",
+            cold_starts.clone(),
+        );
         let warm_workers = Family::<PoolLabels, Gauge>::default();
-        registry.register("warm_workers", "Idle warm workers per pool (function@version)", warm_workers.clone());
+        registry.register(
+            "warm_workers",
+            "Idle warm workers per pool (function@version)",
+            warm_workers.clone(),
+        );
         let raft_term = Gauge::default();
         registry.register("raft_term", "Current raft term", raft_term.clone());
         let raft_commit_index = Gauge::default();
-        registry.register("raft_commit_index", "Highest log index known committed", raft_commit_index.clone());
+        registry.register(
+            "raft_commit_index",
+            "Highest log index known committed",
+            raft_commit_index.clone(),
+        );
         let raft_applied_index = Gauge::default();
-        registry.register("raft_applied_index", "Highest log index applied to this node's state", raft_applied_index.clone());
+        registry.register(
+            "raft_applied_index",
+            "Highest log index applied to this node's state",
+            raft_applied_index.clone(),
+        );
         let raft_apply_lag = Gauge::default();
-        registry.register("raft_apply_lag", "Log entries appended here but not yet applied", raft_apply_lag.clone());
+        registry.register(
+            "raft_apply_lag",
+            "Log entries appended here but not yet applied",
+            raft_apply_lag.clone(),
+        );
         let raft_is_leader = Gauge::default();
-        registry.register("raft_is_leader", "1 if this node is the raft leader", raft_is_leader.clone());
+        registry.register(
+            "raft_is_leader",
+            "1 if this node is the raft leader",
+            raft_is_leader.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -96,25 +140,41 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format, reading state-derived values first.
-    pub(crate) fn render(&self, state: &State, raft: &registry::RaftFigures, warm: &BTreeMap<String, usize>) -> String {
+    pub(crate) fn render(
+        &self,
+        state: &State,
+        raft: &registry::RaftFigures,
+        warm: &BTreeMap<String, usize>,
+    ) -> String {
         self.jobs.clear();
         for ((function, job_state), count) in state.job_counts() {
-            self.jobs.get_or_create(&JobLabels { function, state: job_state.as_str().into() }).set(count as i64);
+            self.jobs
+                .get_or_create(&JobLabels {
+                    function,
+                    state: job_state.as_str().into(),
+                })
+                .set(count as i64);
         }
         // Functions with no jobs in a state still report zero, so rates and alerts see them.
         for f in state.functions() {
             for st in JobState::ALL {
-                let _ = self.jobs.get_or_create(&JobLabels { function: f.name.clone(), state: st.as_str().into() });
+                let _ = self.jobs.get_or_create(&JobLabels {
+                    function: f.name.clone(),
+                    state: st.as_str().into(),
+                });
             }
         }
         self.warm_workers.clear();
         for (pool, n) in warm {
-            self.warm_workers.get_or_create(&PoolLabels { pool: pool.clone() }).set(*n as i64);
+            self.warm_workers
+                .get_or_create(&PoolLabels { pool: pool.clone() })
+                .set(*n as i64);
         }
         self.raft_term.set(raft.term as i64);
         self.raft_commit_index.set(raft.commit_index as i64);
         self.raft_applied_index.set(raft.applied_index as i64);
-        self.raft_apply_lag.set(raft.last_log_index.saturating_sub(raft.applied_index) as i64);
+        self.raft_apply_lag
+            .set(raft.last_log_index.saturating_sub(raft.applied_index) as i64);
         self.raft_is_leader.set(i64::from(raft.is_leader));
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
@@ -139,7 +199,9 @@ pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
         });
         out.push_str(renamed.as_deref().unwrap_or(line));
         out.push('\n');

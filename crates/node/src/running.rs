@@ -16,7 +16,9 @@ use crate::metrics::{FunctionLabels, OutcomeLabels};
 use crate::{now_ms, Node};
 use executor::ProcessSpec;
 use model::protocol::Request;
-use model::{AttemptId, AttemptResult, Command, FunctionKind, FunctionSpec, Job, JobError, JobId, Outcome};
+use model::{
+    AttemptId, AttemptResult, Command, FunctionKind, FunctionSpec, Job, JobError, JobId, Outcome,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,7 +63,11 @@ impl WorkDirs {
     fn new(root: PathBuf) -> WorkDirs {
         // Dirs of a previous process may hold leftovers: start from scratch.
         let _ = std::fs::remove_dir_all(&root);
-        WorkDirs { root, free: std::sync::Mutex::new(Vec::new()), next: std::sync::atomic::AtomicU64::new(0) }
+        WorkDirs {
+            root,
+            free: std::sync::Mutex::new(Vec::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// A directory with empty `in/` and `out/` subdirectories.
@@ -89,7 +95,10 @@ impl WorkDirs {
                 }
             }
         }
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dir);
     }
 }
 
@@ -110,7 +119,11 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
                 assigned.insert(job.id, attempt);
                 if local.get(&job.id).is_none_or(|(a, _)| *a != attempt) {
                     if let Some(function) = s.function(&job.function) {
-                        new.push(Assignment { job: job.clone(), attempt, function: function.clone() });
+                        new.push(Assignment {
+                            job: job.clone(),
+                            attempt,
+                            function: function.clone(),
+                        });
                     }
                 }
             }
@@ -126,7 +139,14 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
         for a in new {
             let token = CancellationToken::new();
             local.insert(a.job.id, (a.attempt, token.clone()));
-            tasks.spawn(run_attempt(node.clone(), a, token, slots.clone(), work_dirs.clone(), results.clone()));
+            tasks.spawn(run_attempt(
+                node.clone(),
+                a,
+                token,
+                slots.clone(),
+                work_dirs.clone(),
+                results.clone(),
+            ));
         }
         tokio::select! {
             () = node.inner.shutdown.cancelled() => break,
@@ -152,10 +172,16 @@ async fn run_attempt(
         permit = slots.acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
         () = cancel.cancelled() => return,
     };
-    let labels = FunctionLabels { function: a.job.function.clone() };
+    let labels = FunctionLabels {
+        function: a.job.function.clone(),
+    };
     if a.job.attempts.len() == 1 {
         let waited_ms = now_ms().saturating_sub(a.job.submitted_at_ms);
-        node.inner.metrics.queue_wait.get_or_create(&labels).observe(waited_ms as f64 / 1000.0);
+        node.inner
+            .metrics
+            .queue_wait
+            .get_or_create(&labels)
+            .observe(waited_ms as f64 / 1000.0);
     }
     let (outcome, log) = match work_dirs.take() {
         Ok(work_dir) => {
@@ -164,7 +190,10 @@ async fn run_attempt(
             done
         }
         Err(e) => {
-            let error = JobError { code: storage_code(&e).into(), message: format!("work dir: {e}") };
+            let error = JobError {
+                code: storage_code(&e).into(),
+                message: format!("work dir: {e}"),
+            };
             (Outcome::Failed(error), Vec::new())
         }
     };
@@ -175,15 +204,32 @@ async fn run_attempt(
         Outcome::Succeeded { .. } => "ok".to_string(),
         Outcome::Failed(e) => e.code.clone(),
     };
-    node.inner.metrics.attempts.get_or_create(&OutcomeLabels { function: a.job.function.clone(), outcome: code }).inc();
+    node.inner
+        .metrics
+        .attempts
+        .get_or_create(&OutcomeLabels {
+            function: a.job.function.clone(),
+            outcome: code,
+        })
+        .inc();
     let mut log_bytes = log.len() as u64;
     if !log.is_empty() {
-        if let Err(e) = node.inner.store.put_bytes(&log_key(a.job.id, a.attempt), log.into()).await {
+        if let Err(e) = node
+            .inner
+            .store
+            .put_bytes(&log_key(a.job.id, a.attempt), log.into())
+            .await
+        {
             tracing::warn!(job = %a.job.id, error = %e, "could not keep an attempt's log");
             log_bytes = 0;
         }
     }
-    let result = AttemptResult { job: a.job.id, attempt: a.attempt, outcome, log_bytes };
+    let result = AttemptResult {
+        job: a.job.id,
+        attempt: a.attempt,
+        outcome,
+        log_bytes,
+    };
     let _ = results.send(result).await;
 }
 
@@ -210,13 +256,24 @@ async fn attempt_in(
     };
     let pool = format!("{}@{}", a.function.name, a.function.version);
     let spec = process_spec(node, &a.function);
-    let finished = node.inner.executor.run(&pool, &spec, &request, cancel).await;
-    node.inner.metrics.run_time.get_or_create(labels).observe(finished.run_time.as_secs_f64());
+    let finished = node
+        .inner
+        .executor
+        .run(&pool, &spec, &request, cancel)
+        .await;
+    node.inner
+        .metrics
+        .run_time
+        .get_or_create(labels)
+        .observe(finished.run_time.as_secs_f64());
     // An exponentially weighted mean (1/8 per sample); races between slots only blur it.
     let ewma = &node.inner.run_time_ewma_us;
     let old = ewma.load(std::sync::atomic::Ordering::Relaxed);
     let sample = finished.run_time.as_micros() as u64;
-    ewma.store(old - old / 8 + sample / 8, std::sync::atomic::Ordering::Relaxed);
+    ewma.store(
+        old - old / 8 + sample / 8,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if finished.cold_start {
         node.inner.metrics.cold_starts.get_or_create(labels).inc();
     }
@@ -232,7 +289,10 @@ async fn attempt_in(
 
 fn process_spec(node: &Node, f: &FunctionSpec) -> ProcessSpec {
     let (program, args) = match f.kind {
-        FunctionKind::Builtin => (node.inner.config.worker_program.clone(), vec!["worker".to_string()]),
+        FunctionKind::Builtin => (
+            node.inner.config.worker_program.clone(),
+            vec!["worker".to_string()],
+        ),
         FunctionKind::Command => (PathBuf::from(&f.command[0]), f.command[1..].to_vec()),
     };
     ProcessSpec {
@@ -262,25 +322,45 @@ async fn fetch_inputs(node: &Node, keys: &[String], dir: &Path) -> Result<Vec<St
     for (i, key) in keys.iter().enumerate() {
         let name = key.rsplit('/').next().unwrap_or("input");
         let path = dir.join(format!("{i}-{name}"));
-        node.inner.store.get_file(key, &path, FILE_BYTES_MAX).await.map_err(|e| {
-            let api = crate::storage_error(e);
-            let code = if api.code == model::ErrorCode::NotFound { "invalid_input" } else { api.code.as_str() };
-            JobError { code: code.into(), message: format!("input file {key:?}: {}", api.message) }
-        })?;
+        node.inner
+            .store
+            .get_file(key, &path, FILE_BYTES_MAX)
+            .await
+            .map_err(|e| {
+                let api = crate::storage_error(e);
+                let code = if api.code == model::ErrorCode::NotFound {
+                    "invalid_input"
+                } else {
+                    api.code.as_str()
+                };
+                JobError {
+                    code: code.into(),
+                    message: format!("input file {key:?}: {}", api.message),
+                }
+            })?;
         paths.push(path.display().to_string());
     }
     Ok(paths)
 }
 
 /// Uploads every file the worker wrote under `out_dir`; returns their object keys.
-async fn keep_outputs(node: &Node, a: &Assignment, out_dir: &Path) -> Result<Vec<String>, JobError> {
+async fn keep_outputs(
+    node: &Node,
+    a: &Assignment,
+    out_dir: &Path,
+) -> Result<Vec<String>, JobError> {
     let mut objects = Vec::new();
     let mut pending = vec![out_dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| JobError { code: "internal".into(), message: e.to_string() })?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| JobError {
+            code: "internal".into(),
+            message: e.to_string(),
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 pending.push(path);
                 continue;
@@ -288,12 +368,23 @@ async fn keep_outputs(node: &Node, a: &Assignment, out_dir: &Path) -> Result<Vec
             if !kind.is_file() {
                 continue; // Links and the like are not outputs.
             }
-            let rel = path.strip_prefix(out_dir).expect("walked from out_dir").to_string_lossy().replace('\\', "/");
+            let rel = path
+                .strip_prefix(out_dir)
+                .expect("walked from out_dir")
+                .to_string_lossy()
+                .replace('\\', "/");
             let key = format!("jobs/{}/{}/{rel}", a.job.id, a.attempt);
-            node.inner.store.put_file(&key, &path, FILE_BYTES_MAX).await.map_err(|e| {
-                let api = crate::storage_error(e);
-                JobError { code: api.code.as_str().into(), message: format!("output {rel:?}: {}", api.message) }
-            })?;
+            node.inner
+                .store
+                .put_file(&key, &path, FILE_BYTES_MAX)
+                .await
+                .map_err(|e| {
+                    let api = crate::storage_error(e);
+                    JobError {
+                        code: api.code.as_str().into(),
+                        message: format!("output {rel:?}: {}", api.message),
+                    }
+                })?;
             objects.push(key);
         }
     }
@@ -318,7 +409,10 @@ pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<AttemptResult
         }
         tracing::debug!(results = batch.len(), "recording results");
         loop {
-            let command = Command::FinishAttempts { now_ms: now_ms(), results: batch.clone() };
+            let command = Command::FinishAttempts {
+                now_ms: now_ms(),
+                results: batch.clone(),
+            };
             match node.propose(command).await {
                 Ok(_) => break,
                 Err(e) => {

@@ -29,10 +29,18 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 
 fn config(s: &State) -> Config {
     let mut config = Config::default();
-    if let Some(strategy) = s.config().get("scheduler.strategy").and_then(|v| v.parse::<Strategy>().ok()) {
+    if let Some(strategy) = s
+        .config()
+        .get("scheduler.strategy")
+        .and_then(|v| v.parse::<Strategy>().ok())
+    {
         config.default_strategy = strategy;
     }
-    if let Some(threshold) = s.config().get("scheduler.cpu_threshold").and_then(|v| v.parse::<f64>().ok()) {
+    if let Some(threshold) = s
+        .config()
+        .get("scheduler.cpu_threshold")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
         config.cpu_threshold_percent = threshold;
     }
     config
@@ -45,7 +53,11 @@ fn view(s: &State) -> Vec<NodeView> {
                 0 => n.slots.saturating_mul(PREFETCH_PER_SLOT_DEFAULT),
                 reported => reported.min(PREFETCH_MAX),
             };
-            let mut v = NodeView::new(n.id, n.slots.saturating_add(prefetch), s.running_count(n.id) as u32);
+            let mut v = NodeView::new(
+                n.id,
+                n.slots.saturating_add(prefetch),
+                s.running_count(n.id) as u32,
+            );
             v.labels = n.labels.clone();
             v.cpu_percent = n.load.cpu_percent;
             v.up = n.status != NodeStatus::Down;
@@ -97,7 +109,9 @@ pub(crate) async fn run(node: Node) {
     let mut state: Option<SchedulerState> = None;
     loop {
         let next_due = node.read(|s| s.next_due_ms());
-        let wait = next_due.map_or(IDLE_TICK, |due| Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_TICK));
+        let wait = next_due.map_or(IDLE_TICK, |due| {
+            Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_TICK)
+        });
         tokio::select! {
             () = node.inner.shutdown.cancelled() => return,
             changed = applied.changed() => if changed.is_err() { return },
@@ -113,7 +127,11 @@ pub(crate) async fn run(node: Node) {
             let config = config(s);
             let state = state.get_or_insert_with(|| SchedulerState::new(&config));
             let nodes = view(s);
-            let free: u32 = nodes.iter().filter(|n| n.up && !n.draining).map(|n| n.capacity.saturating_sub(n.assigned)).sum();
+            let free: u32 = nodes
+                .iter()
+                .filter(|n| n.up && !n.draining)
+                .map(|n| n.capacity.saturating_sub(n.assigned))
+                .sum();
             if free == 0 {
                 return None;
             }
@@ -140,7 +158,14 @@ pub(crate) async fn run(node: Node) {
         }
         for (target, jobs) in placement.attempts {
             tracing::debug!(node = target, jobs = jobs.len(), "starting attempts");
-            if let Err(e) = node.propose(Command::StartAttempts { now_ms: now, node: target, jobs }).await {
+            if let Err(e) = node
+                .propose(Command::StartAttempts {
+                    now_ms: now,
+                    node: target,
+                    jobs,
+                })
+                .await
+            {
                 tracing::warn!(error = %e, "could not start attempts");
                 break;
             }

@@ -103,7 +103,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +120,8 @@ impl Registry {
         founding: Founding,
         cluster_secret: &str,
     ) -> Result<Registry, RegistryError> {
-        std::fs::create_dir_all(dir).map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let db = log_store::open_db(&dir.join("raft.redb"))?;
         let log_store = log_store::LogStore::new(db.clone());
         let (sm, shared) = state_machine::StateMachine::open(db)?;
@@ -133,18 +136,39 @@ impl Registry {
             max_in_snapshot_log_to_keep: 1_000,
             ..Config::default()
         };
-        let config = Arc::new(config.validate().map_err(|e| RegistryError::Unavailable(e.to_string()))?);
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?,
+        );
         let peers = network::Peers::new(cluster_secret);
-        let raft = Raft::new(id, config, network::Network::new(peers.clone()), log_store, sm)
+        let raft = Raft::new(
+            id,
+            config,
+            network::Network::new(peers.clone()),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
             .await
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        let initialized = raft.is_initialized().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         if !initialized && founding == Founding::Found {
             let members = BTreeMap::from([(id, BasicNode::new(addr))]);
-            raft.initialize(members).await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            raft.initialize(members)
+                .await
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         }
         let proposer = proposer::Handle::spawn(raft.clone());
-        Ok(Registry { id, raft, state: shared, proposer, peers })
+        Ok(Registry {
+            id,
+            raft,
+            state: shared,
+            proposer,
+            peers,
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -158,10 +182,11 @@ impl Registry {
         if self.figures().is_leader {
             return self.proposer.propose(command).await;
         }
-        let body = serde_json::to_vec(&command).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&command).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let answer = self.forward("propose", body).await?;
-        let forwarded: network::Forwarded<Response> =
-            serde_json::from_slice(&answer).map_err(|e| RegistryError::Unavailable(format!("leader answered: {e}")))?;
+        let forwarded: network::Forwarded<Response> = serde_json::from_slice(&answer)
+            .map_err(|e| RegistryError::Unavailable(format!("leader answered: {e}")))?;
         self.wait_applied(forwarded.index).await?;
         Ok(forwarded.value)
     }
@@ -170,7 +195,9 @@ impl Registry {
     async fn forward(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>, RegistryError> {
         let (leader, addr) = self.leader_addr().await?;
         if leader == self.id {
-            return Err(RegistryError::Unavailable("this node became leader while forwarding; try again".into()));
+            return Err(RegistryError::Unavailable(
+                "this node became leader while forwarding; try again".into(),
+            ));
         }
         self.peers.call(&addr, kind, body).await
     }
@@ -194,23 +221,30 @@ impl Registry {
                 }
             }
         };
-        tokio::time::timeout(LEADER_WAIT, wait)
-            .await
-            .map_err(|_| RegistryError::Unavailable("no leader with a known address in time".into()))?
+        tokio::time::timeout(LEADER_WAIT, wait).await.map_err(|_| {
+            RegistryError::Unavailable("no leader with a known address in time".into())
+        })?
     }
 
     async fn wait_applied(&self, index: u64) -> Result<(), RegistryError> {
         let mut applied = self.applied();
-        let reached = tokio::time::timeout(LEADER_WAIT, applied.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok());
+        let reached = tokio::time::timeout(LEADER_WAIT, applied.wait_for(|a| *a >= index))
+            .await
+            .is_ok_and(|r| r.is_ok());
         if reached {
             Ok(())
         } else {
-            Err(RegistryError::Unavailable(format!("log index {index} not applied here in time")))
+            Err(RegistryError::Unavailable(format!(
+                "log index {index} not applied here in time"
+            )))
         }
     }
 
     /// Proposes on the leader (the serving side of a forwarded `propose`).
-    async fn propose_here(&self, command: Command) -> Result<network::Forwarded<Response>, RegistryError> {
+    async fn propose_here(
+        &self,
+        command: Command,
+    ) -> Result<network::Forwarded<Response>, RegistryError> {
         let value = self.proposer.propose(command).await?;
         let index = self.state.committed_index();
         Ok(network::Forwarded { index, value })
@@ -221,17 +255,25 @@ impl Registry {
     /// there from any other node.
     pub async fn add_member(&self, id: NodeId, addr: &str) -> Result<(), RegistryError> {
         if !self.figures().is_leader {
-            let body = serde_json::to_vec(&(id, addr)).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            let body = serde_json::to_vec(&(id, addr))
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
             self.forward("add_member", body).await?;
             return Ok(());
         }
-        let write_err = |e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>| {
-            RegistryError::Unavailable(e.to_string())
-        };
-        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(write_err)?;
+        let write_err = |e: openraft::error::RaftError<
+            NodeId,
+            openraft::error::ClientWriteError<NodeId, BasicNode>,
+        >| { RegistryError::Unavailable(e.to_string()) };
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map_err(write_err)?;
         if self.figures().voters < VOTERS_DEFAULT {
             let ids = std::collections::BTreeSet::from([id]);
-            self.raft.change_membership(openraft::ChangeMembers::AddVoterIds(ids), true).await.map_err(write_err)?;
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(ids), true)
+                .await
+                .map_err(write_err)?;
         }
         Ok(())
     }
@@ -239,7 +281,8 @@ impl Registry {
     /// Makes a learner a voter, or a voter a learner; removes a node from the membership.
     pub async fn change_role(&self, id: NodeId, role: Role) -> Result<(), RegistryError> {
         if !self.figures().is_leader {
-            let body = serde_json::to_vec(&(id, role)).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            let body = serde_json::to_vec(&(id, role))
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
             self.forward("change_role", body).await?;
             return Ok(());
         }
@@ -250,7 +293,10 @@ impl Registry {
             Role::Removed => openraft::ChangeMembers::RemoveNodes(ids),
         };
         // `retain = true` keeps a demoted voter as a learner.
-        self.raft.change_membership(change, role == Role::Learner).await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        self.raft
+            .change_membership(change, role == Role::Learner)
+            .await
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         Ok(())
     }
 
@@ -261,7 +307,16 @@ impl Registry {
         let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(id, _)| (*id, if voters.contains(id) { Role::Voter } else { Role::Learner }))
+            .map(|(id, _)| {
+                (
+                    *id,
+                    if voters.contains(id) {
+                        Role::Voter
+                    } else {
+                        Role::Learner
+                    },
+                )
+            })
             .collect()
     }
 
@@ -277,18 +332,25 @@ impl Registry {
             self.read_index_here().await?
         } else {
             let answer = self.forward("read_index", Vec::new()).await?;
-            serde_json::from_slice(&answer).map_err(|e| RegistryError::Unavailable(e.to_string()))?
+            serde_json::from_slice(&answer)
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?
         };
         self.wait_applied(index).await
     }
 
     async fn read_index_here(&self) -> Result<u64, RegistryError> {
-        let read = self.raft.ensure_linearizable().await.map_err(|e| match e.forward_to_leader() {
-            Some(fwd) => RegistryError::NotLeader {
-                leader: fwd.leader_id.zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
-            },
-            None => RegistryError::Unavailable(e.to_string()),
-        })?;
+        let read =
+            self.raft
+                .ensure_linearizable()
+                .await
+                .map_err(|e| match e.forward_to_leader() {
+                    Some(fwd) => RegistryError::NotLeader {
+                        leader: fwd
+                            .leader_id
+                            .zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
+                    },
+                    None => RegistryError::Unavailable(e.to_string()),
+                })?;
         Ok(read.map_or(0, |l| l.index))
     }
 
@@ -302,7 +364,10 @@ impl Registry {
         RaftFigures {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            commit_index: m.last_applied.map_or(0, |l| l.index).max(self.state.committed_index()),
+            commit_index: m
+                .last_applied
+                .map_or(0, |l| l.index)
+                .max(self.state.committed_index()),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             leader: m.current_leader,
             is_leader: m.current_leader == Some(self.id),
@@ -311,7 +376,10 @@ impl Registry {
     }
 
     /// Waits until this node knows a leader, or `timeout` passes.
-    pub async fn wait_for_leader(&self, timeout: std::time::Duration) -> Result<NodeId, RegistryError> {
+    pub async fn wait_for_leader(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<NodeId, RegistryError> {
         let mut metrics = self.raft.metrics();
         let wait = async {
             loop {
@@ -335,9 +403,13 @@ impl Registry {
         match kind {
             "propose" => {
                 let command: Command = serde_json::from_slice(body)?;
-                Ok(serde_json::to_vec(&self.propose_here(command).await.map_err(unavailable)?)?)
+                Ok(serde_json::to_vec(
+                    &self.propose_here(command).await.map_err(unavailable)?,
+                )?)
             }
-            "read_index" => Ok(serde_json::to_vec(&self.read_index_here().await.map_err(unavailable)?)?),
+            "read_index" => Ok(serde_json::to_vec(
+                &self.read_index_here().await.map_err(unavailable)?,
+            )?),
             "add_member" => {
                 let (id, addr): (NodeId, String) = serde_json::from_slice(body)?;
                 self.add_member(id, &addr).await.map_err(unavailable)?;
@@ -353,7 +425,11 @@ impl Registry {
     }
 
     /// Checks the cluster signature of an RPC from a peer.
-    pub fn verify_peer(&self, canonical: &model::signature::Canonical<'_>, signature_hex: &str) -> bool {
+    pub fn verify_peer(
+        &self,
+        canonical: &model::signature::Canonical<'_>,
+        signature_hex: &str,
+    ) -> bool {
         self.peers.verify(canonical, signature_hex)
     }
 

@@ -20,12 +20,14 @@ const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
 
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
-    let db = Database::create(path).map_err(|e| RegistryError::Storage(format!("{}: {e}", path.display())))?;
+    let db = Database::create(path)
+        .map_err(|e| RegistryError::Storage(format!("{}: {e}", path.display())))?;
     // Create the tables up front so that read transactions never meet a missing table.
     let txn = db.begin_write().map_err(storage)?;
     txn.open_table(LOGS).map_err(storage)?;
     txn.open_table(META).map_err(storage)?;
-    txn.open_table(crate::state_machine::SNAPSHOT).map_err(storage)?;
+    txn.open_table(crate::state_machine::SNAPSHOT)
+        .map_err(storage)?;
     txn.commit().map_err(storage)?;
     Ok(Arc::new(db))
 }
@@ -52,13 +54,18 @@ impl LogStore {
         LogStore { db }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError<NodeId>> {
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(META).map_err(read_err)?;
         let Some(value) = table.get(key).map_err(read_err)? else {
             return Ok(None);
         };
-        serde_json::from_slice(value.value()).map(Some).map_err(read_err)
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(read_err)
     }
 
     /// Writes one meta value on a blocking thread (a durable commit waits for fsync).
@@ -73,7 +80,10 @@ impl LogStore {
         blocking(move || {
             let mut txn = db.begin_write().map_err(write_err)?;
             txn.set_durability(durability).map_err(write_err)?;
-            txn.open_table(META).map_err(write_err)?.insert(key, bytes.as_slice()).map_err(write_err)?;
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(key, bytes.as_slice())
+                .map_err(write_err)?;
             txn.commit().map_err(write_err)
         })
         .await
@@ -83,7 +93,10 @@ impl LogStore {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
 ) -> Result<T, StorageError<NodeId>> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StorageIOError::write_logs(&e).into()).and_then(|r| r)
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e).into())
+        .and_then(|r| r)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -111,12 +124,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let table = txn.open_table(LOGS).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
             Some((_, value)) => {
-                let entry: Entry<TypeConfig> = serde_json::from_slice(value.value()).map_err(read_err)?;
+                let entry: Entry<TypeConfig> =
+                    serde_json::from_slice(value.value()).map_err(read_err)?;
                 Some(entry.log_id)
             }
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -125,31 +142,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         // A vote must survive a crash: raft's safety depends on never voting twice in a term.
-        self.write_meta(META_VOTE, vote, Durability::Immediate).await
+        self.write_meta(META_VOTE, vote, Durability::Immediate)
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         self.read_meta(META_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         // Only a hint for a faster restart (the leader re-establishes the commit index), so it
         // rides along with the next durable log write instead of paying an fsync of its own.
-        self.write_meta(META_COMMITTED, &committed, Durability::None).await
+        self.write_meta(META_COMMITTED, &committed, Durability::None)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut rows = Vec::new();
         for entry in entries {
-            rows.push((entry.log_id.index, serde_json::to_vec(&entry).map_err(write_err)?));
+            rows.push((
+                entry.log_id.index,
+                serde_json::to_vec(&entry).map_err(write_err)?,
+            ));
         }
         let db = self.db.clone();
         let result = blocking(move || {
@@ -174,7 +205,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
-            txn.open_table(LOGS).map_err(write_err)?.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+            txn.open_table(LOGS)
+                .map_err(write_err)?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
             txn.commit().map_err(write_err)
         })
         .await
@@ -185,8 +219,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
-            txn.open_table(META).map_err(write_err)?.insert(META_LAST_PURGED, bytes.as_slice()).map_err(write_err)?;
-            txn.open_table(LOGS).map_err(write_err)?.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(META_LAST_PURGED, bytes.as_slice())
+                .map_err(write_err)?;
+            txn.open_table(LOGS)
+                .map_err(write_err)?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
             txn.commit().map_err(write_err)
         })
         .await

@@ -6,8 +6,8 @@ use model::NodeId;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -44,7 +44,10 @@ pub(crate) struct Peers {
 
 impl Peers {
     pub(crate) fn new(secret: &str) -> Peers {
-        Peers { client: reqwest::Client::new(), secret: secret.into() }
+        Peers {
+            client: reqwest::Client::new(),
+            secret: secret.into(),
+        }
     }
 
     fn signed(&self, addr: &str, kind: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
@@ -55,8 +58,17 @@ impl Peers {
         rand::rng().fill_bytes(&mut nonce);
         let nonce = hex::encode(nonce);
         let hash = signature::body_sha256_hex(&body);
-        let timestamp_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let canonical = Canonical { method: "POST", path: &path, query: "", timestamp_s, nonce: &nonce, body_sha256_hex: &hash };
+        let timestamp_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let canonical = Canonical {
+            method: "POST",
+            path: &path,
+            query: "",
+            timestamp_s,
+            nonce: &nonce,
+            body_sha256_hex: &hash,
+        };
         let sig = canonical.sign(&self.secret).unwrap_or_default();
         self.client
             .post(format!("http://{addr}{path}"))
@@ -70,18 +82,38 @@ impl Peers {
     }
 
     /// A forwarded call to the leader; its answer body.
-    pub(crate) async fn call(&self, addr: &str, kind: &str, body: Vec<u8>) -> Result<Vec<u8>, crate::RegistryError> {
-        let unavailable = |e: String| crate::RegistryError::Unavailable(format!("leader at {addr}: {e}"));
-        let response = self.signed(addr, kind, body).send().await.map_err(|e| unavailable(e.to_string()))?;
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::RegistryError> {
+        let unavailable =
+            |e: String| crate::RegistryError::Unavailable(format!("leader at {addr}: {e}"));
+        let response = self
+            .signed(addr, kind, body)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         if !status.is_success() {
-            return Err(unavailable(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+            return Err(unavailable(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
         }
         Ok(bytes.to_vec())
     }
 
-    pub(crate) fn verify(&self, canonical: &model::signature::Canonical<'_>, signature_hex: &str) -> bool {
+    pub(crate) fn verify(
+        &self,
+        canonical: &model::signature::Canonical<'_>,
+        signature_hex: &str,
+    ) -> bool {
         canonical.verify(&self.secret, signature_hex)
     }
 }
@@ -101,7 +133,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Connection {
-        Connection { peers: self.peers.clone(), addr: node.addr.clone() }
+        Connection {
+            peers: self.peers.clone(),
+            addr: node.addr.clone(),
+        }
     }
 }
 
@@ -124,7 +159,12 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let sent = self.peers.signed(&self.addr, kind, body).timeout(option.hard_ttl()).send().await;
+        let sent = self
+            .peers
+            .signed(&self.addr, kind, body)
+            .timeout(option.hard_ttl())
+            .send()
+            .await;
         let response = sent.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))
@@ -132,8 +172,10 @@ impl Connection {
                 RPCError::Network(NetworkError::new(&e))
             }
         })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            response.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = response
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(0, e)))
     }
 }
@@ -151,8 +193,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call("snapshot", &rpc, &option).await
     }
 
@@ -166,11 +210,17 @@ impl RaftNetwork<TypeConfig> for Connection {
 }
 
 /// Serves one raft RPC from a peer; the answer is the JSON of `Result<Resp, RaftError>`.
-pub(crate) async fn handle(raft: &RaftInstance, kind: &str, body: &[u8]) -> Result<Vec<u8>, RaftRpcError> {
+pub(crate) async fn handle(
+    raft: &RaftInstance,
+    kind: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, RaftRpcError> {
     let bytes = match kind {
         "append" => serde_json::to_vec(&raft.append_entries(serde_json::from_slice(body)?).await)?,
         "vote" => serde_json::to_vec(&raft.vote(serde_json::from_slice(body)?).await)?,
-        "snapshot" => serde_json::to_vec(&raft.install_snapshot(serde_json::from_slice(body)?).await)?,
+        "snapshot" => {
+            serde_json::to_vec(&raft.install_snapshot(serde_json::from_slice(body)?).await)?
+        }
         other => return Err(RaftRpcError::UnknownKind(other.to_string())),
     };
     Ok(bytes)

@@ -34,7 +34,10 @@ impl Handle {
     pub(crate) fn spawn(raft: RaftInstance) -> Handle {
         let (tx, rx) = mpsc::channel(QUEUE_LEN_MAX);
         let task = tokio::spawn(run(raft, rx));
-        Handle { tx, task: Arc::new(Mutex::new(Some(task))) }
+        Handle {
+            tx,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
     }
 
     pub(crate) async fn propose(&self, command: Command) -> Result<Response, RegistryError> {
@@ -43,7 +46,8 @@ impl Handle {
             .send(Proposal { command, reply })
             .await
             .map_err(|_| RegistryError::Unavailable("the registry is shutting down".into()))?;
-        rx.await.map_err(|_| RegistryError::Unavailable("the registry is shutting down".into()))?
+        rx.await
+            .map_err(|_| RegistryError::Unavailable("the registry is shutting down".into()))?
     }
 
     pub(crate) async fn stop(&self) {
@@ -79,14 +83,27 @@ async fn run(raft: RaftInstance, mut rx: mpsc::Receiver<Proposal>) {
 async fn write(raft: RaftInstance, mut batch: Vec<Proposal>) {
     if batch.len() == 1 {
         let p = batch.pop().expect("one proposal");
-        let result = raft.client_write(p.command).await.map(|r| r.data).map_err(map_err);
+        let result = raft
+            .client_write(p.command)
+            .await
+            .map(|r| r.data)
+            .map_err(map_err);
         let _ = p.reply.send(result);
         return;
     }
-    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match raft.client_write(Command::Batch(commands)).await.map(|r| r.data) {
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    match raft
+        .client_write(Command::Batch(commands))
+        .await
+        .map(|r| r.data)
+    {
         Ok(Response::Batch(responses)) => {
-            assert_eq!(responses.len(), replies.len(), "a batch answers each of its commands");
+            assert_eq!(
+                responses.len(),
+                replies.len(),
+                "a batch answers each of its commands"
+            );
             for (reply, response) in replies.into_iter().zip(responses) {
                 let _ = reply.send(Ok(response));
             }
@@ -101,10 +118,14 @@ async fn write(raft: RaftInstance, mut batch: Vec<Proposal>) {
     }
 }
 
-fn map_err(e: RaftError<model::NodeId, ClientWriteError<model::NodeId, openraft::BasicNode>>) -> RegistryError {
+fn map_err(
+    e: RaftError<model::NodeId, ClientWriteError<model::NodeId, openraft::BasicNode>>,
+) -> RegistryError {
     match e.forward_to_leader() {
         Some(fwd) => RegistryError::NotLeader {
-            leader: fwd.leader_id.zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
+            leader: fwd
+                .leader_id
+                .zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
         },
         None => RegistryError::Unavailable(e.to_string()),
     }
@@ -112,7 +133,9 @@ fn map_err(e: RaftError<model::NodeId, ClientWriteError<model::NodeId, openraft:
 
 fn clone_err(e: &RegistryError) -> RegistryError {
     match e {
-        RegistryError::NotLeader { leader } => RegistryError::NotLeader { leader: leader.clone() },
+        RegistryError::NotLeader { leader } => RegistryError::NotLeader {
+            leader: leader.clone(),
+        },
         RegistryError::Unavailable(m) => RegistryError::Unavailable(m.clone()),
         RegistryError::Storage(m) => RegistryError::Storage(m.clone()),
     }

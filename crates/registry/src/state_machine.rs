@@ -8,8 +8,8 @@ use crate::{RegistryError, TypeConfig};
 use model::{NodeId, Response, State};
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -74,9 +74,16 @@ impl StateMachine {
     /// Opens the state machine, loading the latest snapshot if there is one.
     pub(crate) fn open(db: Arc<Database>) -> Result<(StateMachine, Arc<Shared>), RegistryError> {
         let mut inner = Inner::default();
-        if let Some(bytes) = read_snapshot_bytes(&db).map_err(|e| RegistryError::Storage(e.to_string()))? {
-            let (header, state) = decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
-            inner = Inner { state, last_applied: header.meta.last_log_id, membership: header.meta.last_membership };
+        if let Some(bytes) =
+            read_snapshot_bytes(&db).map_err(|e| RegistryError::Storage(e.to_string()))?
+        {
+            let (header, state) =
+                decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
+            inner = Inner {
+                state,
+                last_applied: header.meta.last_log_id,
+                membership: header.meta.last_membership,
+            };
         }
         let applied = inner.last_applied.map_or(0, |l| l.index);
         let shared = Arc::new(Shared {
@@ -84,7 +91,13 @@ impl StateMachine {
             applied_tx: watch::Sender::new(applied),
             committed: AtomicU64::new(applied),
         });
-        Ok((StateMachine { db, shared: shared.clone() }, shared))
+        Ok((
+            StateMachine {
+                db,
+                shared: shared.clone(),
+            },
+            shared,
+        ))
     }
 
     fn write_inner(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -95,11 +108,17 @@ impl StateMachine {
 fn read_snapshot_bytes(db: &Database) -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
     let txn = db.begin_read().map_err(snap_err)?;
     let table = txn.open_table(SNAPSHOT).map_err(snap_err)?;
-    Ok(table.get(SNAPSHOT_KEY).map_err(snap_err)?.map(|v| v.value().to_vec()))
+    Ok(table
+        .get(SNAPSHOT_KEY)
+        .map_err(snap_err)?
+        .map(|v| v.value().to_vec()))
 }
 
 fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), serde_json::Error> {
-    let split = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
+    let split = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(bytes.len());
     let header: SnapshotHeader = serde_json::from_slice(&bytes[..split])?;
     let state = State::decode(bytes.get(split + 1..).unwrap_or_default())?;
     Ok((header, state))
@@ -108,11 +127,15 @@ fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), serde_json::Error> {
 async fn store_snapshot(db: Arc<Database>, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
     let write = move || -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
-        txn.open_table(SNAPSHOT)?.insert(SNAPSHOT_KEY, bytes.as_slice())?;
+        txn.open_table(SNAPSHOT)?
+            .insert(SNAPSHOT_KEY, bytes.as_slice())?;
         txn.commit()?;
         Ok(())
     };
-    tokio::task::spawn_blocking(write).await.map_err(sm_err)?.map_err(sm_err)
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(sm_err)?
+        .map_err(sm_err)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -120,7 +143,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
         let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
         Ok((inner.last_applied, inner.membership.clone()))
     }
@@ -153,10 +177,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), shared: self.shared.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -171,20 +200,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = meta.last_log_id.map_or(0, |l| l.index);
         {
             let mut inner = self.write_inner();
-            *inner = Inner { state, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+            *inner = Inner {
+                state,
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
         }
         self.shared.committed.fetch_max(last, Ordering::Relaxed);
         self.shared.applied_tx.send_replace(last);
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let Some(bytes) = read_snapshot_bytes(&self.db)? else {
             return Ok(None);
         };
-        let split = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
+        let split = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .unwrap_or(bytes.len());
         let header: SnapshotHeader = serde_json::from_slice(&bytes[..split]).map_err(snap_err)?;
-        Ok(Some(Snapshot { meta: header.meta, snapshot: Box::new(Cursor::new(bytes)) }))
+        Ok(Some(Snapshot {
+            meta: header.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
     }
 }
 
@@ -209,14 +250,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: inner.membership.clone(),
                 snapshot_id,
             };
-            let mut bytes = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
+            let mut bytes =
+                serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
             bytes.push(b'\n');
             bytes.extend_from_slice(&inner.state.encode());
             (meta, bytes)
         };
         store_snapshot(self.db.clone(), bytes.clone()).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
-
-

@@ -313,7 +313,10 @@ fn step_breakers(
     // usable node is hot, refusing all work would only stall the cluster (and a node busy
     // with its own attempts is hot by design), so open breakers are ignored for this call;
     // they stay open in the state and were reported when they opened.
-    if !slots.iter().any(|s| s.usable && s.breaker == Breaker::Closed) {
+    if !slots
+        .iter()
+        .any(|s| s.usable && s.breaker == Breaker::Closed)
+    {
         for slot in &mut slots {
             slot.breaker = Breaker::Closed;
         }

@@ -758,9 +758,27 @@ fn when_every_node_is_hot_work_still_flows_but_cool_nodes_win() {
     // Only hot nodes: their breakers open, and the jobs are placed all the same.
     let all_hot = place(&config, &mut state, &[hot(1), hot(2)], &jobs);
     assert_eq!(all_hot.breaker_changes.len(), 2);
-    assert!(all_hot.breaker_changes.iter().all(|c| c.breaker == Breaker::Open));
-    assert_eq!(all_hot.attempts.iter().map(|(_, js)| js.len()).sum::<usize>(), 4);
+    assert!(all_hot
+        .breaker_changes
+        .iter()
+        .all(|c| c.breaker == Breaker::Open));
+    assert_eq!(
+        all_hot
+            .attempts
+            .iter()
+            .map(|(_, js)| js.len())
+            .sum::<usize>(),
+        4
+    );
     // A cool node appears: it takes everything while the hot ones stay open.
-    let placed = place(&config, &mut state, &[hot(1), hot(2), NodeView::new(3, 10, 0)], &jobs);
-    assert_eq!(placed.attempts, vec![(3, jobs.iter().map(|j| j.id).collect())]);
+    let placed = place(
+        &config,
+        &mut state,
+        &[hot(1), hot(2), NodeView::new(3, 10, 0)],
+        &jobs,
+    );
+    assert_eq!(
+        placed.attempts,
+        vec![(3, jobs.iter().map(|j| j.id).collect())]
+    );
 }

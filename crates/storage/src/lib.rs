@@ -78,7 +78,10 @@ impl Store {
     pub fn local(dir: &Path) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Store { inner: Arc::new(fs), url: format!("file://{}", dir.display()) })
+        Ok(Store {
+            inner: Arc::new(fs),
+            url: format!("file://{}", dir.display()),
+        })
     }
 
     /// A store from a URL: `s3://bucket/prefix` (endpoint and credentials from the usual
@@ -87,11 +90,17 @@ impl Store {
         if let Some(dir) = url.strip_prefix("file://") {
             return Store::local(Path::new(dir));
         }
-        let parsed = url::Url::parse(url).map_err(|e| StorageError::InvalidUrl(url.into(), e.to_string()))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StorageError::InvalidUrl(url.into(), e.to_string()))?;
         if parsed.scheme() != "s3" {
-            return Err(StorageError::InvalidUrl(url.into(), "use s3://bucket/prefix or file:///dir".into()));
+            return Err(StorageError::InvalidUrl(
+                url.into(),
+                "use s3://bucket/prefix or file:///dir".into(),
+            ));
         }
-        let bucket = parsed.host_str().ok_or_else(|| StorageError::InvalidUrl(url.into(), "no bucket".into()))?;
+        let bucket = parsed
+            .host_str()
+            .ok_or_else(|| StorageError::InvalidUrl(url.into(), "no bucket".into()))?;
         let s3 = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_allow_http(true)
@@ -103,7 +112,10 @@ impl Store {
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.as_str()))
         };
-        Ok(Store { inner, url: url.to_string() })
+        Ok(Store {
+            inner,
+            url: url.to_string(),
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -116,14 +128,25 @@ impl Store {
     }
 
     /// Uploads a local file, streamed in chunks, refusing files over `limit_bytes`.
-    pub async fn put_file(&self, key: &str, path: &Path, limit_bytes: u64) -> Result<u64, StorageError> {
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        limit_bytes: u64,
+    ) -> Result<u64, StorageError> {
         let location = parse_key(key)?;
         let mut file = tokio::fs::File::open(path).await?;
         let len = file.metadata().await?.len();
         if len > limit_bytes {
-            return Err(StorageError::TooLarge { key: key.into(), limit_bytes });
+            return Err(StorageError::TooLarge {
+                key: key.into(),
+                limit_bytes,
+            });
         }
-        let mut upload = WriteMultipart::new_with_chunk_size(self.inner.put_multipart(&location).await?, CHUNK_BYTES);
+        let mut upload = WriteMultipart::new_with_chunk_size(
+            self.inner.put_multipart(&location).await?,
+            CHUNK_BYTES,
+        );
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = file.read(&mut buf).await?;
@@ -138,10 +161,18 @@ impl Store {
     }
 
     /// Downloads an object to a local file, refusing objects over `limit_bytes`.
-    pub async fn get_file(&self, key: &str, path: &Path, limit_bytes: u64) -> Result<u64, StorageError> {
+    pub async fn get_file(
+        &self,
+        key: &str,
+        path: &Path,
+        limit_bytes: u64,
+    ) -> Result<u64, StorageError> {
         let (len, mut stream) = self.get_stream(key).await?;
         if len > limit_bytes {
-            return Err(StorageError::TooLarge { key: key.into(), limit_bytes });
+            return Err(StorageError::TooLarge {
+                key: key.into(),
+                limit_bytes,
+            });
         }
         let mut file = tokio::fs::File::create(path).await?;
         while let Some(chunk) = stream.next().await {
@@ -158,14 +189,22 @@ impl Store {
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
         let got = self.inner.get(&parse_key(key)?).await?;
         let len = got.meta.size;
-        Ok((len, got.into_stream().map(|r| r.map_err(StorageError::from)).boxed()))
+        Ok((
+            len,
+            got.into_stream()
+                .map(|r| r.map_err(StorageError::from))
+                .boxed(),
+        ))
     }
 
     /// Reads a whole (small) object.
     pub async fn get_bytes(&self, key: &str, limit_bytes: u64) -> Result<Bytes, StorageError> {
         let got = self.inner.get(&parse_key(key)?).await?;
         if got.meta.size > limit_bytes {
-            return Err(StorageError::TooLarge { key: key.into(), limit_bytes });
+            return Err(StorageError::TooLarge {
+                key: key.into(),
+                limit_bytes,
+            });
         }
         Ok(got.bytes().await?)
     }
@@ -184,11 +223,20 @@ impl Store {
 
 /// Checks a key: relative, no empty, `.` or `..` segments, printable, bounded.
 pub fn parse_key(key: &str) -> Result<Key, StorageError> {
-    let bad = |why| Err(StorageError::InvalidKey(key.chars().take(80).collect(), why));
+    let bad = |why| {
+        Err(StorageError::InvalidKey(
+            key.chars().take(80).collect(),
+            why,
+        ))
+    };
     if key.is_empty() || key.len() > KEY_LEN_MAX {
         return bad("must be 1 to 1024 bytes");
     }
-    if key.starts_with('/') || key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if key.starts_with('/')
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return bad("must be a relative path without empty, '.' or '..' segments");
     }
     if key.chars().any(|c| c.is_control() || c == '\\') {
@@ -218,14 +266,35 @@ mod tests {
         let src = dir.path().join("src.bin");
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&src, &data).unwrap();
-        assert_eq!(store.put_file("uploads/a.bin", &src, 1 << 20).await.unwrap(), data.len() as u64);
+        assert_eq!(
+            store
+                .put_file("uploads/a.bin", &src, 1 << 20)
+                .await
+                .unwrap(),
+            data.len() as u64
+        );
         let dst = dir.path().join("dst.bin");
-        store.get_file("uploads/a.bin", &dst, 1 << 20).await.unwrap();
+        store
+            .get_file("uploads/a.bin", &dst, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);
-        assert!(matches!(store.put_file("uploads/b.bin", &src, 1000).await, Err(StorageError::TooLarge { .. })));
-        assert!(matches!(store.get_file("uploads/a.bin", &dst, 1000).await, Err(StorageError::TooLarge { .. })));
-        assert!(matches!(store.get_bytes("uploads/none", 10).await, Err(StorageError::NotFound(_))));
+        assert!(matches!(
+            store.put_file("uploads/b.bin", &src, 1000).await,
+            Err(StorageError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            store.get_file("uploads/a.bin", &dst, 1000).await,
+            Err(StorageError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            store.get_bytes("uploads/none", 10).await,
+            Err(StorageError::NotFound(_))
+        ));
         store.delete("uploads/a.bin").await.unwrap();
-        assert!(matches!(store.size("uploads/a.bin").await, Err(StorageError::NotFound(_))));
+        assert!(matches!(
+            store.size("uploads/a.bin").await,
+            Err(StorageError::NotFound(_))
+        ));
     }
 }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Normal (not dev) dependencies of every crate under `crates/`.
@@ -16,8 +19,16 @@ fn dependencies() -> BTreeMap<String, Vec<String>> {
         let text = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         let manifest: toml::Table = text.parse().unwrap();
         let name = manifest["package"]["name"].as_str().unwrap().to_string();
-        assert_eq!(Some(name.as_str()), dir.file_name().and_then(|n| n.to_str()), "folder name = crate name");
-        let deps = manifest.get("dependencies").and_then(|d| d.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        assert_eq!(
+            Some(name.as_str()),
+            dir.file_name().and_then(|n| n.to_str()),
+            "folder name = crate name"
+        );
+        let deps = manifest
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
         all.insert(name, deps);
     }
     all
@@ -27,7 +38,10 @@ fn dependencies() -> BTreeMap<String, Vec<String>> {
 fn must_be_owned(all: &BTreeMap<String, Vec<String>>, dependency: &str, owners: &[&str]) {
     for (krate, deps) in all {
         if deps.iter().any(|d| d == dependency) {
-            assert!(owners.contains(&krate.as_str()), "{krate} depends on {dependency}; only {owners:?} may");
+            assert!(
+                owners.contains(&krate.as_str()),
+                "{krate} depends on {dependency}; only {owners:?} may"
+            );
         }
     }
 }
@@ -50,15 +64,32 @@ fn each_outside_concern_has_one_owner() {
 #[test]
 fn pure_crates_do_no_io() {
     let all = dependencies();
-    let io = ["tokio", "reqwest", "axum", "openraft", "redb", "object_store", "libc", "tracing"];
+    let io = [
+        "tokio",
+        "reqwest",
+        "axum",
+        "openraft",
+        "redb",
+        "object_store",
+        "libc",
+        "tracing",
+    ];
     for pure in ["model", "scheduler", "dsp"] {
-        let Some(deps) = all.get(pure) else { panic!("crate {pure} is missing") };
+        let Some(deps) = all.get(pure) else {
+            panic!("crate {pure} is missing")
+        };
         for d in deps {
-            assert!(!io.contains(&d.as_str()), "pure crate {pure} depends on {d}");
+            assert!(
+                !io.contains(&d.as_str()),
+                "pure crate {pure} depends on {d}"
+            );
         }
     }
     let dsp = &all["dsp"];
-    assert!(!dsp.iter().any(|d| d == "serde" || d == "serde_json"), "dsp knows nothing of serde");
+    assert!(
+        !dsp.iter().any(|d| d == "serde" || d == "serde_json"),
+        "dsp knows nothing of serde"
+    );
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -81,7 +112,11 @@ fn every_file_says_why_it_exists() {
     assert!(files.len() > 20, "found only {} files", files.len());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.starts_with("//!"), "{} must start with a //! line saying why it exists", file.display());
+        assert!(
+            text.starts_with("//!"),
+            "{} must start with a //! line saying why it exists",
+            file.display()
+        );
     }
 }
 
@@ -91,6 +126,10 @@ fn no_catch_all_modules() {
     rust_files(&workspace().join("crates"), &mut files);
     for file in files {
         let stem = file.file_stem().unwrap().to_string_lossy().to_string();
-        assert!(!["utils", "util", "common", "helpers", "manager", "misc"].contains(&stem.as_str()), "{}: name it after what it does", file.display());
+        assert!(
+            !["utils", "util", "common", "helpers", "manager", "misc"].contains(&stem.as_str()),
+            "{}: name it after what it does",
+            file.display()
+        );
     }
 }

@@ -16,7 +16,11 @@ const SLEEP_MS_MAX: u64 = 3_600_000;
 
 /// Every built-in function a worker can run.
 pub fn builtin_functions() -> Vec<&'static str> {
-    TEST_FUNCTIONS.iter().chain(audio::FUNCTIONS).copied().collect()
+    TEST_FUNCTIONS
+        .iter()
+        .chain(audio::FUNCTIONS)
+        .copied()
+        .collect()
 }
 
 /// Serves requests until stdin closes. Returns an error only if stdout is gone.
@@ -30,7 +34,8 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> std::io::Result<()>
             Ok(request) => execute(&request),
             Err(e) => Reply::err("invalid_input", format!("not a worker request: {e}")),
         };
-        let mut text = serde_json::to_string(&reply).expect("a reply is always representable as JSON");
+        let mut text =
+            serde_json::to_string(&reply).expect("a reply is always representable as JSON");
         text.push('\n');
         output.write_all(text.as_bytes())?;
         output.flush()?;
@@ -47,12 +52,16 @@ pub fn execute(request: &Request) -> Reply {
         // The worker's wall clock when the attempt began, for submit-to-start benchmarks.
         "clock" => Reply::ok(serde_json::json!({ "now_us": now_us() })),
         name if audio::FUNCTIONS.contains(&name) => run_audio(request),
-        other => Reply::err("unsupported_function", format!("this worker has no built-in function {other:?}")),
+        other => Reply::err(
+            "unsupported_function",
+            format!("this worker has no built-in function {other:?}"),
+        ),
     }
 }
 
 fn run_audio(request: &Request) -> Reply {
-    let files: Vec<std::path::PathBuf> = request.files.iter().map(std::path::PathBuf::from).collect();
+    let files: Vec<std::path::PathBuf> =
+        request.files.iter().map(std::path::PathBuf::from).collect();
     let task = audio::Task {
         function: &request.function,
         input: &request.input,
@@ -62,7 +71,12 @@ fn run_audio(request: &Request) -> Reply {
     let started = std::time::Instant::now();
     match audio::execute(task) {
         Ok(output) => {
-            eprintln!("{} took {:.0} ms, wrote {} files", request.function, started.elapsed().as_secs_f64() * 1e3, output.files.len());
+            eprintln!(
+                "{} took {:.0} ms, wrote {} files",
+                request.function,
+                started.elapsed().as_secs_f64() * 1e3,
+                output.files.len()
+            );
             Reply::ok(output.json)
         }
         Err(e) => Reply::err(e.code(), e.to_string()),
@@ -71,10 +85,16 @@ fn run_audio(request: &Request) -> Reply {
 
 fn sleep(input: &serde_json::Value) -> Reply {
     let Some(ms) = input.get("ms").and_then(serde_json::Value::as_u64) else {
-        return Reply::err("invalid_input", "sleep takes {\"ms\": N} with N a whole number of milliseconds");
+        return Reply::err(
+            "invalid_input",
+            "sleep takes {\"ms\": N} with N a whole number of milliseconds",
+        );
     };
     if ms > SLEEP_MS_MAX {
-        return Reply::err("invalid_input", format!("sleep takes at most {SLEEP_MS_MAX} ms"));
+        return Reply::err(
+            "invalid_input",
+            format!("sleep takes at most {SLEEP_MS_MAX} ms"),
+        );
     }
     eprintln!("sleeping {ms} ms");
     std::thread::sleep(Duration::from_millis(ms));
@@ -82,12 +102,20 @@ fn sleep(input: &serde_json::Value) -> Reply {
 }
 
 fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn fail(input: &serde_json::Value) -> Reply {
-    let code = input.get("code").and_then(serde_json::Value::as_str).unwrap_or("function_failed");
-    let message = input.get("message").and_then(serde_json::Value::as_str).unwrap_or("failed on request");
+    let code = input
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("function_failed");
+    let message = input
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("failed on request");
     eprintln!("failing with {code}");
     Reply::err(code, message)
 }
@@ -106,7 +134,9 @@ mod tests {
     #[test]
     fn serves_built_ins_line_by_line() {
         let req = |f: &str, input: &str| {
-            format!(r#"{{"job":1,"attempt":1,"function":"{f}","input":{input},"files":[],"out_dir":"/tmp"}}"#)
+            format!(
+                r#"{{"job":1,"attempt":1,"function":"{f}","input":{input},"files":[],"out_dir":"/tmp"}}"#
+            )
         };
         let input = [
             req("noop", "{}"),

@@ -13,7 +13,10 @@ async fn cluster() -> Vec<TestNode> {
     wait_until("three voters are up", || async {
         let list = nodes[0].client.nodes().await.unwrap();
         let rows = list["nodes"].as_array().unwrap();
-        rows.len() == 3 && rows.iter().all(|n| n["status"] == "up" && n["role"] == "voter")
+        rows.len() == 3
+            && rows
+                .iter()
+                .all(|n| n["status"] == "up" && n["role"] == "voter")
     })
     .await;
     nodes
@@ -24,11 +27,26 @@ fn leader_index(nodes: &[TestNode], leader: u64) -> usize {
 }
 
 async fn leader(node: &TestNode) -> u64 {
-    must_find("a leader is known", || async { node.client.nodes().await.ok().and_then(|n| n["leader"].as_u64()) }).await
+    must_find("a leader is known", || async {
+        node.client
+            .nodes()
+            .await
+            .ok()
+            .and_then(|n| n["leader"].as_u64())
+    })
+    .await
 }
 
 fn sleeps(n: usize, ms: u64) -> Vec<JobSpec> {
-    (0..n).map(|_| JobSpec { function: "sleep".into(), input: json!({ "ms": ms }), files: vec![], priority: 0, idempotency_key: None }).collect()
+    (0..n)
+        .map(|_| JobSpec {
+            function: "sleep".into(),
+            input: json!({ "ms": ms }),
+            files: vec![],
+            priority: 0,
+            idempotency_key: None,
+        })
+        .collect()
 }
 
 async fn submit(node: &TestNode, specs: &[JobSpec]) -> Vec<JobId> {
@@ -57,12 +75,18 @@ async fn killing_the_leader_elects_another_and_loses_no_acknowledged_job() {
     for id in ids {
         let job = must_finish(&nodes[follower].client, id).await;
         assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-        assert!(job.attempts.last().unwrap().node != old || job.attempts.len() == 1, "{job:?}");
+        assert!(
+            job.attempts.last().unwrap().node != old || job.attempts.len() == 1,
+            "{job:?}"
+        );
     }
     // The cluster still takes writes with two of three voters.
     let more = submit(&nodes[(li + 2) % 3], &sleeps(3, 1)).await;
     for id in more {
-        assert_eq!(must_finish(&nodes[follower].client, id).await.state, JobState::Succeeded);
+        assert_eq!(
+            must_finish(&nodes[follower].client, id).await.state,
+            JobState::Succeeded
+        );
     }
 }
 
@@ -77,7 +101,11 @@ async fn the_jobs_of_a_killed_node_finish_elsewhere() {
     // Wait until the victim runs some of them, then kill it.
     wait_until("the victim runs attempts", || async {
         let list = nodes[li].client.nodes().await.unwrap();
-        list["nodes"].as_array().unwrap().iter().any(|n| n["id"] == victim_id && n["running"].as_u64() > Some(0))
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == victim_id && n["running"].as_u64() > Some(0))
     })
     .await;
     nodes[victim].kill_9();
@@ -87,16 +115,32 @@ async fn the_jobs_of_a_killed_node_finish_elsewhere() {
         assert_eq!(job.state, JobState::Succeeded, "{job:?}");
         if job.attempts.iter().any(|a| a.node == victim_id) {
             let lost = &job.attempts[0];
-            assert_eq!(lost.error.as_ref().map(|e| e.code.as_str()), Some("node_lost"), "{job:?}");
+            assert_eq!(
+                lost.error.as_ref().map(|e| e.code.as_str()),
+                Some("node_lost"),
+                "{job:?}"
+            );
             assert_ne!(job.attempts.last().unwrap().node, victim_id);
             moved += 1;
         }
     }
     assert!(moved > 0, "some jobs ran on the killed node and moved");
     let list = nodes[li].client.nodes().await.unwrap();
-    let status: BTreeSet<(u64, String)> =
-        list["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_u64().unwrap(), n["status"].as_str().unwrap().to_string())).collect();
-    assert!(status.contains(&(victim_id, "down".to_string())), "{status:?}");
+    let status: BTreeSet<(u64, String)> = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_u64().unwrap(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        status.contains(&(victim_id, "down".to_string())),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,18 +148,32 @@ async fn a_drained_node_finishes_its_work_and_takes_no_more() {
     let nodes = cluster().await;
     let target_id = nodes[2].id();
     let first = submit(&nodes[0], &sleeps(6, 500)).await;
-    nodes[0].client.node_action(target_id, "drain").await.unwrap();
+    nodes[0]
+        .client
+        .node_action(target_id, "drain")
+        .await
+        .unwrap();
     let later = submit(&nodes[1], &sleeps(12, 10)).await;
     for id in &first {
-        assert_eq!(must_finish(&nodes[0].client, *id).await.state, JobState::Succeeded);
+        assert_eq!(
+            must_finish(&nodes[0].client, *id).await.state,
+            JobState::Succeeded
+        );
     }
     for id in &later {
         let job = must_finish(&nodes[0].client, *id).await;
         assert_eq!(job.state, JobState::Succeeded);
-        assert!(job.attempts.iter().all(|a| a.node != target_id), "job {id} ran on the drained node");
+        assert!(
+            job.attempts.iter().all(|a| a.node != target_id),
+            "job {id} ran on the drained node"
+        );
     }
     // Config set through one node is seen by every other.
-    nodes[1].client.set_config("scheduler.strategy", "cpu-load").await.unwrap();
+    nodes[1]
+        .client
+        .set_config("scheduler.strategy", "cpu-load")
+        .await
+        .unwrap();
     for n in &nodes {
         let config = n.client.config().await.unwrap();
         assert_eq!(config["config"]["scheduler.strategy"], "cpu-load");
@@ -129,7 +187,12 @@ async fn a_learner_replaces_a_voter_that_is_gone() {
     nodes.push(TestNode::join(&nodes[0]).await);
     let learner_id = nodes[3].id();
     let role_of = |list: &serde_json::Value, id: u64| {
-        list["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).map(|n| n["role"].as_str().unwrap().to_string())
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["role"].as_str().unwrap().to_string())
     };
     wait_until("the fourth node is a learner", || async {
         role_of(&nodes[0].client.nodes().await.unwrap(), learner_id).as_deref() == Some("learner")
@@ -142,14 +205,21 @@ async fn a_learner_replaces_a_voter_that_is_gone() {
     let victim = (li + 1) % 3;
     let victim_id = nodes[victim].id();
     nodes[victim].kill_9();
-    wait_until("the learner is promoted and the dead voter demoted", || async {
-        let list = nodes[li].client.nodes().await.unwrap();
-        role_of(&list, learner_id).as_deref() == Some("voter") && role_of(&list, victim_id).as_deref() == Some("learner")
-    })
+    wait_until(
+        "the learner is promoted and the dead voter demoted",
+        || async {
+            let list = nodes[li].client.nodes().await.unwrap();
+            role_of(&list, learner_id).as_deref() == Some("voter")
+                && role_of(&list, victim_id).as_deref() == Some("learner")
+        },
+    )
     .await;
     // The cluster still commits.
     let ids = submit(&nodes[3], &sleeps(2, 1)).await;
     for id in ids {
-        assert_eq!(must_finish(&nodes[li].client, id).await.state, JobState::Succeeded);
+        assert_eq!(
+            must_finish(&nodes[li].client, id).await.state,
+            JobState::Succeeded
+        );
     }
 }

@@ -23,10 +23,16 @@ fn must_match(doc: &Value, schema: &Value, value: &Value, at: &str) {
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for field in required {
             let field = field.as_str().unwrap();
-            assert!(value.get(field).is_some(), "{at}: missing required property {field:?} in {value}");
+            assert!(
+                value.get(field).is_some(),
+                "{at}: missing required property {field:?} in {value}"
+            );
         }
     }
-    if let (Some(props), Some(obj)) = (schema.get("properties").and_then(Value::as_object), value.as_object()) {
+    if let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        value.as_object(),
+    ) {
         for (name, sub) in props {
             if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
                 must_match(doc, sub, v, &format!("{at}.{name}"));
@@ -38,8 +44,12 @@ fn must_match(doc: &Value, schema: &Value, value: &Value, at: &str) {
             must_match(doc, items, v, &format!("{at}[{i}]"));
         }
     }
-    if let (Some(allowed), Some(s)) = (schema.get("enum").and_then(Value::as_array), value.as_str()) {
-        assert!(allowed.iter().any(|a| a == s), "{at}: {s:?} is not one of {allowed:?}");
+    if let (Some(allowed), Some(s)) = (schema.get("enum").and_then(Value::as_array), value.as_str())
+    {
+        assert!(
+            allowed.iter().any(|a| a == s),
+            "{at}: {s:?} is not one of {allowed:?}"
+        );
     }
 }
 
@@ -54,7 +64,14 @@ async fn the_api_matches_its_openapi_document() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let concrete = path
-                .replace("{id}", if path.starts_with("/v1/keys") { &key.id } else { "1" })
+                .replace(
+                    "{id}",
+                    if path.starts_with("/v1/keys") {
+                        &key.id
+                    } else {
+                        "1"
+                    },
+                )
                 .replace("{name}", "noop")
                 .replace("/v1/objects/{key}", "/v1/objects/uploads/contract.bin")
                 .replace("{kind}", "vote")
@@ -63,11 +80,15 @@ async fn the_api_matches_its_openapi_document() {
             let body: Vec<u8> = match op["operationId"].as_str().unwrap() {
                 "deployFunction" => serde_json::to_vec(&json!({ "name": "noop" })).unwrap(),
                 "submitJob" => serde_json::to_vec(&json!({ "function": "noop" })).unwrap(),
-                "submitBatch" => serde_json::to_vec(&json!({ "jobs": [{ "function": "noop" }] })).unwrap(),
+                "submitBatch" => {
+                    serde_json::to_vec(&json!({ "jobs": [{ "function": "noop" }] })).unwrap()
+                }
                 "createKey" => serde_json::to_vec(&json!({ "scopes": ["read"] })).unwrap(),
                 "putObject" => b"contract".to_vec(),
                 "raftRpc" => b"{}".to_vec(),
-                "joinCluster" => serde_json::to_vec(&json!({ "addr": "not-an-address", "slots": 1 })).unwrap(),
+                "joinCluster" => {
+                    serde_json::to_vec(&json!({ "addr": "not-an-address", "slots": 1 })).unwrap()
+                }
                 "setConfig" => serde_json::to_vec(&json!({ "value": "least-request" })).unwrap(),
                 _ => Vec::new(),
             };
@@ -82,13 +103,24 @@ async fn the_api_matches_its_openapi_document() {
             let (status, answer) = if public {
                 node.client.get_public(&concrete).await.unwrap()
             } else {
-                node.client.raw(&method.to_uppercase(), &concrete, body).await.unwrap()
+                node.client
+                    .raw(&method.to_uppercase(), &concrete, body)
+                    .await
+                    .unwrap()
             };
             let at = format!("{} {concrete}", method.to_uppercase());
             let documented = &op["responses"][status.to_string()];
-            assert!(!documented.is_null(), "{at} answered {status}, which the document does not list: {}", String::from_utf8_lossy(&answer));
-            if let Some(schema) = documented["content"].get("application/json").map(|c| &c["schema"]) {
-                let value: Value = serde_json::from_slice(&answer).unwrap_or_else(|e| panic!("{at}: not JSON ({e})"));
+            assert!(
+                !documented.is_null(),
+                "{at} answered {status}, which the document does not list: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            if let Some(schema) = documented["content"]
+                .get("application/json")
+                .map(|c| &c["schema"])
+            {
+                let value: Value = serde_json::from_slice(&answer)
+                    .unwrap_or_else(|e| panic!("{at}: not JSON ({e})"));
                 must_match(&doc, schema, &value, &at);
             }
             called += 1;
@@ -96,6 +128,10 @@ async fn the_api_matches_its_openapi_document() {
     }
     assert_eq!(called, 27, "every documented operation was called");
     // An undocumented route does not exist.
-    let (status, answer) = node.client.raw("GET", "/v1/secret-admin", vec![]).await.unwrap();
+    let (status, answer) = node
+        .client
+        .raw("GET", "/v1/secret-admin", vec![])
+        .await
+        .unwrap();
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&answer));
 }

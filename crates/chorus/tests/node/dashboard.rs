@@ -21,8 +21,20 @@ fn chromium(args: &[&str]) -> std::process::Output {
     let profile = tempfile::tempdir().unwrap();
     Command::new("chromium")
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
-        .args(["--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1400,900", "--virtual-time-budget=10000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+        ])
+        .args([
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,900",
+            "--virtual-time-budget=10000",
+        ])
         .args(args)
         .output()
         .expect("chromium is needed for the dashboard test: apt-get install chromium")
@@ -35,7 +47,10 @@ fn count_colour(png_bytes: &[u8], rgb: [u8; 3]) -> usize {
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
     let step = info.color_type.samples();
-    buf[..info.buffer_size()].chunks(step).filter(|p| p[..3] == rgb).count()
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| p[..3] == rgb)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +78,10 @@ async fn the_demo_shows_songs_on_the_dashboard() {
             url = Some(u.to_string());
             break;
         }
-        assert!(started.elapsed() < DEADLINE * 3, "the demo took too long:\n{printed}");
+        assert!(
+            started.elapsed() < DEADLINE * 3,
+            "the demo took too long:\n{printed}"
+        );
     }
     let url = url.unwrap_or_else(|| panic!("the demo printed no dashboard link:\n{printed}"));
     // The table: three songs, each with loudness, tempo, key and a chorus that overlaps the truth.
@@ -73,13 +91,20 @@ async fn the_demo_shows_songs_on_the_dashboard() {
     let dom = chromium(&["--dump-dom", &url]);
     let dom = String::from_utf8_lossy(&dom.stdout);
     for text in ["LUFS", "BPM", "minor", "audio.ingest", "succeeded", "up"] {
-        assert!(dom.contains(text), "the dashboard does not show {text:?}:\n{dom}");
+        assert!(
+            dom.contains(text),
+            "the dashboard does not show {text:?}:\n{dom}"
+        );
     }
-    assert!(dom.contains(r#"<div id="error"></div>"#), "the dashboard shows an error:\n{dom}");
+    assert!(
+        dom.contains(r#"<div id="error"></div>"#),
+        "the dashboard shows an error:\n{dom}"
+    );
 
     let shot = dir.path().join("dashboard.png");
     let out = chromium(&[&format!("--screenshot={}", shot.display()), &url]);
-    let png = std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
+    let png = std::fs::read(&shot)
+        .unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
     // The waveform (#7aa2ff) and the chorus section chip (#f5a524) are on screen.
     let wave = count_colour(&png, [0x7a, 0xa2, 0xff]);
     let chorus = count_colour(&png, [0xf5, 0xa5, 0x24]);

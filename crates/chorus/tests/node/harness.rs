@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 pub(crate) fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub(crate) struct TestNode {
@@ -27,7 +30,11 @@ pub(crate) struct TestNode {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestNode {
@@ -38,8 +45,21 @@ impl TestNode {
     pub(crate) async fn start_with_slots(slots: u32) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let placeholder = Client::new(&addr, Credentials { key_id: String::new(), secret: String::new() });
-        let mut node = TestNode { dir, client: placeholder, addr, slots, child: None, join: None };
+        let placeholder = Client::new(
+            &addr,
+            Credentials {
+                key_id: String::new(),
+                secret: String::new(),
+            },
+        );
+        let mut node = TestNode {
+            dir,
+            client: placeholder,
+            addr,
+            slots,
+            child: None,
+            join: None,
+        };
         node.spawn().await;
         node
     }
@@ -62,14 +82,22 @@ impl TestNode {
     }
 
     pub(crate) fn credentials(&self) -> Credentials {
-        let text = std::fs::read_to_string(self.dir.path().join("data").join(node::ADMIN_KEY_FILE)).unwrap();
+        let text = std::fs::read_to_string(self.dir.path().join("data").join(node::ADMIN_KEY_FILE))
+            .unwrap();
         let key: node::KeyFile = serde_json::from_str(&text).unwrap();
-        Credentials { key_id: key.id, secret: key.secret }
+        Credentials {
+            key_id: key.id,
+            secret: key.secret,
+        }
     }
 
     /// The node's id, as it wrote it in its data dir.
     pub(crate) fn id(&self) -> u64 {
-        std::fs::read_to_string(self.dir.path().join("data/node.id")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(self.dir.path().join("data/node.id"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -77,10 +105,21 @@ impl TestNode {
     }
 
     fn spawn_process(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
         command
-            .args(["serve", "--listen", &self.addr, "--slots", &self.slots.to_string(), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &self.addr,
+                "--slots",
+                &self.slots.to_string(),
+                "--data-dir",
+            ])
             .arg(self.dir.path().join("data"));
         if let Some((member, credentials)) = &self.join {
             command
@@ -106,20 +145,42 @@ impl TestNode {
             let key_file = key_file.clone();
             let addr = addr.clone();
             async move {
-                let Ok(text) = std::fs::read_to_string(&key_file) else { return false };
-                let Ok(key) = serde_json::from_str::<node::KeyFile>(&text) else { return false };
-                let probe = Client::new(&addr, Credentials { key_id: key.id, secret: key.secret });
+                let Ok(text) = std::fs::read_to_string(&key_file) else {
+                    return false;
+                };
+                let Ok(key) = serde_json::from_str::<node::KeyFile>(&text) else {
+                    return false;
+                };
+                let probe = Client::new(
+                    &addr,
+                    Credentials {
+                        key_id: key.id,
+                        secret: key.secret,
+                    },
+                );
                 matches!(probe.get_public("/readyz").await, Ok((200, _)))
             }
         })
         .await;
         let text = std::fs::read_to_string(&key_file).unwrap();
         let key: node::KeyFile = serde_json::from_str(&text).unwrap();
-        self.client = Client::new(&self.addr, Credentials { key_id: key.id, secret: key.secret });
+        self.client = Client::new(
+            &self.addr,
+            Credentials {
+                key_id: key.id,
+                secret: key.secret,
+            },
+        );
     }
 
     pub(crate) fn client_with(&self, key_id: &str, secret: &str) -> Client {
-        Client::new(&self.addr, Credentials { key_id: key_id.into(), secret: secret.into() })
+        Client::new(
+            &self.addr,
+            Credentials {
+                key_id: key_id.into(),
+                secret: secret.into(),
+            },
+        )
     }
 
     pub(crate) fn kill_9(&mut self) {
@@ -170,7 +231,10 @@ where
         if let Some(found) = probe().await {
             return found;
         }
-        assert!(started.elapsed() < DEADLINE, "timed out waiting until {what}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
@@ -199,11 +263,15 @@ pub(crate) async fn must_finish(client: &Client, id: JobId) -> Job {
         if job.state.is_terminal() {
             return job;
         }
-        assert!(started.elapsed() < DEADLINE, "job {id} did not finish: {job:?}");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "job {id} did not finish: {job:?}"
+        );
     }
 }
 
 /// The value of one sample in a Prometheus text exposition.
 pub(crate) fn metric(text: &str, sample: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
 }

@@ -14,18 +14,29 @@ use serde_json::json;
 use std::time::Duration;
 
 fn job(function: &str, input: serde_json::Value) -> JobSpec {
-    JobSpec { function: function.into(), input, files: vec![], priority: 0, idempotency_key: None }
+    JobSpec {
+        function: function.into(),
+        input,
+        files: vec![],
+        priority: 0,
+        idempotency_key: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_jobs_survive_kill_9_of_the_node() {
     let mut node = TestNode::start().await;
-    let specs: Vec<JobSpec> = (0..500).map(|i| job("sleep", json!({ "ms": i % 3 }))).collect();
+    let specs: Vec<JobSpec> = (0..500)
+        .map(|i| job("sleep", json!({ "ms": i % 3 })))
+        .collect();
     let results = node.client.submit_batch(&specs).await.unwrap();
     let ids: Vec<JobId> = results
         .iter()
         .map(|r| match r {
-            client::BatchResult::Submitted { id, existing: false } => *id,
+            client::BatchResult::Submitted {
+                id,
+                existing: false,
+            } => *id,
             other => panic!("unexpected batch result {other:?}"),
         })
         .collect();
@@ -34,10 +45,21 @@ async fn acknowledged_jobs_survive_kill_9_of_the_node() {
     node.restart().await;
     for id in &ids {
         let job = must_finish(&node.client, *id).await;
-        assert_eq!(job.state, JobState::Succeeded, "job {id} after restart: {job:?}");
+        assert_eq!(
+            job.state,
+            JobState::Succeeded,
+            "job {id} after restart: {job:?}"
+        );
     }
     // Attempts that were running when the node died were failed over and retried.
-    let retried = node.client.list_jobs(&client::JobFilter { limit: Some(1000), ..Default::default() }).await.unwrap();
+    let retried = node
+        .client
+        .list_jobs(&client::JobFilter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(retried.jobs.len(), 500);
 }
 
@@ -46,22 +68,37 @@ async fn a_crashing_worker_fails_its_attempt_and_the_node_carries_on() {
     let node = TestNode::start().await;
     let mut spec = FunctionSpec::builtin("crasher");
     spec.kind = model::FunctionKind::Command;
-    spec.command = vec!["sh".into(), "-c".into(), "read line; echo about to crash >&2; exit 3".into()];
+    spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "read line; echo about to crash >&2; exit 3".into(),
+    ];
     spec.retry.max_attempts = 2;
     spec.retry.backoff_initial_ms = 10;
     node.client.deploy(&spec).await.unwrap();
-    let submitted = node.client.submit(&job("crasher", json!({}))).await.unwrap();
+    let submitted = node
+        .client
+        .submit(&job("crasher", json!({})))
+        .await
+        .unwrap();
     let done = must_finish(&node.client, submitted.id).await;
     assert_eq!(done.state, JobState::Failed);
     assert_eq!(done.attempts.len(), 2);
     let error = done.error.unwrap();
     assert_eq!(error.code, "worker_crashed");
-    assert!(error.message.contains("exit status: 3"), "{}", error.message);
+    assert!(
+        error.message.contains("exit status: 3"),
+        "{}",
+        error.message
+    );
     let log = node.client.logs(submitted.id, None).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&log), "about to crash\n");
     // The node still runs other work.
     let ok = node.client.submit(&job("noop", json!({}))).await.unwrap();
-    assert_eq!(must_finish(&node.client, ok.id).await.state, JobState::Succeeded);
+    assert_eq!(
+        must_finish(&node.client, ok.id).await.state,
+        JobState::Succeeded
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,13 +108,20 @@ async fn a_hanging_worker_is_killed_at_its_time_out() {
     spec.timeout_ms = 300;
     spec.retry.max_attempts = 1;
     node.client.deploy(&spec).await.unwrap();
-    let submitted = node.client.submit(&job("sleep", json!({ "ms": 60_000 }))).await.unwrap();
+    let submitted = node
+        .client
+        .submit(&job("sleep", json!({ "ms": 60_000 })))
+        .await
+        .unwrap();
     let done = must_finish(&node.client, submitted.id).await;
     assert_eq!(done.state, JobState::Failed);
     assert_eq!(done.error.as_ref().unwrap().code, "timeout");
     let attempt = &done.attempts[0];
     let ran_ms = attempt.finished_at_ms.unwrap() - attempt.started_at_ms;
-    assert!((300..10_000).contains(&ran_ms), "the attempt ran {ran_ms} ms");
+    assert!(
+        (300..10_000).contains(&ran_ms),
+        "the attempt ran {ran_ms} ms"
+    );
     // What it logged before it was killed is kept.
     let log = node.client.logs(submitted.id, None).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&log), "sleeping 60000 ms\n");
@@ -91,15 +135,24 @@ async fn failures_are_retried_with_back_off_except_codes_never_retried() {
     spec.retry.backoff_initial_ms = 200;
     spec.retry.jitter = 0.2;
     node.client.deploy(&spec).await.unwrap();
-    let retried = node.client.submit(&job("fail", json!({ "code": "flaky" }))).await.unwrap();
+    let retried = node
+        .client
+        .submit(&job("fail", json!({ "code": "flaky" })))
+        .await
+        .unwrap();
     let done = must_finish(&node.client, retried.id).await;
     assert_eq!(done.state, JobState::Failed);
     assert_eq!(done.attempts.len(), 3);
     // Back-off: at least 200 ms * 0.8 before the second attempt, 400 ms * 0.8 before the third.
-    let gap = |i: usize| done.attempts[i].started_at_ms - done.attempts[i - 1].finished_at_ms.unwrap();
+    let gap =
+        |i: usize| done.attempts[i].started_at_ms - done.attempts[i - 1].finished_at_ms.unwrap();
     assert!(gap(1) >= 160, "first back-off was {} ms", gap(1));
     assert!(gap(2) >= 320, "second back-off was {} ms", gap(2));
-    let fatal = node.client.submit(&job("fail", json!({ "code": "invalid_input" }))).await.unwrap();
+    let fatal = node
+        .client
+        .submit(&job("fail", json!({ "code": "invalid_input" })))
+        .await
+        .unwrap();
     let done = must_finish(&node.client, fatal.id).await;
     assert_eq!((done.state, done.attempts.len()), (JobState::Failed, 1));
 }
@@ -112,26 +165,53 @@ async fn an_idempotency_key_returns_the_same_job() {
     let first = node.client.submit(&spec).await.unwrap();
     let second = node.client.submit(&spec).await.unwrap();
     assert_eq!(first.id, second.id);
-    let batch = node.client.submit_batch(&[spec.clone(), spec]).await.unwrap();
+    let batch = node
+        .client
+        .submit_batch(&[spec.clone(), spec])
+        .await
+        .unwrap();
     for r in batch {
-        assert_eq!(r, client::BatchResult::Submitted { id: first.id, existing: true });
+        assert_eq!(
+            r,
+            client::BatchResult::Submitted {
+                id: first.id,
+                existing: true
+            }
+        );
     }
-    let all = node.client.list_jobs(&client::JobFilter::default()).await.unwrap();
+    let all = node
+        .client
+        .list_jobs(&client::JobFilter::default())
+        .await
+        .unwrap();
     assert_eq!(all.jobs.len(), 1, "one job, never a second");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_job_and_frees_its_slot() {
     let node = TestNode::start_with_slots(1).await;
-    let long = node.client.submit(&job("sleep", json!({ "ms": 60_000 }))).await.unwrap();
-    wait_until("the job runs", || async { node.client.job(long.id).await.unwrap().state == JobState::Running }).await;
+    let long = node
+        .client
+        .submit(&job("sleep", json!({ "ms": 60_000 })))
+        .await
+        .unwrap();
+    wait_until("the job runs", || async {
+        node.client.job(long.id).await.unwrap().state == JobState::Running
+    })
+    .await;
     let cancelled = node.client.cancel(long.id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     // The only slot is free again: a new job runs to completion long before 60 s.
     let next = node.client.submit(&job("noop", json!({}))).await.unwrap();
-    assert_eq!(must_finish(&node.client, next.id).await.state, JobState::Succeeded);
+    assert_eq!(
+        must_finish(&node.client, next.id).await.state,
+        JobState::Succeeded
+    );
     // Cancelling a finished job changes nothing.
-    assert_eq!(node.client.cancel(next.id).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        node.client.cancel(next.id).await.unwrap().state,
+        JobState::Succeeded
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +221,11 @@ async fn bad_input_gets_stable_codes() {
         let c = node.client.clone();
         async move { c.raw(method, path, body).await.unwrap() }
     };
-    let code = |body: &[u8]| serde_json::from_slice::<model::ApiError>(body).unwrap().code;
+    let code = |body: &[u8]| {
+        serde_json::from_slice::<model::ApiError>(body)
+            .unwrap()
+            .code
+    };
     let (status, body) = call("POST", "/v1/jobs", b"{not json".to_vec()).await;
     assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
     let (status, body) = call("POST", "/v1/jobs", br#"{"function":"nope"}"#.to_vec()).await;
@@ -156,15 +240,27 @@ async fn bad_input_gets_stable_codes() {
     let (status, body) = call("GET", "/v1/jobs?state=bogus", vec![]).await;
     assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
     let (status, body) = call("PUT", "/v1/objects/a%5C..%5Cb", b"x".to_vec()).await;
-    assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput), "a key that climbs out of the store");
+    assert_eq!(
+        (status, code(&body)),
+        (400, ErrorCode::InvalidInput),
+        "a key that climbs out of the store"
+    );
     let (status, body) = call("GET", "/v1/objects/uploads/missing", vec![]).await;
     assert_eq!((status, code(&body)), (404, ErrorCode::NotFound));
     let bad_fn = json!({ "name": "x", "kind": "command" });
-    let (status, body) = call("POST", "/v1/functions", serde_json::to_vec(&bad_fn).unwrap()).await;
+    let (status, body) = call(
+        "POST",
+        "/v1/functions",
+        serde_json::to_vec(&bad_fn).unwrap(),
+    )
+    .await;
     assert_eq!((status, code(&body)), (400, ErrorCode::InvalidInput));
     // After all that, the node still serves.
     let ok = node.client.submit(&job("noop", json!({}))).await.unwrap();
-    assert_eq!(must_finish(&node.client, ok.id).await.state, JobState::Succeeded);
+    assert_eq!(
+        must_finish(&node.client, ok.id).await.state,
+        JobState::Succeeded
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,16 +282,27 @@ async fn every_kind_of_auth_failure_is_refused() {
         r.send()
     };
     assert_eq!(status_of(send(&headers).await.unwrap()), 200);
-    assert_eq!(status_of(send(&headers).await.unwrap()), 401, "replayed nonce");
+    assert_eq!(
+        status_of(send(&headers).await.unwrap()),
+        401,
+        "replayed nonce"
+    );
     // Clock skew over five minutes.
     let old = node.client.sign("GET", "/v1/jobs", &empty, now_s() - 400);
     assert_eq!(status_of(send(&old).await.unwrap()), 401, "skewed clock");
     // Bad signature: a tampered path.
     let tampered = node.client.sign("GET", "/v1/functions", &empty, now_s());
-    assert_eq!(status_of(send(&tampered).await.unwrap()), 401, "signature for another path");
+    assert_eq!(
+        status_of(send(&tampered).await.unwrap()),
+        401,
+        "signature for another path"
+    );
     // Unknown key.
     let stranger = node.client_with("ck_unknown", "00ff");
-    assert_eq!(stranger.job(JobId(1)).await.unwrap_err().code(), Some(ErrorCode::Unauthorized));
+    assert_eq!(
+        stranger.job(JobId(1)).await.unwrap_err().code(),
+        Some(ErrorCode::Unauthorized)
+    );
     // Body that does not match its signed hash.
     let mut forged = node.client.sign("POST", "/v1/jobs", &empty, now_s());
     forged.retain(|(k, _)| *k != "content-type");
@@ -203,26 +310,52 @@ async fn every_kind_of_auth_failure_is_refused() {
     for (k, v) in &forged {
         r = r.header(*k, v);
     }
-    assert_eq!(status_of(r.send().await.unwrap()), 401, "body swapped after signing");
+    assert_eq!(
+        status_of(r.send().await.unwrap()),
+        401,
+        "body swapped after signing"
+    );
     // Scopes: read cannot submit, submit cannot deploy or make keys; revoked keys are dead.
     let reader = node.client.create_key(&[Scope::Read]).await.unwrap();
     let reader = node.client_with(&reader.id, &reader.secret);
-    assert!(reader.list_jobs(&client::JobFilter::default()).await.is_ok());
+    assert!(reader
+        .list_jobs(&client::JobFilter::default())
+        .await
+        .is_ok());
     let err = reader.submit(&job("noop", json!({}))).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
     let submitter = node.client.create_key(&[Scope::Submit]).await.unwrap();
     let submitter_client = node.client_with(&submitter.id, &submitter.secret);
-    assert!(submitter_client.submit(&job("noop", json!({}))).await.is_ok());
-    let err = submitter_client.deploy(&FunctionSpec::builtin("noop")).await.unwrap_err();
+    assert!(submitter_client
+        .submit(&job("noop", json!({})))
+        .await
+        .is_ok());
+    let err = submitter_client
+        .deploy(&FunctionSpec::builtin("noop"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
-    assert_eq!(submitter_client.create_key(&[Scope::Admin]).await.unwrap_err().code(), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        submitter_client
+            .create_key(&[Scope::Admin])
+            .await
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::Forbidden)
+    );
     node.client.revoke_key(&submitter.id).await.unwrap();
-    let err = submitter_client.submit(&job("noop", json!({}))).await.unwrap_err();
+    let err = submitter_client
+        .submit(&job("noop", json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
 }
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,25 +363,41 @@ async fn command_functions_get_files_and_keep_outputs() {
     let node = TestNode::start().await;
     let text = std::fs::read_to_string(harness::repo_root().join("examples/hello.toml")).unwrap();
     let mut spec: FunctionSpec = toml::from_str(&text).unwrap();
-    spec.command[1] = harness::repo_root().join("examples/hello.py").display().to_string();
+    spec.command[1] = harness::repo_root()
+        .join("examples/hello.py")
+        .display()
+        .to_string();
     node.client.deploy(&spec).await.unwrap();
     let file = node.dir.path().join("song.bin");
     std::fs::write(&file, vec![7u8; 100_000]).unwrap();
-    node.client.put_object("uploads/song.bin", &file).await.unwrap();
+    node.client
+        .put_object("uploads/song.bin", &file)
+        .await
+        .unwrap();
     let mut spec = job("hello", json!({ "name": "ada" }));
     spec.files = vec!["uploads/song.bin".into()];
     let submitted = node.client.submit(&spec).await.unwrap();
     let done = must_finish(&node.client, submitted.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!(done.output.unwrap(), json!({ "greeting": "hello ada", "files": 1 }));
+    assert_eq!(
+        done.output.unwrap(),
+        json!({ "greeting": "hello ada", "files": 1 })
+    );
     assert_eq!(done.objects.len(), 1);
-    let sizes: serde_json::Value = serde_json::from_slice(&node.client.get_object(&done.objects[0]).await.unwrap()).unwrap();
+    let sizes: serde_json::Value =
+        serde_json::from_slice(&node.client.get_object(&done.objects[0]).await.unwrap()).unwrap();
     assert_eq!(sizes[0]["bytes"], 100_000);
-    assert_eq!(String::from_utf8_lossy(&node.client.logs(submitted.id, None).await.unwrap()), "greeting ada\n");
+    assert_eq!(
+        String::from_utf8_lossy(&node.client.logs(submitted.id, None).await.unwrap()),
+        "greeting ada\n"
+    );
     // A function's own error code comes through, and is not retried when policy says so.
     let bad = node.client.submit(&job("hello", json!({}))).await.unwrap();
     let done = must_finish(&node.client, bad.id).await;
-    assert_eq!((done.state, done.error.unwrap().code.as_str()), (JobState::Failed, "invalid_input"));
+    assert_eq!(
+        (done.state, done.error.unwrap().code.as_str()),
+        (JobState::Failed, "invalid_input")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,32 +408,64 @@ async fn workers_stay_warm_then_scale_to_zero() {
     node.client.deploy(&spec).await.unwrap();
     for _ in 0..5 {
         let j = node.client.submit(&job("noop", json!({}))).await.unwrap();
-        assert_eq!(must_finish(&node.client, j.id).await.state, JobState::Succeeded);
+        assert_eq!(
+            must_finish(&node.client, j.id).await.state,
+            JobState::Succeeded
+        );
     }
     let metrics = node.metrics().await;
-    assert_eq!(harness::metric(&metrics, "chorus_cold_starts_total{function=\"noop\"}"), Some(1.0), "{metrics}");
-    assert_eq!(harness::metric(&metrics, "chorus_warm_workers{pool=\"noop@2\"}"), Some(1.0));
+    assert_eq!(
+        harness::metric(&metrics, "chorus_cold_starts_total{function=\"noop\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        harness::metric(&metrics, "chorus_warm_workers{pool=\"noop@2\"}"),
+        Some(1.0)
+    );
     wait_until("the idle worker is stopped", || async {
-        harness::metric(&node.metrics().await, "chorus_warm_workers{pool=\"noop@2\"}").is_none()
+        harness::metric(
+            &node.metrics().await,
+            "chorus_warm_workers{pool=\"noop@2\"}",
+        )
+        .is_none()
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_reports_unreachable_servers_plainly() {
-    let c = client::Client::new("127.0.0.1:1", client::Credentials { key_id: "k".into(), secret: "00".into() });
+    let c = client::Client::new(
+        "127.0.0.1:1",
+        client::Credentials {
+            key_id: "k".into(),
+            secret: "00".into(),
+        },
+    );
     assert!(matches!(c.job(JobId(1)).await, Err(ClientError::Http(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_returns_when_the_job_finishes_or_at_the_time_out() {
     let node = TestNode::start().await;
-    let slow = node.client.submit(&job("sleep", json!({ "ms": 5_000 }))).await.unwrap();
+    let slow = node
+        .client
+        .submit(&job("sleep", json!({ "ms": 5_000 })))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
-    let still = node.client.wait(slow.id, Duration::from_millis(300)).await.unwrap();
+    let still = node
+        .client
+        .wait(slow.id, Duration::from_millis(300))
+        .await
+        .unwrap();
     assert!(!still.state.is_terminal());
     assert!(started.elapsed() >= Duration::from_millis(300));
-    let done = node.client.wait(slow.id, Duration::from_secs(30)).await.unwrap();
+    let done = node
+        .client
+        .wait(slow.id, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(done.state, JobState::Succeeded);
 }
 
@@ -304,9 +485,15 @@ async fn metrics_cover_jobs_and_raft_and_pass_promtool() {
         "chorus_raft_commit_index",
         "chorus_raft_apply_lag",
     ] {
-        assert!(harness::metric(&text, sample).is_some(), "no sample {sample} in\n{text}");
+        assert!(
+            harness::metric(&text, sample).is_some(),
+            "no sample {sample} in\n{text}"
+        );
     }
-    assert_eq!(harness::metric(&text, "chorus_jobs{function=\"noop\",state=\"succeeded\"}"), Some(1.0));
+    assert_eq!(
+        harness::metric(&text, "chorus_jobs{function=\"noop\",state=\"succeeded\"}"),
+        Some(1.0)
+    );
     // promtool (Debian's prometheus package; CI installs it) must find nothing to complain about.
     let mut check = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -316,7 +503,12 @@ async fn metrics_cover_jobs_and_raft_and_pass_promtool() {
         .spawn()
         .expect("promtool is needed: apt-get install prometheus");
     use std::io::Write;
-    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = check.wait_with_output().unwrap();
     assert!(
         out.status.success(),
