@@ -41,6 +41,39 @@ pub struct FunctionSpec {
     /// Labels a node must have to run this function's jobs (e.g. `pool=realtime`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// Extra attempts of each job, each on a distinct node; what they are for is
+    /// [`FunctionSpec::backup_mode`].
+    #[serde(default)]
+    pub backups: u32,
+    #[serde(default)]
+    pub backup_mode: BackupMode,
+    /// Mode `hedge`: how long the newest attempt runs without a result before the next
+    /// backup starts.
+    #[serde(default = "default_hedge_delay_ms")]
+    pub hedge_delay_ms: u64,
+}
+
+/// What a function's backups are for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupMode {
+    /// `1 + backups` attempts start together on distinct nodes and all run to completion;
+    /// every output is kept (on its attempt). The job succeeds if any of them does.
+    #[default]
+    All,
+    /// One attempt starts; while it runs longer than `hedge_delay_ms` without a result,
+    /// another starts on a node not running the job, up to `backups` more. The first success
+    /// wins and the others are stopped (`superseded`).
+    Hedge,
+}
+
+impl BackupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::All => "all",
+            BackupMode::Hedge => "hedge",
+        }
+    }
 }
 
 /// Where the code of a function lives.
@@ -76,6 +109,13 @@ fn default_timeout_ms() -> u64 {
 fn default_idle_timeout_ms() -> u64 {
     60_000
 }
+
+fn default_hedge_delay_ms() -> u64 {
+    5_000
+}
+
+/// Backups per job at most: each one holds a slot on another node.
+pub const BACKUPS_MAX: u32 = 8;
 
 /// Attempts in all may not exceed this, whatever a spec asks.
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
@@ -121,6 +161,16 @@ impl RetryPolicy {
 }
 
 impl FunctionSpec {
+    /// Whether the job's attempts all run to completion, each keeping its output.
+    pub fn keeps_all_attempts(&self) -> bool {
+        self.backups > 0 && self.backup_mode == BackupMode::All
+    }
+
+    /// Whether slow attempts get a hedge.
+    pub fn hedges(&self) -> bool {
+        self.backups > 0 && self.backup_mode == BackupMode::Hedge
+    }
+
     /// A built-in function with default limits.
     pub fn builtin(name: &str) -> FunctionSpec {
         FunctionSpec {
@@ -135,6 +185,9 @@ impl FunctionSpec {
             idle_timeout_ms: default_idle_timeout_ms(),
             strategy: None,
             labels: Vec::new(),
+            backups: 0,
+            backup_mode: BackupMode::All,
+            hedge_delay_ms: default_hedge_delay_ms(),
         }
     }
 
@@ -175,6 +228,9 @@ impl FunctionSpec {
         }
         if self.timeout_ms == 0 {
             return Err("timeout_ms must be positive".into());
+        }
+        if self.backups > BACKUPS_MAX {
+            return Err(format!("backups must be 0 to {BACKUPS_MAX}"));
         }
         Ok(())
     }

@@ -60,7 +60,8 @@ pub struct JobError {
     pub message: String,
 }
 
-/// One try of a job on one node.
+/// One try of a job on one node. It is live (running, or waiting for a slot on its node)
+/// while its job is running and it has no `finished_at_ms`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub id: AttemptId,
@@ -68,6 +69,13 @@ pub struct Attempt {
     pub started_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// This attempt's own output, kept when its function's backups all run to completion
+    /// (mode `all`); otherwise the job's output is the only copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// Object keys this attempt produced (mode `all`, as `output`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     /// Bytes of stderr kept for this attempt (0: no log).
@@ -90,6 +98,10 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     pub state: JobState,
     pub attempts: Vec<Attempt>,
+    /// Times the job went from queued to running: the retry policy counts these, so a job
+    /// with backups uses one try for all the attempts that run together.
+    #[serde(default)]
+    pub tries: u32,
     pub submitted_at_ms: u64,
     /// A queued job is not started before this time (retry back-off).
     pub not_before_ms: u64,
@@ -97,7 +109,8 @@ pub struct Job {
     pub finished_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
-    /// Object keys of the files the successful attempt produced.
+    /// Object keys of the files the successful attempt produced (every successful attempt's
+    /// in mode `all`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,11 +118,16 @@ pub struct Job {
 }
 
 impl Job {
-    /// The attempt that is running now, if the job is running.
-    pub fn current_attempt(&self) -> Option<&Attempt> {
-        match self.state {
-            JobState::Running => self.attempts.last(),
-            _ => None,
-        }
+    /// The attempts running now (more than one with backups), on distinct nodes.
+    pub fn live_attempts(&self) -> impl Iterator<Item = &Attempt> {
+        let running = self.state == JobState::Running;
+        self.attempts
+            .iter()
+            .filter(move |a| running && a.finished_at_ms.is_none())
+    }
+
+    /// The live attempt on `node`, if any.
+    pub fn live_attempt_on(&self, node: NodeId) -> Option<&Attempt> {
+        self.live_attempts().find(|a| a.node == node)
     }
 }

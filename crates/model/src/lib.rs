@@ -16,7 +16,9 @@ mod state;
 
 pub use code::{ApiError, ErrorCode};
 pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
-pub use function::{FunctionKind, FunctionSpec, RetryPolicy, FUNCTION_NAME_LEN_MAX};
+pub use function::{
+    BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
+};
 pub use ids::{AttemptId, JobId, KeyId, NodeId};
 pub use job::{Attempt, Job, JobError, JobState};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};

@@ -3,7 +3,8 @@
 //! Invariants (checked by `debug_assert_invariants` in tests):
 //! - a job is in `queue` iff it is queued and due now-or-never-delayed, in `delayed` iff it is
 //!   queued with a back-off; never both;
-//! - a job is in `running[node]` iff it is running and its last attempt is on `node`;
+//! - a job is in `running[node]` iff it is running and has a live attempt on `node` (at most
+//!   one per node: backups run on distinct nodes);
 //! - an idempotency key maps to exactly one job, which carries that key.
 
 use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
@@ -198,7 +199,7 @@ impl State {
         self.delayed.first().map(|(t, _)| *t)
     }
 
-    /// Jobs whose current attempt runs on `node`.
+    /// Jobs with a live attempt on `node`.
     pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Job> {
         self.running
             .get(&node)
@@ -419,6 +420,7 @@ impl State {
             output: None,
             objects: Vec::new(),
             error: None,
+            tries: 0,
         };
         self.jobs.insert(id, job);
         self.index_insert(id);
@@ -428,24 +430,25 @@ impl State {
     fn start(&mut self, now_ms: u64, node: NodeId, jobs: Vec<JobId>) -> Response {
         let mut started = Vec::with_capacity(jobs.len());
         for id in jobs {
-            // A job may have been cancelled or started since the leader chose it.
-            let startable = self
-                .jobs
-                .get(&id)
-                .is_some_and(|job| job.state == JobState::Queued);
-            if !startable {
+            // A job may have been cancelled, finished or started here since the leader chose it.
+            if !self.startable(id, node) {
                 continue;
             }
             self.index_remove(id);
             self.next_attempt_id += 1;
             let attempt = AttemptId(self.next_attempt_id);
-            let job = self.jobs.get_mut(&id).expect("checked above");
-            job.state = JobState::Running;
+            let job = self.jobs.get_mut(&id).expect("startable jobs exist");
+            if job.state == JobState::Queued {
+                job.state = JobState::Running;
+                job.tries += 1;
+            }
             job.attempts.push(Attempt {
                 id: attempt,
                 node,
                 started_at_ms: now_ms,
                 finished_at_ms: None,
+                output: None,
+                objects: Vec::new(),
                 error: None,
                 log_bytes: 0,
             });
@@ -453,6 +456,54 @@ impl State {
             started.push((id, attempt));
         }
         Response::Started(started)
+    }
+
+    /// A queued job may start anywhere; a running one may get a backup on a node it does not
+    /// run on yet, while it has fewer live attempts than its function allows.
+    fn startable(&self, id: JobId, node: NodeId) -> bool {
+        let Some(job) = self.jobs.get(&id) else {
+            return false;
+        };
+        match job.state {
+            JobState::Queued => true,
+            JobState::Running => {
+                let wanted =
+                    1 + self.functions.get(&job.function).map_or(0, |f| f.backups) as usize;
+                job.live_attempts().count() < wanted && job.live_attempt_on(node).is_none()
+            }
+            _ => false,
+        }
+    }
+
+    /// Running jobs that want a hedge at `now_ms`: their function hedges, they have fewer live
+    /// attempts than it allows, and the newest has run `hedge_delay_ms` without a result.
+    /// Each comes with the nodes it runs on (a hedge goes elsewhere). Also returns when the
+    /// next hedge falls due, if one will.
+    pub fn hedges_due(&self, now_ms: u64) -> (Vec<(JobId, Vec<NodeId>)>, Option<u64>) {
+        let mut due = Vec::new();
+        let mut next_ms: Option<u64> = None;
+        if !self.functions.values().any(FunctionSpec::hedges) {
+            return (due, next_ms);
+        }
+        let running: BTreeSet<JobId> = self.running.values().flatten().copied().collect();
+        for id in running {
+            let job = &self.jobs[&id];
+            let Some(f) = self.functions.get(&job.function).filter(|f| f.hedges()) else {
+                continue;
+            };
+            let live: Vec<&Attempt> = job.live_attempts().collect();
+            let newest_ms = live.iter().map(|a| a.started_at_ms).max().unwrap_or(now_ms);
+            if live.len() > f.backups as usize {
+                continue;
+            }
+            let at_ms = newest_ms.saturating_add(f.hedge_delay_ms);
+            if at_ms <= now_ms {
+                due.push((id, live.iter().map(|a| a.node).collect()));
+            } else {
+                next_ms = Some(next_ms.map_or(at_ms, |t| t.min(at_ms)));
+            }
+        }
+        (due, next_ms)
     }
 
     fn finish(&mut self, now_ms: u64, results: Vec<AttemptResult>) -> Response {
@@ -467,15 +518,18 @@ impl State {
         Response::Finished { taken, stale }
     }
 
-    /// Records one attempt's end. Returns false (and changes nothing) when the result is
-    /// stale: the job is not running that attempt any more (fencing).
+    /// Records one attempt's end. Returns false (and changes nothing but the log size) when
+    /// the result is stale: the attempt is not live any more (fencing).
+    ///
+    /// The job ends when its last live attempt does: succeeded if one of them succeeded,
+    /// else queued again or failed by its retry policy. Without backups, or in mode `hedge`,
+    /// the first success ends the job at once and stops the other attempts (`superseded`).
     fn finish_one(&mut self, now_ms: u64, result: AttemptResult) -> bool {
-        let current = self
+        let live = self
             .jobs
             .get(&result.job)
-            .and_then(Job::current_attempt)
-            .map(|a| a.id);
-        if current != Some(result.attempt) {
+            .is_some_and(|job| job.live_attempts().any(|a| a.id == result.attempt));
+        if !live {
             // Still record the log size of a superseded attempt, so its log can be read.
             if let Some(a) = self.attempt_mut(result.job, result.attempt) {
                 a.log_bytes = result.log_bytes;
@@ -483,38 +537,66 @@ impl State {
             return false;
         }
         self.index_remove(result.job);
-        let retry = self
-            .functions
-            .get(&self.jobs[&result.job].function)
-            .map(|f| f.retry.clone());
+        let spec = self.functions.get(&self.jobs[&result.job].function);
+        let retry = spec.map(|f| f.retry.clone()).unwrap_or_default();
+        let keep_all = spec.is_some_and(FunctionSpec::keeps_all_attempts);
         let job = self
             .jobs
             .get_mut(&result.job)
-            .expect("current attempt exists");
-        let attempt_no = job.attempts.len() as u32;
-        let attempt = job.attempts.last_mut().expect("running job has an attempt");
+            .expect("live attempts have a job");
+        let attempt = job
+            .attempts
+            .iter_mut()
+            .find(|a| a.id == result.attempt)
+            .expect("checked live");
         attempt.finished_at_ms = Some(now_ms);
         attempt.log_bytes = result.log_bytes;
         match result.outcome {
+            Outcome::Succeeded { output, objects } if keep_all => {
+                attempt.output = Some(output.clone());
+                attempt.objects = objects.clone();
+                job.output.get_or_insert(output);
+                job.objects.extend(objects);
+                job.error = None;
+            }
             Outcome::Succeeded { output, objects } => {
-                job.state = JobState::Succeeded;
                 job.output = Some(output);
                 job.objects = objects;
                 job.error = None;
-                job.finished_at_ms = Some(now_ms);
+                let superseded = JobError {
+                    code: "superseded".into(),
+                    message: "another attempt succeeded first".into(),
+                };
+                for other in job
+                    .attempts
+                    .iter_mut()
+                    .filter(|a| a.finished_at_ms.is_none())
+                {
+                    other.finished_at_ms = Some(now_ms);
+                    other.error = Some(superseded.clone());
+                }
             }
             Outcome::Failed(error) => {
                 attempt.error = Some(error.clone());
-                let retry = retry.unwrap_or_default();
-                if retry.retries(&error.code, attempt_no) {
+                if job.output.is_none() {
+                    job.error = Some(error);
+                }
+            }
+        }
+        if job.attempts.iter().all(|a| a.finished_at_ms.is_some()) {
+            if job.output.is_some() {
+                job.state = JobState::Succeeded;
+                job.finished_at_ms = Some(now_ms);
+            } else {
+                let code = job.error.as_ref().map_or("", |e| e.code.as_str());
+                if retry.retries(code, job.tries) {
                     job.state = JobState::Queued;
-                    let seed = job.id.0 ^ (u64::from(attempt_no) << 48);
-                    job.not_before_ms = now_ms + retry.backoff_ms(attempt_no, seed);
+                    let seed = job.id.0 ^ (u64::from(job.tries) << 48);
+                    job.not_before_ms = now_ms + retry.backoff_ms(job.tries, seed);
                 } else {
                     job.state = JobState::Failed;
                     job.finished_at_ms = Some(now_ms);
                 }
-                job.error = Some(error);
             }
         }
         self.index_insert(result.job);
@@ -539,10 +621,10 @@ impl State {
         }
         self.index_remove(id);
         let job = self.jobs.get_mut(&id).expect("checked above");
-        if let Some(attempt) = job
+        for attempt in job
             .attempts
-            .last_mut()
-            .filter(|_| previous == JobState::Running)
+            .iter_mut()
+            .filter(|a| a.finished_at_ms.is_none())
         {
             attempt.finished_at_ms = Some(now_ms);
             attempt.error = Some(JobError {
@@ -572,9 +654,8 @@ impl State {
             .map(|&job| AttemptResult {
                 job,
                 attempt: self.jobs[&job]
-                    .attempts
-                    .last()
-                    .expect("running job has an attempt")
+                    .live_attempt_on(node)
+                    .expect("running index is exact")
                     .id,
                 outcome: Outcome::Failed(JobError {
                     code: code.clone(),
@@ -599,12 +680,9 @@ impl State {
                 self.queue.insert((Reverse(job.priority), id));
             }
             JobState::Running => {
-                let node = job
-                    .attempts
-                    .last()
-                    .expect("running job has an attempt")
-                    .node;
-                self.running.entry(node).or_default().insert(id);
+                for attempt in job.live_attempts() {
+                    self.running.entry(attempt.node).or_default().insert(id);
+                }
             }
             _ => {}
         }
@@ -618,13 +696,10 @@ impl State {
                 self.delayed.remove(&(job.not_before_ms, id));
             }
             JobState::Running => {
-                let node = job
-                    .attempts
-                    .last()
-                    .expect("running job has an attempt")
-                    .node;
-                if let Some(set) = self.running.get_mut(&node) {
-                    set.remove(&id);
+                for attempt in job.live_attempts() {
+                    if let Some(set) = self.running.get_mut(&attempt.node) {
+                        set.remove(&id);
+                    }
                 }
             }
             _ => {}

@@ -2,7 +2,8 @@
 
 use expect_test::{expect, Expect};
 use model::{
-    AttemptResult, Command, FunctionSpec, JobError, JobId, JobSpec, Outcome, Response, State,
+    AttemptResult, BackupMode, Command, FunctionSpec, JobError, JobId, JobSpec, JobState, Outcome,
+    Response, State,
 };
 use serde_json::json;
 
@@ -58,25 +59,25 @@ fn check(commands: Vec<Command>, expected: Expect) {
             .attempts
             .iter()
             .map(|a| {
-                format!(
-                    "{}@{}{}",
-                    a.id,
-                    a.started_at_ms,
-                    a.error
-                        .as_ref()
-                        .map(|e| format!(":{}", e.code))
-                        .unwrap_or_default()
-                )
+                let error = a
+                    .error
+                    .as_ref()
+                    .map(|e| format!(":{}", e.code))
+                    .unwrap_or_default();
+                let output = if a.output.is_some() { "+output" } else { "" };
+                format!("{}@{}n{}{error}{output}", a.id, a.started_at_ms, a.node)
             })
             .collect();
         lines.push(format!(
-            "job {} {} p{} {:?} not_before={} attempts=[{}]",
+            "job {} {} p{} {:?} tries={} not_before={} attempts=[{}] objects={:?}",
             job.id,
             job.function,
             job.priority,
             job.state,
+            job.tries,
             job.not_before_ms,
-            attempts.join(" ")
+            attempts.join(" "),
+            job.objects
         ));
     }
     lines.push(format!(
@@ -92,6 +93,18 @@ fn check(commands: Vec<Command>, expected: Expect) {
 
 fn short(r: &Response) -> String {
     serde_json::to_string(r).unwrap()
+}
+
+fn succeeded_with(job: u64, attempt: u64, object: &str) -> AttemptResult {
+    AttemptResult {
+        job: JobId(job),
+        attempt: model::AttemptId(attempt),
+        outcome: Outcome::Succeeded {
+            output: json!({ "object": object }),
+            objects: vec![object.into()],
+        },
+        log_bytes: 0,
+    }
 }
 
 fn setup() -> Vec<Command> {
@@ -144,8 +157,8 @@ fn jobs_start_in_priority_order_and_finish() {
             -> {"submitted":[{"created":1},{"created":2},{"rejected":{"code":"not_found","message":"no function \"nope\""}}]}
             -> {"started":[[2,1],[1,2]]}
             -> {"finished":{"taken":1,"stale":1}}
-            job 1 noop p0 Running not_before=0 attempts=[2@200]
-            job 2 noop p5 Succeeded not_before=0 attempts=[1@200]
+            job 1 noop p0 Running tries=1 not_before=0 attempts=[2@200n1] objects=[]
+            job 2 noop p5 Succeeded tries=1 not_before=0 attempts=[1@200n1] objects=[]
             due at 10000: []"#]],
     );
 }
@@ -190,8 +203,8 @@ fn failures_retry_with_back_off_until_attempts_run_out() {
             -> {"finished":{"taken":2,"stale":0}}
             -> {"started":[[1,3]]}
             -> {"finished":{"taken":1,"stale":0}}
-            job 1 fail p0 Failed not_before=499 attempts=[1@200:flaky 3@600:flaky]
-            job 2 fail p0 Failed not_before=0 attempts=[2@200:invalid_input]
+            job 1 fail p0 Failed tries=2 not_before=499 attempts=[1@200n1:flaky 3@600n1:flaky] objects=[]
+            job 2 fail p0 Failed tries=1 not_before=0 attempts=[2@200n1:invalid_input] objects=[]
             due at 10000: []"#]],
     );
 }
@@ -251,8 +264,8 @@ fn idempotency_keys_cancel_and_abandoned_nodes() {
             -> {"rejected":{"code":"not_found","message":"no job 99"}}
             -> {"abandoned":{"attempts":1}}
             -> {"finished":{"taken":0,"stale":1}}
-            job 1 noop p0 Queued not_before=499 attempts=[1@200:node_restarted]
-            job 2 noop p0 Cancelled not_before=0 attempts=[2@200:cancelled]
+            job 1 noop p0 Queued tries=1 not_before=499 attempts=[1@200n1:node_restarted] objects=[]
+            job 2 noop p0 Cancelled tries=1 not_before=0 attempts=[2@200n1:cancelled] objects=[]
             due at 10000: [1]"#]],
     );
 }
@@ -279,8 +292,192 @@ fn a_placed_submit_starts_its_jobs_in_the_same_entry() {
             -> {"deployed":{"version":1}}
             -> "done"
             -> {"submitted":[{"created":1},{"created":2},{"existing":1}]}
-            job 1 noop p0 Running not_before=0 attempts=[1@100]
-            job 2 noop p0 Queued not_before=0 attempts=[]
+            job 1 noop p0 Running tries=1 not_before=0 attempts=[1@100n1] objects=[]
+            job 2 noop p0 Queued tries=0 not_before=0 attempts=[] objects=[]
             due at 10000: [2]"#]],
     );
+}
+
+fn with_backups(name: &str, backups: u32, mode: BackupMode) -> Command {
+    let mut spec = FunctionSpec::builtin(name);
+    spec.backups = backups;
+    spec.backup_mode = mode;
+    spec.hedge_delay_ms = 1_000;
+    spec.retry.max_attempts = 2;
+    Command::DeployFunction { spec }
+}
+
+fn node(id: u64) -> Command {
+    Command::RegisterNode {
+        id,
+        addr: format!("n{id}"),
+        slots: 2,
+        labels: Default::default(),
+        now_ms: 0,
+    }
+}
+
+#[test]
+fn backups_in_mode_all_run_to_completion_and_keep_every_output() {
+    let commands = vec![
+        with_backups("record", 2, BackupMode::All),
+        node(1),
+        node(2),
+        node(3),
+        Command::SubmitJobs {
+            now_ms: 100,
+            jobs: vec![job("record", 0, None), job("record", 0, None)],
+            place: vec![],
+        },
+        // The leader starts all three attempts of both jobs in one entry.
+        Command::Batch(vec![
+            Command::StartAttempts {
+                now_ms: 200,
+                node: 1,
+                jobs: vec![JobId(1), JobId(2)],
+            },
+            Command::StartAttempts {
+                now_ms: 200,
+                node: 2,
+                jobs: vec![JobId(1), JobId(2)],
+            },
+            Command::StartAttempts {
+                now_ms: 200,
+                node: 3,
+                jobs: vec![JobId(1), JobId(2)],
+            },
+            // A fourth attempt, or a second on the same node, is refused.
+            Command::StartAttempts {
+                now_ms: 200,
+                node: 3,
+                jobs: vec![JobId(1)],
+            },
+        ]),
+        // Job 1: a success does not end the job while the others run; a failure among them
+        // does not fail it.
+        Command::FinishAttempts {
+            now_ms: 300,
+            results: vec![succeeded_with(1, 1, "a"), failed(1, 3, "flaky")],
+        },
+        Command::FinishAttempts {
+            now_ms: 400,
+            results: vec![succeeded_with(1, 5, "c")],
+        },
+        // Job 2: every attempt fails: one retry for the three of them.
+        Command::FinishAttempts {
+            now_ms: 300,
+            results: vec![
+                failed(2, 2, "flaky"),
+                failed(2, 4, "flaky"),
+                failed(2, 6, "flaky"),
+            ],
+        },
+    ];
+    check(
+        commands,
+        expect![[r#"
+            -> {"deployed":{"version":1}}
+            -> "done"
+            -> "done"
+            -> "done"
+            -> {"submitted":[{"created":1},{"created":2}]}
+            -> {"batch":[{"started":[[1,1],[2,2]]},{"started":[[1,3],[2,4]]},{"started":[[1,5],[2,6]]},{"started":[]}]}
+            -> {"finished":{"taken":2,"stale":0}}
+            -> {"finished":{"taken":1,"stale":0}}
+            -> {"finished":{"taken":3,"stale":0}}
+            job 1 record p0 Succeeded tries=1 not_before=0 attempts=[1@200n1+output 3@200n2:flaky 5@200n3+output] objects=["a", "c"]
+            job 2 record p0 Queued tries=1 not_before=498 attempts=[2@200n1:flaky 4@200n2:flaky 6@200n3:flaky] objects=[]
+            due at 10000: [2]"#]],
+    );
+}
+
+#[test]
+fn hedges_start_late_on_other_nodes_and_the_first_success_wins() {
+    let mut state = State::default();
+    for command in [
+        with_backups("hedged", 1, BackupMode::Hedge),
+        node(1),
+        node(2),
+    ] {
+        state.apply(command);
+    }
+    state.apply(Command::SubmitJobs {
+        now_ms: 100,
+        jobs: vec![job("hedged", 0, None)],
+        place: vec![Some(1)],
+    });
+    // Not due before the delay; due after it, away from node 1.
+    assert_eq!(state.hedges_due(1_099), (vec![], Some(1_100)));
+    assert_eq!(state.hedges_due(1_100), (vec![(JobId(1), vec![1])], None));
+    state.apply(Command::StartAttempts {
+        now_ms: 1_100,
+        node: 2,
+        jobs: vec![JobId(1)],
+    });
+    state.assert_invariants();
+    // One backup allowed: nothing more is due, and a third attempt is refused.
+    assert_eq!(state.hedges_due(9_999), (vec![], None));
+    assert_eq!(
+        state.apply(Command::StartAttempts {
+            now_ms: 1_200,
+            node: 3,
+            jobs: vec![JobId(1)]
+        }),
+        Response::Started(vec![])
+    );
+    assert_eq!(state.running_count(1) + state.running_count(2), 2);
+    // The hedge wins; the first attempt is superseded and its late result is stale.
+    let finished = state.apply(Command::FinishAttempts {
+        now_ms: 1_300,
+        results: vec![succeeded_with(1, 2, "b")],
+    });
+    assert_eq!(finished, Response::Finished { taken: 1, stale: 0 });
+    let late = state.apply(Command::FinishAttempts {
+        now_ms: 5_000,
+        results: vec![succeeded_with(1, 1, "a")],
+    });
+    assert_eq!(late, Response::Finished { taken: 0, stale: 1 });
+    state.assert_invariants();
+    let job = state.job(JobId(1)).unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.objects, vec!["b".to_string()]);
+    assert_eq!(
+        job.attempts[0].error.as_ref().map(|e| e.code.as_str()),
+        Some("superseded")
+    );
+    assert_eq!(state.running_count(1) + state.running_count(2), 0);
+}
+
+#[test]
+fn a_failed_hedge_leaves_the_job_running_on_the_other_attempt() {
+    let mut state = State::default();
+    for command in [
+        with_backups("hedged", 1, BackupMode::Hedge),
+        node(1),
+        node(2),
+    ] {
+        state.apply(command);
+    }
+    state.apply(Command::SubmitJobs {
+        now_ms: 100,
+        jobs: vec![job("hedged", 0, None)],
+        place: vec![Some(1)],
+    });
+    state.apply(Command::StartAttempts {
+        now_ms: 1_100,
+        node: 2,
+        jobs: vec![JobId(1)],
+    });
+    state.apply(Command::FinishAttempts {
+        now_ms: 1_200,
+        results: vec![failed(1, 2, "flaky")],
+    });
+    assert_eq!(state.job(JobId(1)).unwrap().state, JobState::Running);
+    assert_eq!((state.running_count(1), state.running_count(2)), (1, 0));
+    state.apply(Command::FinishAttempts {
+        now_ms: 1_300,
+        results: vec![succeeded(1, 1)],
+    });
+    assert_eq!(state.job(JobId(1)).unwrap().state, JobState::Succeeded);
+    state.assert_invariants();
 }

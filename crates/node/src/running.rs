@@ -8,9 +8,9 @@
 //! 3. on success, files the worker wrote become objects under `jobs/{job}/{attempt}/`; any
 //!    stderr becomes `logs/{job}/{attempt}.log`;
 //! 4. the result goes to [`report`], which batches results into `FinishAttempts` entries;
-//! 5. if the state stops showing the attempt as this node's current one (cancelled, or
-//!    superseded), its task is cancelled and the worker killed. A late result from such an
-//!    attempt is fenced off by the state machine.
+//! 5. if the state stops showing the attempt as live on this node (cancelled, or superseded
+//!    by a hedge that succeeded first), its task is cancelled and the worker killed. A late
+//!    result from such an attempt is fenced off by the state machine.
 
 use crate::metrics::{FunctionLabels, OutcomeLabels};
 use crate::{now_ms, Node};
@@ -115,7 +115,10 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
             let mut assigned = HashMap::new();
             let mut new = Vec::new();
             for job in s.running_on(me) {
-                let attempt = job.attempts.last().expect("running job has an attempt").id;
+                let attempt = job
+                    .live_attempt_on(me)
+                    .expect("running_on lists jobs with a live attempt here")
+                    .id;
                 assigned.insert(job.id, attempt);
                 if local.get(&job.id).is_none_or(|(a, _)| *a != attempt) {
                     if let Some(function) = s.function(&job.function) {

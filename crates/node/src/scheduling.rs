@@ -81,16 +81,13 @@ pub(crate) fn place_new(node: &Node, specs: &[model::JobSpec]) -> Vec<Option<mod
         let config = config(s);
         let mut state = SchedulerState::new(&config);
         // Placeholder ids: the real ones are assigned when the entry is applied.
+        // Jobs whose backups start together are left to the loop: one node per job here.
         let pending: Vec<PendingJob> = specs
             .iter()
             .enumerate()
-            .map(|(i, spec)| {
-                let mut p = PendingJob::new(model::JobId(u64::MAX - i as u64));
-                if let Some(f) = s.function(&spec.function) {
-                    p.strategy = f.strategy.as_deref().and_then(|v| v.parse().ok());
-                    p.required_labels = f.labels.iter().cloned().collect();
-                }
-                p
+            .filter_map(|(i, spec)| {
+                let f = s.function(&spec.function)?;
+                (!f.keeps_all_attempts()).then(|| pending_job(model::JobId(u64::MAX - i as u64), f))
             })
             .collect();
         let placement = scheduler::place(&config, &mut state, &view(s), &pending);
@@ -108,7 +105,10 @@ pub(crate) async fn run(node: Node) {
     let mut applied = node.inner.registry.applied();
     let mut state: Option<SchedulerState> = None;
     loop {
-        let next_due = node.read(|s| s.next_due_ms());
+        let next_due = node.read(|s| {
+            let next_hedge = s.hedges_due(now_ms()).1;
+            s.next_due_ms().into_iter().chain(next_hedge).min()
+        });
         let wait = next_due.map_or(IDLE_TICK, |due| {
             Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_TICK)
         });
@@ -135,18 +135,22 @@ pub(crate) async fn run(node: Node) {
             if free == 0 {
                 return None;
             }
-            let due: Vec<PendingJob> = s
-                .due_jobs(now, free as usize)
-                .iter()
-                .map(|j| {
-                    let mut p = PendingJob::new(j.id);
-                    if let Some(f) = s.function(&j.function) {
-                        p.strategy = f.strategy.as_deref().and_then(|v| v.parse().ok());
-                        p.required_labels = f.labels.iter().cloned().collect();
-                    }
-                    p
+            // Hedges first: they are few, and each is a job already late.
+            let (hedges, _) = s.hedges_due(now);
+            let mut due: Vec<PendingJob> = hedges
+                .into_iter()
+                .filter_map(|(id, running_on)| {
+                    let mut p = pending_job(id, s.function(&s.job(id)?.function)?);
+                    p.backups = 0;
+                    p.excluded = running_on.into_iter().collect();
+                    Some(p)
                 })
                 .collect();
+            due.extend(
+                s.due_jobs(now, free as usize)
+                    .iter()
+                    .filter_map(|j| Some(pending_job(j.id, s.function(&j.function)?))),
+            );
             if due.is_empty() {
                 return None;
             }
@@ -156,19 +160,33 @@ pub(crate) async fn run(node: Node) {
         for change in &placement.breaker_changes {
             tracing::warn!(node = change.node, cpu_percent = change.cpu_percent, breaker = ?change.breaker, "alert: CPU circuit breaker changed");
         }
-        for (target, jobs) in placement.attempts {
-            tracing::debug!(node = target, jobs = jobs.len(), "starting attempts");
-            if let Err(e) = node
-                .propose(Command::StartAttempts {
-                    now_ms: now,
-                    node: target,
-                    jobs,
-                })
-                .await
-            {
-                tracing::warn!(error = %e, "could not start attempts");
-                break;
-            }
+        // One entry for every node's attempts: a job's backups start together or not at all.
+        let mut starts: Vec<Command> = placement
+            .attempts
+            .into_iter()
+            .map(|(target, jobs)| Command::StartAttempts {
+                now_ms: now,
+                node: target,
+                jobs,
+            })
+            .collect();
+        let command = match starts.len() {
+            0 => continue,
+            1 => starts.remove(0),
+            _ => Command::Batch(starts),
+        };
+        if let Err(e) = node.propose(command).await {
+            tracing::warn!(error = %e, "could not start attempts");
         }
     }
+}
+
+/// A job as the scheduler sees it: its function's strategy, labels and backups (started
+/// together in mode `all`; a hedge is placed on its own, later).
+fn pending_job(id: model::JobId, f: &model::FunctionSpec) -> PendingJob {
+    let mut p = PendingJob::new(id);
+    p.strategy = f.strategy.as_deref().and_then(|v| v.parse().ok());
+    p.required_labels = f.labels.iter().cloned().collect();
+    p.backups = if f.keeps_all_attempts() { f.backups } else { 0 };
+    p
 }

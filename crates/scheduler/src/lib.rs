@@ -13,7 +13,8 @@
 //! 2. Every up node's CPU breaker takes one step (below); each change is reported in
 //!    [`Placement::breaker_changes`].
 //! 3. Each job in turn, in the given order:
-//!    1. its candidates are the nodes that carry all of its required labels, are up, not
+//!    1. its candidates are the nodes that carry all of its required labels, are not in its
+//!       `excluded` set (a hedge goes where its job does not run yet), are up, not
 //!       draining, of non-zero weight, with a closed breaker and assigned below capacity;
 //!    2. it wants `1 + backups` attempts on distinct nodes; if there are not enough nodes it
 //!       is left queued with a [`Reason`], and it never gets only some of them;

@@ -59,6 +59,9 @@ pub struct PendingJob {
     pub required_labels: BTreeSet<String>,
     /// Extra attempts to start at once, each on a distinct node (so `1 + backups` in all).
     pub backups: u32,
+    /// Nodes it must not go to: a running job getting a hedge goes to a node it does not
+    /// run on yet.
+    pub excluded: BTreeSet<NodeId>,
 }
 
 impl PendingJob {
@@ -69,6 +72,7 @@ impl PendingJob {
             strategy: None,
             required_labels: BTreeSet::new(),
             backups: 0,
+            excluded: BTreeSet::new(),
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Unplaced {
 pub enum Reason {
     /// No node in the view carries every required label: it waits for the cluster to change.
     NoNodeWithLabels,
+    /// Every node that carries the labels is excluded (a hedge with nowhere else to go).
+    AllExcluded,
     /// Fewer nodes that carry the labels, are up, not draining and of non-zero weight than the
     /// distinct nodes it asks for: it waits for the cluster to change.
     TooFewNodes { wanted: u32, usable: u32 },
@@ -160,6 +166,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NoNodeWithLabels => write!(f, "no node carries the required labels"),
+            Reason::AllExcluded => write!(f, "every node with the labels is excluded"),
             Reason::TooFewNodes { wanted, usable } => {
                 write!(f, "needs {wanted} distinct nodes up, not draining, with the labels; there are {usable}")
             }
@@ -225,13 +232,14 @@ pub fn place(
 
     let (mut slots, breaker_changes) = step_breakers(config, state, &views);
     let mut rng = SplitMix64::new(state.rng_state);
-    let mut groups: BTreeMap<&BTreeSet<String>, LabelGroup> = BTreeMap::new();
+    // Candidate groups by (labels, excluded nodes): most jobs share both, so most share one.
+    let mut groups: BTreeMap<(&BTreeSet<String>, &BTreeSet<NodeId>), LabelGroup> = BTreeMap::new();
     let mut unplaced = Vec::new();
     let mut candidates = Vec::with_capacity(slots.len());
     let mut chosen = Vec::new();
     for job in jobs {
         let group = groups
-            .entry(&job.required_labels)
+            .entry((&job.required_labels, &job.excluded))
             .or_insert_with(|| label_group(&views, &slots, job));
         let strategy = job.strategy.unwrap_or(config.default_strategy);
         let placed = place_job(
@@ -326,7 +334,9 @@ fn step_breakers(
 
 fn label_group(views: &[&NodeView], slots: &[Slot], job: &PendingJob) -> LabelGroup {
     let members: Vec<usize> = (0..views.len())
-        .filter(|&i| job.required_labels.is_subset(&views[i].labels))
+        .filter(|&i| {
+            job.required_labels.is_subset(&views[i].labels) && !job.excluded.contains(&views[i].id)
+        })
         .collect();
     let usable = members.iter().filter(|&&i| slots[i].usable).count() as u32;
     LabelGroup { members, usable }
@@ -342,8 +352,11 @@ fn place_job(
     candidates: &mut Vec<usize>,
     chosen: &mut Vec<usize>,
 ) -> Result<(), Reason> {
-    if group.members.is_empty() {
+    if group.members.is_empty() && job.excluded.is_empty() {
         return Err(Reason::NoNodeWithLabels);
+    }
+    if group.members.is_empty() {
+        return Err(Reason::AllExcluded);
     }
     let wanted = job.backups.saturating_add(1);
     if group.usable < wanted {

@@ -552,6 +552,40 @@ fn backups_stay_unplaced_without_enough_distinct_nodes() {
     .assert_eq(&render_jobs(&placement));
 }
 
+#[test]
+fn a_hedge_goes_to_a_node_not_running_its_job() {
+    let nodes = [
+        NodeView::new(1, 10, 0),
+        NodeView::new(2, 10, 5),
+        NodeView::new(3, 10, 0),
+    ];
+    // Jobs 1 and 2 run on nodes 1 and 3; the emptiest nodes are exactly the excluded ones.
+    let hedge = |id, running_on: &[NodeId]| PendingJob {
+        excluded: running_on.iter().copied().collect(),
+        ..PendingJob::new(JobId(id))
+    };
+    check_backups(
+        &nodes,
+        &[hedge(1, &[1, 3]), hedge(2, &[1, 2, 3])],
+        expect![[r#"
+            least-request:
+            node 2: [1]
+            job 2: every node with the labels is excluded
+            cpu-load:
+            node 2: [1]
+            job 2: every node with the labels is excluded
+            concurrency:
+            node 2: [1]
+            job 2: every node with the labels is excluded
+            weighted-round-robin:
+            node 2: [1]
+            job 2: every node with the labels is excluded
+            random:
+            node 2: [1]
+            job 2: every node with the labels is excluded"#]],
+    );
+}
+
 // --- CPU breaker --------------------------------------------------------------------------
 
 /// Node 1 goes through `cpu_percents`, one call each, next to a cool node 2. Each call places

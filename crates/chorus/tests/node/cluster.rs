@@ -223,3 +223,120 @@ async fn a_learner_replaces_a_voter_that_is_gone() {
         );
     }
 }
+
+/// A command function from a shell script: `sh -c SCRIPT`, each request one line on stdin.
+fn script_function(name: &str, script: &str) -> model::FunctionSpec {
+    let mut spec = model::FunctionSpec::builtin(name);
+    spec.kind = model::FunctionKind::Command;
+    spec.command = vec!["sh".into(), "-c".into(), script.into()];
+    spec
+}
+
+fn one(function: &str) -> Vec<JobSpec> {
+    vec![JobSpec {
+        function: function.into(),
+        input: json!({}),
+        files: vec![],
+        priority: 0,
+        idempotency_key: None,
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_in_mode_all_run_everywhere_and_keep_every_output() {
+    let nodes = cluster().await;
+    // Each attempt writes a file into its out dir and answers with its own process id.
+    let mut spec = script_function(
+        "record",
+        r#"while IFS= read -r line; do
+             out=$(printf '%s' "$line" | sed 's/.*"out_dir":"\([^"]*\)".*/\1/')
+             sleep 0.2; echo "take $$" > "$out/take.txt"
+             printf '{"output":{"pid":%s}}\n' $$
+           done"#,
+    );
+    spec.backups = 2;
+    nodes[0].client.deploy(&spec).await.unwrap();
+    let ids = submit(&nodes[1], &[one("record"), one("record")].concat()).await;
+    for id in ids {
+        let job = must_finish(&nodes[0].client, id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        let on: BTreeSet<u64> = job.attempts.iter().map(|a| a.node).collect();
+        assert_eq!(
+            (job.attempts.len(), on.len()),
+            (3, 3),
+            "three attempts on three nodes: {job:?}"
+        );
+        assert_eq!(job.tries, 1);
+        let mut pids = BTreeSet::new();
+        for attempt in &job.attempts {
+            assert!(attempt.error.is_none(), "{job:?}");
+            pids.insert(
+                attempt
+                    .output
+                    .as_ref()
+                    .expect("every attempt keeps its output")["pid"]
+                    .as_u64()
+                    .unwrap(),
+            );
+            assert_eq!(
+                attempt.objects,
+                vec![format!("jobs/{id}/{}/take.txt", attempt.id)]
+            );
+            // Each take is stored by the node that recorded it.
+            let ran = nodes.iter().find(|n| n.id() == attempt.node).unwrap();
+            let take = ran.client.get_object(&attempt.objects[0]).await.unwrap();
+            assert!(take.starts_with(b"take "), "{take:?}");
+        }
+        assert_eq!(pids.len(), 3, "three processes: {job:?}");
+        assert_eq!(job.objects.len(), 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_overtakes_a_straggler_which_is_then_stopped() {
+    let nodes = cluster().await;
+    // The first attempt to run takes the marker and straggles; any later one answers at once.
+    let marker = nodes[0].dir.path().join("straggler");
+    let mut spec = script_function(
+        "hedged",
+        r#"while IFS= read -r line; do
+             if mkdir "$MARKER" 2>/dev/null; then sleep 30; fi
+             printf '{"output":{"pid":%s}}\n' $$
+           done"#,
+    );
+    spec.env
+        .insert("MARKER".into(), marker.display().to_string());
+    spec.backups = 1;
+    spec.backup_mode = model::BackupMode::Hedge;
+    spec.hedge_delay_ms = 300;
+    nodes[0].client.deploy(&spec).await.unwrap();
+    let id = submit(&nodes[2], &one("hedged")).await[0];
+    let job = must_finish(&nodes[0].client, id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts.len(), 2, "{job:?}");
+    let (straggler, hedge) = (&job.attempts[0], &job.attempts[1]);
+    assert_ne!(straggler.node, hedge.node);
+    assert!(
+        hedge.started_at_ms >= straggler.started_at_ms + 300,
+        "the hedge waited its delay: {job:?}"
+    );
+    assert!(
+        job.finished_at_ms.unwrap() < straggler.started_at_ms + 10_000,
+        "the hedge won: {job:?}"
+    );
+    assert_eq!(
+        straggler.error.as_ref().map(|e| e.code.as_str()),
+        Some("superseded")
+    );
+    assert!(marker.exists());
+    // The straggler's node stops it: nothing runs there any more.
+    wait_until("the straggler is stopped", || async {
+        let list = nodes[0].client.nodes().await.unwrap();
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["running"].as_u64() == Some(0))
+    })
+    .await;
+}
