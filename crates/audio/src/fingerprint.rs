@@ -5,6 +5,7 @@
 //! fingerprint in URL-safe base64 without padding. We do the same from the
 //! shared decode, so the strings compare equal.
 
+use dsp::polyphase::{Design, Polyphase};
 use rusty_chromaprint::{Configuration, FingerprintCompressor, Fingerprinter};
 
 use crate::AudioError;
@@ -29,19 +30,25 @@ pub fn fingerprint(
     channels: usize,
     rate_hz: u32,
 ) -> Result<Fingerprint, AudioError> {
-    let config = Configuration::preset_test2();
-    let mut printer = Fingerprinter::new(&config);
     let frames_len = ((FINGERPRINT_LEN_S * f64::from(rate_hz)) as usize)
         .min(interleaved.len() / channels.max(1));
-    // fpcalc has ffmpeg convert to mono 11025 Hz before chromaprint sees the audio.
     let mixed = dsp::mono::downmix(&interleaved[..frames_len * channels], channels)?;
-    let mono = decimate(&mixed, rate_hz, config.sample_rate());
-    let (interleaved, channels, frames_len) = (&mono[..], 1usize, mono.len());
+    fingerprint_mono(&mixed, rate_hz)
+}
+
+/// Fingerprints the first [`FINGERPRINT_LEN_S`] of a downmixed signal (the
+/// average of the channels, as ffmpeg's downmix for fpcalc).
+pub fn fingerprint_mono(mono: &[f32], rate_hz: u32) -> Result<Fingerprint, AudioError> {
+    let config = Configuration::preset_test2();
+    let mut printer = Fingerprinter::new(&config);
+    let len = ((FINGERPRINT_LEN_S * f64::from(rate_hz)) as usize).min(mono.len());
+    // fpcalc has ffmpeg convert to mono 11025 Hz before chromaprint sees the audio.
+    let resampled = to_chromaprint_rate(&mono[..len], rate_hz, config.sample_rate())?;
     printer
         .start(config.sample_rate(), 1)
         .map_err(|err| AudioError::InvalidInput(format!("fingerprint set-up: {err:?}")))?;
-    let mut pcm: Vec<i16> = Vec::with_capacity(CHUNK_FRAMES_LEN * channels);
-    for chunk in interleaved[..frames_len * channels].chunks(CHUNK_FRAMES_LEN * channels) {
+    let mut pcm: Vec<i16> = Vec::with_capacity(CHUNK_FRAMES_LEN);
+    for chunk in resampled.chunks(CHUNK_FRAMES_LEN) {
         pcm.clear();
         // The same rounding and clipping as a 16-bit conversion in ffmpeg.
         pcm.extend(
@@ -60,77 +67,23 @@ pub fn fingerprint(
     })
 }
 
-/// Kaiser-windowed sinc resampler with the parameters ffmpeg's resampler
-/// uses by default (16 zero crossings each side, cutoff 0.97, beta 9, exact
-/// rational phases), since fpcalc converts to 11025 Hz through it.
-fn decimate(samples: &[f32], rate_hz: u32, target_hz: u32) -> Vec<f32> {
-    const FILTER_SIZE: f64 = 32.0;
-    const CUTOFF: f64 = 0.97;
-    const KAISER_BETA: f64 = 9.0;
+/// Resamples with the filter ffmpeg's resampler uses by default (32 taps per
+/// phase at 1:1, cutoff 0.97, Kaiser beta 9, exact rational phases), since
+/// fpcalc converts to 11025 Hz through it. Ratios that would need a huge
+/// filter bank fall back to the general resampler.
+fn to_chromaprint_rate(mono: &[f32], rate_hz: u32, target_hz: u32) -> Result<Vec<f32>, AudioError> {
+    const FFMPEG_DEFAULT: Design = Design {
+        filter_size: 32.0,
+        cutoff: 0.97,
+        kaiser_beta: 9.0,
+    };
     if rate_hz == target_hz {
-        return samples.to_vec();
+        return Ok(mono.to_vec());
     }
-    let gcd = gcd(rate_hz, target_hz);
-    let (step_in, phases) = ((rate_hz / gcd) as usize, (target_hz / gcd) as usize);
-    let factor = (f64::from(target_hz) * CUTOFF / f64::from(rate_hz)).min(1.0);
-    let taps_len = (FILTER_SIZE / factor).ceil() as usize;
-    let centre = (taps_len - 1) / 2;
-    let bank: Vec<Vec<f32>> = (0..phases)
-        .map(|phase| {
-            let taps: Vec<f64> = (0..taps_len)
-                .map(|i| {
-                    let offset = i as f64 - centre as f64 - phase as f64 / phases as f64;
-                    let x = std::f64::consts::PI * offset * factor;
-                    let sinc = if x == 0.0 { 1.0 } else { x.sin() / x };
-                    let w = 2.0 * offset / taps_len as f64;
-                    sinc * bessel_i0(KAISER_BETA * (1.0 - w * w).max(0.0).sqrt())
-                })
-                .collect();
-            let norm: f64 = taps.iter().sum();
-            taps.iter().map(|t| (t / norm) as f32).collect()
-        })
-        .collect();
-    let out_len = (samples.len() as u64 * u64::from(target_hz) / u64::from(rate_hz)) as usize;
-    // Zero padding on both sides keeps the inner loop a plain dot product
-    // over contiguous slices, which the compiler vectorises.
-    let mut padded = vec![0.0f32; centre];
-    padded.extend_from_slice(samples);
-    padded.resize(padded.len() + taps_len, 0.0);
-    (0..out_len)
-        .map(|n| {
-            let position = n * step_in;
-            let (index, phase) = (position / phases, position % phases);
-            let window = &padded[index..index + taps_len];
-            bank[phase]
-                .iter()
-                .zip(window)
-                .map(|(tap, sample)| tap * sample)
-                .sum::<f32>()
-        })
-        .collect()
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-/// Modified Bessel function of the first kind, order 0 (power series).
-fn bessel_i0(x: f64) -> f64 {
-    let mut sum = 1.0;
-    let mut term = 1.0;
-    let half_sq = x * x / 4.0;
-    for k in 1..64 {
-        term *= half_sq / (k * k) as f64;
-        sum += term;
-        if term < sum * 1e-17 {
-            break;
-        }
-    }
-    sum
+    Ok(match Polyphase::new(rate_hz, target_hz, FFMPEG_DEFAULT) {
+        Ok(polyphase) => polyphase.process(mono),
+        Err(_) => dsp::mono::resample(mono, rate_hz, target_hz)?,
+    })
 }
 
 /// URL-safe base64 without padding (chromaprint's encoding).

@@ -133,13 +133,16 @@ pub fn run(
         }
     }
 
-    if plan.needs_analysis() {
-        let signal = dsp::mono::analysis_signal(
-            &decoded.samples,
-            decoded.channels,
-            decoded.rate_hz,
-            dsp::ANALYSIS_RATE_HZ,
-        )?;
+    // One downmix serves the analysis signal and the fingerprint.
+    let mixed = if plan.needs_analysis() || plan.fingerprint {
+        let mixed = dsp::mono::downmix(&decoded.samples, decoded.channels)?;
+        lap("downmix", &mut timings_ms);
+        Some(mixed)
+    } else {
+        None
+    };
+    if let Some(mixed) = mixed.as_ref().filter(|_| plan.needs_analysis()) {
+        let signal = dsp::mono::analysis_resample(mixed, decoded.rate_hz, dsp::ANALYSIS_RATE_HZ)?;
         lap("resample", &mut timings_ms);
         let analysis = if plan.features || plan.chorus {
             let analysis = dsp::analysis::analyze_with_laps(&signal, &mut |stage| {
@@ -173,8 +176,8 @@ pub fn run(
         }
     }
 
-    if plan.fingerprint {
-        let print = fingerprint::fingerprint(&decoded.samples, decoded.channels, decoded.rate_hz)?;
+    if let Some(mixed) = mixed.as_ref().filter(|_| plan.fingerprint) {
+        let print = fingerprint::fingerprint_mono(mixed, decoded.rate_hz)?;
         manifest.fingerprint = Some(print.encoded);
         lap("fingerprint", &mut timings_ms);
     }

@@ -2,20 +2,79 @@
 //!
 //! Stored sparse because each bin feeds only a couple of mel bands: applying
 //! them costs a few operations per bin instead of a dense matrix product.
+//! The non-zero weights of a band are kept as runs of consecutive bins, so
+//! applying a band is a few contiguous dot products, which vectorise.
+
+/// Consecutive bins feeding one band.
+#[derive(Debug, Clone)]
+struct Run {
+    band: usize,
+    first_bin: usize,
+    weights: Vec<f32>,
+}
 
 /// One filter bank: for each output band, the bins it reads and their weights.
 #[derive(Debug, Clone)]
 pub struct FilterBank {
-    pub bands: Vec<Vec<(usize, f32)>>,
+    bands_len: usize,
+    runs: Vec<Run>,
 }
 
 impl FilterBank {
-    /// Applies the bank to one frame of bin values.
-    pub fn apply(&self, frame: &[f32], out: &mut [f32]) {
-        for (band, slot) in self.bands.iter().zip(out.iter_mut()) {
-            *slot = band.iter().map(|&(bin, weight)| frame[bin] * weight).sum();
+    /// Builds a bank from each band's (bin, weight) pairs in increasing bin order.
+    fn from_bands(bands: Vec<Vec<(usize, f32)>>) -> FilterBank {
+        let mut runs: Vec<Run> = Vec::new();
+        for (band, pairs) in bands.iter().enumerate() {
+            for &(bin, weight) in pairs {
+                match runs.last_mut() {
+                    Some(run) if run.band == band && run.first_bin + run.weights.len() == bin => {
+                        run.weights.push(weight)
+                    }
+                    _ => runs.push(Run {
+                        band,
+                        first_bin: bin,
+                        weights: vec![weight],
+                    }),
+                }
+            }
+        }
+        FilterBank {
+            bands_len: bands.len(),
+            runs,
         }
     }
+
+    /// Number of output bands.
+    pub fn bands_len(&self) -> usize {
+        self.bands_len
+    }
+
+    /// Applies the bank to one frame of bin values.
+    pub fn apply(&self, frame: &[f32], out: &mut [f32]) {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        for run in &self.runs {
+            let bins = &frame[run.first_bin..run.first_bin + run.weights.len()];
+            out[run.band] += dot(&run.weights, bins);
+        }
+    }
+}
+
+/// Dot product in four lanes, so that long runs vectorise.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 4];
+    let (a_chunks, b_chunks) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..4 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 fn hz_to_mel(hz: f64) -> f64 {
@@ -67,7 +126,7 @@ pub fn mel(rate_hz: u32, fft_len: usize, mels_len: usize) -> FilterBank {
                 .collect()
         })
         .collect();
-    FilterBank { bands }
+    FilterBank::from_bands(bands)
 }
 
 /// librosa `filters.chroma(sr, n_fft)`: Gaussian bumps per pitch class, each
@@ -122,5 +181,5 @@ pub fn chroma(rate_hz: u32, fft_len: usize) -> FilterBank {
                 .collect()
         })
         .collect();
-    FilterBank { bands }
+    FilterBank::from_bands(bands)
 }

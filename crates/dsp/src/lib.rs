@@ -18,6 +18,7 @@ pub mod key;
 pub mod loudness;
 pub mod mono;
 pub mod onset;
+pub mod polyphase;
 pub mod spectral;
 pub mod stft;
 pub mod tempo;

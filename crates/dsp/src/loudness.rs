@@ -20,6 +20,7 @@
 //! oversampled, with a 48-tap windowed-sinc interpolator (the length
 //! BS.1770-4 Annex 2 suggests).
 
+use crate::polyphase::bessel_i0;
 use crate::DspError;
 
 /// Loudness target used when the caller gives none (streaming services' norm).
@@ -84,15 +85,6 @@ fn interpolator() -> Vec<[f32; TAPS_PER_PHASE]> {
             std::array::from_fn(|k| (taps[k] / sum) as f32)
         })
         .collect()
-}
-
-fn bessel_i0(x: f64) -> f64 {
-    let (mut sum, mut term) = (1.0, 1.0);
-    for k in 1..50 {
-        term *= (x / 2.0) * (x / 2.0) / (k * k) as f64;
-        sum += term;
-    }
-    sum
 }
 
 /// Frames per true-peak chunk: chunks without a loud sample are skipped whole.

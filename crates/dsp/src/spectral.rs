@@ -67,13 +67,7 @@ pub fn describe(spectrogram: &Spectrogram, samples: &[f32]) -> (Spectral, Tracks
         mel_power.push(mel);
         chroma.push(chroma_of(&chroma_bank, &power));
     }
-    let rms = frame_rms(
-        samples,
-        spectrogram.fft_len,
-        spectrogram.hop_len,
-        frames_len,
-    );
-    let zcr = frame_zcr(
+    let (rms, zcr) = frame_rms_and_zcr(
         samples,
         spectrogram.fft_len,
         spectrogram.hop_len,
@@ -171,53 +165,60 @@ fn power_to_db(mut mel_power: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
     mel_power
 }
 
-/// Centred frames over a zero-padded signal: `(start, end)` in signal indices.
-fn frame_span(
-    frame: usize,
+/// Sums of squares and zero crossings of each hop-long block of the signal.
+/// A centred frame of `2 * half_hops` hops is the sum of that many blocks, so
+/// each sample is read once however much the frames overlap.
+fn hop_blocks(samples: &[f32], hop_len: usize) -> (Vec<f64>, Vec<u32>) {
+    let mut squares = Vec::with_capacity(samples.len().div_ceil(hop_len));
+    let mut crossings = Vec::with_capacity(squares.capacity());
+    for (index, block) in samples.chunks(hop_len).enumerate() {
+        let mut lanes = [0.0f32; 8];
+        let mut chunks = block.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += x * x;
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+        squares.push(f64::from(lanes.iter().sum::<f32>() + tail));
+        // A crossing at sample i (sign differs from sample i - 1) belongs to i's block.
+        let first = index * hop_len;
+        let before = first.checked_sub(1).map(|i| samples[i]);
+        let mut count = 0u32;
+        let mut previous = before;
+        for &x in block {
+            if previous.is_some_and(|p| p.is_sign_negative() != x.is_sign_negative()) {
+                count += 1;
+            }
+            previous = Some(x);
+        }
+        crossings.push(count);
+    }
+    (squares, crossings)
+}
+
+/// librosa `feature.rms` and `feature.zero_crossing_rate` (frame
+/// `frame_len`, centred, zero padding) for `frames_len` frames.
+fn frame_rms_and_zcr(
+    samples: &[f32],
     frame_len: usize,
     hop_len: usize,
-    samples_len: usize,
-) -> (usize, usize) {
-    let centre = frame * hop_len;
-    let start = centre.saturating_sub(frame_len / 2).min(samples_len);
-    let end = (centre + frame_len / 2).min(samples_len);
-    (start, end)
-}
-
-/// librosa `feature.rms` (frame 2048, centred, zero padding).
-fn frame_rms(samples: &[f32], frame_len: usize, hop_len: usize, frames_len: usize) -> Vec<f32> {
-    let mut prefix = Vec::with_capacity(samples.len() + 1);
-    prefix.push(0.0f64);
-    let mut acc = 0.0f64;
-    for &s in samples {
-        acc += f64::from(s) * f64::from(s);
-        prefix.push(acc);
+    frames_len: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(frame_len % (2 * hop_len) == 0, "frames span whole hops");
+    let half_hops = frame_len / (2 * hop_len);
+    let (squares, crossings) = hop_blocks(samples, hop_len);
+    let mut rms = Vec::with_capacity(frames_len);
+    let mut zcr = Vec::with_capacity(frames_len);
+    for frame in 0..frames_len {
+        let first = frame.saturating_sub(half_hops).min(squares.len());
+        let end = (frame + half_hops).min(squares.len());
+        let sum: f64 = squares[first..end].iter().sum();
+        let count: u32 = crossings[first..end].iter().sum();
+        rms.push((sum / frame_len as f64).sqrt() as f32);
+        zcr.push(count as f32 / frame_len as f32);
     }
-    (0..frames_len)
-        .map(|frame| {
-            let (start, end) = frame_span(frame, frame_len, hop_len, samples.len());
-            ((prefix[end] - prefix[start]) / frame_len as f64).sqrt() as f32
-        })
-        .collect()
-}
-
-/// librosa `feature.zero_crossing_rate` (frame 2048, centred).
-fn frame_zcr(samples: &[f32], frame_len: usize, hop_len: usize, frames_len: usize) -> Vec<f32> {
-    let mut prefix = Vec::with_capacity(samples.len() + 1);
-    prefix.push(0u32);
-    let mut count = 0u32;
-    for (i, &s) in samples.iter().enumerate() {
-        if i > 0 && (s.is_sign_negative() != samples[i - 1].is_sign_negative()) {
-            count += 1;
-        }
-        prefix.push(count);
-    }
-    (0..frames_len)
-        .map(|frame| {
-            let (start, end) = frame_span(frame, frame_len, hop_len, samples.len());
-            (prefix[end] - prefix[start]) as f32 / frame_len as f32
-        })
-        .collect()
+    (rms, zcr)
 }
 
 /// 13 MFCCs per frame (DCT-II, orthonormal, of the log-mel spectrogram):
