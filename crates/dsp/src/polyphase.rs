@@ -90,18 +90,30 @@ impl Polyphase {
     pub fn process(&self, samples: &[f32]) -> Vec<f32> {
         let out_len =
             (samples.len() as u64 * u64::from(self.target_hz) / u64::from(self.rate_hz)) as usize;
-        let mut padded = Vec::with_capacity(self.centre + samples.len() + self.taps_len);
-        padded.resize(self.centre, 0.0);
-        padded.extend_from_slice(samples);
-        padded.resize(padded.len() + self.taps_len, 0.0);
         // Input index and phase of output n are n * step_in divided by
         // phases; they advance by constant steps, no division per sample.
         let (index_step, phase_step) = (self.step_in / self.phases, self.step_in % self.phases);
         let (mut index, mut phase) = (0usize, 0usize);
         let mut out = Vec::with_capacity(out_len);
+        // Windows that reach past either end are copied with zeros around;
+        // all others are read in place (no padded copy of the whole signal).
+        let mut edge = vec![0.0f32; self.taps_len];
         for _ in 0..out_len {
             let taps = &self.bank[phase * self.taps_len..(phase + 1) * self.taps_len];
-            out.push(dot(taps, &padded[index..index + self.taps_len]));
+            // The window starts `centre` samples before input sample `index`.
+            let window = match index.checked_sub(self.centre) {
+                Some(first) if first + self.taps_len <= samples.len() => {
+                    &samples[first..first + self.taps_len]
+                }
+                _ => {
+                    for (k, slot) in edge.iter_mut().enumerate() {
+                        let at = (index + k).checked_sub(self.centre);
+                        *slot = at.and_then(|i| samples.get(i)).copied().unwrap_or(0.0);
+                    }
+                    &edge[..]
+                }
+            };
+            out.push(dot(taps, window));
             index += index_step;
             phase += phase_step;
             if phase >= self.phases {
