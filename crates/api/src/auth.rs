@@ -59,6 +59,7 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
     let admin = path.starts_with("/v1/keys")
         || path.starts_with("/v1/raft/")
         || path.starts_with("/v1/cluster/join")
+        || path.starts_with("/v1/faults")
         || (path.starts_with("/v1/config") && method != Method::GET)
         || (path.starts_with("/v1/nodes/") && method != Method::GET)
         || (path.starts_with("/v1/functions") && method != Method::GET);

@@ -538,6 +538,23 @@ pub(crate) async fn set_config(
     Ok(Json(json!({ "key": key, "value": v.value })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Faults {
+    blocked_nodes: Vec<u64>,
+}
+
+/// Fault injection: this node stops sending raft traffic to the given nodes (a partition when
+/// they are told the same about it).
+pub(crate) async fn set_faults(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Answer<Json<serde_json::Value>> {
+    let faults: Faults = parse_json(&body)?;
+    let blocked = app.node.set_faults(&faults.blocked_nodes)?;
+    Ok(Json(json!({ "blocked_nodes": blocked })))
+}
+
 pub(crate) async fn raft_rpc(
     State(app): State<AppState>,
     Path(kind): Path<String>,

@@ -54,6 +54,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         labels: Vec::new(),
         join: None,
+        fault_injection: false,
     };
     println!(
         "chorus demo: starting a one-node cluster in {}",

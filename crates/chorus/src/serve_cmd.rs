@@ -31,6 +31,10 @@ pub(crate) struct ServeArgs {
     /// How long SIGTERM waits for running attempts before stopping anyway.
     #[arg(long, default_value_t = 60)]
     drain_timeout_s: u64,
+    /// Allow `PUT /v1/faults` (admin keys only): cut this node off from chosen peers, for
+    /// partition tests and drills. Off unless asked for.
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -74,6 +78,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         labels: args.labels,
         join,
+        fault_injection: args.fault_injection,
     };
     // Open first and serve the API before running: a joining node must answer its new
     // peers' raft traffic before it can hear from a leader.

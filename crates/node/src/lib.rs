@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub labels: Vec<String>,
     /// Join an existing cluster through this node, instead of founding one.
     pub join: Option<JoinTarget>,
+    /// Whether [`Node::set_faults`] may cut this node off from peers (partition tests).
+    pub fault_injection: bool,
 }
 
 /// Where and how a new node asks to join.
@@ -75,6 +77,8 @@ pub struct JoinTarget {
     pub secret: String,
 }
 
+/// How long a write waits to be committed before the caller hears `unavailable`.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The file that holds the cluster secret (hex), which signs raft traffic between nodes.
 const CLUSTER_KEY_FILE: &str = "cluster.key";
 /// How long a joining node waits to be admitted and to hear from a leader.
@@ -498,11 +502,53 @@ impl Node {
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
-        self.inner
-            .registry
-            .propose(command)
-            .await
-            .map_err(unavailable)
+        // Without a quorum (a partition, most voters down) a write waits forever: answer in
+        // bounded time instead. The entry may still commit if the cluster heals while this
+        // node leads; idempotency keys make a retry safe.
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.inner.registry.propose(command)).await {
+            Ok(answer) => answer.map_err(unavailable),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "no quorum: the write was not committed within {} s (it may still be); retry with an idempotency key",
+                    PROPOSE_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Cuts this node off from the raft traffic of `nodes` (see [`NodeConfig::fault_injection`]);
+    /// an empty list heals. Both sides of a partition must be told, each about the other.
+    pub fn set_faults(&self, nodes: &[NodeId]) -> Result<Vec<NodeId>, ApiError> {
+        if !self.inner.config.fault_injection {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "fault injection is off on this node (start it with --fault-injection)",
+            ));
+        }
+        let addrs = self.read(|s| {
+            nodes
+                .iter()
+                .map(|&id| {
+                    s.node(id)
+                        .map(|n| n.addr.clone())
+                        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no node {id}")))
+                })
+                .collect::<Result<std::collections::BTreeSet<String>, ApiError>>()
+        })?;
+        self.inner.registry.set_blocked_peers(addrs);
+        Ok(self.faults())
+    }
+
+    /// The nodes this node is cut off from (fault injection).
+    pub fn faults(&self) -> Vec<NodeId> {
+        let blocked = self.inner.registry.blocked_peers();
+        self.read(|s| {
+            s.nodes()
+                .filter(|n| blocked.contains(&n.addr))
+                .map(|n| n.id)
+                .collect()
+        })
     }
 
     pub async fn deploy(&self, spec: FunctionSpec) -> Result<u32, ApiError> {

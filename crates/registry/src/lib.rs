@@ -424,6 +424,20 @@ impl Registry {
         }
     }
 
+    /// Cuts this node off from the peers at `addrs` (fault injection; see
+    /// `network::Peers::blocked`). An empty set heals.
+    pub fn set_blocked_peers(&self, addrs: std::collections::BTreeSet<String>) {
+        tracing::warn!(
+            ?addrs,
+            "fault injection: raft traffic to these peers is dropped"
+        );
+        self.peers.set_blocked(addrs);
+    }
+
+    pub fn blocked_peers(&self) -> std::collections::BTreeSet<String> {
+        self.peers.blocked()
+    }
+
     /// Checks the cluster signature of an RPC from a peer.
     pub fn verify_peer(
         &self,

@@ -12,6 +12,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// Why a peer's RPC could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,11 @@ pub const CLUSTER_KEY_ID: &str = "cluster";
 pub(crate) struct Peers {
     client: reqwest::Client,
     secret: std::sync::Arc<str>,
+    /// The fault-injection seam: peer addresses this node sends nothing to, as if the network
+    /// between them were cut. Every exchange between nodes is a request from one to the other,
+    /// so when both sides block each other no message crosses in either direction: a
+    /// partition. Empty unless a test or an operator sets it (`PUT /v1/faults`).
+    blocked: std::sync::Arc<std::sync::RwLock<BTreeSet<String>>>,
 }
 
 impl Peers {
@@ -47,7 +53,26 @@ impl Peers {
         Peers {
             client: reqwest::Client::new(),
             secret: secret.into(),
+            blocked: Default::default(),
         }
+    }
+
+    pub(crate) fn set_blocked(&self, addrs: BTreeSet<String>) {
+        *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+
+    pub(crate) fn blocked(&self) -> BTreeSet<String> {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn is_blocked(&self, addr: &str) -> bool {
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(addr)
     }
 
     fn signed(&self, addr: &str, kind: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
@@ -90,6 +115,9 @@ impl Peers {
     ) -> Result<Vec<u8>, crate::RegistryError> {
         let unavailable =
             |e: String| crate::RegistryError::Unavailable(format!("leader at {addr}: {e}"));
+        if self.is_blocked(addr) {
+            return Err(unavailable("unreachable (fault injected)".into()));
+        }
         let response = self
             .signed(addr, kind, body)
             .send()
@@ -158,6 +186,10 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.peers.is_blocked(&self.addr) {
+            let cut = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "fault injected");
+            return Err(RPCError::Unreachable(Unreachable::new(&cut)));
+        }
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let sent = self
             .peers

@@ -340,3 +340,95 @@ async fn a_hedge_overtakes_a_straggler_which_is_then_stopped() {
     })
     .await;
 }
+
+/// Tells `node` to send no raft traffic to `blocked` (fault injection).
+async fn cut_off(node: &TestNode, blocked: &[u64]) {
+    let body = serde_json::to_vec(&json!({ "blocked_nodes": blocked })).unwrap();
+    let (status, answer) = node.client.raw("PUT", "/v1/faults", body).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_cannot_commit_while_the_majority_carries_on_then_it_heals() {
+    let nodes = cluster().await;
+    let old = leader(&nodes[0]).await;
+    let li = leader_index(&nodes, old);
+    let (a, b) = ((li + 1) % 3, (li + 2) % 3);
+    // The leader alone on one side, the two others on the other.
+    cut_off(&nodes[li], &[nodes[a].id(), nodes[b].id()]).await;
+    cut_off(&nodes[a], &[old]).await;
+    cut_off(&nodes[b], &[old]).await;
+
+    // The majority elects a new leader and takes writes; its jobs run and finish.
+    let new = must_find("the majority elects a leader", || async {
+        let list = nodes[a].client.nodes().await.ok()?;
+        list["leader"].as_u64().filter(|&l| l != old)
+    })
+    .await;
+    assert!(new == nodes[a].id() || new == nodes[b].id());
+    let during = submit(&nodes[b], &sleeps(6, 50)).await;
+    for id in &during {
+        let job = must_finish(&nodes[a].client, *id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    }
+
+    // The minority cannot commit: a write there fails in bounded time with `unavailable`,
+    // and so does a linearizable read; a stale read still answers.
+    let refused = nodes[li].client.submit(&sleeps(1, 1)[0]).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(model::ErrorCode::Unavailable),
+        "{refused}"
+    );
+    let (status, _) = nodes[li]
+        .client
+        .raw("GET", &format!("/v1/jobs/{}", during[0]), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "a linearizable read on the minority");
+    let (status, _) = nodes[li]
+        .client
+        .raw("GET", "/v1/jobs?stale=true", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "a stale read on the minority");
+
+    // Heal: the old leader follows the new one and catches up on what it missed.
+    for node in &nodes {
+        cut_off(node, &[]).await;
+    }
+    for id in &during {
+        let job = must_find("the healed node has the majority's jobs", || async {
+            nodes[li]
+                .client
+                .job(*id)
+                .await
+                .ok()
+                .filter(|j| j.state == JobState::Succeeded)
+        })
+        .await;
+        assert_eq!(job.id, *id);
+    }
+    let after = submit(&nodes[li], &sleeps(3, 1)).await;
+    for id in after {
+        assert_eq!(
+            must_finish(&nodes[a].client, id).await.state,
+            JobState::Succeeded
+        );
+    }
+    // One history: every node lists the same jobs; the refused write left none behind.
+    let listed = |i: usize| {
+        let client = &nodes[i].client;
+        async move {
+            let page = client.list_jobs(&Default::default()).await.unwrap();
+            page.jobs
+                .iter()
+                .map(|j| (j.id, j.state))
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = listed(0).await;
+    assert_eq!(first.len(), during.len() + 3, "{first:?}");
+    assert_eq!(listed(1).await, first);
+    assert_eq!(listed(2).await, first);
+}

@@ -90,6 +90,7 @@ async fn the_api_matches_its_openapi_document() {
                     serde_json::to_vec(&json!({ "addr": "not-an-address", "slots": 1 })).unwrap()
                 }
                 "setConfig" => serde_json::to_vec(&json!({ "value": "least-request" })).unwrap(),
+                "setFaults" => serde_json::to_vec(&json!({ "blocked_nodes": [] })).unwrap(),
                 _ => Vec::new(),
             };
             let public = op.get("security").is_none();
@@ -126,7 +127,7 @@ async fn the_api_matches_its_openapi_document() {
             called += 1;
         }
     }
-    assert_eq!(called, 27, "every documented operation was called");
+    assert_eq!(called, 28, "every documented operation was called");
     // An undocumented route does not exist.
     let (status, answer) = node
         .client

@@ -114,6 +114,7 @@ impl TestNode {
         command
             .args([
                 "serve",
+                "--fault-injection",
                 "--listen",
                 &self.addr,
                 "--slots",
