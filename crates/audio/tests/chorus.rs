@@ -87,9 +87,10 @@ fn chorus_is_found_on_real_music_arrangements() {
         eprintln!("{line}");
     }
     let hits: Vec<(f64, f64)> = results.iter().filter_map(|(h, _)| *h).collect();
-    // bench/audio/run.sh compares this hit rate with pychorus's on the same arrangements.
+    // bench/audio/run.sh compares this hit rate with pychorus's on the same
+    // arrangements; pychorus finds all twelve, and so must we.
     assert!(
-        hits.len() >= 10,
+        hits.len() >= 12,
         "chorus found in {} of {}",
         hits.len(),
         arrangements.len()

@@ -11,14 +11,20 @@
 //!    and prefix sums along each diagonal make the mean similarity of any
 //!    segment pair an O(1) lookup.
 //! 4. Every candidate segment (start, length 6-40 s) collects its best
-//!    non-overlapping repetitions whose mean similarity exceeds a threshold.
+//!    non-overlapping repetitions whose mean similarity exceeds a threshold
+//!    and whose every quarter repeats; a repetition scores half its mean
+//!    similarity, half that of its weakest quarter.
 //!    Its fitness is the length it covers by repetition (each repetition's
-//!    length times its similarity above a neutral level), weighted by how
-//!    typical its length is for a chorus and by its loudness relative to the
-//!    song: a simplified version of Müller's thumbnail fitness that prefers the
-//!    most-repeated, loud part over a longer part repeated less often.
-//! 5. The fittest segment and its repetitions are the chorus; removing them
-//!    and searching again yields the other repeated sections, labelled A, B, ...
+//!    length times its score above a neutral level), weighted by how
+//!    typical its length is for a chorus, by its loudness relative to the
+//!    song and by its number of occurrences: a simplified version of
+//!    Müller's thumbnail fitness that prefers the most-repeated, loud part
+//!    over a longer part repeated less often.
+//! 5. The fittest segment and its repetitions are the chorus. Its ends are
+//!    trimmed where the uncapped similarity along the repetition path falls
+//!    well below its level in the middle (a chorus running on into the end of
+//!    a verse that resembles the other verse). Removing the group and
+//!    searching again yields the other repeated sections, labelled A, B, ...
 //!    in order of first appearance.
 
 /// STFT frames averaged into one block (16 x 23.2 ms = 0.37 s at 22050 Hz).
@@ -94,6 +100,10 @@ struct Similarity {
     blocks_len: usize,
     /// `prefix[d][i]`: sum of similarities of pairs (j, j + d) for j < i.
     prefix: Vec<Vec<f64>>,
+    /// `diagonals[d][i]`: similarity of the pair (i, i + d), normalised but
+    /// not capped, so that near-identical repeats stand out from merely
+    /// similar ones.
+    diagonals: Vec<Vec<f32>>,
 }
 
 impl Similarity {
@@ -110,15 +120,41 @@ impl Similarity {
 }
 
 impl Similarity {
-    /// Whether every quarter of the pair repeats: a long stretch without
-    /// repetition must not hide behind a strong average.
-    fn repeats_throughout(&self, a: usize, b: usize, len: usize) -> bool {
+    /// Uncapped similarity of blocks `a` and `b`.
+    fn at(&self, a: usize, b: usize) -> f64 {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        self.diagonals
+            .get(hi - lo)
+            .and_then(|d| d.get(lo))
+            .map_or(f64::NEG_INFINITY, |&v| f64::from(v))
+    }
+
+    /// Mean similarity of the weakest quarter of the pair: a repetition is
+    /// only as convincing as its least similar stretch.
+    fn weakest_part(&self, a: usize, b: usize, len: usize) -> f64 {
         const PARTS_LEN: usize = 4;
         let part_len = (len / PARTS_LEN).max(1);
-        (0..PARTS_LEN).all(|p| {
-            let offset = (p * part_len).min(len - part_len);
-            self.mean(a + offset, b + offset, part_len) >= FITNESS_BASELINE
-        })
+        (0..PARTS_LEN)
+            .map(|p| {
+                let offset = (p * part_len).min(len - part_len);
+                self.mean(a + offset, b + offset, part_len)
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// How well `[b, b + len)` repeats `[a, a + len)`, or `None` when some
+    /// quarter does not repeat at all (a long stretch without repetition
+    /// must not hide behind a strong average). Half the mean, half the
+    /// weakest quarter: a segment that runs on into a merely similar section
+    /// (say, the end of a verse before a chorus, where verses resemble each
+    /// other) scores below the repeated section alone.
+    fn repetition(&self, a: usize, b: usize, len: usize) -> Option<f64> {
+        let mean = self.mean(a, b, len);
+        if mean < REPEAT_THRESHOLD {
+            return None;
+        }
+        let weakest = self.weakest_part(a, b, len);
+        (weakest >= FITNESS_BASELINE).then_some(0.5 * (mean + weakest))
     }
 }
 
@@ -168,6 +204,7 @@ pub fn detect(chroma: &[[f32; 12]], rms: &[f32], frame_rate_hz: f64) -> Structur
             Some(fine) if fine.fitness >= coarse.fitness => fine,
             _ => coarse,
         };
+        let group = trimmed(group, &similarity, len_min);
         for &start in &group.starts {
             taken[start..start + group.len]
                 .iter_mut()
@@ -206,6 +243,62 @@ pub fn detect(chroma: &[[f32; 12]], rms: &[f32], frame_rate_hz: f64) -> Structur
         chorus: Some(chorus),
         sections,
     }
+}
+
+/// Step 5 detail: trims the ends of a group where its occurrences are much
+/// less alike than in its middle. The search picks lengths on a grid and a
+/// long, strongly repeated section can carry a few seconds of a merely
+/// similar neighbour; along the path of the repetition, the similarity of
+/// each block pair shows where the repeated section really begins and ends.
+fn trimmed(mut group: Group, similarity: &Similarity, len_min: usize) -> Group {
+    let others: Vec<usize> = group
+        .starts
+        .iter()
+        .copied()
+        .filter(|&s| s != group.origin)
+        .collect();
+    if others.is_empty() {
+        return group;
+    }
+    let profile: Vec<f64> = (0..group.len)
+        .map(|j| {
+            others
+                .iter()
+                .map(|&o| similarity.at(group.origin + j, o + j))
+                .sum::<f64>()
+                / others.len() as f64
+        })
+        .collect();
+    let mut sorted = profile.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let level = 0.5 * (median + FITNESS_BASELINE);
+    let trim_max = group.len / 3;
+    let lead = profile
+        .iter()
+        .take(trim_max)
+        .take_while(|&&p| p < level)
+        .count();
+    let tail = profile
+        .iter()
+        .rev()
+        .take(trim_max)
+        .take_while(|&&p| p < level)
+        .count();
+    if group.len - lead - tail >= len_min {
+        group.starts.iter_mut().for_each(|s| *s += lead);
+        group.origin += lead;
+        group.len -= lead + tail;
+    }
+    group
+}
+
+/// Weight of the number of occurrences, 1 for a section heard twice. The
+/// summed excess similarity already grows with each repetition; this extra
+/// weight makes the section heard most often win over a section heard
+/// less often that is a little longer or louder (a chorus over a verse).
+fn occurrence_weight(occurrences: usize) -> f64 {
+    (occurrences as f64 / 2.0).sqrt()
 }
 
 /// Weight of a section length: 1 inside the typical chorus range, falling
@@ -297,22 +390,23 @@ fn similarity_of(blocks: &[[f32; 12]], smooth_half: usize, lag_min: usize) -> Si
         (0.0, 1.0)
     };
     let scale = 1.0 / (high - median).max(1e-3);
-    let prefix = diagonals
-        .iter()
-        .map(|diagonal| {
-            let mut row = Vec::with_capacity(diagonal.len() + 1);
-            let mut acc = 0.0f64;
+    let mut prefix = Vec::with_capacity(n);
+    for diagonal in diagonals.iter_mut() {
+        let mut row = Vec::with_capacity(diagonal.len() + 1);
+        let mut acc = 0.0f64;
+        row.push(acc);
+        for v in diagonal.iter_mut() {
+            let normalised = (f64::from(*v) - median) * scale;
+            *v = normalised as f32;
+            acc += normalised.min(SIMILARITY_CAP);
             row.push(acc);
-            for &v in diagonal {
-                acc += ((f64::from(v) - median) * scale).min(SIMILARITY_CAP);
-                row.push(acc);
-            }
-            row
-        })
-        .collect();
+        }
+        prefix.push(row);
+    }
     Similarity {
         blocks_len: n,
         prefix,
+        diagonals,
     }
 }
 
@@ -382,8 +476,7 @@ fn best_group(
                 if other.abs_diff(start) < len || !is_free(other, len) {
                     continue;
                 }
-                let score = similarity.mean(start, other, len);
-                if score >= REPEAT_THRESHOLD && similarity.repeats_throughout(start, other, len) {
+                if let Some(score) = similarity.repetition(start, other, len) {
                     candidates.push((other, score));
                 }
             }
@@ -396,7 +489,8 @@ fn best_group(
                 .map(|c| c.1 - FITNESS_BASELINE)
                 .sum::<f64>()
                 * length_term
-                * 2.0;
+                * 2.0
+                * occurrence_weight(candidates.len() + 1);
             if best.as_ref().is_some_and(|b| bound <= b.fitness) {
                 continue;
             }
@@ -421,7 +515,8 @@ fn best_group(
             } else {
                 1.0
             };
-            let fitness = excess_sum * length_term * energy_weight;
+            let fitness =
+                excess_sum * length_term * energy_weight * occurrence_weight(starts.len());
             if best.as_ref().is_none_or(|b| fitness > b.fitness) {
                 let repeats = (starts.len() - 1) as f64;
                 starts.sort_unstable();
