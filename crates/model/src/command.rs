@@ -121,6 +121,13 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// Forgets finished jobs (the leader's retention sweep chose them). A job is dropped only
+    /// if it is finished and finished before `finished_before_ms`; its idempotency key is
+    /// free again.
+    PurgeJobs {
+        finished_before_ms: u64,
+        jobs: Vec<JobId>,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -157,6 +164,9 @@ pub enum Response {
     },
     Joined {
         id: NodeId,
+    },
+    Purged {
+        jobs: u32,
     },
     Rejected(ApiError),
     Batch(Vec<Response>),

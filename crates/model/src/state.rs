@@ -194,6 +194,19 @@ impl State {
         due
     }
 
+    /// Finished jobs that finished before `finished_before_ms`, lowest id first, at most
+    /// `limit`: what a retention sweep may purge.
+    pub fn expired_jobs(&self, finished_before_ms: u64, limit: usize) -> Vec<JobId> {
+        self.jobs
+            .values()
+            .filter(|j| {
+                j.state.is_terminal() && j.finished_at_ms.is_some_and(|t| t < finished_before_ms)
+            })
+            .map(|j| j.id)
+            .take(limit)
+            .collect()
+    }
+
     /// The earliest time a delayed job becomes due, if any.
     pub fn next_due_ms(&self) -> Option<u64> {
         self.delayed.first().map(|(t, _)| *t)
@@ -324,10 +337,31 @@ impl State {
                 self.config.insert(key, value);
                 Response::Done
             }
+            Command::PurgeJobs {
+                finished_before_ms,
+                jobs,
+            } => self.purge(finished_before_ms, jobs),
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
         }
+    }
+
+    fn purge(&mut self, finished_before_ms: u64, jobs: Vec<JobId>) -> Response {
+        let mut purged = 0;
+        for id in jobs {
+            let expired = self.jobs.get(&id).is_some_and(|j| {
+                j.state.is_terminal() && j.finished_at_ms.is_some_and(|t| t < finished_before_ms)
+            });
+            if expired {
+                let job = self.jobs.remove(&id).expect("checked above");
+                if let Some(key) = job.idempotency_key {
+                    self.idempotency.remove(&key);
+                }
+                purged += 1;
+            }
+        }
+        Response::Purged { jobs: purged }
     }
 
     fn heartbeat(&mut self, id: NodeId, now_ms: u64, load: NodeLoad) -> Response {

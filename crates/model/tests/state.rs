@@ -481,3 +481,60 @@ fn a_failed_hedge_leaves_the_job_running_on_the_other_attempt() {
     assert_eq!(state.job(JobId(1)).unwrap().state, JobState::Succeeded);
     state.assert_invariants();
 }
+
+#[test]
+fn purging_forgets_only_jobs_finished_before_the_cutoff() {
+    let mut commands = setup();
+    commands.extend([
+        Command::SubmitJobs {
+            now_ms: 100,
+            jobs: vec![
+                job("noop", 0, Some("k1")),
+                job("noop", 0, None),
+                job("noop", 0, None),
+            ],
+            place: vec![],
+        },
+        Command::StartAttempts {
+            now_ms: 200,
+            node: 1,
+            jobs: vec![JobId(1), JobId(2), JobId(3)],
+        },
+        Command::FinishAttempts {
+            now_ms: 300,
+            results: vec![succeeded(1, 1)],
+        },
+        Command::FinishAttempts {
+            now_ms: 900,
+            results: vec![succeeded(2, 2)],
+        },
+        // Job 1 finished before the cutoff, job 2 after it, job 3 still runs; 99 is unknown.
+        Command::PurgeJobs {
+            finished_before_ms: 500,
+            jobs: vec![JobId(1), JobId(2), JobId(3), JobId(99)],
+        },
+        // The purged job's idempotency key is free again: a new job.
+        Command::SubmitJobs {
+            now_ms: 1_000,
+            jobs: vec![job("noop", 0, Some("k1"))],
+            place: vec![],
+        },
+    ]);
+    check(
+        commands,
+        expect![[r#"
+            -> {"deployed":{"version":1}}
+            -> {"deployed":{"version":1}}
+            -> "done"
+            -> {"submitted":[{"created":1},{"created":2},{"created":3}]}
+            -> {"started":[[1,1],[2,2],[3,3]]}
+            -> {"finished":{"taken":1,"stale":0}}
+            -> {"finished":{"taken":1,"stale":0}}
+            -> {"purged":{"jobs":1}}
+            -> {"submitted":[{"created":4}]}
+            job 2 noop p0 Succeeded tries=1 not_before=0 attempts=[2@200n1] objects=[]
+            job 3 noop p0 Running tries=1 not_before=0 attempts=[3@200n1] objects=[]
+            job 4 noop p0 Queued tries=0 not_before=0 attempts=[] objects=[]
+            due at 10000: [4]"#]],
+    );
+}

@@ -16,6 +16,7 @@
 
 mod liveness;
 mod metrics;
+mod retention;
 mod running;
 mod scheduling;
 
@@ -291,6 +292,7 @@ impl Node {
         tasks.spawn(running::reap_idle_workers(self.clone()));
         tasks.spawn(liveness::heartbeat(self.clone()));
         tasks.spawn(liveness::scan(self.clone()));
+        tasks.spawn(retention::sweep(self.clone()));
     }
 
     /// Takes no new work, waits (up to `limit`) until what runs here has finished, then shuts
@@ -432,6 +434,9 @@ impl Node {
                 ErrorCode::InvalidInput,
                 "config keys are 1 to 128 bytes, values at most 4096",
             ));
+        }
+        if key == retention::RETENTION_KEY {
+            retention::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
         }
         if key == "scheduler.strategy" && value.parse::<scheduler::Strategy>().is_err() {
             return Err(ApiError::new(

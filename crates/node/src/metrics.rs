@@ -47,6 +47,8 @@ pub(crate) struct Metrics {
     raft_applied_index: Gauge,
     raft_apply_lag: Gauge,
     raft_is_leader: Gauge,
+    pub(crate) purged_jobs: Counter,
+    pub(crate) expired_objects: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -123,8 +125,22 @@ impl Metrics {
             "1 if this node is the raft leader",
             raft_is_leader.clone(),
         );
+        let purged_jobs = Counter::default();
+        registry.register(
+            "purged_jobs",
+            "Finished jobs this node purged from the registry as leader (retention)",
+            purged_jobs.clone(),
+        );
+        let expired_objects = Counter::default();
+        registry.register(
+            "expired_objects",
+            "Outputs and logs deleted from this node's store (retention)",
+            expired_objects.clone(),
+        );
         Metrics {
             registry,
+            purged_jobs,
+            expired_objects,
             jobs,
             queue_wait,
             run_time,

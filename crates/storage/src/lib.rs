@@ -213,6 +213,33 @@ impl Store {
         Ok(self.inner.head(&parse_key(key)?).await?.size)
     }
 
+    /// Deletes objects under `prefix` last modified before `cutoff_ms` (Unix milliseconds), at
+    /// most `limit` of them; returns how many went.
+    pub async fn delete_older_than(
+        &self,
+        prefix: &str,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<usize, StorageError> {
+        let prefix = parse_key(prefix)?;
+        let mut listed = self.inner.list(Some(&prefix));
+        let mut deleted = 0;
+        while let Some(meta) = listed.next().await {
+            if deleted >= limit {
+                break;
+            }
+            let meta = meta?;
+            if meta.last_modified.timestamp_millis() >= cutoff_ms {
+                continue;
+            }
+            match self.inner.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(deleted)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.inner.delete(&parse_key(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -517,3 +517,85 @@ async fn metrics_cover_jobs_and_raft_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_outputs_and_logs_expire_after_the_retention() {
+    let node = TestNode::start().await;
+    let refused = node
+        .client
+        .set_config("retention", "soon")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::InvalidInput), "{refused}");
+    let mut spec = FunctionSpec::builtin("keep");
+    spec.kind = model::FunctionKind::Command;
+    let script = r#"while IFS= read -r line; do
+        out=$(printf '%s' "$line" | sed 's/.*"out_dir":"\([^"]*\)".*/\1/')
+        echo kept > "$out/kept.txt"; echo "a log line" >&2
+        printf '{"output":{}}\n'
+    done"#;
+    spec.command = vec!["sh".into(), "-c".into(), script.into()];
+    node.client.deploy(&spec).await.unwrap();
+    // A long job, still running when the short one expires, and uploaded inputs stay.
+    let long = node
+        .client
+        .submit(&job("sleep", json!({ "ms": 8_000 })))
+        .await
+        .unwrap();
+    let input = node.dir.path().join("input.bin");
+    std::fs::write(&input, b"input").unwrap();
+    node.client
+        .put_object("uploads/input.bin", &input)
+        .await
+        .unwrap();
+    let mut short = job("keep", json!({}));
+    short.idempotency_key = Some("keep-once".into());
+    let short = node.client.submit(&short).await.unwrap();
+    let done = must_finish(&node.client, short.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(
+        node.client
+            .get_object(&done.objects[0])
+            .await
+            .unwrap()
+            .as_ref(),
+        b"kept\n"
+    );
+    assert!(done.attempts[0].log_bytes > 0);
+
+    node.client.set_config("retention", "2s").await.unwrap();
+    harness::must_find("the finished job is purged", || async {
+        let gone = node.client.job(short.id).await.err()?.code() == Some(ErrorCode::NotFound);
+        gone.then_some(())
+    })
+    .await;
+    wait_until("its output and log are deleted", || async {
+        let output = node.client.get_object(&done.objects[0]).await;
+        let log = node
+            .client
+            .logs(short.id, Some(done.attempts[0].id.0))
+            .await;
+        output.is_err() && log.is_err()
+    })
+    .await;
+    assert_eq!(
+        node.client
+            .get_object("uploads/input.bin")
+            .await
+            .unwrap()
+            .as_ref(),
+        b"input"
+    );
+    let running = node.client.job(long.id).await.unwrap();
+    assert!(!running.state.is_terminal(), "{running:?}");
+    // The purged job's idempotency key is free again.
+    let mut again = job("keep", json!({}));
+    again.idempotency_key = Some("keep-once".into());
+    assert_ne!(node.client.submit(&again).await.unwrap().id, short.id);
+    let metrics =
+        String::from_utf8_lossy(&node.client.get_public("/metrics").await.unwrap().1).into_owned();
+    assert!(
+        harness::metric(&metrics, "chorus_purged_jobs_total") >= Some(1.0),
+        "{metrics}"
+    );
+}
