@@ -6,7 +6,7 @@
 use crate::chorus::{self, Structure};
 use crate::key::{self, Key};
 use crate::mono::Mono;
-use crate::spectral::{self, Spectral, MFCC_LEN};
+use crate::spectral::{self, FrameFeatures, Spectral, MFCC_LEN};
 use crate::stft;
 use crate::tempo::{self, Tempo};
 use crate::{onset, DspError, FFT_LEN, HOP_LEN};
@@ -33,7 +33,7 @@ pub fn analyze(signal: &Mono) -> Result<Analysis, DspError> {
 }
 
 /// [`analyze`], calling `lap` with each stage's name as it completes
-/// ("stft", "features", "rhythm", "chorus"), so callers can time the stages
+/// ("spectrum", "rhythm", "chorus"), so callers can time the stages
 /// without this crate reading a clock.
 pub fn analyze_with_laps(
     signal: &Mono,
@@ -42,12 +42,14 @@ pub fn analyze_with_laps(
     if signal.rate_hz == 0 {
         return Err(DspError::InvalidParameter("sample rate 0".into()));
     }
-    let spectrogram = stft::stft(signal, FFT_LEN, HOP_LEN);
-    lap("stft");
+    let mut frames = FrameFeatures::new(signal.rate_hz, FFT_LEN);
+    let spectrogram = stft::stft(signal, FFT_LEN, HOP_LEN, |magnitudes| {
+        frames.push(magnitudes)
+    });
+    let (spectral, tracks) = frames.finish(&spectrogram, &signal.samples);
     let frame_rate_hz = f64::from(signal.rate_hz) / HOP_LEN as f64;
-    let (spectral, tracks) = spectral::describe(&spectrogram, &signal.samples);
     let (mfcc_mean, mfcc_std) = spectral::mfcc_stats(&tracks.mel_db);
-    lap("features");
+    lap("spectrum");
     let envelope = onset::strength(&tracks.mel_db, FFT_LEN, HOP_LEN);
     let duration_s = signal.duration_s();
     let onset_rate_per_s = if duration_s > 0.0 {

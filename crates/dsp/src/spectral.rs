@@ -40,33 +40,72 @@ pub struct Tracks {
     pub rms: Vec<f32>,
 }
 
-/// Computes the spectral summary and the per-frame tracks in one pass.
-pub fn describe(spectrogram: &Spectrogram, samples: &[f32]) -> (Spectral, Tracks) {
-    let mel_bank = filterbank::mel(spectrogram.rate_hz, spectrogram.fft_len, MELS_LEN);
-    let chroma_bank = filterbank::chroma(spectrogram.rate_hz, spectrogram.fft_len);
-    let frames_len = spectrogram.frames_len;
-    let freqs: Vec<f32> = (0..spectrogram.bins_len)
-        .map(|b| spectrogram.bin_hz(b))
-        .collect();
-    let mut sums = Spectral::default();
-    let mut mel_power = Vec::with_capacity(frames_len);
-    let mut chroma = Vec::with_capacity(frames_len);
-    let mut power = vec![0.0f32; spectrogram.bins_len];
-    for frame in 0..frames_len {
-        let magnitudes = spectrogram.frame(frame);
-        for (p, m) in power.iter_mut().zip(magnitudes) {
+/// Per-frame features accumulated as the STFT produces frames, so the
+/// spectrogram itself (tens of megabytes for a song) is never stored.
+#[derive(Debug)]
+pub struct FrameFeatures {
+    mel_bank: FilterBank,
+    chroma_bank: FilterBank,
+    freqs: Vec<f32>,
+    sums: Spectral,
+    mel_power: Vec<Vec<f32>>,
+    chroma: Vec<[f32; 12]>,
+    power: Vec<f32>,
+}
+
+impl FrameFeatures {
+    /// Prepares the filter banks for an STFT of `fft_len` points at `rate_hz`.
+    pub fn new(rate_hz: u32, fft_len: usize) -> FrameFeatures {
+        let bins_len = fft_len / 2 + 1;
+        FrameFeatures {
+            mel_bank: filterbank::mel(rate_hz, fft_len, MELS_LEN),
+            chroma_bank: filterbank::chroma(rate_hz, fft_len),
+            freqs: (0..bins_len)
+                .map(|b| b as f32 * rate_hz as f32 / fft_len as f32)
+                .collect(),
+            sums: Spectral::default(),
+            mel_power: Vec::new(),
+            chroma: Vec::new(),
+            power: vec![0.0; bins_len],
+        }
+    }
+
+    /// Takes the magnitudes of the next frame.
+    pub fn push(&mut self, magnitudes: &[f32]) {
+        for (p, m) in self.power.iter_mut().zip(magnitudes) {
             *p = m * m;
         }
-        let shape = shape_of(magnitudes, &power, &freqs);
-        sums.centroid_hz += shape.centroid_hz;
-        sums.rolloff_hz += shape.rolloff_hz;
-        sums.bandwidth_hz += shape.bandwidth_hz;
-        sums.flatness += shape.flatness;
+        let shape = shape_of(magnitudes, &self.power, &self.freqs);
+        self.sums.centroid_hz += shape.centroid_hz;
+        self.sums.rolloff_hz += shape.rolloff_hz;
+        self.sums.bandwidth_hz += shape.bandwidth_hz;
+        self.sums.flatness += shape.flatness;
         let mut mel = vec![0.0f32; MELS_LEN];
-        mel_bank.apply(&power, &mut mel);
-        mel_power.push(mel);
-        chroma.push(chroma_of(&chroma_bank, &power));
+        self.mel_bank.apply(&self.power, &mut mel);
+        self.mel_power.push(mel);
+        self.chroma.push(chroma_of(&self.chroma_bank, &self.power));
     }
+
+    /// The spectral summary and the per-frame tracks, once every frame of
+    /// `spectrogram` (computed from `samples`) has been pushed.
+    pub fn finish(self, spectrogram: &Spectrogram, samples: &[f32]) -> (Spectral, Tracks) {
+        describe(self, spectrogram, samples)
+    }
+}
+
+fn describe(
+    features: FrameFeatures,
+    spectrogram: &Spectrogram,
+    samples: &[f32],
+) -> (Spectral, Tracks) {
+    let FrameFeatures {
+        sums,
+        mel_power,
+        chroma,
+        ..
+    } = features;
+    let frames_len = spectrogram.frames_len;
+    debug_assert_eq!(chroma.len(), frames_len, "every frame pushed");
     let (rms, zcr) = frame_rms_and_zcr(
         samples,
         spectrogram.fft_len,

@@ -7,10 +7,10 @@ use realfft::RealFftPlanner;
 
 use crate::mono::Mono;
 
-/// Magnitude spectrogram, frame-major: `magnitudes[frame * bins_len + bin]`.
+/// The shape of a spectrogram: how to read its frames and bins. The
+/// magnitudes themselves go to a consumer frame by frame (see [`stft`]).
 #[derive(Debug, Clone)]
 pub struct Spectrogram {
-    pub magnitudes: Vec<f32>,
     pub frames_len: usize,
     pub bins_len: usize,
     pub fft_len: usize,
@@ -19,11 +19,6 @@ pub struct Spectrogram {
 }
 
 impl Spectrogram {
-    /// Magnitudes of one frame.
-    pub fn frame(&self, index: usize) -> &[f32] {
-        &self.magnitudes[index * self.bins_len..(index + 1) * self.bins_len]
-    }
-
     /// Centre frequency of a bin.
     pub fn bin_hz(&self, bin: usize) -> f32 {
         bin as f32 * self.rate_hz as f32 / self.fft_len as f32
@@ -50,8 +45,14 @@ pub fn frames_len(samples_len: usize, hop_len: usize) -> usize {
     1 + samples_len / hop_len
 }
 
-/// Computes the magnitude STFT of a mono signal.
-pub fn stft(signal: &Mono, fft_len: usize, hop_len: usize) -> Spectrogram {
+/// Computes the magnitude STFT of a mono signal, handing each frame's
+/// magnitudes to `consume` in order; returns the spectrogram's shape.
+pub fn stft(
+    signal: &Mono,
+    fft_len: usize,
+    hop_len: usize,
+    mut consume: impl FnMut(&[f32]),
+) -> Spectrogram {
     assert!(
         fft_len >= 2 && fft_len % 2 == 0 && hop_len > 0,
         "stft shape"
@@ -64,29 +65,39 @@ pub fn stft(signal: &Mono, fft_len: usize, hop_len: usize) -> Spectrogram {
     let mut input = fft.make_input_vec();
     let mut output = fft.make_output_vec();
     let mut scratch = fft.make_scratch_vec();
-    let mut magnitudes = Vec::with_capacity(frames_len * bins_len);
+    let mut magnitudes = vec![0.0f32; bins_len];
     let half = (fft_len / 2) as isize;
     let samples = &signal.samples;
     for frame in 0..frames_len {
         let start = (frame * hop_len) as isize - half;
-        for (n, slot) in input.iter_mut().enumerate() {
-            let index = start + n as isize;
-            let sample = if index >= 0 && (index as usize) < samples.len() {
-                samples[index as usize]
-            } else {
-                0.0
-            };
-            *slot = sample * window[n];
+        let inside = start >= 0 && start as usize + fft_len <= samples.len();
+        if inside {
+            let span = &samples[start as usize..start as usize + fft_len];
+            for ((slot, &x), &w) in input.iter_mut().zip(span).zip(&window) {
+                *slot = x * w;
+            }
+        } else {
+            for (n, slot) in input.iter_mut().enumerate() {
+                let index = start + n as isize;
+                let sample = if index >= 0 && (index as usize) < samples.len() {
+                    samples[index as usize]
+                } else {
+                    0.0
+                };
+                *slot = sample * window[n];
+            }
         }
         // The lengths come from the same plan, so processing cannot fail.
         fft.process_with_scratch(&mut input, &mut output, &mut scratch)
             .expect("buffers sized by the plan");
         // Not `norm()`: its overflow-safe `hypot` is several times slower,
         // and FFT outputs of audio in [-1, 1] are far from overflowing.
-        magnitudes.extend(output.iter().map(|c| c.norm_sqr().sqrt()));
+        for (m, c) in magnitudes.iter_mut().zip(&output) {
+            *m = c.norm_sqr().sqrt();
+        }
+        consume(&magnitudes);
     }
     Spectrogram {
-        magnitudes,
         frames_len,
         bins_len,
         fft_len,
