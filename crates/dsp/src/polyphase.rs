@@ -96,9 +96,9 @@ impl Polyphase {
         self.process_portable(samples)
     }
 
-    /// The same loop compiled for AVX2, whose 8-lane registers hold a whole
-    /// chunk of the dot product: about twice as fast as the SSE2 baseline
-    /// that the default target compiles for.
+    /// The same loops compiled for AVX2, whose registers hold eight lanes
+    /// where the default target's SSE2 holds four (measured: resampling and
+    /// fingerprint stages about 10 % faster).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn process_avx2(&self, samples: &[f32]) -> Vec<f32> {
@@ -109,6 +109,9 @@ impl Polyphase {
     fn process_portable(&self, samples: &[f32]) -> Vec<f32> {
         let out_len =
             (samples.len() as u64 * u64::from(self.target_hz) / u64::from(self.rate_hz)) as usize;
+        if self.phases == 1 {
+            return self.decimate(samples, out_len);
+        }
         // Input index and phase of output n are n * step_in divided by
         // phases; they advance by constant steps, no division per sample.
         let (index_step, phase_step) = (self.step_in / self.phases, self.step_in % self.phases);
@@ -143,6 +146,61 @@ impl Polyphase {
         out
     }
 }
+
+impl Polyphase {
+    /// Integer ratios (one phase, e.g. 44100 to 22050 or 11025 Hz): the input
+    /// is split into its `step_in` interleaved sub-sequences, in which every
+    /// tap reads consecutive samples for consecutive outputs. So a block of
+    /// [`DECIMATE_OUTS_LEN`] outputs is accumulated tap by tap in registers,
+    /// with no horizontal sum per output.
+    #[inline(always)]
+    fn decimate(&self, samples: &[f32], out_len: usize) -> Vec<f32> {
+        let step = self.step_in;
+        // The bank's zero padding to whole lanes is not needed here.
+        let used_len = self.bank[..self.taps_len]
+            .iter()
+            .rposition(|&t| t != 0.0)
+            .map_or(0, |last| last + 1);
+        let taps = &self.bank[..used_len];
+        // Tap k reads sub-sequence k % step, k / step places further on.
+        let reach = self.taps_len / step + 1;
+        let sample_at = |index: usize| {
+            index
+                .checked_sub(self.centre)
+                .and_then(|i| samples.get(i))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let mut out = vec![0.0f32; out_len];
+        let block_len = DECIMATE_OUTS_LEN * 32;
+        let mut planes = vec![vec![0.0f32; block_len + reach + DECIMATE_OUTS_LEN]; step];
+        for block_first in (0..out_len).step_by(block_len) {
+            let len = block_len.min(out_len - block_first);
+            // planes[r][t] = input sample (block_first + t) * step + r, shifted by centre.
+            for (r, plane) in planes.iter_mut().enumerate() {
+                for (t, slot) in plane.iter_mut().enumerate().take(len + reach) {
+                    *slot = sample_at((block_first + t) * step + r);
+                }
+            }
+            let block = &mut out[block_first..block_first + len];
+            for (chunk_index, chunk) in block.chunks_mut(DECIMATE_OUTS_LEN).enumerate() {
+                let first = chunk_index * DECIMATE_OUTS_LEN;
+                let mut acc = [0.0f32; DECIMATE_OUTS_LEN];
+                for (k, &tap) in taps.iter().enumerate() {
+                    let plane = &planes[k % step][first + k / step..];
+                    for (a, &x) in acc.iter_mut().zip(&plane[..DECIMATE_OUTS_LEN]) {
+                        *a += tap * x;
+                    }
+                }
+                chunk.copy_from_slice(&acc[..chunk.len()]);
+            }
+        }
+        out
+    }
+}
+
+/// Outputs accumulated together by [`Polyphase::decimate`]: four 8-lane registers.
+const DECIMATE_OUTS_LEN: usize = 32;
 
 /// Dot product of equally long slices whose length is a multiple of [`LANES`].
 #[inline(always)]
