@@ -54,6 +54,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/cluster", get(routes::cluster))
         .route("/v1/cluster/join", post(routes::join))
         .route("/v1/nodes", get(routes::list_nodes))
+        .route("/v1/events", get(routes::list_events))
         .route("/v1/nodes/{id}/{action}", post(routes::node_action))
         .route("/v1/config", get(routes::get_config))
         .route("/v1/config/{key}", put(routes::set_config))

@@ -472,6 +472,33 @@ pub(crate) async fn join(
     Ok(Json(json!({ "id": id, "cluster_secret": secret })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventsQuery {
+    /// Only events numbered after this one (for polling).
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+    #[serde(default)]
+    stale: bool,
+}
+
+/// Cluster events, oldest first: breaker changes, lost nodes, replaced voters.
+pub(crate) async fn list_events(
+    State(app): State<AppState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Json<serde_json::Value>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    if !q.stale {
+        app.node.sync().await?;
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, model::EVENTS_MAX);
+    let events: Vec<model::Event> = app
+        .node
+        .read(|s| s.events_after(q.after).take(limit).cloned().collect());
+    Ok(Json(json!({ "events": events })))
+}
+
 pub(crate) async fn list_nodes(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
     let roles: std::collections::BTreeMap<u64, registry_role::Role> =

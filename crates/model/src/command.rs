@@ -128,6 +128,11 @@ pub enum Command {
         finished_before_ms: u64,
         jobs: Vec<JobId>,
     },
+    /// Events the leader noticed (see [`crate::Event`]).
+    RecordEvents {
+        now_ms: u64,
+        events: Vec<crate::NewEvent>,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }

@@ -6,6 +6,7 @@
 
 mod code;
 mod command;
+mod event;
 mod function;
 mod ids;
 mod job;
@@ -16,6 +17,7 @@ mod state;
 
 pub use code::{ApiError, ErrorCode};
 pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+pub use event::{Event, EventKind, NewEvent, EVENTS_MAX};
 pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
 };

@@ -12,10 +12,10 @@ use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{Attempt, Job, JobError, JobState};
 use crate::node::{NodeInfo, NodeLoad, NodeStatus};
-use crate::{ApiError, ErrorCode};
+use crate::{ApiError, ErrorCode, Event, EVENTS_MAX};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Largest job input, as serialized JSON.
 pub const INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -84,6 +84,11 @@ pub struct State {
     /// Node ids are never reused: a node that leaves and comes back gets a new one.
     #[serde(default)]
     next_node_id: u64,
+    /// The latest [`EVENTS_MAX`] events, oldest first.
+    #[serde(default)]
+    events: VecDeque<Event>,
+    #[serde(default)]
+    next_event_seq: u64,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -205,6 +210,14 @@ impl State {
             .map(|j| j.id)
             .take(limit)
             .collect()
+    }
+
+    /// Events numbered after `after`, oldest first.
+    pub fn events_after(&self, after: u64) -> impl Iterator<Item = &Event> {
+        // Numbers are consecutive, so the first wanted one's position is known.
+        let first = self.events.front().map_or(0, |e| e.seq);
+        let skip = (after + 1).saturating_sub(first) as usize;
+        self.events.iter().skip(skip)
     }
 
     /// The earliest time a delayed job becomes due, if any.
@@ -341,6 +354,23 @@ impl State {
                 finished_before_ms,
                 jobs,
             } => self.purge(finished_before_ms, jobs),
+            Command::RecordEvents { now_ms, events } => {
+                for new in events {
+                    self.next_event_seq += 1;
+                    if self.events.len() == EVENTS_MAX {
+                        self.events.pop_front();
+                    }
+                    self.events.push_back(Event {
+                        seq: self.next_event_seq,
+                        at_ms: now_ms,
+                        alert: new.kind.is_alert(),
+                        kind: new.kind,
+                        node: new.node,
+                        message: new.message,
+                    });
+                }
+                Response::Done
+            }
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }

@@ -538,3 +538,30 @@ fn purging_forgets_only_jobs_finished_before_the_cutoff() {
             due at 10000: [4]"#]],
     );
 }
+
+#[test]
+fn events_are_numbered_and_the_oldest_go_first() {
+    let mut state = State::default();
+    let new = |i: usize| model::NewEvent {
+        kind: if i % 2 == 0 {
+            model::EventKind::BreakerOpened
+        } else {
+            model::EventKind::BreakerClosed
+        },
+        node: Some(1),
+        message: format!("event {i}"),
+    };
+    let events: Vec<model::NewEvent> = (0..model::EVENTS_MAX + 2).map(new).collect();
+    state.apply(Command::RecordEvents { now_ms: 5, events });
+    let all: Vec<&model::Event> = state.events_after(0).collect();
+    assert_eq!(all.len(), model::EVENTS_MAX);
+    assert_eq!(
+        (all[0].seq, all[0].message.as_str(), all[0].alert),
+        (3, "event 2", true)
+    );
+    let tail: Vec<u64> = state.events_after(1_000).map(|e| e.seq).collect();
+    assert_eq!(tail, vec![1_001, 1_002]);
+    assert_eq!(state.events_after(1_002).count(), 0);
+    let reloaded = State::decode(&state.encode()).unwrap();
+    assert_eq!(reloaded.events_after(0).count(), model::EVENTS_MAX);
+}

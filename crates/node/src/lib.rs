@@ -109,6 +109,9 @@ struct Inner {
     metrics: metrics::Metrics,
     shutdown: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
+    /// The scheduler's state between placements (breakers, rotation, PRNG), shared by the
+    /// scheduling loop and the placement of new jobs; `None` until this node leads.
+    scheduler: std::sync::Mutex<Option<scheduler::SchedulerState>>,
     cluster_secret: String,
     /// Set once start-up has finished (the tasks run).
     running: std::sync::atomic::AtomicBool,
@@ -197,6 +200,7 @@ impl Node {
                 metrics: metrics::Metrics::new(),
                 shutdown: CancellationToken::new(),
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
+                scheduler: std::sync::Mutex::new(None),
                 cluster_secret: secret,
                 running: std::sync::atomic::AtomicBool::new(false),
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
@@ -522,6 +526,26 @@ impl Node {
         }
     }
 
+    /// Records events in the replicated history (a log line each too); alerts are logged as
+    /// warnings. A failure to record is logged, not returned: an event must not stop the work
+    /// that noticed it.
+    pub(crate) async fn record_events(&self, events: Vec<model::NewEvent>) {
+        for e in &events {
+            if e.kind.is_alert() {
+                tracing::warn!(kind = ?e.kind, node = e.node, "alert: {}", e.message);
+            } else {
+                tracing::info!(kind = ?e.kind, node = e.node, "{}", e.message);
+            }
+        }
+        let command = Command::RecordEvents {
+            now_ms: now_ms(),
+            events,
+        };
+        if let Err(e) = self.propose(command).await {
+            tracing::warn!(error = %e, "could not record events");
+        }
+    }
+
     /// Cuts this node off from the raft traffic of `nodes` (see [`NodeConfig::fault_injection`]);
     /// an empty list heals. Both sides of a partition must be told, each about the other.
     pub fn set_faults(&self, nodes: &[NodeId]) -> Result<Vec<NodeId>, ApiError> {
@@ -576,7 +600,10 @@ impl Node {
 
     /// Submits jobs in one log entry; each gets its own result.
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<SubmitResult>, ApiError> {
-        let place = scheduling::place_new(self, &jobs);
+        let (place, breaker_events) = scheduling::place_new(self, &jobs);
+        if !breaker_events.is_empty() {
+            self.record_events(breaker_events).await;
+        }
         match self
             .propose(Command::SubmitJobs {
                 now_ms: now_ms(),

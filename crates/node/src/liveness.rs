@@ -109,8 +109,17 @@ pub(crate) async fn scan(node: Node) {
                     code: "node_lost".into(),
                 })
                 .await;
-            if let Err(e) = marked.and(abandoned) {
-                tracing::warn!(node = id, error = %e, "could not fail the node over");
+            match marked.and(abandoned) {
+                Ok(_) => {
+                    let message = format!("node {id} missed its heartbeats for {} s: marked down, its attempts failed over", DOWN_AFTER.as_secs_f64());
+                    node.record_events(vec![model::NewEvent {
+                        kind: model::EventKind::NodeLost,
+                        node: Some(id),
+                        message,
+                    }])
+                    .await;
+                }
+                Err(e) => tracing::warn!(node = id, error = %e, "could not fail the node over"),
             }
         }
         promote_learners(&node, now).await;
@@ -153,8 +162,20 @@ async fn promote_learners(node: &Node, now: u64) {
             .registry
             .change_role(dead, registry::Role::Learner)
             .await;
-        if let Err(e) = promoted.and(demoted) {
-            tracing::warn!(error = %e, "could not replace the voter");
+        match promoted.and(demoted) {
+            Ok(()) => {
+                let message = format!(
+                    "node {live} took the vote of node {dead}, down for over {} s",
+                    PROMOTE_AFTER.as_secs()
+                );
+                node.record_events(vec![model::NewEvent {
+                    kind: model::EventKind::VoterReplaced,
+                    node: Some(live),
+                    message,
+                }])
+                .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not replace the voter"),
         }
     }
 }

@@ -69,17 +69,26 @@ fn view(s: &State) -> Vec<NodeView> {
 
 /// Chooses nodes for jobs being submitted, so that they start in the same log entry that
 /// creates them. Only on the leader, and only while nothing is waiting: new jobs must not
-/// jump the queue. An empty answer means "let the scheduling loop place them".
-pub(crate) fn place_new(node: &Node, specs: &[model::JobSpec]) -> Vec<Option<model::NodeId>> {
+/// jump the queue. An empty answer means "let the scheduling loop place them". Also returns
+/// the events of breakers that changed on the way.
+pub(crate) fn place_new(
+    node: &Node,
+    specs: &[model::JobSpec],
+) -> (Vec<Option<model::NodeId>>, Vec<model::NewEvent>) {
     if !node.inner.registry.figures().is_leader {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     node.read(|s| {
         if !s.due_jobs(now_ms(), 1).is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let config = config(s);
-        let mut state = SchedulerState::new(&config);
+        let mut state = node
+            .inner
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let state = state.get_or_insert_with(|| SchedulerState::new(&config));
         // Placeholder ids: the real ones are assigned when the entry is applied.
         // Jobs whose backups start together are left to the loop: one node per job here.
         let pending: Vec<PendingJob> = specs
@@ -90,20 +99,26 @@ pub(crate) fn place_new(node: &Node, specs: &[model::JobSpec]) -> Vec<Option<mod
                 (!f.keeps_all_attempts()).then(|| pending_job(model::JobId(u64::MAX - i as u64), f))
             })
             .collect();
-        let placement = scheduler::place(&config, &mut state, &view(s), &pending);
+        let placement = scheduler::place(&config, state, &view(s), &pending);
         let mut place = vec![None; specs.len()];
         for (target, jobs) in placement.attempts {
             for job in jobs {
                 place[(u64::MAX - job.0) as usize] = Some(target);
             }
         }
-        place
+        (
+            place,
+            placement
+                .breaker_changes
+                .iter()
+                .map(breaker_event)
+                .collect(),
+        )
     })
 }
 
 pub(crate) async fn run(node: Node) {
     let mut applied = node.inner.registry.applied();
-    let mut state: Option<SchedulerState> = None;
     loop {
         let next_due = node.read(|s| {
             let next_hedge = s.hedges_due(now_ms()).1;
@@ -119,12 +134,21 @@ pub(crate) async fn run(node: Node) {
         }
         if !node.inner.registry.figures().is_leader {
             // A new leader starts from a fresh scheduler state.
-            state = None;
+            *node
+                .inner
+                .scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
             continue;
         }
         let now = now_ms();
         let placement = node.read(|s| {
             let config = config(s);
+            let mut state = node
+                .inner
+                .scheduler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let state = state.get_or_insert_with(|| SchedulerState::new(&config));
             let nodes = view(s);
             let free: u32 = nodes
@@ -157,8 +181,13 @@ pub(crate) async fn run(node: Node) {
             Some(scheduler::place(&config, state, &nodes, &due))
         });
         let Some(placement) = placement else { continue };
-        for change in &placement.breaker_changes {
-            tracing::warn!(node = change.node, cpu_percent = change.cpu_percent, breaker = ?change.breaker, "alert: CPU circuit breaker changed");
+        if !placement.breaker_changes.is_empty() {
+            let events = placement
+                .breaker_changes
+                .iter()
+                .map(breaker_event)
+                .collect();
+            node.record_events(events).await;
         }
         // One entry for every node's attempts: a job's backups start together or not at all.
         let mut starts: Vec<Command> = placement
@@ -189,4 +218,26 @@ fn pending_job(id: model::JobId, f: &model::FunctionSpec) -> PendingJob {
     p.required_labels = f.labels.iter().cloned().collect();
     p.backups = if f.keeps_all_attempts() { f.backups } else { 0 };
     p
+}
+
+/// The alert for a breaker that opened, or the all-clear for one that closed.
+fn breaker_event(change: &scheduler::BreakerChange) -> model::NewEvent {
+    let (kind, what) = match change.breaker {
+        scheduler::Breaker::Open => (
+            model::EventKind::BreakerOpened,
+            "opened: no new work for the node",
+        ),
+        scheduler::Breaker::Closed => (
+            model::EventKind::BreakerClosed,
+            "closed: the node takes work again",
+        ),
+    };
+    model::NewEvent {
+        kind,
+        node: Some(change.node),
+        message: format!(
+            "CPU breaker {what} (smoothed CPU {:.0}%)",
+            change.cpu_percent
+        ),
+    }
 }

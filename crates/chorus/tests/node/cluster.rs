@@ -141,6 +141,24 @@ async fn the_jobs_of_a_killed_node_finish_elsewhere() {
         status.contains(&(victim_id, "down".to_string())),
         "{status:?}"
     );
+    // The loss is an alert in the cluster's events.
+    let (code, body) = nodes[li]
+        .client
+        .raw("GET", "/v1/events", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let events: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let lost = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "node_lost");
+    let lost = lost.unwrap_or_else(|| panic!("no node_lost event: {events}"));
+    assert_eq!(
+        (lost["node"].as_u64(), lost["alert"].as_bool()),
+        (Some(victim_id), Some(true))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

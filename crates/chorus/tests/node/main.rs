@@ -599,3 +599,54 @@ async fn finished_jobs_outputs_and_logs_expire_after_the_retention() {
         "{metrics}"
     );
 }
+
+async fn events(node: &TestNode, after: u64) -> Vec<serde_json::Value> {
+    let path = format!("/v1/events?after={after}");
+    let (status, body) = node.client.raw("GET", &path, Vec::new()).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    page["events"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_breaker_raises_an_alert_when_it_opens_and_an_all_clear_when_it_closes() {
+    let node = TestNode::start().await;
+    // A threshold of 0 % makes any CPU figure too hot: the breaker opens at the next placement.
+    node.client
+        .set_config("scheduler.cpu_threshold", "0")
+        .await
+        .unwrap();
+    let first = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    // A lone node still gets work when every node is hot: the job finishes anyway.
+    assert_eq!(
+        must_finish(&node.client, first.id).await.state,
+        JobState::Succeeded
+    );
+    let opened = harness::must_find("a breaker_opened event", || async {
+        events(&node, 0)
+            .await
+            .into_iter()
+            .find(|e| e["kind"] == "breaker_opened")
+    })
+    .await;
+    assert_eq!(opened["node"].as_u64(), Some(node.id()));
+    assert_eq!(opened["alert"], true);
+    node.client
+        .set_config("scheduler.cpu_threshold", "100")
+        .await
+        .unwrap();
+    let second = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    must_finish(&node.client, second.id).await;
+    let seq = opened["seq"].as_u64().unwrap();
+    let closed = harness::must_find("a breaker_closed event", || async {
+        events(&node, seq)
+            .await
+            .into_iter()
+            .find(|e| e["kind"] == "breaker_closed")
+    })
+    .await;
+    assert_eq!(closed["alert"], false);
+    assert!(events(&node, closed["seq"].as_u64().unwrap())
+        .await
+        .is_empty());
+}

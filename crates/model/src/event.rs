@@ -1,0 +1,50 @@
+//! Cluster events: what an operator should hear about without reading logs. The leader
+//! proposes them (`Command::RecordEvents`), so every node holds the same recent history in a
+//! bounded ring; `GET /v1/events` reads it and the dashboard shows it.
+
+use crate::ids::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Events kept at most; older ones are dropped first.
+pub const EVENTS_MAX: usize = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A node's smoothed CPU crossed the threshold: it gets no new work (an alert).
+    BreakerOpened,
+    /// A node's CPU fell below the threshold minus the hysteresis: it gets work again.
+    BreakerClosed,
+    /// A node missed its heartbeats: marked down, its attempts failed over (an alert).
+    NodeLost,
+    /// A learner took the vote of a voter that had been down for long.
+    VoterReplaced,
+}
+
+impl EventKind {
+    /// Whether someone should act on it.
+    pub fn is_alert(self) -> bool {
+        matches!(self, EventKind::BreakerOpened | EventKind::NodeLost)
+    }
+}
+
+/// An event as proposed; the registry numbers it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    pub message: String,
+}
+
+/// An event as recorded: numbered in log order from 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    pub message: String,
+    pub alert: bool,
+}
