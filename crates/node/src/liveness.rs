@@ -6,6 +6,10 @@
 //!   are retried elsewhere. The scan runs only while its node is leader; a deposed leader's
 //!   proposals fail, which fences it by term.
 //! - A node marked down that heartbeats again is up again.
+//! - Stuck attempts on a live node are its own business, since only it knows when an attempt
+//!   really began to run (prefetched ones wait for a slot): its watchdog stops an attempt busy
+//!   far past its time-out (`stuck`), and a task that panicked is reported (`internal`); both
+//!   are retried by policy (see `running`).
 //! - When a voter has been down for [`PROMOTE_AFTER`] and a learner is up, the leader
 //!   promotes the learner and demotes the dead voter, so the quorum heals itself.
 

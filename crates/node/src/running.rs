@@ -35,6 +35,8 @@ const RESULTS_PER_ENTRY_MAX: usize = 4_096;
 const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// How often idle workers are checked against their idle time-out.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long past its function's time-out an attempt may stay busy before it is stuck.
+const STUCK_GRACE: Duration = Duration::from_secs(600);
 /// Pause before a failed result write is tried again.
 const REPORT_RETRY: Duration = Duration::from_millis(200);
 
@@ -109,6 +111,8 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
     let mut applied = node.inner.registry.applied();
     let mut local: HashMap<JobId, (AttemptId, CancellationToken)> = HashMap::new();
     let mut tasks = JoinSet::new();
+    // Which attempt each task runs, so that a task that panicked still gets a result.
+    let mut task_attempts: HashMap<tokio::task::Id, (JobId, AttemptId)> = HashMap::new();
     loop {
         // Reconcile what runs here with what the state assigns here.
         let (assigned, new) = node.read(|s| {
@@ -142,7 +146,8 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
         for a in new {
             let token = CancellationToken::new();
             local.insert(a.job.id, (a.attempt, token.clone()));
-            tasks.spawn(run_attempt(
+            let ids = (a.job.id, a.attempt);
+            let task = tasks.spawn(run_attempt(
                 node.clone(),
                 a,
                 token,
@@ -150,11 +155,26 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
                 work_dirs.clone(),
                 results.clone(),
             ));
+            task_attempts.insert(task.id(), ids);
         }
         tokio::select! {
             () = node.inner.shutdown.cancelled() => break,
             changed = applied.changed() => if changed.is_err() { break },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let id = ended.as_ref().map_or_else(|e| e.id(), |(id, ())| *id);
+                let Some((job, attempt)) = task_attempts.remove(&id) else { continue };
+                if let Err(e) = ended {
+                    if e.is_panic() {
+                        // A bug, not the job's fault: report it rather than leave the attempt
+                        // running forever; the retry policy decides what happens next.
+                        tracing::error!(%job, %attempt, error = %e, "an attempt's task panicked");
+                        local.remove(&job);
+                        let error = JobError { code: "internal".into(), message: format!("the node failed running the attempt: {e}") };
+                        let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0 };
+                        let _ = results.send(result).await;
+                    }
+                }
+            }
         }
     }
     for (_, (_, token)) in local {
@@ -188,7 +208,30 @@ async fn run_attempt(
     }
     let (outcome, log) = match work_dirs.take() {
         Ok(work_dir) => {
-            let done = attempt_in(&node, &a, &work_dir, &cancel, &labels).await;
+            // The watchdog: an attempt still busy long past its function's time-out is stuck
+            // (an input download or output upload that hangs; the worker itself is killed at
+            // the time-out by the executor). It is stopped and fails with `stuck`.
+            let run = cancel.child_token();
+            let limit = Duration::from_millis(a.function.timeout_ms) + STUCK_GRACE;
+            let watchdog = async {
+                tokio::time::sleep(limit).await;
+                run.cancel();
+                std::future::pending::<()>().await;
+            };
+            let mut done = tokio::select! {
+                done = attempt_in(&node, &a, &work_dir, &run, &labels) => done,
+                () = watchdog => unreachable!("the watchdog never ends"),
+            };
+            if run.is_cancelled() && !cancel.is_cancelled() {
+                let message = format!(
+                    "still busy {} s past the time-out; stopped",
+                    STUCK_GRACE.as_secs()
+                );
+                done.0 = Outcome::Failed(JobError {
+                    code: "stuck".into(),
+                    message,
+                });
+            }
             work_dirs.give_back(work_dir);
             done
         }
