@@ -106,7 +106,8 @@ pub fn run(
     }
     let fingerprint_only =
         plan.fingerprint && !plan.loudness && !plan.needs_analysis() && plan.targets.is_empty();
-    let limit_s = fingerprint_only.then_some(fingerprint::FINGERPRINT_LEN_S);
+    // A second more than the fingerprint covers: its filter reads past the end.
+    let limit_s = fingerprint_only.then_some(fingerprint::FINGERPRINT_LEN_S + 1.0);
     let decoded = decode::decode(path, limit_s)?;
     lap("decode", &mut timings_ms);
     let duration_s = decoded.duration_s();
@@ -177,7 +178,12 @@ pub fn run(
     }
 
     if let Some(mixed) = mixed.as_ref().filter(|_| plan.fingerprint) {
-        let print = fingerprint::fingerprint_mono(mixed, decoded.rate_hz)?;
+        let print = fingerprint::fingerprint_with_mix(
+            &decoded.samples,
+            decoded.channels,
+            decoded.rate_hz,
+            Some(mixed),
+        )?;
         manifest.fingerprint = Some(print.encoded);
         lap("fingerprint", &mut timings_ms);
     }

@@ -5,7 +5,7 @@
 
 use rubato::{FftFixedIn, Resampler};
 
-use crate::polyphase::{Design, Polyphase};
+use crate::polyphase::{Design, Edges, Polyphase};
 use crate::DspError;
 
 /// Channel count above which input is refused (more than any real layout).
@@ -88,6 +88,7 @@ pub fn analysis_resample(
         filter_size: 16.0,
         cutoff: 0.9,
         kaiser_beta: 9.0,
+        edges: Edges::Zero,
     };
     check_shape(1, rate_hz)?;
     check_shape(1, target_rate_hz)?;

@@ -26,6 +26,75 @@ pub struct Design {
     pub cutoff: f64,
     /// Kaiser window shape.
     pub kaiser_beta: f64,
+    /// What the filter reads beyond the ends of the signal.
+    pub edges: Edges,
+}
+
+/// The signal outside its ends, as the resampler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edges {
+    /// Silence; `len * target / rate` outputs (rounded down).
+    Zero,
+    /// ffmpeg's: mirrored about the first sample at the start (sample `-i`
+    /// reads sample `i`), reflected after the last one for half a filter
+    /// length at the end, with as many outputs as that reflection allows.
+    Reflect,
+}
+
+/// The phase-0 filter of a design: Kaiser-windowed sinc taps, not yet
+/// normalised, and the index of the centre tap.
+#[derive(Debug, Clone)]
+pub struct Prototype {
+    pub taps: Vec<f64>,
+    pub centre: usize,
+}
+
+/// Designs the filter for `rate_hz` to `target_hz` as ffmpeg's `swresample`
+/// does (`ceil(filter_size / factor)` taps rounded up to even, phase 0).
+pub fn prototype(rate_hz: u32, target_hz: u32, design: Design) -> Prototype {
+    let factor = (f64::from(target_hz) * design.cutoff / f64::from(rate_hz.max(1))).min(1.0);
+    let mut design_len = (design.filter_size / factor).ceil().max(1.0) as usize;
+    if design_len > 1 {
+        design_len = design_len.div_ceil(2) * 2;
+    }
+    let centre = (design_len - 1) / 2;
+    Prototype {
+        taps: kaiser_sinc(design_len, centre, factor, design.kaiser_beta, 0.0),
+        centre,
+    }
+}
+
+/// The taps of phase `phase` of `phases` of the design (not normalised).
+pub fn phase_taps(
+    rate_hz: u32,
+    target_hz: u32,
+    design: Design,
+    phase: usize,
+    phases: usize,
+) -> Vec<f64> {
+    let prototype = prototype(rate_hz, target_hz, design);
+    let factor = (f64::from(target_hz) * design.cutoff / f64::from(rate_hz.max(1))).min(1.0);
+    let fraction = phase as f64 / phases.max(1) as f64;
+    kaiser_sinc(
+        prototype.taps.len(),
+        prototype.centre,
+        factor,
+        design.kaiser_beta,
+        fraction,
+    )
+}
+
+/// Taps of a Kaiser-windowed sinc for the fractional position `fraction`.
+fn kaiser_sinc(len: usize, centre: usize, factor: f64, beta: f64, fraction: f64) -> Vec<f64> {
+    (0..len)
+        .map(|i| {
+            let offset = i as f64 - centre as f64 - fraction;
+            let x = std::f64::consts::PI * offset * factor;
+            let sinc = if x == 0.0 { 1.0 } else { x.sin() / x };
+            let w = 2.0 * offset / len as f64;
+            sinc * bessel_i0(beta * (1.0 - w * w).max(0.0).sqrt())
+        })
+        .collect()
 }
 
 /// A resampler for one exact rational ratio.
@@ -34,7 +103,9 @@ pub struct Polyphase {
     /// `bank[phase * taps_len + tap]`, each phase zero-padded to `taps_len`.
     bank: Vec<f32>,
     taps_len: usize,
+    design_len: usize,
     centre: usize,
+    edges: Edges,
     phases: usize,
     step_in: usize,
     rate_hz: u32,
@@ -55,20 +126,13 @@ impl Polyphase {
             )));
         }
         let factor = (f64::from(target_hz) * design.cutoff / f64::from(rate_hz)).min(1.0);
-        let design_len = (design.filter_size / factor).ceil().max(1.0) as usize;
-        let centre = (design_len - 1) / 2;
+        let Prototype { taps, centre } = prototype(rate_hz, target_hz, design);
+        let design_len = taps.len();
         let taps_len = design_len.div_ceil(LANES) * LANES;
         let mut bank = vec![0.0f32; phases * taps_len];
         for (phase, taps) in bank.chunks_exact_mut(taps_len).enumerate() {
-            let window: Vec<f64> = (0..design_len)
-                .map(|i| {
-                    let offset = i as f64 - centre as f64 - phase as f64 / phases as f64;
-                    let x = std::f64::consts::PI * offset * factor;
-                    let sinc = if x == 0.0 { 1.0 } else { x.sin() / x };
-                    let w = 2.0 * offset / design_len as f64;
-                    sinc * bessel_i0(design.kaiser_beta * (1.0 - w * w).max(0.0).sqrt())
-                })
-                .collect();
+            let fraction = phase as f64 / phases as f64;
+            let window = kaiser_sinc(design_len, centre, factor, design.kaiser_beta, fraction);
             let norm: f64 = window.iter().sum();
             for (tap, w) in taps.iter_mut().zip(&window) {
                 *tap = (w / norm) as f32;
@@ -77,7 +141,9 @@ impl Polyphase {
         Ok(Polyphase {
             bank,
             taps_len,
+            design_len,
             centre,
+            edges: design.edges,
             phases,
             step_in,
             rate_hz,
@@ -85,8 +151,45 @@ impl Polyphase {
         })
     }
 
+    /// Number of outputs for `len` input samples.
+    pub fn out_len(&self, len: usize) -> usize {
+        let scaled = (len as u64 * u64::from(self.target_hz) / u64::from(self.rate_hz)) as usize;
+        match self.edges {
+            Edges::Zero => scaled,
+            // Output n needs input up to n * step - centre + design_len, and
+            // the reflection adds (min(len, design_len) + 1) / 2 samples.
+            Edges::Reflect if self.phases == 1 && len > 0 => {
+                let available = len + len.min(self.design_len).div_ceil(2) + self.centre;
+                available
+                    .checked_sub(self.design_len)
+                    .map_or(0, |span| span / self.step_in + 1)
+            }
+            Edges::Reflect => scaled,
+        }
+    }
+
+    /// Input sample `index - centre`, with the design's edges.
+    #[inline(always)]
+    fn sample_at(&self, samples: &[f32], index: usize) -> f32 {
+        match index.checked_sub(self.centre) {
+            Some(i) if i < samples.len() => samples[i],
+            Some(i) => match self.edges {
+                Edges::Reflect => (2 * samples.len())
+                    .checked_sub(i + 1)
+                    .and_then(|j| samples.get(j))
+                    .copied()
+                    .unwrap_or(0.0),
+                Edges::Zero => 0.0,
+            },
+            None => match self.edges {
+                Edges::Reflect => samples.get(self.centre - index).copied().unwrap_or(0.0),
+                Edges::Zero => 0.0,
+            },
+        }
+    }
+
     /// Resamples a whole signal: output sample `n` is centred on input time
-    /// `n * rate / target` (no delay), zeros assumed outside the signal.
+    /// `n * rate / target` (no delay), the design's edges beyond the ends.
     pub fn process(&self, samples: &[f32]) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -107,8 +210,7 @@ impl Polyphase {
 
     #[inline(always)]
     fn process_portable(&self, samples: &[f32]) -> Vec<f32> {
-        let out_len =
-            (samples.len() as u64 * u64::from(self.target_hz) / u64::from(self.rate_hz)) as usize;
+        let out_len = self.out_len(samples.len());
         if self.phases == 1 {
             return self.decimate(samples, out_len);
         }
@@ -128,9 +230,8 @@ impl Polyphase {
                     &samples[first..first + self.taps_len]
                 }
                 _ => {
-                    for (k, slot) in edge.iter_mut().enumerate() {
-                        let at = (index + k).checked_sub(self.centre);
-                        *slot = at.and_then(|i| samples.get(i)).copied().unwrap_or(0.0);
+                    for (k, slot) in edge.iter_mut().enumerate().take(self.design_len) {
+                        *slot = self.sample_at(samples, index + k);
                     }
                     &edge[..]
                 }
@@ -164,13 +265,6 @@ impl Polyphase {
         let taps = &self.bank[..used_len];
         // Tap k reads sub-sequence k % step, k / step places further on.
         let reach = self.taps_len / step + 1;
-        let sample_at = |index: usize| {
-            index
-                .checked_sub(self.centre)
-                .and_then(|i| samples.get(i))
-                .copied()
-                .unwrap_or(0.0)
-        };
         let mut out = vec![0.0f32; out_len];
         let block_len = DECIMATE_OUTS_LEN * 32;
         let mut planes = vec![vec![0.0f32; block_len + reach + DECIMATE_OUTS_LEN]; step];
@@ -179,7 +273,7 @@ impl Polyphase {
             // planes[r][t] = input sample (block_first + t) * step + r, shifted by centre.
             for (r, plane) in planes.iter_mut().enumerate() {
                 for (t, slot) in plane.iter_mut().enumerate().take(len + reach) {
-                    *slot = sample_at((block_first + t) * step + r);
+                    *slot = self.sample_at(samples, (block_first + t) * step + r);
                 }
             }
             let block = &mut out[block_first..block_first + len];
@@ -214,7 +308,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum()
 }
 
-fn gcd(a: u32, b: u32) -> u32 {
+/// Greatest common divisor (the reduced ratio of two rates).
+pub fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 {
         a
     } else {
@@ -245,6 +340,7 @@ mod tests {
         filter_size: 16.0,
         cutoff: 0.9,
         kaiser_beta: 9.0,
+        edges: Edges::Zero,
     };
 
     fn tone(freq_hz: f64, rate_hz: u32, len: usize) -> Vec<f32> {
@@ -285,6 +381,24 @@ mod tests {
             .iter()
             .fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(peak < 1e-3, "alias at {peak}");
+    }
+
+    #[test]
+    fn reflected_edges_keep_a_constant_constant() {
+        let reflect = Design {
+            edges: Edges::Reflect,
+            ..DESIGN
+        };
+        let constant = vec![0.5f32; 4410];
+        let zero = Polyphase::new(44_100, 11_025, DESIGN).unwrap();
+        let mirrored = Polyphase::new(44_100, 11_025, reflect).unwrap();
+        // Zeros beyond the ends pull the first output towards half the level.
+        assert!(zero.process(&constant)[0] < 0.4);
+        let out = mirrored.process(&constant);
+        assert!(out.iter().all(|v| (v - 0.5).abs() < 1e-3), "{out:?}");
+        // The reflection at the end allows one more output here.
+        assert_eq!(out.len(), mirrored.out_len(constant.len()));
+        assert_eq!(out.len(), constant.len() / 4 + 1);
     }
 
     #[test]
