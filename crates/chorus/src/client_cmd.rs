@@ -507,7 +507,9 @@ pub(crate) struct ConfigArgs {
 enum ConfigCmd {
     /// Show the cluster config.
     Get,
-    /// e.g. `chorus config set scheduler.strategy cpu-load`.
+    /// Change a key on every node, live. Keys: `scheduler.strategy` (least-request, cpu-load,
+    /// concurrency, weighted-round-robin, random), `scheduler.cpu_threshold` (percent),
+    /// `node.ID.weight` (0 takes a node out of rotation), `retention` (e.g. 7d, 12h).
     Set { key: String, value: String },
 }
 

@@ -442,6 +442,26 @@ impl Node {
         if key == retention::RETENTION_KEY {
             retention::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
         }
+        let is_weight = key
+            .strip_prefix("node.")
+            .and_then(|k| k.strip_suffix(".weight"))
+            .and_then(|id| id.parse().ok())
+            .is_some_and(|id| key == scheduling::weight_key(id));
+        if is_weight && value.parse::<u32>().is_err() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("a node weight is a whole number (0 takes the node out of rotation), not {value:?}"),
+            ));
+        }
+        let percent_ok = value
+            .parse::<f64>()
+            .is_ok_and(|p| (0.0..=100.0).contains(&p));
+        if key == "scheduler.cpu_threshold" && !percent_ok {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("scheduler.cpu_threshold is a percentage from 0 to 100, not {value:?}"),
+            ));
+        }
         if key == "scheduler.strategy" && value.parse::<scheduler::Strategy>().is_err() {
             return Err(ApiError::new(
                 ErrorCode::InvalidInput,

@@ -11,7 +11,8 @@
 //! cluster instead of piling up on one node.
 //!
 //! Cluster config read live on every pass (set with `chorus config set`):
-//! `scheduler.strategy` (default `least-request`) and `scheduler.cpu_threshold` (default 85).
+//! `scheduler.strategy` (default `least-request`), `scheduler.cpu_threshold` (default 85) and
+//! `node.{id}.weight` (default 1; a node's share under weighted round-robin, 0 for none).
 
 use crate::{now_ms, Node};
 use model::{Command, NodeStatus, State};
@@ -59,6 +60,13 @@ fn view(s: &State) -> Vec<NodeView> {
                 s.running_count(n.id) as u32,
             );
             v.labels = n.labels.clone();
+            if let Some(weight) = s
+                .config()
+                .get(&weight_key(n.id))
+                .and_then(|w| w.parse().ok())
+            {
+                v.weight = weight;
+            }
             v.cpu_percent = n.load.cpu_percent;
             v.up = n.status != NodeStatus::Down;
             v.draining = n.status == NodeStatus::Draining;
@@ -208,6 +216,11 @@ pub(crate) async fn run(node: Node) {
             tracing::warn!(error = %e, "could not start attempts");
         }
     }
+}
+
+/// The config key of a node's weight.
+pub(crate) fn weight_key(node: model::NodeId) -> String {
+    format!("node.{node}.weight")
 }
 
 /// A job as the scheduler sees it: its function's strategy, labels and backups (started

@@ -450,3 +450,51 @@ async fn a_partitioned_leader_cannot_commit_while_the_majority_carries_on_then_i
     assert_eq!(listed(1).await, first);
     assert_eq!(listed(2).await, first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_weights_share_out_work_under_weighted_round_robin() {
+    let nodes = cluster().await;
+    let client = &nodes[0].client;
+    let (heavy, light, off) = (nodes[0].id(), nodes[1].id(), nodes[2].id());
+    for (key, value) in [
+        ("scheduler.strategy".to_string(), "weighted-round-robin"),
+        (format!("node.{heavy}.weight"), "3"),
+        (format!("node.{light}.weight"), "1"),
+        (format!("node.{off}.weight"), "0"),
+    ] {
+        client.set_config(&key, value).await.unwrap();
+    }
+    let refused = client
+        .set_config(&format!("node.{heavy}.weight"), "-1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(model::ErrorCode::InvalidInput),
+        "{refused}"
+    );
+    let refused = client
+        .set_config("scheduler.cpu_threshold", "120")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(model::ErrorCode::InvalidInput),
+        "{refused}"
+    );
+    let mut ran: std::collections::BTreeMap<u64, usize> = Default::default();
+    // Small batches, each placed while the nodes have room, so the weights alone decide.
+    for _ in 0..8 {
+        for id in submit(&nodes[1], &sleeps(4, 1)).await {
+            let job = must_finish(client, id).await;
+            assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+            *ran.entry(job.attempts[0].node).or_default() += 1;
+        }
+    }
+    assert_eq!(ran.get(&off), None, "a node of weight 0 got work: {ran:?}");
+    assert_eq!(
+        (ran[&heavy], ran[&light]),
+        (24, 8),
+        "3:1 by weight: {ran:?}"
+    );
+}
