@@ -543,7 +543,7 @@ fn purging_forgets_only_jobs_finished_before_the_cutoff() {
 fn events_are_numbered_and_the_oldest_go_first() {
     let mut state = State::default();
     let new = |i: usize| model::NewEvent {
-        kind: if i % 2 == 0 {
+        kind: if i.is_multiple_of(2) {
             model::EventKind::BreakerOpened
         } else {
             model::EventKind::BreakerClosed
