@@ -377,31 +377,158 @@ fn decode_unguarded(path: &Path, limit_s: Option<f64>) -> Result<Decoded, AudioE
 enum Decoder {
     Symphonia(Box<dyn AudioDecoder>),
     Opus {
-        decoder: opusic_c::Decoder,
+        decoder: OpusDecoder,
         channels: usize,
+        /// Linear factor of the OpusHead output gain (1 when there is none).
+        gain: f32,
         buffer: Vec<f32>,
     },
+}
+
+/// libopus: one stream (mono or stereo, channel mapping family 0) or
+/// several (family 1, up to 8 channels in Vorbis order).
+enum OpusDecoder {
+    Single(opusic_c::Decoder),
+    Multi(opusic_c::multistream::Decoder),
+}
+
+/// Most channels of channel mapping family 1 (RFC 7845, 5.1.1.2).
+const OPUS_CHANNELS_MAX: usize = 8;
+
+/// libopus puts family 1 channels in Vorbis order (front left, centre,
+/// front right, ...); the rest of the engine, like WAV and symphonia's other
+/// decoders, expects front left, front right, centre, LFE, back, side.
+/// `VORBIS_TO_WAV[n - 1][k]` is the Vorbis channel that goes to position `k`.
+const VORBIS_TO_WAV: [&[usize]; OPUS_CHANNELS_MAX] = [
+    &[0],
+    &[0, 1],
+    &[0, 2, 1],
+    &[0, 1, 2, 3],
+    &[0, 2, 1, 3, 4],
+    &[0, 2, 1, 5, 3, 4],
+    &[0, 2, 1, 6, 5, 3, 4],
+    &[0, 2, 1, 7, 5, 6, 3, 4],
+];
+
+/// The fields of an OpusHead (RFC 7845, 5.1) that decoding needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpusHead {
+    channels: usize,
+    /// Gain to apply to the output, in dB as Q7.8 fixed point.
+    output_gain_q8: i16,
+    family: u8,
+    /// Family 1 only: streams, coupled (stereo) streams, channel mapping.
+    streams: u8,
+    coupled: u8,
+    mapping: Vec<u8>,
+}
+
+impl OpusHead {
+    fn parse(header: &[u8]) -> Result<OpusHead, AudioError> {
+        let bad = |what: &str| AudioError::InvalidInput(format!("OpusHead: {what}"));
+        if header.len() < 19 || &header[..8] != b"OpusHead" {
+            return Err(bad("missing or truncated"));
+        }
+        let channels = usize::from(header[9]);
+        let head = OpusHead {
+            channels,
+            output_gain_q8: i16::from_le_bytes([header[16], header[17]]),
+            family: header[18],
+            streams: 1,
+            coupled: u8::from(channels == 2),
+            mapping: Vec::new(),
+        };
+        if channels == 0 {
+            return Err(bad("no channels"));
+        }
+        if head.family == 0 {
+            return Ok(head);
+        }
+        let table = header
+            .get(21..21 + channels)
+            .ok_or_else(|| bad("truncated channel mapping"))?;
+        Ok(OpusHead {
+            streams: header[19],
+            coupled: header[20],
+            mapping: table.to_vec(),
+            ..head
+        })
+    }
+
+    /// The linear factor of the output gain: 10^(dB / 20).
+    fn gain(&self) -> f32 {
+        10f32.powf(f32::from(self.output_gain_q8) / 256.0 / 20.0)
+    }
+
+    fn decoder(&self) -> Result<OpusDecoder, AudioError> {
+        let libopus =
+            |err: opusic_c::ErrorCode| AudioError::UnsupportedFormat(format!("libopus: {err:?}"));
+        let rate = opusic_c::SampleRate::Hz48000;
+        match (self.family, self.channels) {
+            (0, 1) => opusic_c::Decoder::new(opusic_c::Channels::Mono, rate),
+            (0, 2) => opusic_c::Decoder::new(opusic_c::Channels::Stereo, rate),
+            (0, n) => {
+                return Err(AudioError::InvalidInput(format!(
+                    "Opus channel mapping family 0 with {n} channels"
+                )))
+            }
+            (1, n) if n <= OPUS_CHANNELS_MAX => return self.multistream().map(OpusDecoder::Multi),
+            (family, n) => {
+                return Err(AudioError::UnsupportedFormat(format!(
+                    "Opus channel mapping family {family} ({n} channels)"
+                )))
+            }
+        }
+        .map(OpusDecoder::Single)
+        .map_err(libopus)
+    }
+
+    /// A multistream decoder; libopus wants the channel count as a constant.
+    fn multistream(&self) -> Result<opusic_c::multistream::Decoder, AudioError> {
+        use opusic_c::multistream::{Config, Decoder};
+        let invalid = || AudioError::InvalidInput("Opus channel mapping out of range".into());
+        let rate = opusic_c::SampleRate::Hz48000;
+        macro_rules! with_channels {
+            ($($n:literal)*) => {
+                match self.mapping.len() {
+                    $($n => {
+                        let mapping: [u8; $n] = self.mapping[..].try_into().map_err(|_| invalid())?;
+                        let config = Config::try_new(self.streams, self.coupled, mapping)
+                            .ok_or_else(invalid)?;
+                        Decoder::new(config, rate)
+                    })*
+                    _ => return Err(invalid()),
+                }
+            };
+        }
+        with_channels!(1 2 3 4 5 6 7 8)
+            .map_err(|err| AudioError::InvalidInput(format!("Opus channel mapping: {err:?}")))
+    }
 }
 
 impl Decoder {
     fn new(params: &AudioCodecParameters) -> Result<Decoder, AudioError> {
         if params.codec == CODEC_ID_OPUS {
-            let channels = params.channels.as_ref().map_or(2, |c| c.count());
-            let layout = match channels {
-                1 => opusic_c::Channels::Mono,
-                2 => opusic_c::Channels::Stereo,
-                n => {
-                    return Err(AudioError::UnsupportedFormat(format!(
-                        "multichannel ({n}) Opus"
-                    )))
+            let head = match params.extra_data.as_deref() {
+                Some(header) => OpusHead::parse(header)?,
+                // No header kept by the demuxer: plain stereo or mono.
+                None => {
+                    let channels = params.channels.as_ref().map_or(2, |c| c.count());
+                    OpusHead {
+                        channels,
+                        output_gain_q8: 0,
+                        family: 0,
+                        streams: 1,
+                        coupled: u8::from(channels == 2),
+                        mapping: Vec::new(),
+                    }
                 }
             };
-            let decoder = opusic_c::Decoder::new(layout, opusic_c::SampleRate::Hz48000)
-                .map_err(|err| AudioError::UnsupportedFormat(format!("libopus: {err:?}")))?;
             return Ok(Decoder::Opus {
-                decoder,
-                channels,
-                buffer: Vec::with_capacity(OPUS_FRAME_LEN_MAX * channels),
+                decoder: head.decoder()?,
+                channels: head.channels,
+                gain: head.gain(),
+                buffer: Vec::with_capacity(OPUS_FRAME_LEN_MAX * head.channels),
             });
         }
         let decoder = symphonia::default::get_codecs()
@@ -437,22 +564,40 @@ impl Decoder {
             Decoder::Opus {
                 decoder,
                 channels,
+                gain,
                 buffer,
             } => {
                 // A sized slice, not `decode_float_to_vec`: that one sets the
                 // length to the frame count rather than frames times channels.
                 buffer.resize(OPUS_FRAME_LEN_MAX * *channels, 0.0);
-                let frames = decoder
-                    .decode_float_to_slice(&packet.data, buffer, false)
+                let decoded = match decoder {
+                    OpusDecoder::Single(d) => d.decode_float_to_slice(&packet.data, buffer, false),
+                    OpusDecoder::Multi(d) => d.decode_float_to_slice(&packet.data, buffer, false),
+                };
+                let frames = decoded
                     .map_err(|err| {
                         AudioError::InvalidInput(format!("corrupt Opus packet: {err:?}"))
                     })?
                     .min(OPUS_FRAME_LEN_MAX);
+                if *gain != 1.0 {
+                    buffer[..frames * *channels]
+                        .iter_mut()
+                        .for_each(|s| *s *= *gain);
+                }
                 // Apply the container's pre-skip and end trimming, as symphonia's own decoders do.
                 let trim_start = (packet.trim_start.get() as usize).min(frames);
                 let trim_end = (packet.trim_end.get() as usize).min(frames - trim_start);
                 let end = frames - trim_end;
-                out.extend_from_slice(&buffer[trim_start * *channels..end * *channels]);
+                let kept = &buffer[trim_start * *channels..end * *channels];
+                match decoder {
+                    OpusDecoder::Multi(_) if *channels > 2 => {
+                        let order = VORBIS_TO_WAV[*channels - 1];
+                        for frame in kept.chunks_exact(*channels) {
+                            out.extend(order.iter().map(|&c| frame[c]));
+                        }
+                    }
+                    _ => out.extend_from_slice(kept),
+                }
                 Ok(Some((*channels, 48_000)))
             }
         }

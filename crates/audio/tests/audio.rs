@@ -420,3 +420,153 @@ fn requests_and_inputs_fail_with_stable_codes() {
         "io"
     );
 }
+
+/// Ogg's page checksum (CRC-32, polynomial 0x04c11db7, no reflection).
+fn ogg_crc(page: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for &byte in page {
+        crc ^= u32::from(byte) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Sets the output gain of an Ogg Opus file's OpusHead (first page) and
+/// repairs that page's checksum.
+fn with_opus_gain(bytes: &[u8], gain_q8: i16) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let segments = usize::from(out[26]);
+    let body = 27 + segments;
+    let page_len = body + out[27..body].iter().map(|&s| usize::from(s)).sum::<usize>();
+    assert_eq!(&out[body..body + 8], b"OpusHead");
+    out[body + 16..body + 18].copy_from_slice(&gain_q8.to_le_bytes());
+    out[22..26].copy_from_slice(&[0; 4]);
+    let crc = ogg_crc(&out[..page_len]);
+    out[22..26].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn rms(samples: &[f32]) -> f64 {
+    (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// Frequency of a pure tone from its zero crossings.
+fn tone_hz(samples: &[f32], rate_hz: u32) -> f64 {
+    let crossings = samples
+        .windows(2)
+        .filter(|w| w[0].is_sign_negative() != w[1].is_sign_negative())
+        .count();
+    crossings as f64 / 2.0 / (samples.len() as f64 / f64::from(rate_hz))
+}
+
+#[test]
+fn opus_multistream_and_output_gain() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5.1 (channel mapping family 1): one tone per channel. Decoded, each
+    // channel must carry the tone that ffmpeg's decoder puts there (front
+    // left, front right, centre, LFE, back left, back right).
+    let surround = dir.path().join("surround.opus");
+    let mut args: Vec<String> = vec!["-v".into(), "error".into(), "-y".into()];
+    for hz in [440, 660, 880, 110, 330, 550] {
+        args.extend(["-f", "lavfi", "-i"].map(String::from));
+        args.push(format!("sine=frequency={hz}:duration=6"));
+    }
+    args.extend(
+        [
+            "-filter_complex",
+            "[0][1][2][3][4][5]join=inputs=6:channel_layout=5.1[a]",
+            "-map",
+            "[a]",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "256k",
+        ]
+        .map(String::from),
+    );
+    args.push(surround.to_str().unwrap().into());
+    support::must_run(
+        "ffmpeg",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let reference = dir.path().join("surround.f32");
+    support::must_run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            surround.to_str().unwrap(),
+            "-f",
+            "f32le",
+            reference.to_str().unwrap(),
+        ],
+    );
+    let theirs: Vec<f32> = std::fs::read(&reference)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let decoded = audio::decode::decode(&surround, None).unwrap();
+    assert_eq!((decoded.channels, decoded.rate_hz), (6, 48_000));
+    let seconds = |samples: &[f32]| samples[6 * 48_000..6 * 4 * 48_000].to_vec();
+    let (ours, theirs) = (seconds(&decoded.samples), seconds(&theirs));
+    for channel in 0..6 {
+        let plane =
+            |s: &[f32]| -> Vec<f32> { s.iter().skip(channel).step_by(6).copied().collect() };
+        let (ours_hz, theirs_hz) = (
+            tone_hz(&plane(&ours), 48_000),
+            tone_hz(&plane(&theirs), 48_000),
+        );
+        assert!(
+            (ours_hz - theirs_hz).abs() < theirs_hz * 0.02,
+            "channel {channel}: {ours_hz} Hz, ffmpeg {theirs_hz} Hz"
+        );
+    }
+    let loudness = dsp::loudness::measure(&decoded.samples, 6, 48_000).unwrap();
+    let ours = loudness.integrated_lufs.unwrap();
+    let theirs = ffmpeg_integrated_lufs(&surround);
+    assert!((ours - theirs).abs() <= 0.1, "{ours} LUFS, ffmpeg {theirs}");
+
+    // The OpusHead output gain (Q7.8 dB) is applied: +6 dB doubles the level.
+    let stereo = dir.path().join("stereo.opus");
+    support::must_run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            short_track().to_str().unwrap(),
+            "-t",
+            "20",
+            "-c:a",
+            "libopus",
+            stereo.to_str().unwrap(),
+        ],
+    );
+    let louder = dir.path().join("louder.opus");
+    std::fs::write(
+        &louder,
+        with_opus_gain(&std::fs::read(&stereo).unwrap(), 6 * 256),
+    )
+    .unwrap();
+    let plain = audio::decode::decode(&stereo, None).unwrap();
+    let gained = audio::decode::decode(&louder, None).unwrap();
+    assert_eq!(plain.samples.len(), gained.samples.len());
+    let ratio_db = 20.0 * (rms(&gained.samples) / rms(&plain.samples)).log10();
+    assert!((ratio_db - 6.0).abs() < 0.01, "gain {ratio_db} dB");
+    let ours = dsp::loudness::measure(&gained.samples, 2, 48_000)
+        .unwrap()
+        .integrated_lufs
+        .unwrap();
+    let theirs = ffmpeg_integrated_lufs(&louder);
+    assert!((ours - theirs).abs() <= 0.1, "{ours} LUFS, ffmpeg {theirs}");
+}
