@@ -421,6 +421,13 @@ fn requests_and_inputs_fail_with_stable_codes() {
     );
 }
 
+/// Runs ffmpeg with `args`, overwriting outputs and printing errors only.
+fn ffmpeg_quietly(args: &[&str]) {
+    let mut all = vec!["-v", "error", "-y"];
+    all.extend_from_slice(args);
+    support::must_run("ffmpeg", &all);
+}
+
 /// Ogg's page checksum (CRC-32, polynomial 0x04c11db7, no reflection).
 fn ogg_crc(page: &[u8]) -> u32 {
     let mut crc = 0u32;
@@ -472,7 +479,7 @@ fn opus_multistream_and_output_gain() {
     // channel must carry the tone that ffmpeg's decoder puts there (front
     // left, front right, centre, LFE, back left, back right).
     let surround = dir.path().join("surround.opus");
-    let mut args: Vec<String> = vec!["-v".into(), "error".into(), "-y".into()];
+    let mut args: Vec<String> = Vec::new();
     for hz in [440, 660, 880, 110, 330, 550] {
         args.extend(["-f", "lavfi", "-i"].map(String::from));
         args.push(format!("sine=frequency={hz}:duration=6"));
@@ -491,24 +498,15 @@ fn opus_multistream_and_output_gain() {
         .map(String::from),
     );
     args.push(surround.to_str().unwrap().into());
-    support::must_run(
-        "ffmpeg",
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    ffmpeg_quietly(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let reference = dir.path().join("surround.f32");
-    support::must_run(
-        "ffmpeg",
-        &[
-            "-v",
-            "error",
-            "-y",
-            "-i",
-            surround.to_str().unwrap(),
-            "-f",
-            "f32le",
-            reference.to_str().unwrap(),
-        ],
-    );
+    ffmpeg_quietly(&[
+        "-i",
+        surround.to_str().unwrap(),
+        "-f",
+        "f32le",
+        reference.to_str().unwrap(),
+    ]);
     let theirs: Vec<f32> = std::fs::read(&reference)
         .unwrap()
         .chunks_exact(4)
@@ -537,21 +535,15 @@ fn opus_multistream_and_output_gain() {
 
     // The OpusHead output gain (Q7.8 dB) is applied: +6 dB doubles the level.
     let stereo = dir.path().join("stereo.opus");
-    support::must_run(
-        "ffmpeg",
-        &[
-            "-v",
-            "error",
-            "-y",
-            "-i",
-            short_track().to_str().unwrap(),
-            "-t",
-            "20",
-            "-c:a",
-            "libopus",
-            stereo.to_str().unwrap(),
-        ],
-    );
+    ffmpeg_quietly(&[
+        "-i",
+        short_track().to_str().unwrap(),
+        "-t",
+        "20",
+        "-c:a",
+        "libopus",
+        stereo.to_str().unwrap(),
+    ]);
     let louder = dir.path().join("louder.opus");
     std::fs::write(
         &louder,
