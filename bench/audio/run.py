@@ -173,8 +173,35 @@ def main():
           f"(allowing double/half/3:2 tempo: {agree['librosa_octave']}/{n}, {agree['essentia_octave']}/{n}); "
           f"key equal to KeyExtractor: {agree['key']}/{n}; integrated loudness within 0.1 LU of ffmpeg: {agree['lufs']}/{n}.")
 
+    fingerprints(tracks)
     transcodes(tracks[:2])
     chorus()
+
+
+def fpcalc_fingerprint(path):
+    out = subprocess.run(["fpcalc", str(path)], capture_output=True, text=True).stdout
+    return next((l.split("=", 1)[1] for l in out.splitlines() if l.startswith("FINGERPRINT=")), None)
+
+
+def fingerprints(tracks):
+    """Our fingerprint string against fpcalc's, on each song and on a 16-bit FLAC copy."""
+    print("\n## Fingerprints vs fpcalc (string equality)\n")
+    print("| song | original (lossy) | 16-bit FLAC copy |")
+    print("|---|---|---|")
+    equal = {"original": 0, "flac": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        for track in tracks:
+            flac = Path(tmp, track.stem + ".flac")
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", track, "-c:a", "flac", "-sample_fmt", "s16", flac], check=True)
+            row = []
+            for kind, path in (("original", track), ("flac", flac)):
+                out = subprocess.run([RELEASE / "ingest", path], capture_output=True, text=True).stdout
+                same = json.loads(out).get("fingerprint") == fpcalc_fingerprint(path)
+                equal[kind] += same
+                row.append("equal" if same else "differs")
+            print(f"| {track.name} | {row[0]} | {row[1]} |")
+    n = len(tracks)
+    print(f"\nEqual strings: originals {equal['original']}/{n}, 16-bit FLAC copies {equal['flac']}/{n}.")
 
 
 def transcodes(tracks):
