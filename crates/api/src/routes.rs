@@ -444,6 +444,7 @@ pub(crate) async fn cluster(State(app): State<AppState>) -> Json<serde_json::Val
         "leader": raft.leader,
         "term": raft.term,
         "commit_index": raft.commit_index,
+        "snapshot_index": raft.snapshot_index,
         "applied_index": raft.applied_index,
     }))
 }

@@ -55,6 +55,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         labels: Vec::new(),
         join: None,
         fault_injection: false,
+        snapshot_logs: node::SNAPSHOT_LOGS_DEFAULT,
     };
     println!(
         "chorus demo: starting a one-node cluster in {}",

@@ -35,6 +35,9 @@ pub(crate) struct ServeArgs {
     /// partition tests and drills. Off unless asked for.
     #[arg(long)]
     fault_injection: bool,
+    /// Log entries between snapshots of the registry.
+    #[arg(long, default_value_t = node::SNAPSHOT_LOGS_DEFAULT, hide = true)]
+    snapshot_logs: u64,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -79,6 +82,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         labels: args.labels,
         join,
         fault_injection: args.fault_injection,
+        snapshot_logs: args.snapshot_logs,
     };
     // Open first and serve the API before running: a joining node must answer its new
     // peers' raft traffic before it can hear from a leader.

@@ -33,7 +33,7 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::CLUSTER_KEY_ID;
+pub use registry::{CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT};
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.
@@ -66,6 +66,8 @@ pub struct NodeConfig {
     pub join: Option<JoinTarget>,
     /// Whether [`Node::set_faults`] may cut this node off from peers (partition tests).
     pub fault_injection: bool,
+    /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
+    pub snapshot_logs: u64,
 }
 
 /// Where and how a new node asks to join.
@@ -183,6 +185,7 @@ impl Node {
             &config.advertise_addr,
             founding,
             &secret,
+            config.snapshot_logs,
         )
         .await
         .map_err(unavailable)?;

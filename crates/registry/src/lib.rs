@@ -53,8 +53,8 @@ pub enum Role {
 /// How long a forwarded call waits for a leader or for its entry to be applied here.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Log entries between snapshots; a snapshot lets the log before it be purged.
-const SNAPSHOT_LOGS_SINCE_LAST: u64 = 5_000;
+/// Log entries between snapshots by default; a snapshot lets the log before it be purged.
+pub const SNAPSHOT_LOGS_DEFAULT: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -76,6 +76,9 @@ pub struct RaftFigures {
     pub leader: Option<NodeId>,
     pub is_leader: bool,
     pub voters: usize,
+    /// Last log index in this node's latest snapshot (built here or installed from the
+    /// leader); 0 without one.
+    pub snapshot_index: u64,
 }
 
 /// Voters in the cluster: the first nodes to join become voters up to this many; later ones
@@ -112,13 +115,16 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Opens (or creates) the registry in `dir` and starts raft. A pristine node initializes
     /// itself as a one-member cluster: a single node is just the smallest cluster.
-    /// `cluster_secret` (hex) signs raft RPC between nodes.
+    /// `cluster_secret` (hex) signs raft RPC between nodes. A snapshot is taken every
+    /// `snapshot_logs` entries, and a fifth of that is kept in the log after it (so that a
+    /// follower a little behind catches up from the log, one far behind from the snapshot).
     pub async fn open(
         dir: &Path,
         id: NodeId,
         addr: &str,
         founding: Founding,
         cluster_secret: &str,
+        snapshot_logs: u64,
     ) -> Result<Registry, RegistryError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
@@ -132,8 +138,8 @@ impl Registry {
             heartbeat_interval: 50,
             election_timeout_min: 150,
             election_timeout_max: 300,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
+            max_in_snapshot_log_to_keep: snapshot_logs / 5,
             ..Config::default()
         };
         let config = Arc::new(
@@ -372,6 +378,7 @@ impl Registry {
             leader: m.current_leader,
             is_leader: m.current_leader == Some(self.id),
             voters: m.membership_config.membership().voter_ids().count(),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }
     }
 

@@ -498,3 +498,51 @@ async fn node_weights_share_out_work_under_weighted_round_robin() {
         "3:1 by weight: {ran:?}"
     );
 }
+
+async fn snapshot_index(node: &TestNode) -> u64 {
+    let cluster = node.client.cluster().await.unwrap();
+    cluster["snapshot_index"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_late_catches_up_from_a_snapshot() {
+    let first = TestNode::start().await;
+    // Test nodes snapshot every 200 entries and keep 40 after: jobs one after the other (a
+    // submit and a result entry each) until the early log is purged.
+    let mut ids = Vec::new();
+    while snapshot_index(&first).await < 400 {
+        let id = submit(&first, &sleeps(1, 0)).await[0];
+        assert_eq!(
+            must_finish(&first.client, id).await.state,
+            JobState::Succeeded
+        );
+        ids.push(id);
+        let cluster = first.client.cluster().await.unwrap();
+        assert!(
+            ids.len() < 2_000,
+            "no snapshot after {} jobs: {cluster}",
+            ids.len()
+        );
+    }
+    let second = TestNode::join(&first).await;
+    // The newcomer holds the whole history, read from its own state.
+    for id in [ids[0], ids[ids.len() / 2], ids[ids.len() - 1]] {
+        must_find("the newcomer has the job", || async {
+            let path = format!("/v1/jobs/{id}?stale=true");
+            let (status, _) = second.client.raw("GET", &path, Vec::new()).await.ok()?;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        snapshot_index(&second).await >= 400,
+        "the newcomer installed the leader's snapshot"
+    );
+    // And it serves: jobs submitted through it run.
+    for id in submit(&second, &sleeps(4, 1)).await {
+        assert_eq!(
+            must_finish(&second.client, id).await.state,
+            JobState::Succeeded
+        );
+    }
+}

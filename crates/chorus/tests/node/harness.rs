@@ -115,6 +115,9 @@ impl TestNode {
             .args([
                 "serve",
                 "--fault-injection",
+                // Snapshots every 200 entries: every test crosses some (the default is 5,000).
+                "--snapshot-logs",
+                "200",
                 "--listen",
                 &self.addr,
                 "--slots",
