@@ -17,7 +17,8 @@
 //!    Its fitness is the length it covers by repetition (each repetition's
 //!    length times its score above a neutral level), weighted by how
 //!    typical its length is for a chorus, by its loudness relative to the
-//!    song and by its number of occurrences: a simplified version of
+//!    song and by its number of separate appearances (back-to-back
+//!    occurrences are one appearance of a repeated phrase): a simplified version of
 //!    Müller's thumbnail fitness that prefers the most-repeated, loud part
 //!    over a longer part repeated less often.
 //! 5. The fittest segment and its repetitions are the chorus. Its ends are
@@ -293,7 +294,20 @@ fn trimmed(mut group: Group, similarity: &Similarity, len_min: usize) -> Group {
     group
 }
 
-/// Weight of the number of occurrences, 1 for a section heard twice. The
+/// Separate appearances of a section: occurrences that follow one another
+/// (the next one starts less than half a length after the previous one
+/// ends) are one appearance of a passage that repeats a short phrase, like
+/// a riff running through a verse, not separate returns of a section.
+fn appearances(starts: &[usize], len: usize) -> usize {
+    let mut sorted = starts.to_vec();
+    sorted.sort_unstable();
+    1 + sorted
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] > len + len / 2)
+        .count()
+}
+
+/// Weight of the number of appearances, 1 for a section heard twice. The
 /// summed excess similarity already grows with each repetition; this extra
 /// weight makes the section heard most often win over a section heard
 /// less often that is a little longer or louder (a chorus over a verse).
@@ -515,8 +529,10 @@ fn best_group(
             } else {
                 1.0
             };
-            let fitness =
-                excess_sum * length_term * energy_weight * occurrence_weight(starts.len());
+            let fitness = excess_sum
+                * length_term
+                * energy_weight
+                * occurrence_weight(appearances(&starts, len));
             if best.as_ref().is_none_or(|b| fitness > b.fitness) {
                 let repeats = (starts.len() - 1) as f64;
                 starts.sort_unstable();
@@ -595,6 +611,17 @@ mod tests {
             expected_s.iter().any(|e| (chorus.start_s - e).abs() < 3.0),
             "chorus {chorus:?}"
         );
+    }
+
+    #[test]
+    fn back_to_back_occurrences_are_one_appearance() {
+        // A phrase heard three times in a row, then once more later.
+        assert_eq!(appearances(&[60, 0, 10, 20], 10), 2);
+        // Returns separated by other material each count.
+        assert_eq!(appearances(&[0, 40, 80], 10), 3);
+        // Less than half a length between two occurrences joins them.
+        assert_eq!(appearances(&[0, 14, 40], 10), 2);
+        assert_eq!(appearances(&[0, 16, 40], 10), 3);
     }
 
     #[test]
