@@ -6,8 +6,9 @@
 //!
 //! The pipeline is shaped for speed: the caller decodes once, [`loudness`] runs
 //! on the native-rate interleaved samples, everything else runs on one mono
-//! signal at [`ANALYSIS_RATE_HZ`] ([`mono::Mono`]) whose single STFT
-//! ([`stft::Spectrogram`]) feeds the spectral features, chroma, onsets, tempo,
+//! signal at [`ANALYSIS_RATE_HZ`] ([`mono::Mono`], resampled by
+//! [`polyphase`]) whose single STFT ([`stft::stft`], streamed frame by frame,
+//! never stored whole) feeds the spectral features, chroma, onsets, tempo,
 //! key and chorus detection ([`analysis::analyze`]).
 
 pub mod analysis;
