@@ -391,8 +391,8 @@ fn backups_in_mode_all_run_to_completion_and_keep_every_output() {
     );
 }
 
-#[test]
-fn hedges_start_late_on_other_nodes_and_the_first_success_wins() {
+/// Two nodes, a function with one hedge after 1 s, and its job started on node 1 at 100 ms.
+fn hedged_job_started_on_node_1() -> State {
     let mut state = State::default();
     for command in [
         with_backups("hedged", 1, BackupMode::Hedge),
@@ -406,6 +406,12 @@ fn hedges_start_late_on_other_nodes_and_the_first_success_wins() {
         jobs: vec![job("hedged", 0, None)],
         place: vec![Some(1)],
     });
+    state
+}
+
+#[test]
+fn hedges_start_late_on_other_nodes_and_the_first_success_wins() {
+    let mut state = hedged_job_started_on_node_1();
     // Not due before the delay; due after it, away from node 1.
     assert_eq!(state.hedges_due(1_099), (vec![], Some(1_100)));
     assert_eq!(state.hedges_due(1_100), (vec![(JobId(1), vec![1])], None));
@@ -450,19 +456,7 @@ fn hedges_start_late_on_other_nodes_and_the_first_success_wins() {
 
 #[test]
 fn a_failed_hedge_leaves_the_job_running_on_the_other_attempt() {
-    let mut state = State::default();
-    for command in [
-        with_backups("hedged", 1, BackupMode::Hedge),
-        node(1),
-        node(2),
-    ] {
-        state.apply(command);
-    }
-    state.apply(Command::SubmitJobs {
-        now_ms: 100,
-        jobs: vec![job("hedged", 0, None)],
-        place: vec![Some(1)],
-    });
+    let mut state = hedged_job_started_on_node_1();
     state.apply(Command::StartAttempts {
         now_ms: 1_100,
         node: 2,

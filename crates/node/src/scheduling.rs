@@ -91,11 +91,7 @@ pub(crate) fn place_new(
             return (Vec::new(), Vec::new());
         }
         let config = config(s);
-        let mut state = node
-            .inner
-            .scheduler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut state = scheduler_state(node);
         let state = state.get_or_insert_with(|| SchedulerState::new(&config));
         // Placeholder ids: the real ones are assigned when the entry is applied.
         // Jobs whose backups start together are left to the loop: one node per job here.
@@ -142,21 +138,13 @@ pub(crate) async fn run(node: Node) {
         }
         if !node.inner.registry.figures().is_leader {
             // A new leader starts from a fresh scheduler state.
-            *node
-                .inner
-                .scheduler
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
+            *scheduler_state(&node) = None;
             continue;
         }
         let now = now_ms();
         let placement = node.read(|s| {
             let config = config(s);
-            let mut state = node
-                .inner
-                .scheduler
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut state = scheduler_state(&node);
             let state = state.get_or_insert_with(|| SchedulerState::new(&config));
             let nodes = view(s);
             let free: u32 = nodes
@@ -216,6 +204,15 @@ pub(crate) async fn run(node: Node) {
             tracing::warn!(error = %e, "could not start attempts");
         }
     }
+}
+
+/// The scheduler's state kept between placements (see `Node`'s field); locked while the
+/// applied state's read lock is held, never the other way round.
+fn scheduler_state(node: &Node) -> std::sync::MutexGuard<'_, Option<SchedulerState>> {
+    node.inner
+        .scheduler
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// The config key of a node's weight.

@@ -464,24 +464,18 @@ async fn node_weights_share_out_work_under_weighted_round_robin() {
     ] {
         client.set_config(&key, value).await.unwrap();
     }
-    let refused = client
-        .set_config(&format!("node.{heavy}.weight"), "-1")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Some(model::ErrorCode::InvalidInput),
-        "{refused}"
-    );
-    let refused = client
-        .set_config("scheduler.cpu_threshold", "120")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Some(model::ErrorCode::InvalidInput),
-        "{refused}"
-    );
+    for (key, bad) in [
+        (format!("node.{heavy}.weight"), "-1"),
+        ("scheduler.cpu_threshold".into(), "120"),
+    ] {
+        let refused = client.set_config(&key, bad).await.unwrap_err();
+        let code = refused.code();
+        assert_eq!(
+            code,
+            Some(model::ErrorCode::InvalidInput),
+            "{key}={bad}: {refused}"
+        );
+    }
     let mut ran: std::collections::BTreeMap<u64, usize> = Default::default();
     // Small batches, each placed while the nodes have room, so the weights alone decide.
     for _ in 0..8 {
