@@ -130,7 +130,8 @@ impl Registry {
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let db = log_store::open_db(&dir.join("raft.redb"))?;
         let log_store = log_store::LogStore::new(db.clone());
-        let (sm, shared) = state_machine::StateMachine::open(db)?;
+        let snapshots = state_machine::SnapshotFile::new(dir, db);
+        let (sm, shared) = state_machine::StateMachine::open(snapshots)?;
         let config = Config {
             cluster_name: "chorus".into(),
             // A new leader within a second of losing one: heartbeats every 50 ms, elections

@@ -1,5 +1,5 @@
 //! The state machine: [`model::State`] in memory, made durable by the log and by snapshots
-//! kept in redb.
+//! kept in a file of their own (see [`SnapshotFile`]).
 //!
 //! Snapshot file layout: one JSON line of [`SnapshotHeader`], then the state's JSON. Readers
 //! and the API see the state through [`Shared`], behind a short-held lock.
@@ -14,12 +14,60 @@ use openraft::{
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
+/// Where data dirs made before snapshots had their own file kept them.
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const SNAPSHOT_KEY: &str = "current";
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// The latest snapshot, in its own file next to the log's redb file: written under a temporary
+/// name, synced, renamed over the old one, and the directory synced. Not in the log's
+/// database: redb runs one write transaction at a time, and writing a snapshot of a large
+/// state (megabytes, then an fsync) there held every log append, and so every commit, for
+/// up to a few hundred milliseconds.
+#[derive(Debug)]
+pub(crate) struct SnapshotFile {
+    dir: PathBuf,
+    db: Arc<Database>,
+}
+
+impl SnapshotFile {
+    pub(crate) fn new(dir: &Path, db: Arc<Database>) -> SnapshotFile {
+        SnapshotFile {
+            dir: dir.to_path_buf(),
+            db,
+        }
+    }
+
+    fn read(&self) -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
+        match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => read_snapshot_bytes(&self.db),
+            Err(e) => Err(snap_err(e)),
+        }
+    }
+
+    async fn store(&self, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+        let dir = self.dir.clone();
+        let write = move || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+            std::fs::File::open(&dir)?.sync_all()
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(sm_err)?
+            .map_err(sm_err)
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
@@ -58,7 +106,7 @@ impl Shared {
 
 #[derive(Debug)]
 pub(crate) struct StateMachine {
-    db: Arc<Database>,
+    snapshots: Arc<SnapshotFile>,
     shared: Arc<Shared>,
 }
 
@@ -72,10 +120,14 @@ fn snap_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<N
 
 impl StateMachine {
     /// Opens the state machine, loading the latest snapshot if there is one.
-    pub(crate) fn open(db: Arc<Database>) -> Result<(StateMachine, Arc<Shared>), RegistryError> {
+    pub(crate) fn open(
+        snapshots: SnapshotFile,
+    ) -> Result<(StateMachine, Arc<Shared>), RegistryError> {
+        let snapshots = Arc::new(snapshots);
         let mut inner = Inner::default();
-        if let Some(bytes) =
-            read_snapshot_bytes(&db).map_err(|e| RegistryError::Storage(e.to_string()))?
+        if let Some(bytes) = snapshots
+            .read()
+            .map_err(|e| RegistryError::Storage(e.to_string()))?
         {
             let (header, state) =
                 decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
@@ -93,7 +145,7 @@ impl StateMachine {
         });
         Ok((
             StateMachine {
-                db,
+                snapshots,
                 shared: shared.clone(),
             },
             shared,
@@ -122,20 +174,6 @@ fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), serde_json::Error> {
     let header: SnapshotHeader = serde_json::from_slice(&bytes[..split])?;
     let state = State::decode(bytes.get(split + 1..).unwrap_or_default())?;
     Ok((header, state))
-}
-
-async fn store_snapshot(db: Arc<Database>, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
-    let write = move || -> Result<(), redb::Error> {
-        let txn = db.begin_write()?;
-        txn.open_table(SNAPSHOT)?
-            .insert(SNAPSHOT_KEY, bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
-    };
-    tokio::task::spawn_blocking(write)
-        .await
-        .map_err(sm_err)?
-        .map_err(sm_err)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -178,7 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -196,7 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
         let (_, state) = decode(&bytes).map_err(snap_err)?;
-        store_snapshot(self.db.clone(), bytes).await?;
+        self.snapshots.store(bytes).await?;
         let last = meta.last_log_id.map_or(0, |l| l.index);
         {
             let mut inner = self.write_inner();
@@ -214,7 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(bytes) = read_snapshot_bytes(&self.db)? else {
+        let Some(bytes) = self.snapshots.read()? else {
             return Ok(None);
         };
         let split = bytes
@@ -231,7 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[derive(Debug)]
 pub(crate) struct SnapshotBuilder {
-    db: Arc<Database>,
+    snapshots: Arc<SnapshotFile>,
     shared: Arc<Shared>,
 }
 
@@ -262,7 +300,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             bytes
         };
         let bytes = tokio::task::spawn_blocking(encode).await.map_err(sm_err)?;
-        store_snapshot(self.db.clone(), bytes.clone()).await?;
+        self.snapshots.store(bytes.clone()).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
