@@ -722,7 +722,12 @@ impl Node {
     pub fn metrics_text(&self, openmetrics: bool) -> String {
         let raft = self.raft_figures();
         let warm = self.inner.executor.warm_workers();
-        let text = self.read(|s| self.inner.metrics.render(s, &raft, &warm));
+        let text = self.read(|s| {
+            // The breakers live in the leader's scheduler state: only the leader reports them.
+            let scheduler = scheduling::scheduler_state(self);
+            let breakers = scheduler.as_ref().map(|st| &st.breakers);
+            self.inner.metrics.render(s, &raft, &warm, breakers)
+        });
         if openmetrics {
             text
         } else {

@@ -33,6 +33,11 @@ struct PoolLabels {
     pool: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
@@ -48,6 +53,7 @@ pub(crate) struct Metrics {
     raft_apply_lag: Gauge,
     raft_is_leader: Gauge,
     pub(crate) purged_jobs: Counter,
+    breaker_open: Family<NodeLabels, Gauge>,
     pub(crate) expired_objects: Counter,
 }
 
@@ -137,8 +143,15 @@ impl Metrics {
             "Outputs and logs deleted from this node's store (retention)",
             expired_objects.clone(),
         );
+        let breaker_open = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "breaker_open",
+            "1 while a node's CPU breaker is open (it gets no new work); reported by the leader",
+            breaker_open.clone(),
+        );
         Metrics {
             registry,
+            breaker_open,
             purged_jobs,
             expired_objects,
             jobs,
@@ -161,7 +174,17 @@ impl Metrics {
         state: &State,
         raft: &registry::RaftFigures,
         warm: &BTreeMap<String, usize>,
+        breakers: Option<&BTreeMap<model::NodeId, scheduler::Breaker>>,
     ) -> String {
+        self.breaker_open.clear();
+        for (node, breaker) in breakers.into_iter().flatten() {
+            let open = *breaker == scheduler::Breaker::Open;
+            self.breaker_open
+                .get_or_create(&NodeLabels {
+                    node: node.to_string(),
+                })
+                .set(i64::from(open));
+        }
         self.jobs.clear();
         for ((function, job_state), count) in state.job_counts() {
             self.jobs

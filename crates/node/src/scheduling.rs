@@ -208,7 +208,7 @@ pub(crate) async fn run(node: Node) {
 
 /// The scheduler's state kept between placements (see `Node`'s field); locked while the
 /// applied state's read lock is held, never the other way round.
-fn scheduler_state(node: &Node) -> std::sync::MutexGuard<'_, Option<SchedulerState>> {
+pub(crate) fn scheduler_state(node: &Node) -> std::sync::MutexGuard<'_, Option<SchedulerState>> {
     node.inner
         .scheduler
         .lock()

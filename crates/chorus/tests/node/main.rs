@@ -631,6 +631,13 @@ async fn the_cpu_breaker_raises_an_alert_when_it_opens_and_an_all_clear_when_it_
     .await;
     assert_eq!(opened["node"].as_u64(), Some(node.id()));
     assert_eq!(opened["alert"], true);
+    let breaker_gauge = format!("chorus_breaker_open{{node=\"{}\"}}", node.id());
+    let gauge = || async { harness::metric(&node.metrics().await, &breaker_gauge) };
+    assert_eq!(
+        gauge().await,
+        Some(1.0),
+        "the leader reports the open breaker"
+    );
     node.client
         .set_config("scheduler.cpu_threshold", "100")
         .await
@@ -646,6 +653,7 @@ async fn the_cpu_breaker_raises_an_alert_when_it_opens_and_an_all_clear_when_it_
     })
     .await;
     assert_eq!(closed["alert"], false);
+    assert_eq!(gauge().await, Some(0.0));
     assert!(events(&node, closed["seq"].as_u64().unwrap())
         .await
         .is_empty());
