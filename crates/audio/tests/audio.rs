@@ -370,55 +370,44 @@ fn requests_and_inputs_fail_with_stable_codes() {
     let source = short_track();
     let out_dir = tempfile::tempdir().unwrap();
     let files = [source.clone()];
-    assert_eq!(
-        error_code("audio.nope", Value::Null, &files, out_dir.path()),
-        "unknown_function"
-    );
-    assert_eq!(
-        error_code("audio.probe", Value::Null, &[], out_dir.path()),
-        "invalid_input"
-    );
-    assert_eq!(
-        error_code(
+    let missing = [out_dir.path().join("missing.ogg")];
+    let cases: [(&str, Value, &[PathBuf], &str); 7] = [
+        ("audio.nope", Value::Null, &files, "unknown_function"),
+        ("audio.probe", Value::Null, &[], "invalid_input"),
+        (
             "audio.loudness",
             json!({"target_lufs": 3}),
             &files,
-            out_dir.path()
+            "invalid_input",
         ),
-        "invalid_input"
-    );
-    assert_eq!(
-        error_code(
+        (
             "audio.transcode",
             json!({"outputs": []}),
             &files,
-            out_dir.path()
+            "invalid_input",
         ),
-        "invalid_input"
-    );
-    assert_eq!(
-        error_code(
+        (
             "audio.transcode",
             json!({"outputs": [{"format": "aiff"}]}),
             &files,
-            out_dir.path()
+            "unsupported_format",
         ),
-        "unsupported_format"
-    );
-    assert_eq!(
-        error_code(
+        (
             "audio.transcode",
             json!({"outputs": [{"format": "opus", "sample_rate_hz": 44100}]}),
             &files,
-            out_dir.path()
+            "invalid_input",
         ),
-        "invalid_input"
-    );
-    let missing = [out_dir.path().join("missing.ogg")];
-    assert_eq!(
-        error_code("audio.probe", Value::Null, &missing, out_dir.path()),
-        "io"
-    );
+        ("audio.probe", Value::Null, &missing, "io"),
+    ];
+    for (function, input, files, expected) in cases {
+        let what = format!("{function} {input}");
+        assert_eq!(
+            error_code(function, input, files, out_dir.path()),
+            expected,
+            "{what}"
+        );
+    }
 }
 
 /// Runs ffmpeg with `args`, overwriting outputs and printing errors only.
