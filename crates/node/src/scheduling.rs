@@ -123,11 +123,11 @@ pub(crate) fn place_new(
 
 pub(crate) async fn run(node: Node) {
     let mut applied = node.inner.registry.applied();
+    // When the next hedge falls due, as of the last pass; a new attempt is an applied change,
+    // which starts a new pass, so this is never older than the attempts it is about.
+    let mut next_hedge_ms: Option<u64> = None;
     loop {
-        let next_due = node.read(|s| {
-            let next_hedge = s.hedges_due(now_ms()).1;
-            s.next_due_ms().into_iter().chain(next_hedge).min()
-        });
+        let next_due = node.read(|s| s.next_due_ms().into_iter().chain(next_hedge_ms).min());
         let wait = next_due.map_or(IDLE_TICK, |due| {
             Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_TICK)
         });
@@ -139,10 +139,13 @@ pub(crate) async fn run(node: Node) {
         if !node.inner.registry.figures().is_leader {
             // A new leader starts from a fresh scheduler state.
             *scheduler_state(&node) = None;
+            next_hedge_ms = None;
             continue;
         }
         let now = now_ms();
         let placement = node.read(|s| {
+            let (hedges, next_hedge) = s.hedges_due(now);
+            next_hedge_ms = next_hedge;
             let config = config(s);
             let mut state = scheduler_state(&node);
             let state = state.get_or_insert_with(|| SchedulerState::new(&config));
@@ -156,7 +159,6 @@ pub(crate) async fn run(node: Node) {
                 return None;
             }
             // Hedges first: they are few, and each is a job already late.
-            let (hedges, _) = s.hedges_due(now);
             let mut due: Vec<PendingJob> = hedges
                 .into_iter()
                 .filter_map(|(id, running_on)| {
