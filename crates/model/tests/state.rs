@@ -46,7 +46,15 @@ fn check(commands: Vec<Command>, expected: Expect) {
     let mut state = State::default();
     let mut lines = Vec::new();
     for command in commands {
+        // A snapshot copy shares the jobs with the state; changes after it must not reach it.
+        let copy = state.snapshot_copy();
+        let before = state.encode();
         let response = state.apply(command);
+        assert_eq!(
+            copy.encode(),
+            before,
+            "a snapshot copy changed after {response:?}"
+        );
         state.assert_invariants();
         lines.push(format!("-> {}", short(&response)));
     }
