@@ -217,7 +217,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
         let db = self.db.clone();
-        blocking(move || {
+        let started = std::time::Instant::now();
+        let purged = blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
             txn.open_table(META)
                 .map_err(write_err)?
@@ -229,6 +230,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_err)?;
             txn.commit().map_err(write_err)
         })
-        .await
+        .await;
+        tracing::debug!(
+            upto = log_id.index,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "log purged"
+        );
+        purged
     }
 }
