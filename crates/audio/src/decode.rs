@@ -241,6 +241,9 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioEr
 /// Where decoded samples go: checks the layout and the duration limit.
 struct Sink {
     samples: Vec<f32>,
+    /// The container's frame count, if it gives one: a hint for the first
+    /// allocation, never trusted beyond the duration limit.
+    frames_declared: Option<u64>,
     channels: usize,
     rate_hz: u32,
     frames_max: Option<usize>,
@@ -265,6 +268,19 @@ impl Sink {
                 Some(limit_frames) => limit_frames,
                 None => (DURATION_MAX_S * f64::from(rate_hz)) as usize,
             });
+            // One allocation of the right size instead of a doubling series
+            // (each step a copy of everything so far and fresh page faults).
+            // A header that lies costs at most address space: `try_` so an
+            // impossible reservation is skipped rather than fatal.
+            if let (Some(declared), Some(limit)) = (self.frames_declared, self.frames_max) {
+                // A second of slack: decoders may emit a little more than declared.
+                let frames = (declared as usize)
+                    .saturating_add(rate_hz as usize)
+                    .min(limit);
+                if self.samples.try_reserve_exact(frames * channels).is_ok() {
+                    advise_huge_pages(&mut self.samples);
+                }
+            }
         } else if (channels, rate_hz) != (self.channels, self.rate_hz) {
             return Err(AudioError::UnsupportedFormat(
                 "channel count or sample rate changes mid-stream".into(),
@@ -277,6 +293,27 @@ impl Sink {
     }
 }
 
+/// Asks the kernel to back a large sample buffer with transparent huge pages
+/// where it allows that on request (`madvise` mode): a 4-minute stereo song
+/// is about 21,000 page faults on 4 KiB pages, a few dozen on 2 MiB ones.
+/// Only advice: if the kernel says no, nothing changes.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(samples: &mut Vec<f32>) {
+    const PAGE_LEN: usize = 4096;
+    let start = samples.as_mut_ptr() as usize;
+    let end = start + samples.capacity() * std::mem::size_of::<f32>();
+    let aligned_start = start.next_multiple_of(PAGE_LEN);
+    if end > aligned_start {
+        let len = (end - aligned_start) / PAGE_LEN * PAGE_LEN;
+        // SAFETY: the range lies inside the vector's own allocation and
+        // MADV_HUGEPAGE changes no contents, only how pages are backed.
+        unsafe { libc::madvise(aligned_start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_samples: &mut Vec<f32>) {}
+
 fn decode_unguarded(path: &Path, limit_s: Option<f64>) -> Result<Decoded, AudioError> {
     let Opened {
         mut reader,
@@ -287,6 +324,7 @@ fn decode_unguarded(path: &Path, limit_s: Option<f64>) -> Result<Decoded, AudioE
     let mut decoder = Decoder::new(&params)?;
     let mut sink = Sink {
         samples: Vec::new(),
+        frames_declared: info.frames_declared,
         channels: 0,
         rate_hz: 0,
         frames_max: None,
