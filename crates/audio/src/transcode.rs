@@ -11,6 +11,8 @@ use dsp::loudness::Loudness;
 use crate::decode::{Decoded, Tag};
 use crate::AudioError;
 
+mod flac;
+
 /// Output containers and codecs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -77,16 +79,13 @@ const OPUS_DEFAULT_KBPS: u32 = 128;
 const OPUS_FRAME_LEN: usize = 960;
 /// Largest Opus packet libopus may produce (its documented recommendation).
 const OPUS_PACKET_LEN_MAX: usize = 4000;
+/// libopus complexity 0-10: the best, which is also what ffmpeg and
+/// `opusenc` use unless told otherwise (libopus itself defaults to 9).
+const OPUS_COMPLEXITY: u8 = 10;
+/// Frames an encoder takes from the conversion at a time.
+const CHUNK_FRAMES_LEN: usize = 4096;
 /// Ceiling for normalised peaks, so a loudness gain never clips.
 pub const NORMALIZE_PEAK_MAX_DBTP: f64 = -1.0;
-
-/// The audio an encoder sees: converted layout, gain applied.
-#[derive(Debug)]
-struct Pcm {
-    samples: Vec<f32>,
-    channels: usize,
-    rate_hz: u32,
-}
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,27 +180,31 @@ pub fn transcode(
         _ => target.rate_hz.unwrap_or(decoded.rate_hz),
     };
     let channels = target.channels.unwrap_or(decoded.channels.min(2));
-    let mut pcm = convert(decoded, channels, rate_hz)?;
     let gain_db = match normalize {
         None => 0.0,
-        // A new channel layout changes loudness (BS.1770 sums channels): measure the output.
+        // A new channel layout changes loudness (BS.1770 sums channels):
+        // measure the output's layout (at the source rate, which leaves
+        // loudness as it is).
         Some(n) if channels != decoded.channels => {
-            let measured = dsp::loudness::measure(&pcm.samples, pcm.channels, pcm.rate_hz)?;
+            let mapped = Stream::new(decoded, channels, decoded.rate_hz, 1.0)?.collect()?;
+            let measured = dsp::loudness::measure(&mapped, channels, decoded.rate_hz)?;
             normalization_gain_db(&measured, n.target_lufs)
         }
         Some(n) => normalization_gain_db(n.source, n.target_lufs),
     };
-    if gain_db != 0.0 {
-        let gain = 10f32.powf(gain_db as f32 / 20.0);
-        pcm.samples.iter_mut().for_each(|s| *s *= gain);
-    }
+    let gain = 10f32.powf(gain_db as f32 / 20.0);
+    let mut stream = Stream::new(decoded, channels, rate_hz, gain)?;
     let tags = &decoded.info.tags;
     let bytes = match target.format {
-        Format::Wav => wav(&pcm, bits_of(target, decoded), tags),
-        Format::Flac => flac(&pcm, bits_of(target, decoded), tags)?,
+        Format::Wav => wav(&mut stream, bits_of(target, decoded), tags)?,
+        Format::Flac => flac::encode(&mut stream, bits_of(target, decoded), tags)?,
         #[cfg(feature = "mp3")]
-        Format::Mp3 => mp3(&pcm, target, tags)?,
-        Format::Opus => opus(&pcm, target.bitrate_kbps.unwrap_or(OPUS_DEFAULT_KBPS), tags)?,
+        Format::Mp3 => mp3(&mut stream, target, tags)?,
+        Format::Opus => opus(
+            &mut stream,
+            target.bitrate_kbps.unwrap_or(OPUS_DEFAULT_KBPS),
+            tags,
+        )?,
     };
     std::fs::write(path, &bytes).map_err(|err| AudioError::io(path, err))?;
     Ok(Written {
@@ -237,54 +240,199 @@ fn bits_of(target: &Target, decoded: &Decoded) -> u32 {
         })
 }
 
-/// Channel mapping and resampling.
-fn convert(decoded: &Decoded, channels: usize, rate_hz: u32) -> Result<Pcm, AudioError> {
-    let source_channels = decoded.channels;
-    let frames = decoded.frames_len();
-    let mut planes: Vec<Vec<f32>> = vec![Vec::with_capacity(frames); channels];
-    for frame in decoded.samples.chunks_exact(source_channels) {
-        match (source_channels, channels) {
-            (_, 1) => planes[0].push(frame.iter().sum::<f32>() / source_channels as f32),
-            (1, 2) => {
-                planes[0].push(frame[0]);
-                planes[1].push(frame[0]);
-            }
-            // Two or more source channels: keep front left and right.
-            (_, 2) => {
-                planes[0].push(frame[0]);
-                planes[1].push(frame[1]);
-            }
-            _ => unreachable!("target channels validated to 1 or 2"),
-        }
-    }
-    if rate_hz != decoded.rate_hz {
-        for plane in planes.iter_mut() {
-            *plane = dsp::mono::resample(plane, decoded.rate_hz, rate_hz)?;
-        }
-    }
-    let frames = planes[0].len();
-    let mut samples = Vec::with_capacity(frames * channels);
-    for n in 0..frames {
-        for plane in &planes {
-            samples.push(plane[n]);
-        }
-    }
-    Ok(Pcm {
-        samples,
-        channels,
-        rate_hz,
-    })
+/// The audio an encoder sees, made piece by piece from the shared decode:
+/// channel mapping, resampling and gain. No output holds the whole song at
+/// its target layout in memory: for a 4-minute song those copies cost more in
+/// page faults and memory traffic than the resampling itself.
+#[derive(Debug)]
+struct Stream<'a> {
+    decoded: &'a Decoded,
+    channels: usize,
+    rate_hz: u32,
+    gain: f32,
+    resampler: Option<dsp::resample::Resampler>,
+    /// Source frames already taken.
+    taken_frames: usize,
+    /// The converted piece last handed out.
+    ready: Vec<f32>,
+    /// Channel-mapped source frames on their way to the resampler.
+    mapped: Vec<f32>,
 }
 
+impl<'a> Stream<'a> {
+    fn new(
+        decoded: &'a Decoded,
+        channels: usize,
+        rate_hz: u32,
+        gain: f32,
+    ) -> Result<Stream<'a>, AudioError> {
+        assert!(
+            (1..=2).contains(&channels),
+            "target channels validated to 1 or 2"
+        );
+        let resampler = if rate_hz == decoded.rate_hz {
+            None
+        } else {
+            Some(dsp::resample::Resampler::new(
+                channels,
+                decoded.rate_hz,
+                rate_hz,
+            )?)
+        };
+        Ok(Stream {
+            decoded,
+            channels,
+            rate_hz,
+            gain,
+            resampler,
+            taken_frames: 0,
+            ready: Vec::with_capacity(2 * CHUNK_FRAMES_LEN * channels),
+            mapped: Vec::with_capacity(CHUNK_FRAMES_LEN * channels),
+        })
+    }
+
+    fn channels(&self) -> usize {
+        self.channels
+    }
+
+    fn rate_hz(&self) -> u32 {
+        self.rate_hz
+    }
+
+    /// Frames the stream yields in all.
+    fn frames_len(&self) -> usize {
+        let source_frames = self.decoded.frames_len();
+        match self.resampler {
+            None => source_frames,
+            Some(_) => dsp::resample::out_frames_len(
+                source_frames as u64,
+                self.decoded.rate_hz,
+                self.rate_hz,
+            ) as usize,
+        }
+    }
+
+    /// True when the encoder can read the decoded samples as they are.
+    fn passes_through(&self) -> bool {
+        self.channels == self.decoded.channels && self.resampler.is_none() && self.gain == 1.0
+    }
+
+    /// The next piece of converted audio (whole interleaved frames, of no
+    /// fixed length); `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<&[f32]>, AudioError> {
+        let source_channels = self.decoded.channels;
+        let total_frames = self.decoded.frames_len();
+        if self.passes_through() {
+            // No conversion at all: the decoded samples themselves.
+            if self.taken_frames == total_frames {
+                return Ok(None);
+            }
+            let start = self.taken_frames;
+            self.taken_frames = (start + CHUNK_FRAMES_LEN).min(total_frames);
+            let decoded = self.decoded;
+            return Ok(Some(
+                &decoded.samples[start * source_channels..self.taken_frames * source_channels],
+            ));
+        }
+        self.ready.clear();
+        while self.ready.is_empty() {
+            if self.taken_frames == total_frames {
+                match self.resampler.take() {
+                    Some(resampler) => resampler.finish(&mut self.ready)?,
+                    None => return Ok(None),
+                }
+                if self.ready.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
+            let end = (self.taken_frames + CHUNK_FRAMES_LEN).min(total_frames);
+            let source =
+                &self.decoded.samples[self.taken_frames * source_channels..end * source_channels];
+            self.taken_frames = end;
+            let mapped = if self.resampler.is_some() {
+                &mut self.mapped
+            } else {
+                &mut self.ready
+            };
+            mapped.clear();
+            map_channels(source, source_channels, self.channels, mapped);
+            if let Some(resampler) = self.resampler.as_mut() {
+                resampler.push(&self.mapped, &mut self.ready)?;
+            }
+        }
+        if self.gain != 1.0 {
+            let gain = self.gain;
+            self.ready.iter_mut().for_each(|s| *s *= gain);
+        }
+        Ok(Some(&self.ready))
+    }
+
+    /// Every remaining frame in one buffer.
+    fn collect(mut self) -> Result<Vec<f32>, AudioError> {
+        let mut all = Vec::with_capacity(self.frames_len() * self.channels);
+        while let Some(chunk) = self.next_chunk()? {
+            all.extend_from_slice(chunk);
+        }
+        Ok(all)
+    }
+}
+
+/// Appends `source` (interleaved, `from` channels) as `to` channels: a mean
+/// for mono, front left and right (or the mono channel twice) for stereo.
+fn map_channels(source: &[f32], from: usize, to: usize, out: &mut Vec<f32>) {
+    match (from, to) {
+        (f, t) if f == t => out.extend_from_slice(source),
+        (_, 1) => {
+            let scale = 1.0 / from as f32;
+            out.extend(
+                source
+                    .chunks_exact(from)
+                    .map(|frame| frame.iter().sum::<f32>() * scale),
+            );
+        }
+        (1, 2) => out.extend(source.iter().flat_map(|&s| [s, s])),
+        (_, 2) => out.extend(
+            source
+                .chunks_exact(from)
+                .flat_map(|frame| [frame[0], frame[1]]),
+        ),
+        _ => unreachable!("target channels validated to 1 or 2"),
+    }
+}
+
+/// A sample as a signed integer of `bits` bits: rounded to nearest (ties to
+/// even, like `lrint`) and clamped.
 fn quantize(sample: f32, bits: u32) -> i32 {
-    let scale = (1i64 << (bits - 1)) as f32;
-    (sample * scale).round().clamp(-scale, scale - 1.0) as i32
+    let scale = (1i64 << (bits - 1)) as f64;
+    (f64::from(sample) * scale)
+        .clamp(-scale, scale - 1.0)
+        .round_ties_even() as i32
+}
+
+/// [`quantize`] over a slice, into `out` (replacing its contents). Written
+/// to vectorise: 16-bit values round in `f32` by adding and removing 1.5 * 2^23
+/// (exact below 2^22), with no call to a rounding function.
+fn quantize_into(samples: &[f32], bits: u32, out: &mut Vec<i32>) {
+    out.clear();
+    if bits > 16 {
+        out.extend(samples.iter().map(|&s| quantize(s, bits)));
+        return;
+    }
+    const ROUNDER: f32 = 12_582_912.0;
+    let scale = (1i32 << (bits - 1)) as f32;
+    out.resize(samples.len(), 0);
+    for (int, &sample) in out.iter_mut().zip(samples) {
+        let scaled = (sample * scale).clamp(-scale, scale - 1.0);
+        *int = ((scaled + ROUNDER) - ROUNDER) as i32;
+    }
 }
 
 /// RIFF/WAVE PCM with a LIST/INFO chunk for the tags.
-fn wav(pcm: &Pcm, bits: u32, tags: &[Tag]) -> Vec<u8> {
+fn wav(stream: &mut Stream<'_>, bits: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
+    let channels = stream.channels();
     let bytes_per_sample = (bits / 8) as usize;
-    let data_len = pcm.samples.len() * bytes_per_sample;
+    let data_len = stream.frames_len() * channels * bytes_per_sample;
     let info = riff_info(tags);
     let mut out = Vec::with_capacity(data_len + 44 + info.len());
     let riff_len = 4 + (8 + 16) + (8 + data_len + data_len % 2) + info.len();
@@ -293,23 +441,26 @@ fn wav(pcm: &Pcm, bits: u32, tags: &[Tag]) -> Vec<u8> {
     out.extend_from_slice(b"WAVEfmt ");
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&(pcm.channels as u16).to_le_bytes());
-    out.extend_from_slice(&pcm.rate_hz.to_le_bytes());
-    let block_align = pcm.channels * bytes_per_sample;
-    out.extend_from_slice(&((pcm.rate_hz as usize * block_align) as u32).to_le_bytes());
+    out.extend_from_slice(&(channels as u16).to_le_bytes());
+    out.extend_from_slice(&stream.rate_hz().to_le_bytes());
+    let block_align = channels * bytes_per_sample;
+    out.extend_from_slice(&((stream.rate_hz() as usize * block_align) as u32).to_le_bytes());
     out.extend_from_slice(&(block_align as u16).to_le_bytes());
     out.extend_from_slice(&(bits as u16).to_le_bytes());
     out.extend_from_slice(&info);
     out.extend_from_slice(b"data");
     out.extend_from_slice(&(data_len as u32).to_le_bytes());
-    for &sample in &pcm.samples {
-        let value = quantize(sample, bits);
-        out.extend_from_slice(&value.to_le_bytes()[..bytes_per_sample]);
+    let mut ints = Vec::with_capacity(CHUNK_FRAMES_LEN * channels);
+    while let Some(chunk) = stream.next_chunk()? {
+        quantize_into(chunk, bits, &mut ints);
+        for value in &ints {
+            out.extend_from_slice(&value.to_le_bytes()[..bytes_per_sample]);
+        }
     }
     if data_len % 2 == 1 {
         out.push(0);
     }
-    out
+    Ok(out)
 }
 
 fn riff_info(tags: &[Tag]) -> Vec<u8> {
@@ -372,50 +523,6 @@ fn comment_tags(tags: &[Tag]) -> Vec<Tag> {
 
 const VENDOR: &str = "chorus";
 
-fn flac(pcm: &Pcm, bits: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
-    use flacenc::component::{BitRepr, MetadataBlockData};
-    use flacenc::error::Verify;
-    let samples: Vec<i32> = pcm.samples.iter().map(|&s| quantize(s, bits)).collect();
-    let mut config = flacenc::config::Encoder::default();
-    // One job runs on one core: the worker pool parallelises across jobs.
-    config.multithread = false;
-    // Speed over the last fraction of a percent of size, about like
-    // `flac -5` / ffmpeg's default: mid-side only, LPC order 8.
-    config.stereo_coding.use_leftside = false;
-    config.stereo_coding.use_rightside = false;
-    config.subframe_coding.qlpc.lpc_order = 8;
-    let config = config
-        .into_verified()
-        .map_err(|(_, err)| AudioError::Encode(format!("flac config: {err:?}")))?;
-    let source = flacenc::source::MemSource::from_samples(
-        &samples,
-        pcm.channels,
-        bits as usize,
-        pcm.rate_hz as usize,
-    );
-    let mut stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
-        .map_err(|err| AudioError::Encode(format!("flac: {err:?}")))?;
-    let comments = vorbis_comments(VENDOR, &comment_tags(tags));
-    const VORBIS_COMMENT_BLOCK: u8 = 4;
-    let block = MetadataBlockData::new_unknown(VORBIS_COMMENT_BLOCK, &comments)
-        .map_err(|err| AudioError::Encode(format!("flac tags: {err:?}")))?;
-    stream.add_metadata_block(block);
-    let mut sink = flacenc::bitsink::ByteSink::new();
-    stream
-        .write(&mut sink)
-        .map_err(|err| AudioError::Encode(format!("flac write: {err:?}")))?;
-    let mut bytes = sink.as_slice().to_vec();
-    // STREAMINFO's minimum block size excludes the last block (FLAC format
-    // spec); flacenc counts the short last block, which makes a fixed-size
-    // stream look variable-size and some decoders (symphonia) refuse it.
-    // Bytes 8..10 are the minimum, 10..12 the maximum, after "fLaC" and the block header.
-    if bytes.len() > 12 && &bytes[..4] == b"fLaC" {
-        let (min, max) = bytes.split_at_mut(10);
-        min[8..10].copy_from_slice(&max[..2]);
-    }
-    Ok(bytes)
-}
-
 #[cfg(feature = "mp3")]
 const MP3_DEFAULT_KBPS: u32 = 192;
 
@@ -431,17 +538,17 @@ fn mp3_bitrate_kbps(kbps: u32) -> u32 {
 }
 
 #[cfg(feature = "mp3")]
-fn mp3(pcm: &Pcm, target: &Target, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
+fn mp3(stream: &mut Stream<'_>, target: &Target, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
     use mp3lame_encoder::{
         Bitrate, Builder, FlushGap, Id3Tag, InterleavedPcm, MonoPcm, Quality, VbrMode,
     };
     let encode_error = |what: &str| AudioError::Encode(format!("lame: {what}"));
     let mut builder = Builder::new().ok_or_else(|| encode_error("cannot allocate"))?;
     builder
-        .set_num_channels(pcm.channels as u8)
+        .set_num_channels(stream.channels() as u8)
         .map_err(|e| encode_error(&format!("{e:?}")))?;
     builder
-        .set_sample_rate(pcm.rate_hz)
+        .set_sample_rate(stream.rate_hz())
         .map_err(|e| encode_error(&format!("{e:?}")))?;
     builder
         .set_quality(Quality::Good)
@@ -517,14 +624,15 @@ fn mp3(pcm: &Pcm, target: &Target, tags: &[Tag]) -> Result<Vec<u8>, AudioError> 
     let mut encoder = builder
         .build()
         .map_err(|e| encode_error(&format!("{e:?}")))?;
-    let frames = pcm.samples.len() / pcm.channels;
-    let mut out = Vec::with_capacity(mp3lame_encoder::max_required_buffer_size(frames) + 8192);
-    const CHUNK_FRAMES_LEN: usize = 65_536;
-    for chunk in pcm.samples.chunks(CHUNK_FRAMES_LEN * pcm.channels) {
+    let channels = stream.channels();
+    let mut out = Vec::with_capacity(mp3lame_encoder::max_required_buffer_size(
+        stream.frames_len(),
+    ));
+    while let Some(chunk) = stream.next_chunk()? {
         out.reserve(mp3lame_encoder::max_required_buffer_size(
-            chunk.len() / pcm.channels,
+            chunk.len() / channels,
         ));
-        let result = if pcm.channels == 1 {
+        let result = if channels == 1 {
             encoder.encode_to_vec(MonoPcm(chunk), &mut out)
         } else {
             encoder.encode_to_vec(InterleavedPcm(chunk), &mut out)
@@ -545,18 +653,20 @@ fn mp3(pcm: &Pcm, target: &Target, tags: &[Tag]) -> Result<Vec<u8>, AudioError> 
     Ok(out)
 }
 
-fn opus(pcm: &Pcm, kbps: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
+fn opus(stream: &mut Stream<'_>, kbps: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
     use ogg::writing::{PacketWriteEndInfo, PacketWriter};
     use opusic_c::{Application, Bitrate, Channels, Encoder, SampleRate};
     let encode_error = |what: String| AudioError::Encode(format!("libopus: {what}"));
-    let rate = match pcm.rate_hz {
+    let channels = stream.channels();
+    let rate_hz = stream.rate_hz();
+    let rate = match rate_hz {
         8_000 => SampleRate::Hz8000,
         12_000 => SampleRate::Hz12000,
         16_000 => SampleRate::Hz16000,
         24_000 => SampleRate::Hz24000,
         _ => SampleRate::Hz48000,
     };
-    let layout = if pcm.channels == 1 {
+    let layout = if channels == 1 {
         Channels::Mono
     } else {
         Channels::Stereo
@@ -566,22 +676,25 @@ fn opus(pcm: &Pcm, kbps: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
     encoder
         .set_bitrate(Bitrate::Value(kbps * 1000))
         .map_err(|e| encode_error(format!("{e:?}")))?;
+    encoder
+        .set_complexity(OPUS_COMPLEXITY)
+        .map_err(|e| encode_error(format!("{e:?}")))?;
     let lookahead = encoder
         .get_look_ahead()
         .map_err(|e| encode_error(format!("{e:?}")))? as usize;
     // Granule positions count 48 kHz samples whatever the encoder rate.
-    let to_48k = 48_000 / pcm.rate_hz as usize;
+    let to_48k = 48_000 / rate_hz as usize;
     let frame_len = OPUS_FRAME_LEN / to_48k;
     let pre_skip = lookahead * to_48k;
-    let frames = pcm.samples.len() / pcm.channels;
+    let frames = stream.frames_len();
     let serial = 0x6368_6f72; // "chor": one logical stream per file.
     let mut out = Vec::new();
     let mut writer = PacketWriter::new(&mut out);
     let mut head = b"OpusHead".to_vec();
     head.push(1);
-    head.push(pcm.channels as u8);
+    head.push(channels as u8);
     head.extend_from_slice(&(pre_skip as u16).to_le_bytes());
-    head.extend_from_slice(&pcm.rate_hz.to_le_bytes());
+    head.extend_from_slice(&rate_hz.to_le_bytes());
     head.extend_from_slice(&0i16.to_le_bytes());
     head.push(0);
     let io_error = |err: std::io::Error| AudioError::Encode(format!("ogg: {err}"));
@@ -597,18 +710,11 @@ fn opus(pcm: &Pcm, kbps: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
     // last real samples come out; the final granule trims the excess.
     let total_frames = frames + lookahead;
     let packets_len = total_frames.div_ceil(frame_len);
-    let mut frame = vec![0.0f32; frame_len * pcm.channels];
     let mut packet = Vec::with_capacity(OPUS_PACKET_LEN_MAX);
-    for index in 0..packets_len {
-        let start = index * frame_len * pcm.channels;
-        let end = ((index + 1) * frame_len * pcm.channels).min(pcm.samples.len());
-        frame.iter_mut().for_each(|s| *s = 0.0);
-        if start < end {
-            frame[..end - start].copy_from_slice(&pcm.samples[start..end]);
-        }
+    let mut encode_frame = |frame: &[f32], index: usize| -> Result<(), AudioError> {
         packet.clear();
         encoder
-            .encode_float_to_vec(&frame, &mut packet)
+            .encode_float_to_vec(frame, &mut packet)
             .map_err(|e| encode_error(format!("{e:?}")))?;
         let last = index + 1 == packets_len;
         let granule = if last {
@@ -626,7 +732,31 @@ fn opus(pcm: &Pcm, kbps: u32, tags: &[Tag]) -> Result<Vec<u8>, AudioError> {
         };
         writer
             .write_packet(packet.clone(), serial, end_info, granule)
-            .map_err(io_error)?;
+            .map_err(io_error)
+    };
+    let mut frame = vec![0.0f32; frame_len * channels];
+    let mut filled = 0;
+    let mut index = 0;
+    while let Some(chunk) = stream.next_chunk()? {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let n = (frame.len() - filled).min(rest.len());
+            frame[filled..filled + n].copy_from_slice(&rest[..n]);
+            filled += n;
+            rest = &rest[n..];
+            if filled == frame.len() {
+                encode_frame(&frame, index)?;
+                index += 1;
+                filled = 0;
+            }
+        }
+    }
+    // The signal's last partial frame, then the look-ahead, in zeros.
+    while index < packets_len {
+        frame[filled..].fill(0.0);
+        filled = 0;
+        encode_frame(&frame, index)?;
+        index += 1;
     }
     drop(writer);
     Ok(out)

@@ -20,6 +20,7 @@ pub mod loudness;
 pub mod mono;
 pub mod onset;
 pub mod polyphase;
+pub mod resample;
 pub mod spectral;
 pub mod stft;
 pub mod tempo;

@@ -3,15 +3,12 @@
 //! Every feature except loudness and the fingerprint runs on this signal, so
 //! the (comparatively expensive) resampling happens exactly once per song.
 
-use rubato::{FftFixedIn, Resampler};
-
 use crate::polyphase::{Design, Edges, Polyphase};
+use crate::resample::{out_frames_len, Resampler};
 use crate::DspError;
 
 /// Channel count above which input is refused (more than any real layout).
 pub const CHANNELS_MAX: usize = 64;
-/// Frames per resampler call: large enough to amortise the FFT set-up.
-const RESAMPLE_CHUNK_LEN: usize = 8192;
 
 /// A mono signal at a known sample rate.
 #[derive(Debug, Clone)]
@@ -114,47 +111,12 @@ pub fn resample(samples: &[f32], rate_hz: u32, target_rate_hz: u32) -> Result<Ve
     if rate_hz == target_rate_hz || samples.is_empty() {
         return Ok(samples.to_vec());
     }
-    let mut resampler = FftFixedIn::<f32>::new(
-        rate_hz as usize,
-        target_rate_hz as usize,
-        RESAMPLE_CHUNK_LEN,
-        2,
-        1,
-    )
-    .map_err(|err| DspError::InvalidParameter(format!("resampler: {err}")))?;
-    let expected_len =
-        (samples.len() as u64 * u64::from(target_rate_hz) / u64::from(rate_hz)) as usize;
-    let delay_len = resampler.output_delay();
-    let mut out = Vec::with_capacity(expected_len + delay_len + RESAMPLE_CHUNK_LEN);
-    let mut pos = 0;
-    let mut buffer = vec![vec![0.0f32; resampler.output_frames_max()]];
-    while pos + resampler.input_frames_next() <= samples.len() {
-        let take = resampler.input_frames_next();
-        let (_, written) = resampler
-            .process_into_buffer(&[&samples[pos..pos + take]], &mut buffer, None)
-            .map_err(|err| DspError::InvalidParameter(format!("resampler: {err}")))?;
-        out.extend_from_slice(&buffer[0][..written]);
-        pos += take;
-    }
-    // Flush the tail and the resampler's delay with zero padding.
-    let mut padded = Vec::new();
-    while out.len() < expected_len + delay_len {
-        padded.clear();
-        padded.extend_from_slice(&samples[pos.min(samples.len())..]);
-        pos = samples.len();
-        padded.resize(resampler.input_frames_next(), 0.0);
-        let (_, written) = resampler
-            .process_into_buffer(&[&padded], &mut buffer, None)
-            .map_err(|err| DspError::InvalidParameter(format!("resampler: {err}")))?;
-        if written == 0 {
-            break;
-        }
-        out.extend_from_slice(&buffer[0][..written]);
-    }
-    let end = (delay_len + expected_len).min(out.len());
-    let mut aligned = out[delay_len.min(end)..end].to_vec();
-    aligned.resize(expected_len, 0.0);
-    Ok(aligned)
+    let expected_len = out_frames_len(samples.len() as u64, rate_hz, target_rate_hz) as usize;
+    let mut out = Vec::with_capacity(expected_len);
+    let mut resampler = Resampler::new(1, rate_hz, target_rate_hz)?;
+    resampler.push(samples, &mut out)?;
+    resampler.finish(&mut out)?;
+    Ok(out)
 }
 
 #[cfg(test)]
