@@ -102,12 +102,18 @@ impl Resampler {
         self.in_frames += (interleaved.len() / self.channels) as u64;
         let mut rest = interleaved;
         while !rest.is_empty() {
-            let room = self.inner.input_frames_next() - self.planes_in[0].len();
-            let take = room.min(rest.len() / self.channels);
+            let filled = self.planes_in[0].len();
+            let take = (self.inner.input_frames_next() - filled).min(rest.len() / self.channels);
             let (now, later) = rest.split_at(take * self.channels);
-            for frame in now.chunks_exact(self.channels) {
-                for (plane, &sample) in self.planes_in.iter_mut().zip(frame) {
-                    plane.push(sample);
+            // Deinterleave by index into pre-sized planes (vectorises; a push
+            // per sample does not).
+            for (channel, plane) in self.planes_in.iter_mut().enumerate() {
+                plane.resize(filled + take, 0.0);
+                for (slot, frame) in plane[filled..]
+                    .iter_mut()
+                    .zip(now.chunks_exact(self.channels))
+                {
+                    *slot = frame[channel];
                 }
             }
             rest = later;
@@ -153,10 +159,16 @@ impl Resampler {
         let skip = self.delay_left_frames.min(written);
         self.delay_left_frames -= skip;
         let keep = ((written - skip) as u64).min(total - self.out_frames.min(total)) as usize;
-        out.reserve(keep * self.channels);
-        for n in skip..skip + keep {
-            for plane in &self.planes_out {
-                out.push(plane[n]);
+        let start = out.len();
+        out.resize(start + keep * self.channels, 0.0);
+        for (channel, plane) in self.planes_out.iter().enumerate() {
+            for (slot, &sample) in out[start..]
+                .iter_mut()
+                .skip(channel)
+                .step_by(self.channels)
+                .zip(&plane[skip..skip + keep])
+            {
+                *slot = sample;
             }
         }
         self.out_frames += keep as u64;
