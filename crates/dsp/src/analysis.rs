@@ -50,17 +50,19 @@ pub fn analyze_with_laps(
     let frame_rate_hz = f64::from(signal.rate_hz) / HOP_LEN as f64;
     let (mfcc_mean, mfcc_std) = spectral::mfcc_stats(&tracks.mel_db);
     lap("spectrum");
-    let envelope = onset::strength(&tracks.mel_db, FFT_LEN, HOP_LEN);
+    let envelope = onset::strength(&tracks.mel_db, FFT_LEN, HOP_LEN, onset::Aggregate::Mean);
     let duration_s = signal.duration_s();
     let onset_rate_per_s = if duration_s > 0.0 {
         onset::detect(&envelope, frame_rate_hz).len() as f64 / duration_s
     } else {
         0.0
     };
-    let tempo = tempo::estimate(&envelope, frame_rate_hz);
+    // Tempo and beats read the median envelope, as librosa's `beat_track` does.
+    let beat_envelope = onset::strength(&tracks.mel_db, FFT_LEN, HOP_LEN, onset::Aggregate::Median);
+    let tempo = tempo::estimate(&beat_envelope, frame_rate_hz);
     let beats_s = tempo
         .as_ref()
-        .map(|t| tempo::beats(&envelope, frame_rate_hz, t.bpm))
+        .map(|t| tempo::beats(&beat_envelope, frame_rate_hz, t.bpm))
         .unwrap_or_default()
         .into_iter()
         .map(|frame| spectrogram.frame_s(frame))

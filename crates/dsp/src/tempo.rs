@@ -1,8 +1,12 @@
 //! Global tempo and beat times from the onset envelope.
 //!
-//! Tempo follows librosa's `feature.tempo`: the mean autocorrelation tempogram
-//! (8.9 s windows) weighted by a log-normal prior around 120 BPM. Beats follow
-//! librosa's `beat_track` (Ellis 2007 dynamic programming, tightness 100).
+//! Tempo follows librosa's `feature.tempo` as `beat_track` calls it: the mean
+//! autocorrelation tempogram (8 s windows) weighted by a log-normal prior
+//! around 120 BPM. Beats follow librosa's `beat_track` (Ellis 2007 dynamic
+//! programming, tightness 100). Both expect the median-aggregated onset
+//! envelope (`onset::Aggregate::Median`), which `beat_track` uses: on the
+//! mean envelope, loud accents in a few bands pull the tempo towards
+//! melodic rhythms rather than the beat.
 
 use realfft::RealFftPlanner;
 
