@@ -77,7 +77,10 @@ impl Store {
     /// A store in a local directory, created if missing.
     pub fn local(dir: &Path) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
+        // Deleting the last file of a directory removes the directory too (up to `dir`), so
+        // retention leaves no empty `jobs/{job}/{attempt}/` trees behind.
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?
+            .with_automatic_cleanup(true);
         Ok(Store {
             inner: Arc::new(fs),
             url: format!("file://{}", dir.display()),

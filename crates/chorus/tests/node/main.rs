@@ -563,20 +563,36 @@ async fn finished_jobs_outputs_and_logs_expire_after_the_retention() {
     );
     assert!(done.attempts[0].log_bytes > 0);
 
+    // The local store leaves no empty directories behind: `jobs/{job}/` and `logs/{job}/` go.
+    let objects = node.dir.path().join("data/objects");
+    let output_file = objects.join(&done.objects[0]);
+    let job_dirs = [
+        output_file
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+        objects.join(format!("logs/{}", short.id)),
+    ];
+    assert!(job_dirs.iter().all(|d| d.is_dir()), "{job_dirs:?}");
     node.client.set_config("retention", "2s").await.unwrap();
     harness::must_find("the finished job is purged", || async {
         let gone = node.client.job(short.id).await.err()?.code() == Some(ErrorCode::NotFound);
         gone.then_some(())
     })
     .await;
-    wait_until("its output and log are deleted", || async {
-        let output = node.client.get_object(&done.objects[0]).await;
-        let log = node
-            .client
-            .logs(short.id, Some(done.attempts[0].id.0))
-            .await;
-        output.is_err() && log.is_err()
-    })
+    wait_until(
+        "its output, log and their directories are deleted",
+        || async {
+            let output = node.client.get_object(&done.objects[0]).await;
+            let log = node
+                .client
+                .logs(short.id, Some(done.attempts[0].id.0))
+                .await;
+            output.is_err() && log.is_err() && job_dirs.iter().all(|d| !d.exists())
+        },
+    )
     .await;
     assert_eq!(
         node.client
