@@ -5,6 +5,7 @@
 #
 #   bench/audio/run.sh            # 6 songs closest to 4 minutes, core 0
 #   BENCH_TRACKS=3 BENCH_CORE=1 bench/audio/run.sh
+#   BENCH_TRANSCODE_RUNS=5 bench/audio/run.sh   # runs per transcode and side (3)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
