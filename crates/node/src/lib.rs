@@ -623,20 +623,25 @@ impl Node {
 
     /// Submits jobs in one log entry; each gets its own result.
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<SubmitResult>, ApiError> {
+        let submit = self.placed_submit(now_ms(), jobs).await;
+        match self.propose(submit).await? {
+            Response::Submitted(results) => Ok(results),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `SubmitJobs` with the jobs placed now, if this node leads and no older work waits:
+    /// such jobs start in the entry that submits them, one commit instead of two. A follower
+    /// cannot place (the scheduler runs on the leader); the leader places what it forwards.
+    async fn placed_submit(&self, now_ms: u64, jobs: Vec<JobSpec>) -> Command {
         let (place, breaker_events) = scheduling::place_new(self, &jobs);
         if !breaker_events.is_empty() {
             self.record_events(breaker_events).await;
         }
-        match self
-            .propose(Command::SubmitJobs {
-                now_ms: now_ms(),
-                jobs,
-                place,
-            })
-            .await?
-        {
-            Response::Submitted(results) => Ok(results),
-            other => Err(unexpected(other)),
+        Command::SubmitJobs {
+            now_ms,
+            jobs,
+            place,
         }
     }
 
@@ -830,6 +835,17 @@ impl Node {
         kind: &str,
         body: &[u8],
     ) -> Result<Vec<u8>, registry::RaftRpcError> {
-        self.inner.registry.handle_rpc(kind, body).await
+        if kind != "propose" {
+            return self.inner.registry.handle_rpc(kind, body).await;
+        }
+        let command = match serde_json::from_slice(body)? {
+            Command::SubmitJobs {
+                now_ms,
+                jobs,
+                place,
+            } if place.is_empty() => self.placed_submit(now_ms, jobs).await,
+            other => other,
+        };
+        self.inner.registry.serve_propose(command).await
     }
 }

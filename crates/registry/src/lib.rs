@@ -247,6 +247,17 @@ impl Registry {
         }
     }
 
+    /// Serves a `propose` forwarded by a follower, once decoded (see [`Registry::handle_rpc`]):
+    /// a caller may complete the command first, as the node does with the placement of
+    /// submitted jobs, which only the leader can choose.
+    pub async fn serve_propose(&self, command: Command) -> Result<Vec<u8>, RaftRpcError> {
+        let answer = self
+            .propose_here(command)
+            .await
+            .map_err(|e| RaftRpcError::Unavailable(e.to_string()))?;
+        Ok(serde_json::to_vec(&answer)?)
+    }
+
     /// Proposes on the leader (the serving side of a forwarded `propose`).
     async fn propose_here(
         &self,
@@ -409,12 +420,7 @@ impl Registry {
     pub async fn handle_rpc(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, RaftRpcError> {
         let unavailable = |e: RegistryError| RaftRpcError::Unavailable(e.to_string());
         match kind {
-            "propose" => {
-                let command: Command = serde_json::from_slice(body)?;
-                Ok(serde_json::to_vec(
-                    &self.propose_here(command).await.map_err(unavailable)?,
-                )?)
-            }
+            "propose" => self.serve_propose(serde_json::from_slice(body)?).await,
             "read_index" => Ok(serde_json::to_vec(
                 &self.read_index_here().await.map_err(unavailable)?,
             )?),

@@ -93,6 +93,23 @@ async fn killing_the_leader_elects_another_and_loses_no_acknowledged_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_through_a_follower_starts_in_the_entry_that_submits_it() {
+    let nodes = cluster().await;
+    let li = leader_index(&nodes, leader(&nodes[0]).await);
+    let follower = &nodes[(li + 1) % 3];
+    // The leader places what a follower forwards: the attempts start at the submit's own
+    // time (one entry), not at a later one proposed by the scheduling loop.
+    for id in submit(follower, &sleeps(3, 1)).await {
+        let job = must_finish(&follower.client, id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert_eq!(
+            job.attempts[0].started_at_ms, job.submitted_at_ms,
+            "{job:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jobs_of_a_killed_node_finish_elsewhere() {
     let mut nodes = cluster().await;
     let leader_id = leader(&nodes[0]).await;
