@@ -56,8 +56,9 @@ fn each_outside_concern_has_one_owner() {
     must_be_owned(&all, "clap", &["chorus"]);
     must_be_owned(&all, "anyhow", &["chorus"]);
     must_be_owned(&all, "tracing-subscriber", &["chorus"]);
-    // libc: process control in the executor; the per-thread CPU clock in audio's timings;
-    // the snapshot thread's lower priority in the registry.
+    // libc: process control in the executor; the per-thread CPU clock in audio's timings and
+    // huge-page advice on its decode buffer; the snapshot thread's lower priority in the
+    // registry.
     must_be_owned(&all, "libc", &["executor", "audio", "registry"]);
     must_be_owned(&all, "symphonia", &["audio"]);
 }
