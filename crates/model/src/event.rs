@@ -19,12 +19,19 @@ pub enum EventKind {
     NodeLost,
     /// A learner took the vote of a voter that had been down for long.
     VoterReplaced,
+    /// Queued jobs of a function cannot be placed until the cluster changes (no node with
+    /// its labels, too few usable nodes for its backups): an alert, raised once per function
+    /// and reason while the leader leads.
+    JobsWaiting,
 }
 
 impl EventKind {
     /// Whether someone should act on it.
     pub fn is_alert(self) -> bool {
-        matches!(self, EventKind::BreakerOpened | EventKind::NodeLost)
+        matches!(
+            self,
+            EventKind::BreakerOpened | EventKind::NodeLost | EventKind::JobsWaiting
+        )
     }
 }
 

@@ -202,18 +202,32 @@ impl State {
     /// Jobs queued and due at `now_ms`, highest priority first, then oldest first; at most
     /// `limit` of them.
     pub fn due_jobs(&self, now_ms: u64, limit: usize) -> Vec<&Job> {
+        self.due_jobs_where(now_ms, limit, |_| true)
+    }
+
+    /// Like [`State::due_jobs`], passing over the jobs `keep` refuses (which are still looked
+    /// at, one by one: keep the test cheap).
+    pub fn due_jobs_where<'s>(
+        &'s self,
+        now_ms: u64,
+        limit: usize,
+        mut keep: impl FnMut(&'s Job) -> bool,
+    ) -> Vec<&'s Job> {
         let mut due: Vec<&Job> = self
             .queue
             .iter()
-            .take(limit)
             .map(|(_, id)| &*self.jobs[id])
+            .filter(|job| keep(job))
+            .take(limit)
             .collect();
         let delayed_due = self
             .delayed
             .iter()
             .take_while(|(t, _)| *t <= now_ms)
+            .map(|(_, id)| &*self.jobs[id])
+            .filter(|job| keep(job))
             .take(limit);
-        due.extend(delayed_due.map(|(_, id)| &*self.jobs[id]));
+        due.extend(delayed_due);
         if due.len() > limit {
             due.sort_by_key(|job| (Reverse(job.priority), job.id));
             due.truncate(limit);

@@ -16,7 +16,8 @@
 
 use crate::{now_ms, Node};
 use model::{Command, NodeStatus, State};
-use scheduler::{Config, NodeView, PendingJob, SchedulerState, Strategy};
+use scheduler::{Config, NodeView, PendingJob, Reason, SchedulerState, Strategy};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Attempts waiting per slot before a node has reported its own prefetch.
@@ -87,7 +88,8 @@ pub(crate) fn place_new(
         return (Vec::new(), Vec::new());
     }
     node.read(|s| {
-        if !s.due_jobs(now_ms(), 1).is_empty() {
+        let nodes = view(s);
+        if !due_placeable(s, &nodes, now_ms(), 1).0.is_empty() {
             return (Vec::new(), Vec::new());
         }
         let config = config(s);
@@ -103,7 +105,7 @@ pub(crate) fn place_new(
                 (!f.keeps_all_attempts()).then(|| pending_job(model::JobId(u64::MAX - i as u64), f))
             })
             .collect();
-        let placement = scheduler::place(&config, state, &view(s), &pending);
+        let placement = scheduler::place(&config, state, &nodes, &pending);
         let mut place = vec![None; specs.len()];
         for (target, jobs) in placement.attempts {
             for job in jobs {
@@ -126,6 +128,8 @@ pub(crate) async fn run(node: Node) {
     // When the next hedge falls due, as of the last pass; a new attempt is an applied change,
     // which starts a new pass, so this is never older than the attempts it is about.
     let mut next_hedge_ms: Option<u64> = None;
+    // Functions whose queued jobs wait for the cluster to change, as last reported.
+    let mut reported_waiting: BTreeMap<String, Reason> = BTreeMap::new();
     loop {
         let next_due = node.read(|s| s.next_due_ms().into_iter().chain(next_hedge_ms).min());
         let wait = next_due.map_or(IDLE_TICK, |due| {
@@ -140,9 +144,11 @@ pub(crate) async fn run(node: Node) {
             // A new leader starts from a fresh scheduler state.
             *scheduler_state(&node) = None;
             next_hedge_ms = None;
+            reported_waiting.clear();
             continue;
         }
         let now = now_ms();
+        let mut verdicts = BTreeMap::new();
         let placement = node.read(|s| {
             let (hedges, next_hedge) = s.hedges_due(now);
             next_hedge_ms = next_hedge;
@@ -168,8 +174,10 @@ pub(crate) async fn run(node: Node) {
                     Some(p)
                 })
                 .collect();
+            let (placeable, seen) = due_placeable(s, &nodes, now, free as usize);
+            verdicts = seen;
             due.extend(
-                s.due_jobs(now, free as usize)
+                placeable
                     .iter()
                     .filter_map(|j| Some(pending_job(j.id, s.function(&j.function)?))),
             );
@@ -178,6 +186,10 @@ pub(crate) async fn run(node: Node) {
             }
             Some(scheduler::place(&config, state, &nodes, &due))
         });
+        let waiting = report_waiting(&mut reported_waiting, verdicts);
+        if !waiting.is_empty() {
+            node.record_events(waiting).await;
+        }
         let Some(placement) = placement else { continue };
         if !placement.breaker_changes.is_empty() {
             let events = placement
@@ -206,6 +218,59 @@ pub(crate) async fn run(node: Node) {
             tracing::warn!(error = %e, "could not start attempts");
         }
     }
+}
+
+/// Due jobs the scheduler may place now, at most `limit`, highest priority first, passing
+/// over jobs that wait for the cluster to change ([`scheduler::waits_for_cluster`]: no node
+/// with their labels, too few usable nodes for their backups) or whose function is gone.
+/// Without that, `limit` such jobs at the head of the queue would hold back every job behind
+/// them. Also returns, for each function looked at, the reason its jobs wait (`None`: they
+/// can be placed). Each function is judged once per call.
+fn due_placeable<'s>(
+    s: &'s State,
+    nodes: &[NodeView],
+    now: u64,
+    limit: usize,
+) -> (Vec<&'s model::Job>, BTreeMap<String, Option<Reason>>) {
+    let mut verdicts: BTreeMap<&'s str, Option<Option<Reason>>> = BTreeMap::new();
+    let due = s.due_jobs_where(now, limit, |job| {
+        let verdict = verdicts.entry(job.function.as_str()).or_insert_with(|| {
+            let f = s.function(&job.function)?;
+            Some(scheduler::waits_for_cluster(&pending_job(job.id, f), nodes))
+        });
+        matches!(verdict, Some(None))
+    });
+    let seen = verdicts
+        .into_iter()
+        .filter_map(|(f, verdict)| Some((f.to_string(), verdict?)))
+        .collect();
+    (due, seen)
+}
+
+/// The `jobs_waiting` alerts to raise: one per function whose jobs newly wait for the
+/// cluster, or wait for another reason than last reported. A function that can be placed
+/// again is forgotten, so that it is reported if it gets stuck again.
+fn report_waiting(
+    reported: &mut BTreeMap<String, Reason>,
+    verdicts: BTreeMap<String, Option<Reason>>,
+) -> Vec<model::NewEvent> {
+    let mut events = Vec::new();
+    for (function, verdict) in verdicts {
+        let Some(reason) = verdict else {
+            reported.remove(&function);
+            continue;
+        };
+        if reported.get(&function) == Some(&reason) {
+            continue;
+        }
+        events.push(model::NewEvent {
+            kind: model::EventKind::JobsWaiting,
+            node: None,
+            message: format!("queued jobs of function {function} wait for the cluster: {reason}"),
+        });
+        reported.insert(function, reason);
+    }
+    events
 }
 
 /// The scheduler's state kept between placements (see `Node`'s field); locked while the

@@ -311,7 +311,7 @@ fn step_breakers(
                     .get(&view.id)
                     .copied()
                     .unwrap_or(0),
-                usable: view.up && !view.draining && view.weight > 0,
+                usable: usable(view),
                 breaker,
                 placed: Vec::new(),
             }
@@ -332,11 +332,45 @@ fn step_breakers(
     (slots, changes)
 }
 
+/// Whether `view` may run `job` at all: it carries the labels and is not excluded.
+fn in_group(view: &NodeView, job: &PendingJob) -> bool {
+    job.required_labels.is_subset(&view.labels) && !job.excluded.contains(&view.id)
+}
+
+/// Whether a node may get new work at all: up, not draining, of non-zero weight.
+fn usable(view: &NodeView) -> bool {
+    view.up && !view.draining && view.weight > 0
+}
+
+/// The checks that no amount of free room can pass: the job waits for the cluster to change.
+fn structural(job: &PendingJob, members: usize, usable: u32) -> Result<(), Reason> {
+    if members == 0 && job.excluded.is_empty() {
+        return Err(Reason::NoNodeWithLabels);
+    }
+    if members == 0 {
+        return Err(Reason::AllExcluded);
+    }
+    let wanted = job.backups.saturating_add(1);
+    if usable < wanted {
+        return Err(Reason::TooFewNodes { wanted, usable });
+    }
+    Ok(())
+}
+
+/// Why `job` cannot be placed on these nodes however idle they are (no node with its labels,
+/// every such node excluded, fewer usable ones than the distinct nodes it needs), or `None`
+/// when it only needs room. [`place`] would leave such a job queued with the same reason; a
+/// caller that takes due jobs a few at a time must look past these, or they would hold the
+/// head of the queue, and every job behind them, until the cluster changes.
+pub fn waits_for_cluster(job: &PendingJob, views: &[NodeView]) -> Option<Reason> {
+    let members = views.iter().filter(|v| in_group(v, job));
+    let (count, usable_count) = members.fold((0, 0), |(n, u), v| (n + 1, u + usable(v) as u32));
+    structural(job, count, usable_count).err()
+}
+
 fn label_group(views: &[&NodeView], slots: &[Slot], job: &PendingJob) -> LabelGroup {
     let members: Vec<usize> = (0..views.len())
-        .filter(|&i| {
-            job.required_labels.is_subset(&views[i].labels) && !job.excluded.contains(&views[i].id)
-        })
+        .filter(|&i| in_group(views[i], job))
         .collect();
     let usable = members.iter().filter(|&&i| slots[i].usable).count() as u32;
     LabelGroup { members, usable }
@@ -352,19 +386,8 @@ fn place_job(
     candidates: &mut Vec<usize>,
     chosen: &mut Vec<usize>,
 ) -> Result<(), Reason> {
-    if group.members.is_empty() && job.excluded.is_empty() {
-        return Err(Reason::NoNodeWithLabels);
-    }
-    if group.members.is_empty() {
-        return Err(Reason::AllExcluded);
-    }
+    structural(job, group.members.len(), group.usable)?;
     let wanted = job.backups.saturating_add(1);
-    if group.usable < wanted {
-        return Err(Reason::TooFewNodes {
-            wanted,
-            usable: group.usable,
-        });
-    }
     chosen.clear();
     for round in 0..wanted {
         candidates.clear();

@@ -475,6 +475,58 @@ fn a_job_no_node_can_take_says_why() {
     );
 }
 
+#[test]
+fn jobs_that_wait_for_the_cluster_are_told_apart_from_jobs_that_wait_for_room() {
+    // Node 1 is full, node 4 is down: room is short, and some jobs can never fit as is.
+    let mut nodes = pools();
+    nodes[0].assigned = 3;
+    nodes[3].up = false;
+    let mut hedge = job_with(4, &["pool=private"]);
+    hedge.excluded = [1, 2].into();
+    let jobs = [
+        job_with(1, &["pool=gpu"]),
+        job_with(2, &["pool=burst", "class=realtime"]),
+        PendingJob {
+            backups: 3,
+            ..job_with(3, &[])
+        },
+        hedge,
+        job_with(5, &["pool=private"]),
+        job_with(6, &["pool=private"]),
+        job_with(7, &["pool=private"]),
+        job_with(8, &["pool=private"]),
+    ];
+    // `waits_for_cluster` gives exactly the reasons `place` gives that no room would cure.
+    let config = config(Strategy::LeastRequest);
+    let placement = run(&config, &mut SchedulerState::new(&config), &nodes, &jobs);
+    let mut lines = Vec::new();
+    for job in &jobs {
+        let waits = scheduler::waits_for_cluster(job, &nodes);
+        let unplaced = placement.unplaced.iter().find(|u| u.job == job.id);
+        match (waits, unplaced) {
+            (Some(reason), Some(u)) => {
+                assert_eq!(u.reason, reason, "job {}", job.id.0);
+                lines.push(format!("job {}: waits for the cluster: {reason}", job.id.0));
+            }
+            (None, Some(u)) => {
+                lines.push(format!("job {}: waits for room: {}", job.id.0, u.reason))
+            }
+            (None, None) => lines.push(format!("job {}: placed", job.id.0)),
+            (Some(reason), None) => panic!("job {} was placed, yet {reason}", job.id.0),
+        }
+    }
+    expect![[r#"
+        job 1: waits for the cluster: no node carries the required labels
+        job 2: waits for the cluster: needs 1 distinct nodes up, not draining, with the labels; there are 0
+        job 3: waits for the cluster: needs 4 distinct nodes up, not draining, with the labels; there are 3
+        job 4: waits for the cluster: every node with the labels is excluded
+        job 5: placed
+        job 6: placed
+        job 7: placed
+        job 8: waits for room: needs 1 distinct nodes with room and a closed breaker; there are 0 now"#]]
+    .assert_eq(&lines.join("\n"));
+}
+
 // --- backups ------------------------------------------------------------------------------
 
 fn check_backups(nodes: &[NodeView], jobs: &[PendingJob], expected: Expect) {

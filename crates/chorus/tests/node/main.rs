@@ -625,6 +625,67 @@ async fn events(node: &TestNode, after: u64) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_no_node_can_take_wait_without_holding_back_the_queue_and_raise_an_alert() {
+    let node = TestNode::start().await;
+    // Jobs for nodes labelled `gpu`, which this cluster has none of, ahead of everything else
+    // (higher priority) and more of them than a node ever takes at once (slots + prefetch).
+    let mut gpu = FunctionSpec::builtin("gpu-only");
+    gpu.kind = model::FunctionKind::Command;
+    gpu.command = vec!["cat".into()];
+    gpu.labels = vec!["gpu".into()];
+    node.client.deploy(&gpu).await.unwrap();
+    let stuck: Vec<JobSpec> = (0..2_100)
+        .map(|_| JobSpec {
+            priority: 10,
+            ..job("gpu-only", json!({}))
+        })
+        .collect();
+    let results = node.client.submit_batch(&stuck).await.unwrap();
+    let Some(client::BatchResult::Submitted { id: first, .. }) = results.first().cloned() else {
+        panic!("{:?}", results.first())
+    };
+    // Work behind them still runs, both what is placed at submit and what the loop places.
+    let behind = vec![job("noop", json!({})); 3];
+    for result in node.client.submit_batch(&behind).await.unwrap() {
+        let client::BatchResult::Submitted { id, .. } = result else {
+            panic!("{result:?}")
+        };
+        assert_eq!(
+            must_finish(&node.client, id).await.state,
+            JobState::Succeeded
+        );
+    }
+    let alerts = || async {
+        let all = events(&node, 0).await;
+        all.into_iter()
+            .filter(|e| e["kind"] == "jobs_waiting")
+            .collect::<Vec<_>>()
+    };
+    wait_until("the waiting jobs raise an alert", || async {
+        !alerts().await.is_empty()
+    })
+    .await;
+    let once_more = node.client.submit(&job("noop", json!({}))).await.unwrap();
+    must_finish(&node.client, once_more.id).await;
+    let raised = alerts().await;
+    assert_eq!(
+        raised.len(),
+        1,
+        "one alert per function and reason: {raised:?}"
+    );
+    assert_eq!(raised[0]["alert"], true);
+    let message = raised[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("gpu-only") && message.contains("no node carries the required labels"),
+        "{message}"
+    );
+    assert_eq!(
+        node.client.job(first).await.unwrap().state,
+        JobState::Queued
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cpu_breaker_raises_an_alert_when_it_opens_and_an_all_clear_when_it_closes() {
     let node = TestNode::start().await;
     // A threshold of 0 % makes any CPU figure too hot: the breaker opens at the next placement.
