@@ -509,7 +509,8 @@ enum ConfigCmd {
     Get,
     /// Change a key on every node, live. Keys: `scheduler.strategy` (least-request, cpu-load,
     /// concurrency, weighted-round-robin, random), `scheduler.cpu_threshold` (percent),
-    /// `node.ID.weight` (0 takes a node out of rotation), `retention` (e.g. 7d, 12h).
+    /// `node.ID.weight` (0 takes a node out of rotation), `retention` (e.g. 7d, 12h),
+    /// `alerts.webhook` (an http(s) URL that gets every cluster event; empty: off).
     Set { key: String, value: String },
 }
 

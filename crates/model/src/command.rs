@@ -133,6 +133,11 @@ pub enum Command {
         now_ms: u64,
         events: Vec<crate::NewEvent>,
     },
+    /// The alert webhook has received every event up to `seq` (see
+    /// [`crate::State::events_delivered`]); never moves back.
+    EventsDelivered {
+        seq: u64,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }

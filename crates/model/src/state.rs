@@ -93,6 +93,9 @@ pub struct State {
     events: VecDeque<Event>,
     #[serde(default)]
     next_event_seq: u64,
+    /// The last event the alert webhook has received.
+    #[serde(default)]
+    events_delivered: u64,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -126,6 +129,7 @@ impl State {
             next_node_id: self.next_node_id,
             events: self.events.clone(),
             next_event_seq: self.next_event_seq,
+            events_delivered: self.events_delivered,
             ..State::default()
         }
     }
@@ -246,6 +250,16 @@ impl State {
             .map(|j| j.id)
             .take(limit)
             .collect()
+    }
+
+    /// The last event the alert webhook has received (0: none yet).
+    pub fn events_delivered(&self) -> u64 {
+        self.events_delivered
+    }
+
+    /// The number of the latest event (0: none yet).
+    pub fn last_event_seq(&self) -> u64 {
+        self.next_event_seq
     }
 
     /// Events numbered after `after`, oldest first.
@@ -390,6 +404,10 @@ impl State {
                 finished_before_ms,
                 jobs,
             } => self.purge(finished_before_ms, jobs),
+            Command::EventsDelivered { seq } => {
+                self.events_delivered = self.events_delivered.max(seq);
+                Response::Done
+            }
             Command::RecordEvents { now_ms, events } => {
                 for new in events {
                     self.next_event_seq += 1;

@@ -564,6 +564,12 @@ fn events_are_numbered_and_the_oldest_go_first() {
     let tail: Vec<u64> = state.events_after(1_000).map(|e| e.seq).collect();
     assert_eq!(tail, vec![1_001, 1_002]);
     assert_eq!(state.events_after(1_002).count(), 0);
+    assert_eq!(state.last_event_seq(), 1_002);
+    // The webhook's delivery mark only moves forward, and survives a snapshot.
+    state.apply(Command::EventsDelivered { seq: 1_001 });
+    state.apply(Command::EventsDelivered { seq: 7 });
+    assert_eq!(state.events_delivered(), 1_001);
     let reloaded = State::decode(&state.encode()).unwrap();
     assert_eq!(reloaded.events_after(0).count(), model::EVENTS_MAX);
+    assert_eq!(reloaded.events_delivered(), 1_001);
 }

@@ -19,6 +19,7 @@ mod metrics;
 mod retention;
 mod running;
 mod scheduling;
+mod webhook;
 
 use model::{
     ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobId, JobSpec, KeyId, NodeId,
@@ -300,6 +301,7 @@ impl Node {
         tasks.spawn(liveness::heartbeat(self.clone()));
         tasks.spawn(liveness::scan(self.clone()));
         tasks.spawn(retention::sweep(self.clone()));
+        tasks.spawn(webhook::deliver(self.clone()));
     }
 
     /// Takes no new work, waits (up to `limit`) until what runs here has finished, then shuts
@@ -444,6 +446,22 @@ impl Node {
         }
         if key == retention::RETENTION_KEY {
             retention::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
+        }
+        // An empty value switches the webhook off.
+        if key == webhook::WEBHOOK_KEY && !value.is_empty() {
+            webhook::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
+            // A new webhook hears of what happens from now on, not of the whole history.
+            let from_now = self.read(|s| s.last_event_seq());
+            let set = Command::Batch(vec![
+                Command::SetConfig { key, value },
+                Command::EventsDelivered { seq: from_now },
+            ]);
+            return match self.propose(set).await? {
+                Response::Batch(answers) => answers
+                    .into_iter()
+                    .try_for_each(|answer| rejected(answer).map(|_| ())),
+                other => Err(unexpected(other)),
+            };
         }
         let is_weight = key
             .strip_prefix("node.")

@@ -38,6 +38,11 @@ struct NodeLabels {
     node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
@@ -55,6 +60,7 @@ pub(crate) struct Metrics {
     pub(crate) purged_jobs: Counter,
     breaker_open: Family<NodeLabels, Gauge>,
     pub(crate) expired_objects: Counter,
+    webhook_posts: Family<ResultLabels, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -149,8 +155,15 @@ impl Metrics {
             "1 while a node's CPU breaker is open (it gets no new work); reported by the leader",
             breaker_open.clone(),
         );
+        let webhook_posts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "webhook_posts",
+            "Posts of events to the alert webhook by this node as leader, by result (ok, failed)",
+            webhook_posts.clone(),
+        );
         Metrics {
             registry,
+            webhook_posts,
             breaker_open,
             purged_jobs,
             expired_objects,
@@ -169,6 +182,15 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format, reading state-derived values first.
+    /// Counts one post to the alert webhook.
+    pub(crate) fn webhook_post(&self, result: &str) {
+        self.webhook_posts
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     pub(crate) fn render(
         &self,
         state: &State,

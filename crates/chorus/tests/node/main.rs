@@ -11,6 +11,7 @@ use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
 use model::{ErrorCode, FunctionSpec, JobId, JobSpec, JobState, Scope};
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn job(function: &str, input: serde_json::Value) -> JobSpec {
@@ -624,16 +625,27 @@ async fn events(node: &TestNode, after: u64) -> Vec<serde_json::Value> {
     page["events"].as_array().unwrap().clone()
 }
 
+/// Deploys a function for nodes labelled `label` only (which no test node is).
+async fn deploy_for_label(node: &TestNode, function: &str, label: &str) {
+    let mut spec = FunctionSpec::builtin(function);
+    spec.kind = model::FunctionKind::Command;
+    spec.command = vec!["cat".into()];
+    spec.labels = vec![label.into()];
+    node.client.deploy(&spec).await.unwrap();
+}
+
+/// Queues a job no node can take: the leader raises a `jobs_waiting` alert naming `function`.
+async fn queue_a_job_no_node_can_take(node: &TestNode, function: &str, label: &str) {
+    deploy_for_label(node, function, label).await;
+    node.client.submit(&job(function, json!({}))).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_no_node_can_take_wait_without_holding_back_the_queue_and_raise_an_alert() {
     let node = TestNode::start().await;
     // Jobs for nodes labelled `gpu`, which this cluster has none of, ahead of everything else
     // (higher priority) and more of them than a node ever takes at once (slots + prefetch).
-    let mut gpu = FunctionSpec::builtin("gpu-only");
-    gpu.kind = model::FunctionKind::Command;
-    gpu.command = vec!["cat".into()];
-    gpu.labels = vec!["gpu".into()];
-    node.client.deploy(&gpu).await.unwrap();
+    deploy_for_label(&node, "gpu-only", "gpu").await;
     let stuck: Vec<JobSpec> = (0..2_100)
         .map(|_| JobSpec {
             priority: 10,
@@ -683,6 +695,140 @@ async fn jobs_no_node_can_take_wait_without_holding_back_the_queue_and_raise_an_
         node.client.job(first).await.unwrap().state,
         JobState::Queued
     );
+}
+
+/// An HTTP endpoint for the alert webhook: answers the first post with 500 and the others
+/// with 200, and keeps every body it was sent.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/chorus", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body_start = loop {
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the post ended early");
+                request.extend_from_slice(&chunk[..n]);
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
+            assert!(head.starts_with("post /hooks/chorus "), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            while request.len() < body_start + length {
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the post ended early");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let body = serde_json::from_slice(&request[body_start..]).unwrap();
+            let posts = {
+                let mut bodies = kept.lock().unwrap();
+                bodies.push(body);
+                bodies.len()
+            };
+            let status = if posts == 1 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let answer =
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_posted_to_the_webhook_retried_until_taken_and_never_twice_once_taken() {
+    let node = TestNode::start().await;
+    for bad in ["hooks.example.com", "ftp://hooks.example.com/x"] {
+        let refused = node
+            .client
+            .set_config("alerts.webhook", bad)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::InvalidInput), "{refused}");
+    }
+    // An alert from before the webhook is set: not posted (no history).
+    queue_a_job_no_node_can_take(&node, "before-hook", "gpu").await;
+    wait_until("the first alert", || async {
+        events(&node, 0)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "jobs_waiting")
+    })
+    .await;
+    let (url, posts) = webhook_receiver().await;
+    node.client
+        .set_config("alerts.webhook", &url)
+        .await
+        .unwrap();
+    queue_a_job_no_node_can_take(&node, "after-hook", "tpu").await;
+    // The receiver refuses the first post; the retry (about a second later) is taken.
+    let posted = |needle: &'static str| {
+        let posts = posts.clone();
+        move || {
+            let posts = posts.clone();
+            async move {
+                let posts = posts.lock().unwrap();
+                posts.iter().skip(1).any(|p| p.to_string().contains(needle))
+            }
+        }
+    };
+    wait_until("the alert is posted and taken", posted("after-hook")).await;
+    queue_a_job_no_node_can_take(&node, "later", "fpga").await;
+    wait_until("the next alert is posted", posted("later")).await;
+    let posts = posts.lock().unwrap().clone();
+    assert_eq!(
+        posts[0], posts[1],
+        "the refused post is sent again as it was"
+    );
+    let alert = posts[1]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["message"].as_str().unwrap().contains("after-hook"))
+        .unwrap_or_else(|| panic!("{posts:?}"));
+    assert_eq!(
+        (&alert["kind"], &alert["alert"]),
+        (&json!("jobs_waiting"), &json!(true))
+    );
+    // Nothing from before the webhook, and nothing taken is posted again.
+    let seqs: Vec<u64> = posts[1..]
+        .iter()
+        .flat_map(|p| p["events"].as_array().unwrap().clone())
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{posts:?}");
+    assert!(
+        posts.iter().all(|p| !p.to_string().contains("before-hook")),
+        "{posts:?}"
+    );
+    let metrics =
+        String::from_utf8_lossy(&node.client.get_public("/metrics").await.unwrap().1).into_owned();
+    assert_eq!(
+        harness::metric(&metrics, r#"chorus_webhook_posts_total{result="failed"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        harness::metric(&metrics, r#"chorus_webhook_posts_total{result="ok"}"#) >= Some(2.0),
+        "{metrics}"
+    );
+    // An empty value switches it off.
+    node.client.set_config("alerts.webhook", "").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

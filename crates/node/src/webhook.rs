@@ -1,0 +1,101 @@
+//! Alert webhook: the leader POSTs cluster events (see [`model::Event`]) to the URL in the
+//! config key [`WEBHOOK_KEY`] (`chorus config set alerts.webhook https://...`), so that
+//! alerts reach a chat room, a pager or an incident tool without anyone watching the
+//! dashboard.
+//!
+//! Body: `{"events": [Event, ...]}`, oldest first, at most [`EVENTS_PER_POST_MAX`]; every
+//! event carries `seq` (cluster-wide, increasing), `kind`, `alert` (act on it) or not (an
+//! all-clear or a notice), `node` and a `message`. Delivery is at least once: after a 2xx
+//! answer the leader records how far it got (`EventsDelivered`, through the log), so a new
+//! leader carries on from there, and may repeat the last post if the old one died between
+//! the answer and the commit (receivers can drop repeats by `seq`). A failed post is retried
+//! with back-off; `chorus_webhook_posts_total{result}` counts posts. Setting the URL starts
+//! from the events after that moment, not from the whole history; an empty value switches
+//! the webhook off.
+
+use crate::Node;
+use model::Command;
+use std::time::Duration;
+
+/// The config key.
+pub(crate) const WEBHOOK_KEY: &str = "alerts.webhook";
+/// Events in one post at most.
+const EVENTS_PER_POST_MAX: usize = 100;
+/// How often the leader looks for new events.
+const TICK: Duration = Duration::from_millis(500);
+/// A post that takes longer has failed.
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Back-off after a failed post: doubles from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LAST: Duration = Duration::from_secs(60);
+
+/// Checks a webhook URL: `http` or `https`, with a host.
+pub(crate) fn parse(value: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| format!("alerts.webhook {value:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "alerts.webhook {value:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(url)
+}
+
+pub(crate) async fn deliver(node: Node) {
+    let client = match reqwest::Client::builder().timeout(POST_TIMEOUT).build() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "alert webhook: no HTTP client; alerts are not posted");
+            return;
+        }
+    };
+    let mut retry = RETRY_FIRST;
+    loop {
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            () = tokio::time::sleep(TICK) => {}
+        }
+        if !node.inner.registry.figures().is_leader {
+            continue;
+        }
+        let (url, events) = node.read(|s| {
+            let url = s.config().get(WEBHOOK_KEY).and_then(|v| parse(v).ok());
+            let events: Vec<model::Event> = s
+                .events_after(s.events_delivered())
+                .take(EVENTS_PER_POST_MAX)
+                .cloned()
+                .collect();
+            (url, events)
+        });
+        let (Some(url), Some(last)) = (url, events.last().map(|e| e.seq)) else {
+            continue;
+        };
+        let body = serde_json::json!({ "events": events });
+        let posted = client
+            .post(url.clone())
+            .json(&body)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        let result = if posted.is_ok() { "ok" } else { "failed" };
+        node.inner.metrics.webhook_post(result);
+        match posted {
+            Ok(_) => {
+                retry = RETRY_FIRST;
+                if let Err(e) = node.propose(Command::EventsDelivered { seq: last }).await {
+                    tracing::warn!(error = %e, "alert webhook: could not record the delivery");
+                }
+            }
+            Err(e) => {
+                // The host only: webhook URLs often carry a token in their path.
+                let host = url.host_str().unwrap_or_default();
+                tracing::warn!(host, error = %e, retry_s = retry.as_secs(), "alert webhook: post failed");
+                tokio::select! {
+                    () = node.inner.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_LAST);
+            }
+        }
+    }
+}
