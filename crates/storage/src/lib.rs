@@ -78,9 +78,13 @@ impl Store {
     pub fn local(dir: &Path) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir)?;
         // Deleting the last file of a directory removes the directory too (up to `dir`), so
-        // retention leaves no empty `jobs/{job}/{attempt}/` trees behind.
+        // retention leaves no empty `jobs/{job}/{attempt}/` trees behind. A write is synced
+        // (file and directory) before it returns, as S3 is durable once it answers: a job's
+        // result names its objects in the replicated log, and must never name a file that a
+        // power cut took away.
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?
-            .with_automatic_cleanup(true);
+            .with_automatic_cleanup(true)
+            .with_fsync(true);
         Ok(Store {
             inner: Arc::new(fs),
             url: format!("file://{}", dir.display()),
