@@ -118,18 +118,36 @@ impl State {
     /// A copy of what a snapshot holds (the derived indexes stay empty): cheap, the jobs are
     /// shared with `self`. Taken under the state machine's lock, encoded outside it.
     pub fn snapshot_copy(&self) -> State {
+        // Every field named, so that a new one cannot be left out of snapshots unnoticed.
+        let State {
+            functions,
+            jobs,
+            keys,
+            nodes,
+            config,
+            next_job_id,
+            next_attempt_id,
+            next_node_id,
+            events,
+            next_event_seq,
+            events_delivered,
+            queue: _,
+            delayed: _,
+            running: _,
+            idempotency: _,
+        } = self;
         State {
-            functions: self.functions.clone(),
-            jobs: self.jobs.clone(),
-            keys: self.keys.clone(),
-            nodes: self.nodes.clone(),
-            config: self.config.clone(),
-            next_job_id: self.next_job_id,
-            next_attempt_id: self.next_attempt_id,
-            next_node_id: self.next_node_id,
-            events: self.events.clone(),
-            next_event_seq: self.next_event_seq,
-            events_delivered: self.events_delivered,
+            functions: functions.clone(),
+            jobs: jobs.clone(),
+            keys: keys.clone(),
+            nodes: nodes.clone(),
+            config: config.clone(),
+            next_job_id: *next_job_id,
+            next_attempt_id: *next_attempt_id,
+            next_node_id: *next_node_id,
+            events: events.clone(),
+            next_event_seq: *next_event_seq,
+            events_delivered: *events_delivered,
             ..State::default()
         }
     }
