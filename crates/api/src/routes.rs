@@ -202,6 +202,9 @@ pub(crate) async fn get_job(
 pub(crate) struct ListQuery {
     state: Option<String>,
     function: Option<String>,
+    /// The job submitted with this idempotency key, if any (through the key's index, not
+    /// a scan): how a client finds out whether it has submitted something before.
+    idempotency_key: Option<String>,
     before: Option<u64>,
     limit: Option<usize>,
     #[serde(default)]
@@ -223,6 +226,18 @@ pub(crate) async fn list_jobs(
     let limit = q.limit.unwrap_or(50).clamp(1, LIST_LIMIT_MAX);
     if !q.stale {
         app.node.sync().await?;
+    }
+    if let Some(key) = &q.idempotency_key {
+        let jobs: Vec<_> = app.node.read(|s| {
+            s.job_by_idempotency_key(key)
+                .and_then(|id| s.job(id))
+                .filter(|job| state.is_none_or(|st| job.state == st))
+                .filter(|job| q.function.as_ref().is_none_or(|f| &job.function == f))
+                .into_iter()
+                .cloned()
+                .collect()
+        });
+        return Ok(Json(json!({ "jobs": jobs, "next_before": null })));
     }
     let (jobs, next_before) = app.node.read(|s| {
         let mut jobs = Vec::new();

@@ -241,6 +241,7 @@ pub(crate) async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
                     function,
                     before: before.map(JobId),
                     limit: Some(limit),
+                    ..JobFilter::default()
                 })
                 .await?;
             if json {

@@ -4,7 +4,7 @@
 
 use crate::client_cmd::{upload, Conn};
 use anyhow::Context;
-use client::Client;
+use client::{Client, JobFilter};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::{Job, JobId, JobSpec, JobState};
 use sha2::{Digest, Sha256};
@@ -165,13 +165,24 @@ async fn submit_one(
 ) -> anyhow::Result<Job> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let content = hex::encode(Sha256::digest(&bytes));
+    let idempotency_key = format!("ingest:{content}:{options_hash}");
+    // Submitted by an earlier run: its job answers, and the song is not uploaded again.
+    let earlier = client
+        .list_jobs(&JobFilter {
+            idempotency_key: Some(idempotency_key.clone()),
+            ..JobFilter::default()
+        })
+        .await?;
+    if let Some(job) = earlier.jobs.into_iter().next() {
+        return Ok(job);
+    }
     let key = upload(client, path).await?;
     let spec = JobSpec {
         function: "audio.ingest".into(),
         input: input.clone(),
         files: vec![key],
         priority: INGEST_PRIORITY,
-        idempotency_key: Some(format!("ingest:{content}:{options_hash}")),
+        idempotency_key: Some(idempotency_key),
     };
     Ok(client.submit(&spec).await?)
 }

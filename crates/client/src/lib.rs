@@ -68,6 +68,8 @@ pub struct JobPage {
 pub struct JobFilter {
     pub state: Option<String>,
     pub function: Option<String>,
+    /// Only the job submitted with this idempotency key (none if there is none).
+    pub idempotency_key: Option<String>,
     pub before: Option<JobId>,
     pub limit: Option<usize>,
 }
@@ -251,6 +253,9 @@ impl Client {
         }
         if let Some(f) = &filter.function {
             query.append_pair("function", f);
+        }
+        if let Some(k) = &filter.idempotency_key {
+            query.append_pair("idempotency_key", k);
         }
         if let Some(b) = filter.before {
             query.append_pair("before", &b.to_string());

@@ -625,6 +625,72 @@ async fn events(node: &TestNode, after: u64) -> Vec<serde_json::Value> {
     page["events"].as_array().unwrap().clone()
 }
 
+/// A 16-bit mono WAV of a 440 Hz tone, `seconds` long.
+fn tone_wav(seconds: f64) -> Vec<u8> {
+    let rate = 22_050u32;
+    let samples: Vec<i16> = (0..(seconds * f64::from(rate)) as u32)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(rate);
+            ((t * 440.0 * std::f64::consts::TAU).sin() * 8_000.0) as i16
+        })
+        .collect();
+    let data_len = samples.len() as u32 * 2;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for field in [16u32, 1 | (1 << 16), rate, rate * 2, 2 | (16 << 16)] {
+        wav.extend_from_slice(&field.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    wav
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ingest_of_a_directory_neither_uploads_nor_runs_anything_again() {
+    let node = TestNode::start().await;
+    let songs = node.dir.path().join("songs");
+    std::fs::create_dir_all(&songs).unwrap();
+    std::fs::write(songs.join("tone.wav"), tone_wav(4.0)).unwrap();
+    let (server, data) = (format!("http://{}", node.addr), node.dir.path().join("data"));
+    let ingest = move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("ingest")
+            .arg(&songs)
+            .args(["--json", "--server", &server])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = answer["results"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 1, "{answer}");
+        rows[0].clone()
+    };
+    let first = tokio::task::spawn_blocking(ingest.clone()).await.unwrap();
+    assert_eq!(first["skipped"], false, "{first}");
+    assert_eq!(first["job"]["state"], "succeeded", "{first}");
+    let upload = node.dir.path().join("data/objects").join(
+        first["job"]["files"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("{first}")),
+    );
+    let uploaded_at = std::fs::metadata(&upload).unwrap().modified().unwrap();
+    let second = tokio::task::spawn_blocking(ingest).await.unwrap();
+    assert_eq!(second["skipped"], true, "{second}");
+    assert_eq!(second["job"]["id"], first["job"]["id"]);
+    assert_eq!(
+        std::fs::metadata(&upload).unwrap().modified().unwrap(),
+        uploaded_at,
+        "the song was uploaded again"
+    );
+}
+
 /// Deploys a function for nodes labelled `label` only (which no test node is).
 async fn deploy_for_label(node: &TestNode, function: &str, label: &str) {
     let mut spec = FunctionSpec::builtin(function);
