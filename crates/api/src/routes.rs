@@ -603,10 +603,14 @@ pub(crate) async fn raft_rpc(
     Path(kind): Path<String>,
     body: Bytes,
 ) -> Answer<Response> {
-    let answer = app
-        .node
-        .raft_rpc(&kind, &body)
-        .await
-        .map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+    let answer = app.node.raft_rpc(&kind, &body).await.map_err(|e| {
+        let code = match e {
+            node::RaftRpcError::Unavailable(_) => ErrorCode::Unavailable,
+            node::RaftRpcError::UnknownKind(_) | node::RaftRpcError::Malformed(_) => {
+                ErrorCode::InvalidInput
+            }
+        };
+        fail(code, e.to_string())
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
 }

@@ -34,7 +34,7 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::{CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT};
+pub use registry::{RaftRpcError, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT};
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.

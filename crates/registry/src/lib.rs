@@ -53,6 +53,8 @@ pub enum Role {
 /// How long a forwarded call waits for a leader or for its entry to be applied here.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Rounds a leader tries to confirm its leadership for one linearizable read.
+const READ_INDEX_TRIES: u32 = 3;
 /// Log entries between snapshots by default; a snapshot lets the log before it be purged.
 pub const SNAPSHOT_LOGS_DEFAULT: u64 = 5_000;
 
@@ -356,20 +358,31 @@ impl Registry {
         self.wait_applied(index).await
     }
 
+    /// The read index: the leader's commit index, once a quorum has confirmed it still
+    /// leads. One confirmation round fails if a single follower answers late (a busy disk),
+    /// and with two voters that is the quorum; so a failed round is tried again, up to
+    /// [`READ_INDEX_TRIES`] rounds, before the read is refused. A deposed leader is told at
+    /// once (`NotLeader`).
     async fn read_index_here(&self) -> Result<u64, RegistryError> {
-        let read =
-            self.raft
-                .ensure_linearizable()
-                .await
-                .map_err(|e| match e.forward_to_leader() {
-                    Some(fwd) => RegistryError::NotLeader {
-                        leader: fwd
-                            .leader_id
-                            .zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
-                    },
-                    None => RegistryError::Unavailable(e.to_string()),
-                })?;
-        Ok(read.map_or(0, |l| l.index))
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let error = match self.raft.ensure_linearizable().await {
+                Ok(read) => return Ok(read.map_or(0, |l| l.index)),
+                Err(e) => e,
+            };
+            if let Some(fwd) = error.forward_to_leader() {
+                return Err(RegistryError::NotLeader {
+                    leader: fwd
+                        .leader_id
+                        .zip(fwd.leader_node.as_ref().map(|n| n.addr.clone())),
+                });
+            }
+            if tries == READ_INDEX_TRIES {
+                return Err(RegistryError::Unavailable(error.to_string()));
+            }
+            tracing::debug!(tries, error = %error, "read index: leadership not confirmed; again");
+        }
     }
 
     /// Ticks whenever entries are applied; the value is the last applied index.
