@@ -111,7 +111,16 @@ pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 /// Uploads a file under a key derived from its content, so the same file is stored once.
 pub(crate) async fn upload(client: &Client, path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let digest = hex::encode(&Sha256::digest(&bytes)[..12]);
+    upload_hashed(client, path, &Sha256::digest(&bytes)).await
+}
+
+/// Uploads `path`, whose SHA-256 the caller has already computed, under its content key.
+pub(crate) async fn upload_hashed(
+    client: &Client,
+    path: &Path,
+    sha256: &[u8],
+) -> anyhow::Result<String> {
+    let digest = hex::encode(&sha256[..12]);
     let name: String = path
         .file_name()
         .map(|n| {

@@ -2,7 +2,7 @@
 //! progress bar, bounded concurrency and idempotency (the content hash and the options are the
 //! idempotency key, so a second run skips what is done). `chorus demo` uses the same runner.
 
-use crate::client_cmd::{upload, Conn};
+use crate::client_cmd::{upload_hashed, Conn};
 use anyhow::Context;
 use client::{Client, JobFilter};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -164,7 +164,8 @@ async fn submit_one(
     options_hash: &str,
 ) -> anyhow::Result<Job> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let content = hex::encode(Sha256::digest(&bytes));
+    let sha256 = Sha256::digest(&bytes);
+    let content = hex::encode(sha256);
     let idempotency_key = format!("ingest:{content}:{options_hash}");
     // Submitted by an earlier run: its job answers, and the song is not uploaded again.
     let earlier = client
@@ -176,7 +177,7 @@ async fn submit_one(
     if let Some(job) = earlier.jobs.into_iter().next() {
         return Ok(job);
     }
-    let key = upload(client, path).await?;
+    let key = upload_hashed(client, path, &sha256).await?;
     let spec = JobSpec {
         function: "audio.ingest".into(),
         input: input.clone(),
