@@ -499,7 +499,8 @@ pub(crate) struct EventsQuery {
     stale: bool,
 }
 
-/// Cluster events, oldest first: breaker changes, lost nodes, replaced voters.
+/// Cluster events, oldest first: breaker changes, lost nodes, replaced voters, jobs waiting
+/// for the cluster to change.
 pub(crate) async fn list_events(
     State(app): State<AppState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
