@@ -656,7 +656,10 @@ async fn a_second_ingest_of_a_directory_neither_uploads_nor_runs_anything_again(
     let songs = node.dir.path().join("songs");
     std::fs::create_dir_all(&songs).unwrap();
     std::fs::write(songs.join("tone.wav"), tone_wav(4.0)).unwrap();
-    let (server, data) = (format!("http://{}", node.addr), node.dir.path().join("data"));
+    let (server, data) = (
+        format!("http://{}", node.addr),
+        node.dir.path().join("data"),
+    );
     let ingest = move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
             .arg("ingest")
@@ -666,7 +669,11 @@ async fn a_second_ingest_of_a_directory_neither_uploads_nor_runs_anything_again(
             .arg(&data)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let rows = answer["results"].as_array().unwrap().clone();
         assert_eq!(rows.len(), 1, "{answer}");
