@@ -1,14 +1,14 @@
-//! FLAC through libFLAC, the reference encoder (Xiph, BSD-3-Clause), linked
-//! from the system (Debian: `libflac-dev`).
+//! FLAC through libFLAC, the reference encoder (Xiph, BSD-3-Clause), built
+//! from the sources `libflac-sys` bundles and linked statically.
 //!
-//! Why libFLAC through `libflac-sys` with its default features off:
+//! Why libFLAC through `libflac-sys` (feature `build-flac`, without Ogg):
 //! - libFLAC is the reference: as fast as ffmpeg's own FLAC encoder at the
 //!   same level (SIMD autocorrelation and residual coding), several times
 //!   faster than the pure-Rust `flacenc` it replaces, and what `flac -5` writes.
 //! - `libflac-sys` is the maintained binding (regular releases, raw bindings
-//!   only, BSD-3-Clause like libFLAC). Its default `build-flac` feature builds a
-//!   bundled libFLAC with cmake; linking the distribution's library instead
-//!   needs only the `-dev` package, no cmake or clang. The other bindings
+//!   only, BSD-3-Clause like libFLAC). Its `build-flac` feature builds the
+//!   bundled libFLAC with cmake, which `scripts/cmake` provides on a machine
+//!   without one, so no system package is needed. The other bindings
 //!   (`flac-sys`, `flac-bound`) are older, unmaintained or build through
 //!   `libflac-sys` anyway.
 //! - Only the stable stream-encoder API (libFLAC 1.3 and later) is used.
