@@ -6,6 +6,7 @@
 
 mod code;
 mod command;
+mod config;
 mod event;
 mod function;
 mod ids;
@@ -14,9 +15,11 @@ mod node;
 pub mod protocol;
 pub mod signature;
 mod state;
+mod strategy;
 
 pub use code::{ApiError, ErrorCode};
 pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+pub use config::{ClusterConfig, ConfigKey, Setting, Settings, CONFIG_VALUE_LEN_MAX};
 pub use event::{Event, EventKind, NewEvent, EVENTS_MAX};
 pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
@@ -25,3 +28,4 @@ pub use ids::{AttemptId, JobId, KeyId, NodeId};
 pub use job::{Attempt, Job, JobError, JobState};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
+pub use strategy::{Strategy, UnknownStrategy};

@@ -8,6 +8,7 @@
 //! - an idempotency key maps to exactly one job, which carries that key.
 
 use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+use crate::config::ClusterConfig;
 use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{Attempt, Job, JobError, JobState};
@@ -82,7 +83,7 @@ pub struct State {
     jobs: BTreeMap<JobId, Arc<Job>>,
     keys: BTreeMap<KeyId, ApiKey>,
     nodes: BTreeMap<NodeId, NodeInfo>,
-    config: BTreeMap<String, String>,
+    config: ClusterConfig,
     next_job_id: u64,
     next_attempt_id: u64,
     /// Node ids are never reused: a node that leaves and comes back gets a new one.
@@ -217,7 +218,8 @@ impl State {
         self.nodes.values()
     }
 
-    pub fn config(&self) -> &BTreeMap<String, String> {
+    /// The cluster config: typed through [`ClusterConfig::settings`].
+    pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
@@ -415,7 +417,7 @@ impl State {
                 }
             },
             Command::SetConfig { key, value } => {
-                self.config.insert(key, value);
+                self.config.set(key, value);
                 Response::Done
             }
             Command::PurgeJobs {

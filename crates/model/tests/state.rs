@@ -573,3 +573,28 @@ fn events_are_numbered_and_the_oldest_go_first() {
     assert_eq!(reloaded.events_after(0).count(), model::EVENTS_MAX);
     assert_eq!(reloaded.events_delivered(), 1_001);
 }
+
+#[test]
+fn config_keys_from_an_old_log_apply_and_survive_a_snapshot() {
+    let mut state = State::default();
+    for (key, value) in [
+        ("scheduler.strategy", "random"),
+        ("long.gone.key", "whatever"),
+        ("node.2.weight", "not a number"),
+    ] {
+        let response = state.apply(Command::SetConfig {
+            key: key.into(),
+            value: value.into(),
+        });
+        assert!(matches!(response, Response::Done), "{key}: {response:?}");
+    }
+    let restored = State::decode(&state.snapshot_copy().encode()).unwrap();
+    for s in [&state, &restored] {
+        assert_eq!(s.config().raw().len(), 3);
+        assert_eq!(
+            s.config().settings().strategy,
+            Some(model::Strategy::Random)
+        );
+        assert_eq!(s.config().settings().weight(2), None);
+    }
+}

@@ -436,20 +436,12 @@ impl Node {
         }
     }
 
-    /// Changes cluster config through the log; every node reads it live.
+    /// Changes cluster config through the log; every node reads it live. The key and value
+    /// are checked by [`model::Setting::parse`] before anything is proposed.
     pub async fn set_config(&self, key: String, value: String) -> Result<(), ApiError> {
-        if key.is_empty() || key.len() > 128 || value.len() > 4096 {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                "config keys are 1 to 128 bytes, values at most 4096",
-            ));
-        }
-        if key == retention::RETENTION_KEY {
-            retention::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
-        }
-        // An empty value switches the webhook off.
-        if key == webhook::WEBHOOK_KEY && !value.is_empty() {
-            webhook::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
+        let setting = model::Setting::parse(&key, &value)?;
+        let key = setting.key().to_string();
+        if let model::Setting::AlertsWebhook(Some(_)) = setting {
             // A new webhook hears of what happens from now on, not of the whole history.
             let from_now = self.read(|s| s.last_event_seq());
             let set = Command::Batch(vec![
@@ -462,32 +454,6 @@ impl Node {
                     .try_for_each(|answer| rejected(answer).map(|_| ())),
                 other => Err(unexpected(other)),
             };
-        }
-        let is_weight = key
-            .strip_prefix("node.")
-            .and_then(|k| k.strip_suffix(".weight"))
-            .and_then(|id| id.parse().ok())
-            .is_some_and(|id| key == scheduling::weight_key(id));
-        if is_weight && value.parse::<u32>().is_err() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("a node weight is a whole number (0 takes the node out of rotation), not {value:?}"),
-            ));
-        }
-        let percent_ok = value
-            .parse::<f64>()
-            .is_ok_and(|p| (0.0..=100.0).contains(&p));
-        if key == "scheduler.cpu_threshold" && !percent_ok {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("scheduler.cpu_threshold is a percentage from 0 to 100, not {value:?}"),
-            ));
-        }
-        if key == "scheduler.strategy" && value.parse::<scheduler::Strategy>().is_err() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("unknown strategy {value:?}"),
-            ));
         }
         rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| ())
     }
