@@ -320,13 +320,15 @@ pub(crate) async fn put_object(
 ) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
     // Stream to a temporary file while hashing, so a bad hash or an oversized body never
-    // becomes an object.
+    // becomes an object. The file goes with its handle, also when the client goes away and
+    // this future is dropped half-way.
     let tmp_dir = app.node.config().data_dir.join("tmp");
     std::fs::create_dir_all(&tmp_dir).map_err(|e| io_failure(&e))?;
-    let tmp = tempfile_in(&tmp_dir)?;
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
+    let tmp = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempfile_in(&tmp_dir)
         .map_err(|e| io_failure(&e))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| io_failure(&e))?);
     let mut hasher = model::signature::BodyHasher::default();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -353,12 +355,13 @@ pub(crate) async fn put_object(
         }
         app.node
             .store()
-            .put_file(&key, &tmp, OBJECT_BYTES_MAX)
+            .put_file(&key, tmp.path(), OBJECT_BYTES_MAX)
             .await
             .map_err(|e| Failure(node::storage_error(e)))
     }
     .await;
-    let _ = tokio::fs::remove_file(&tmp).await;
+    drop(file);
+    drop(tmp);
     let size = result?;
     Ok((
         StatusCode::CREATED,
@@ -372,13 +375,6 @@ fn io_failure(e: &std::io::Error) -> Failure {
     } else {
         fail(ErrorCode::Internal, e.to_string())
     }
-}
-
-fn tempfile_in(dir: &std::path::Path) -> Answer<std::path::PathBuf> {
-    use rand::RngCore;
-    let mut bytes = [0u8; 12];
-    rand::rng().fill_bytes(&mut bytes);
-    Ok(dir.join(format!("upload-{}", hex::encode(bytes))))
 }
 
 pub(crate) async fn get_object(
@@ -562,7 +558,7 @@ pub(crate) async fn node_action(
 pub(crate) async fn get_config(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
     Ok(Json(
-        json!({ "config": app.node.read(|s| s.config().clone()) }),
+        json!({ "config": app.node.read(|s| s.config().raw().clone()) }),
     ))
 }
 

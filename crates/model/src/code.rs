@@ -28,6 +28,10 @@ pub enum ErrorCode {
     StorageFull,
     /// An unexpected failure; details are in the node's log.
     Internal,
+    /// The route exists but not with this HTTP method.
+    MethodNotAllowed,
+    /// The request's path and query are over their length limit.
+    UriTooLong,
     /// Attempt outcomes (never HTTP answers of their own).
     Timeout,
     WorkerCrashed,
@@ -49,6 +53,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UriTooLong => "uri_too_long",
             ErrorCode::Timeout => "timeout",
             ErrorCode::WorkerCrashed => "worker_crashed",
             ErrorCode::Cancelled => "cancelled",

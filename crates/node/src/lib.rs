@@ -147,11 +147,16 @@ pub fn storage_error(e: StorageError) -> ApiError {
     let code = match &e {
         StorageError::NotFound(_) => ErrorCode::NotFound,
         StorageError::InvalidKey(..) | StorageError::InvalidUrl(..) => ErrorCode::InvalidInput,
+        StorageError::Conflict(..) => ErrorCode::Conflict,
         StorageError::TooLarge { .. } => ErrorCode::TooLarge,
         StorageError::Full(_) => ErrorCode::StorageFull,
-        StorageError::Io(_) => ErrorCode::Internal,
+        StorageError::Io { .. } => ErrorCode::Internal,
     };
-    ApiError::new(code, e.to_string())
+    if matches!(code, ErrorCode::StorageFull | ErrorCode::Internal) {
+        // The details name server paths: they go to the log, not to the client.
+        tracing::warn!(error = %e, "storage failed");
+    }
+    ApiError::new(code, e.public_message())
 }
 
 fn rejected(response: Response) -> Result<Response, ApiError> {
