@@ -22,6 +22,8 @@ pub(crate) const OBJECT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 const BATCH_JOBS_MAX: usize = 10_000;
 /// Jobs per list page.
 const LIST_LIMIT_MAX: usize = 1_000;
+/// Longest wait for a job to finish.
+const WAIT_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Jobs looked at per list call when filtering, so a rare filter cannot scan everything.
 const LIST_SCAN_MAX: usize = 100_000;
 
@@ -82,6 +84,17 @@ pub(crate) async fn openapi() -> Response {
 
 pub(crate) async fn not_found() -> Failure {
     fail(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+/// A page size: `default` if unset, refused outside 1 to `max` (as the document says).
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Answer<usize> {
+    match limit.unwrap_or(default) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(fail(
+            ErrorCode::InvalidInput,
+            format!("limit is 1 to {max}"),
+        )),
+    }
 }
 
 fn job_id(raw: &str) -> Answer<JobId> {
@@ -223,7 +236,7 @@ pub(crate) async fn list_jobs(
         ),
         None => None,
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, LIST_LIMIT_MAX);
+    let limit = page_limit(q.limit, 50, LIST_LIMIT_MAX)?;
     if !q.stale {
         app.node.sync().await?;
     }
@@ -279,7 +292,14 @@ pub(crate) async fn wait_job(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Job>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
+    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
     app.node.sync().await?;
     Ok(Json(app.node.wait(job_id(&id)?, timeout).await?))
 }
@@ -505,7 +525,7 @@ pub(crate) async fn list_events(
     if !q.stale {
         app.node.sync().await?;
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, model::EVENTS_MAX);
+    let limit = page_limit(q.limit, 100, model::EVENTS_MAX)?;
     let events: Vec<model::Event> = app
         .node
         .read(|s| s.events_after(q.after).take(limit).cloned().collect());

@@ -5,6 +5,7 @@
 mod cluster;
 mod contract;
 mod dashboard;
+mod fuzz;
 mod harness;
 
 use client::ClientError;
