@@ -232,7 +232,8 @@ impl WorkflowSpec {
             let at = e
                 .span()
                 .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
                     format!(" (line {line})")
                 })
                 .unwrap_or_default();

@@ -6,8 +6,8 @@
 use proptest::prelude::*;
 use serde_json::json;
 use workflow::{
-    advance, apply, record_attempt, validate, Control, RunCommand, RunState, StepError, StepStatus,
-    WorkflowSpec,
+    advance, apply, record_attempt, validate, Condition, Control, RunCommand, RunState, StepError,
+    StepStatus, Template, WorkflowSpec,
 };
 
 use crate::{function_exists, must_fit};
@@ -178,5 +178,41 @@ proptest! {
     #[test]
     fn random_runs_always_finish_and_respect_needs(seed in any::<u64>()) {
         must_finish(seed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    /// Any text, made mostly of the language's own characters, parses or gets an error; and
+    /// `advance` on an unvalidated spec that uses it as a condition, a `for_each` and an input
+    /// decides something without a panic.
+    #[test]
+    fn parsers_and_advance_never_panic(text in "[a-z0-9_.\\[\\]'\"(){}!=<>&| -]{0,80}|\\PC{0,40}") {
+        if let Ok(c) = Condition::parse(&text) {
+            let _ = c.paths();
+        }
+        if let Ok(t) = Template::parse(&text) {
+            let _ = t.paths();
+        }
+        let toml = "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\n[[steps]]\nname = \"b\"\nfunction = \"f\"\nneeds = [\"a\"]\n";
+        let mut spec = WorkflowSpec::from_toml(toml).unwrap();
+        spec.steps[1].condition = Some(text.clone());
+        spec.steps[1].input = json!({"x": text.clone(), "y": [text.clone()]});
+        let mut fanned = spec.clone();
+        fanned.steps[1].condition = None;
+        fanned.steps[1].for_each = Some(format!("{{{{ {text} }}}}"));
+        for spec in [spec, fanned] {
+            let input = json!({"a": [1, {"b": "c"}], "n": 2});
+            let mut run = RunState::new(&spec, 1, input, 0);
+            let a = advance(&spec, &run, 0);
+            for command in &a.commands {
+                apply(&mut run, command, 0);
+            }
+            let key = run.steps["a"].elements[0].attempts[0].job_key.clone();
+            let output = json!({"flag": true, "list": [1, 2]});
+            record_attempt(&spec, &mut run, "a", 0, &key, Ok(output), 1);
+            let b = advance(&spec, &run, 1);
+            prop_assert!(!b.commands.is_empty(), "nothing happened after a succeeded");
+        }
     }
 }
