@@ -13,7 +13,7 @@ use crate::retry::jitter_seed;
 use crate::run::{job_key, ElementStatus, RunState, RunStatus, SkipCause, StepError, StepStatus};
 use crate::scope::RunScope;
 use crate::spec::{Hook, StepSpec, WorkflowSpec, FAN_OUT_MAX, STEPS_MAX};
-use crate::template::{Condition, Scope, Template};
+use crate::template::{Condition, Template};
 
 /// Bytes of one rendered step input at most (the same as a job's input).
 pub const RENDERED_INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -515,7 +515,7 @@ impl Pass<'_> {
 
 /// Renders an input template: every string in it is a template. Gives the error's code and
 /// message.
-fn render_input(template: &Value, scope: &dyn Scope) -> Result<Value, (&'static str, String)> {
+fn render_input(template: &Value, scope: &RunScope<'_>) -> Result<Value, (&'static str, String)> {
     let rendered = render_value(template, scope).map_err(|e| ("invalid_input", e))?;
     let bytes = rendered.to_string().len();
     if bytes > RENDERED_INPUT_BYTES_MAX {
@@ -527,7 +527,7 @@ fn render_input(template: &Value, scope: &dyn Scope) -> Result<Value, (&'static 
     Ok(rendered)
 }
 
-fn render_value(template: &Value, scope: &dyn Scope) -> Result<Value, String> {
+fn render_value(template: &Value, scope: &RunScope<'_>) -> Result<Value, String> {
     Ok(match template {
         Value::String(text) => Template::parse(text)?.render(scope)?,
         Value::Array(items) => Value::Array(

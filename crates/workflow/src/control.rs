@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-use crate::error::{Code, SpecError};
+use crate::error::{Code, Error};
 use crate::run::{Ending, RunState, RunStatus, SkipCause, StepError, StepRun, StepStatus};
 use crate::spec::WorkflowSpec;
 
@@ -41,7 +41,7 @@ pub fn control(
     run: &mut RunState,
     control: &Control,
     now_ms: u64,
-) -> Result<(), SpecError> {
+) -> Result<(), Error> {
     match control {
         Control::Retry { step } => retry(spec, run, step.as_deref(), now_ms),
         Control::Skip { step } => skip(spec, run, step, now_ms),
@@ -50,18 +50,18 @@ pub fn control(
     }
 }
 
-fn conflict(message: impl Into<String>) -> SpecError {
-    SpecError::new(Code::Conflict, "", message)
+fn conflict(message: impl Into<String>) -> Error {
+    Error::new(Code::Conflict, "", message)
 }
 
 fn known_step<'s>(
     spec: &WorkflowSpec,
     run: &'s RunState,
     name: &str,
-) -> Result<&'s StepRun, SpecError> {
+) -> Result<&'s StepRun, Error> {
     match (spec.step(name), run.steps.get(name)) {
         (Some(_), Some(s)) => Ok(s),
-        _ => Err(SpecError::new(
+        _ => Err(Error::new(
             Code::NotFound,
             "step",
             format!("workflow {:?} has no step {name:?}", run.workflow),
@@ -74,7 +74,7 @@ fn retry(
     run: &mut RunState,
     step: Option<&str>,
     now_ms: u64,
-) -> Result<(), SpecError> {
+) -> Result<(), Error> {
     if let Some(name) = step {
         let s = known_step(spec, run, name)?;
         if s.status != StepStatus::Failed {
@@ -110,7 +110,7 @@ fn retry(
     Ok(())
 }
 
-fn skip(spec: &WorkflowSpec, run: &mut RunState, name: &str, now_ms: u64) -> Result<(), SpecError> {
+fn skip(spec: &WorkflowSpec, run: &mut RunState, name: &str, now_ms: u64) -> Result<(), Error> {
     let status = known_step(spec, run, name)?.status;
     if spec.is_finally(name) {
         return Err(conflict(format!(
@@ -143,7 +143,7 @@ fn skip(spec: &WorkflowSpec, run: &mut RunState, name: &str, now_ms: u64) -> Res
     Ok(())
 }
 
-fn abort(run: &mut RunState) -> Result<(), SpecError> {
+fn abort(run: &mut RunState) -> Result<(), Error> {
     if run.is_finished() {
         return Err(conflict(format!("the run is already {}", run.status)));
     }
@@ -172,7 +172,7 @@ fn restart(
     run: &mut RunState,
     from: Option<&str>,
     now_ms: u64,
-) -> Result<(), SpecError> {
+) -> Result<(), Error> {
     if let Some(name) = from {
         known_step(spec, run, name)?;
         if spec.is_finally(name) {

@@ -40,16 +40,16 @@ impl fmt::Display for Code {
 
 /// One thing wrong with a spec or a control.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpecError {
+pub struct Error {
     pub code: Code,
     /// Where, as a path into the spec (`steps[2].needs[0]`); empty for the whole spec.
     pub path: String,
     pub message: String,
 }
 
-impl SpecError {
-    pub fn new(code: Code, path: impl Into<String>, message: impl Into<String>) -> SpecError {
-        SpecError {
+impl Error {
+    pub fn new(code: Code, path: impl Into<String>, message: impl Into<String>) -> Error {
+        Error {
             code,
             path: path.into(),
             message: message.into(),
@@ -57,7 +57,7 @@ impl SpecError {
     }
 }
 
-impl fmt::Display for SpecError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
             write!(f, "{}: {}", self.code, self.message)
@@ -67,12 +67,12 @@ impl fmt::Display for SpecError {
     }
 }
 
-impl std::error::Error for SpecError {}
+impl std::error::Error for Error {}
 
 /// Everything wrong with a spec, in the order of the spec (at most
 /// [`crate::SPEC_ERRORS_MAX`]). The code of the whole is the first error's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpecErrors(pub Vec<SpecError>);
+pub struct SpecErrors(pub Vec<Error>);
 
 impl SpecErrors {
     pub fn code(&self) -> Code {

@@ -44,7 +44,7 @@ mod validate;
 pub use advance::{advance, Advance, ADVANCE_PASSES_MAX, RENDERED_INPUT_BYTES_MAX};
 pub use command::{apply, record_attempt, HookCall, HookStage, HookTarget, Recorded, RunCommand};
 pub use control::{control, Control};
-pub use error::{Code, SpecError, SpecErrors};
+pub use error::{Code, Error, SpecErrors};
 pub use retry::jitter_seed;
 pub use run::{
     job_key, AttemptRecord, ElementRun, ElementStatus, Ending, RunState, RunStatus, SkipCause,

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::borrow::Cow;
 
 use crate::run::RunState;
-use crate::template::{follow, Path, Scope, Segment};
+use crate::template::{follow, Path, Segment};
 
 pub(crate) struct RunScope<'r> {
     run: &'r RunState,
@@ -45,8 +45,11 @@ impl<'r> RunScope<'r> {
 
 static NULL: Value = Value::Null;
 
-impl Scope for RunScope<'_> {
-    fn lookup<'s>(&'s self, path: &Path) -> Result<Option<Cow<'s, Value>>, String> {
+impl RunScope<'_> {
+    /// What `path` names: `Ok(None)` for a path that names nothing in this run (a missing
+    /// key, an index past the end), `Err` for one that can never name anything (an unknown
+    /// root).
+    pub(crate) fn lookup<'s>(&'s self, path: &Path) -> Result<Option<Cow<'s, Value>>, String> {
         let segments = path.segments.as_slice();
         let found = match path.root.as_str() {
             "input" => follow(&self.run.input, segments).map(Cow::Borrowed),

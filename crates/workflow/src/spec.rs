@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use crate::error::{Code, SpecError};
+use crate::error::{Code, Error};
 
 /// Steps in one workflow at most, the `finally` step included.
 pub const STEPS_MAX: usize = 256;
@@ -219,9 +219,9 @@ impl RunHooks {
 
 impl WorkflowSpec {
     /// Parses a TOML spec. This checks the shape only; [`crate::validate`] checks the rest.
-    pub fn from_toml(text: &str) -> Result<WorkflowSpec, SpecError> {
+    pub fn from_toml(text: &str) -> Result<WorkflowSpec, Error> {
         if text.len() > SPEC_BYTES_MAX {
-            return Err(SpecError::new(
+            return Err(Error::new(
                 Code::TooLarge,
                 "",
                 format!("the spec is {} bytes, over {SPEC_BYTES_MAX}", text.len()),
@@ -237,7 +237,7 @@ impl WorkflowSpec {
                     format!(" (line {line})")
                 })
                 .unwrap_or_default();
-            SpecError::new(
+            Error::new(
                 Code::InvalidInput,
                 "",
                 format!("malformed spec{at}: {message}"),

@@ -14,6 +14,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::scope::RunScope;
 use crate::spec::TEMPLATE_LEN_MAX;
 
 /// Nesting of `!`, `(` and operators in one condition at most.
@@ -71,13 +72,6 @@ enum Part {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Condition {
     expr: Expr,
-}
-
-/// What a path resolves against. `lookup` answers `Ok(None)` for a path that names nothing
-/// in this run (a missing key, an index past the end) and `Err` for one that can never name
-/// anything (an unknown root).
-pub(crate) trait Scope {
-    fn lookup<'s>(&'s self, path: &Path) -> Result<Option<Cow<'s, Value>>, String>;
 }
 
 impl fmt::Display for Path {
@@ -164,7 +158,7 @@ impl Template {
     /// Renders the template. A template that is exactly one expression yields the value
     /// itself; otherwise values are written into the string (strings as they are, anything
     /// else as compact JSON). A path that names nothing in this run is an error.
-    pub(crate) fn render(&self, scope: &dyn Scope) -> Result<Value, String> {
+    pub(crate) fn render(&self, scope: &RunScope<'_>) -> Result<Value, String> {
         if let [Part::Expr(e)] = self.parts.as_slice() {
             return e.value(scope, Missing::Error).map(Cow::into_owned);
         }
@@ -205,7 +199,7 @@ impl Condition {
     }
 
     /// Whether the condition holds. A path that names nothing in this run is `null`.
-    pub(crate) fn holds(&self, scope: &dyn Scope) -> Result<bool, String> {
+    pub(crate) fn holds(&self, scope: &RunScope<'_>) -> Result<bool, String> {
         self.expr.truth(scope)
     }
 }
@@ -265,7 +259,7 @@ impl Expr {
 
     fn value<'s>(
         &'s self,
-        scope: &'s dyn Scope,
+        scope: &'s RunScope<'s>,
         missing: Missing,
     ) -> Result<Cow<'s, Value>, String> {
         match self {
@@ -279,7 +273,7 @@ impl Expr {
         }
     }
 
-    fn truth(&self, scope: &dyn Scope) -> Result<bool, String> {
+    fn truth(&self, scope: &RunScope<'_>) -> Result<bool, String> {
         match self {
             Expr::Path(_) | Expr::Literal(_) => {
                 Ok(truthy(self.value(scope, Missing::Null)?.as_ref()))

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::{Code, SpecError, SpecErrors};
+use crate::error::{Code, Error, SpecErrors};
 use crate::spec::*;
 use crate::template::{Condition, Path, Segment, Template};
 
@@ -39,7 +39,7 @@ pub fn validate(
         return Ok(());
     }
     if v.dropped > 0 {
-        v.errors.push(SpecError::new(
+        v.errors.push(Error::new(
             Code::InvalidInput,
             "",
             format!("and {} more errors", v.dropped),
@@ -62,7 +62,7 @@ enum Place {
 struct Validator<'a> {
     spec: &'a WorkflowSpec,
     function_exists: &'a dyn Fn(&str) -> bool,
-    errors: Vec<SpecError>,
+    errors: Vec<Error>,
     dropped: usize,
 }
 
@@ -77,7 +77,7 @@ fn is_name(name: &str, extra: &str) -> bool {
 impl<'a> Validator<'a> {
     fn error(&mut self, code: Code, path: impl Into<String>, message: impl Into<String>) {
         if self.errors.len() < SPEC_ERRORS_MAX - 1 {
-            self.errors.push(SpecError::new(code, path, message));
+            self.errors.push(Error::new(code, path, message));
         } else {
             self.dropped += 1;
         }

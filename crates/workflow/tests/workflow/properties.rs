@@ -89,11 +89,15 @@ fn must_finish(seed: u64) {
     let mut run = RunState::new(&spec, seed, json!({"items": items}), 0);
     let mut now_ms = 0u64;
     let mut reopens = 3;
+    // Every attempt's job key, over the whole scenario: a key is never used twice, so no
+    // function runs twice for the same try.
+    let mut keys = std::collections::BTreeSet::new();
     for _ in 0..EVENTS_MAX {
         let result = advance(&spec, &run, now_ms);
         for command in &result.commands {
             must_fit(&spec, &run, command);
-            if let RunCommand::StartAttempt { step, .. } = command {
+            if let RunCommand::StartAttempt { step, job_key, .. } = command {
+                assert!(keys.insert(job_key.clone()), "job key {job_key} used twice");
                 let s = &run.steps[step];
                 assert_eq!(
                     s.status,
@@ -118,6 +122,13 @@ fn must_finish(seed: u64) {
             );
         }
         if run.is_finished() {
+            let live = run
+                .steps
+                .values()
+                .flat_map(|s| &s.elements)
+                .filter(|e| e.live_attempt().is_some())
+                .count();
+            assert_eq!(live, 0, "a finished run still has live attempts");
             // Sometimes an operator re-opens the finished run; each control either applies
             // whole or leaves the run as it was.
             if reopens == 0 || !d.chance(50) {
