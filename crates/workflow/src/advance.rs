@@ -215,8 +215,8 @@ impl Pass<'_> {
         });
     }
 
-    /// A running step: its time-out, its elements' retries and starts up to its
-    /// concurrency, and its end.
+    /// A running step: its time-out, its end, or its elements' retries and starts up to its
+    /// concurrency.
     fn drive(&mut self, step: &StepSpec) {
         let started = self.run.steps.get(&step.name).and_then(|s| s.started_at_ms);
         if let (Some(timeout_ms), Some(started)) = (step.timeout_ms, started) {
@@ -227,9 +227,16 @@ impl Pass<'_> {
             }
             self.wake(deadline);
         }
-        let Some(s) = self.run.steps.get(&step.name) else {
-            return;
-        };
+        if let Some(end) = self.step_end(step) {
+            return self.emit(end);
+        }
+        self.start_elements(step);
+    }
+
+    /// A step with an element failed for good fails; one whose elements all succeeded
+    /// succeeds, with the list of outputs in item order if it fans out.
+    fn step_end(&self, step: &StepSpec) -> Option<RunCommand> {
+        let s = self.run.steps.get(&step.name)?;
         let fans_out = s.items.is_some();
         let failed =
             s.elements.iter().enumerate().find(|(_, e)| {
@@ -244,29 +251,36 @@ impl Pass<'_> {
             if fans_out {
                 error.message = format!("element {i}: {}", error.message);
             }
-            return self.emit(RunCommand::FailStep {
-                step: step.name.clone(),
-                error,
-            });
+            let step = step.name.clone();
+            return Some(RunCommand::FailStep { step, error });
         }
-        if s.elements
+        if !s
+            .elements
             .iter()
             .all(|e| e.status == ElementStatus::Succeeded)
         {
-            let outputs = s
-                .elements
-                .iter()
-                .map(|e| e.output.clone().unwrap_or_default());
-            let output = if fans_out {
-                Value::Array(outputs.collect())
-            } else {
-                outputs.into_iter().next().unwrap_or_default()
-            };
-            return self.emit(RunCommand::FinishStep {
-                step: step.name.clone(),
-                output,
-            });
+            return None;
         }
+        let mut outputs = s
+            .elements
+            .iter()
+            .map(|e| e.output.clone().unwrap_or_default());
+        let output = if fans_out {
+            Value::Array(outputs.collect())
+        } else {
+            outputs.next().unwrap_or_default()
+        };
+        let step = step.name.clone();
+        Some(RunCommand::FinishStep { step, output })
+    }
+
+    /// Starts waiting elements in item order while fewer than the step's concurrency run: a
+    /// first attempt with its input rendered, or a retry whose back-off is over.
+    fn start_elements(&mut self, step: &StepSpec) {
+        let Some(s) = self.run.steps.get(&step.name) else {
+            return;
+        };
+        let fans_out = s.items.is_some();
         let retry = self.spec.retry_of(step);
         let cap = step.concurrency.map_or(usize::MAX, |c| c as usize);
         let mut running = s
@@ -484,12 +498,12 @@ impl Pass<'_> {
                     let scope = RunScope::new(&self.run).with_event(&event);
                     let input = render_input(&hook.input, &scope)
                         .unwrap_or_else(|(_, e)| json!({"event": event, "template_error": e}));
-                    let job_key = format!(
-                        "run:{}:hook:{}:{}:{round}:{index}",
-                        self.run.id,
-                        stage.as_str(),
-                        step.unwrap_or("")
-                    );
+                    let job_key = match step {
+                        Some(step) => {
+                            format!("run:{}:hook:{stage}:{step}:{round}:{index}", self.run.id)
+                        }
+                        None => format!("run:{}:hook:{stage}:{round}:{index}", self.run.id),
+                    };
                     HookTarget::Function {
                         function: function.clone(),
                         input,
@@ -543,6 +557,12 @@ fn render_value(template: &Value, scope: &RunScope<'_>) -> Result<Value, String>
         ),
         other => other.clone(),
     })
+}
+
+impl std::fmt::Display for HookStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl HookStage {

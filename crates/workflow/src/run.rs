@@ -75,6 +75,7 @@ pub struct RunState {
     pub workflow: String,
     pub workflow_version: u32,
     pub input: Value,
+    #[serde(rename = "state")]
     pub status: RunStatus,
     pub started_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +106,7 @@ pub struct Ending {
 /// One step in one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
+    #[serde(rename = "state")]
     pub status: StepStatus,
     /// Bumped by each retry or restart of the step: part of its jobs' keys, so a new round
     /// never collides with the jobs of an old one.
@@ -128,15 +130,16 @@ pub struct StepRun {
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StepError>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub before_hooks_fired: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub after_hooks_fired: bool,
 }
 
 /// One element of a step: the step itself, or one `for_each` item.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ElementRun {
+    #[serde(rename = "state")]
     pub status: ElementStatus,
     /// The rendered input its attempts run with.
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -289,4 +292,60 @@ impl StepError {
 /// job.
 pub fn job_key(run: u64, step: &str, round: u32, element: usize, attempt: u32) -> String {
     format!("run:{run}:{step}:{round}:{element}:{attempt}")
+}
+
+/// A run as people and clients see it (`runs get --json`): the run, then its steps in the
+/// spec's order, the `finally` step last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: u64,
+    pub workflow: String,
+    pub version: u32,
+    /// `running` until the run finishes (its `finally` step included).
+    pub state: RunStatus,
+    pub started_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// Why the run failed or was aborted, once that is decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+    pub steps: Vec<StepSummary>,
+}
+
+/// One step of a [`RunSummary`]: its name, then its state as the run holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub name: String,
+    #[serde(flatten)]
+    pub step: StepRun,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+impl RunState {
+    /// The run with its steps in `spec`'s order.
+    pub fn summary(&self, spec: &WorkflowSpec) -> RunSummary {
+        let steps = spec
+            .all_steps()
+            .filter_map(|step| {
+                let s = self.steps.get(&step.name)?;
+                Some(StepSummary {
+                    name: step.name.clone(),
+                    step: s.clone(),
+                })
+            })
+            .collect();
+        RunSummary {
+            id: self.id,
+            workflow: self.workflow.clone(),
+            version: self.workflow_version,
+            state: self.status,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            error: self.ending.as_ref().and_then(|e| e.error.clone()),
+            steps,
+        }
+    }
 }

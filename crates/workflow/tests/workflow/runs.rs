@@ -854,7 +854,7 @@ fn hooks_fire_once_at_each_stage() {
               finish step a: 5
               hook after_step a#0: POST https://example.org/after {"event":"step_finished","generation":0,"round":0,"run":7,"state":"succeeded","step":"a","version":0,"workflow":"hooked"}
               end run succeeded
-              hook run_succeeded run#0: notify({"out":5,"text":"run 7 succeeded"}) key run:7:hook:run_succeeded::0:0
+              hook run_succeeded run#0: notify({"out":5,"text":"run 7 succeeded"}) key run:7:hook:run_succeeded:0:0
               finish run succeeded
             run: succeeded
               a: succeeded (round 0) output 5"#]],
@@ -959,4 +959,98 @@ fn statistics_over_runs() {
     .assert_eq(&serde_json::to_string_pretty(&s).unwrap());
     assert_eq!(stats(&runs, 2000, 3000).runs, 1);
     assert_eq!(runs[2].steps["a"].status, StepStatus::Failed);
+}
+
+#[test]
+fn a_run_summary_lists_steps_in_spec_order() {
+    let mut sim = Sim::new(
+        r#"
+        name = "w"
+        [[steps]]
+        name = "zeta"
+        function = "f"
+        for_each = "{{ input.items }}"
+        input = "{{ item }}"
+        [[steps]]
+        name = "alpha"
+        function = "f"
+        needs = ["zeta"]
+        [finally]
+        name = "clean"
+        function = "f"
+        "#,
+        json!({"items": ["a"]}),
+    );
+    sim.step().at(3).err("zeta", 0, "invalid_input").step();
+    expect![[r#"
+        {
+          "id": 7,
+          "workflow": "w",
+          "version": 0,
+          "state": "running",
+          "started_at_ms": 0,
+          "error": {
+            "code": "invalid_input",
+            "message": "step \"zeta\" failed: element 0: invalid_input happened"
+          },
+          "steps": [
+            {
+              "name": "zeta",
+              "state": "failed",
+              "round": 0,
+              "started_at_ms": 0,
+              "finished_at_ms": 3,
+              "items": [
+                "a"
+              ],
+              "elements": [
+                {
+                  "state": "failed",
+                  "input": "a",
+                  "attempts": [
+                    {
+                      "number": 1,
+                      "job_key": "run:7:zeta:0:0:1",
+                      "started_at_ms": 0,
+                      "finished_at_ms": 3,
+                      "error": {
+                        "code": "invalid_input",
+                        "message": "invalid_input happened"
+                      }
+                    }
+                  ]
+                }
+              ],
+              "error": {
+                "code": "invalid_input",
+                "message": "element 0: invalid_input happened"
+              }
+            },
+            {
+              "name": "alpha",
+              "state": "cancelled",
+              "round": 0,
+              "finished_at_ms": 3
+            },
+            {
+              "name": "clean",
+              "state": "running",
+              "round": 0,
+              "started_at_ms": 3,
+              "elements": [
+                {
+                  "state": "running",
+                  "attempts": [
+                    {
+                      "number": 1,
+                      "job_key": "run:7:clean:0:0:1",
+                      "started_at_ms": 3
+                    }
+                  ]
+                }
+              ]
+            }
+          ]
+        }"#]]
+    .assert_eq(&serde_json::to_string_pretty(&sim.run.summary(&sim.spec)).unwrap());
 }
