@@ -13,7 +13,7 @@ use crate::retry::jitter_seed;
 use crate::run::{job_key, ElementStatus, RunState, RunStatus, SkipCause, StepError, StepStatus};
 use crate::scope::RunScope;
 use crate::spec::{Hook, StepSpec, WorkflowSpec, FAN_OUT_MAX, STEPS_MAX};
-use crate::template::{Condition, Template};
+use crate::template::{type_name, Condition, Template};
 
 /// Bytes of one rendered step input at most (the same as a job's input).
 pub const RENDERED_INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -189,7 +189,7 @@ impl Pass<'_> {
                 }
                 Ok(Value::Array(items)) => Some(items),
                 Ok(other) => {
-                    let message = format!("for_each gave {other}, not a list");
+                    let message = format!("for_each gave {}, not a list", type_name(&other));
                     return self.fail(step, "invalid_input", message);
                 }
                 Err(e) => return self.fail(step, "invalid_input", format!("for_each: {e}")),
@@ -328,7 +328,7 @@ impl Pass<'_> {
                         wakes.push(due);
                         continue;
                     }
-                    (last.number + 1, e.input.clone())
+                    (last.number.saturating_add(1), e.input.clone())
                 }
             };
             running += 1;
@@ -350,15 +350,16 @@ impl Pass<'_> {
     }
 
     /// After hooks of every step that is done, once per round. A step cancelled before it
-    /// started has none.
+    /// started has none: it never began, so it has not ended either.
     fn after_hooks(&mut self) {
         let spec = self.spec;
         for step in spec.all_steps() {
             let Some(s) = self.run.steps.get(&step.name) else {
                 continue;
             };
-            let started = s.started_at_ms.is_some() || s.status == StepStatus::Skipped;
-            if s.is_done() && started && !s.after_hooks_fired && !step.hooks.after.is_empty() {
+            let ended =
+                s.is_done() && (s.status != StepStatus::Cancelled || s.started_at_ms.is_some());
+            if ended && !s.after_hooks_fired && !step.hooks.after.is_empty() {
                 let event = self.step_event("step_finished", &step.name);
                 self.fire(
                     HookStage::AfterStep,

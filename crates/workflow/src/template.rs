@@ -233,7 +233,8 @@ pub fn truthy(value: &Value) -> bool {
     }
 }
 
-fn type_name(value: &Value) -> &'static str {
+/// How a value's type reads in a sentence (`a list`, `null`).
+pub(crate) fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

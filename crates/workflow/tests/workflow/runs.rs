@@ -214,11 +214,11 @@ fn an_empty_fan_out_succeeds_with_an_empty_list_and_a_bad_one_fails() {
         |_| {},
         expect![[r#"
             @0
-              fail step each: invalid_input: for_each gave "not a list", not a list
-              end run failed: invalid_input: step "each" failed: for_each gave "not a list", not a list
+              fail step each: invalid_input: for_each gave a string, not a list
+              end run failed: invalid_input: step "each" failed: for_each gave a string, not a list
               finish run failed
             run: failed
-              each: failed (round 0) error invalid_input: for_each gave "not a list", not a list"#]],
+              each: failed (round 0) error invalid_input: for_each gave a string, not a list"#]],
     );
 }
 
@@ -1053,4 +1053,102 @@ fn a_run_summary_lists_steps_in_spec_order() {
           ]
         }"#]]
     .assert_eq(&serde_json::to_string_pretty(&sim.run.summary(&sim.spec)).unwrap());
+}
+
+/// Runs `a` (whose output is `output`) then `b` with `b_field = text`, and says what became
+/// of `b`: its rendered input, skipped, or failed with why.
+fn check_language(b_field: &str, cases: &[&str], expected: Expect) {
+    let output = json!({
+        "n": 3, "x": 1.0, "s": "abc", "t": true, "f": false, "z": 0, "e": "", "list": [10, {"k": "v"}],
+        "obj": {"odd key": 5}, "null": null
+    });
+    let mut lines = Vec::new();
+    for case in cases {
+        let toml = format!(
+            "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\n[[steps]]\nname = \"b\"\nfunction = \"f\"\nneeds = [\"a\"]\n{b_field} = {}\n",
+            serde_json::to_string(case).unwrap()
+        );
+        let mut sim = Sim::new(&toml, json!({"name": "song", "tags": ["x", "y"]}));
+        sim.step().ok("a", 0, output.clone()).step();
+        let b = &sim.run.steps["b"];
+        let result = match b.status {
+            StepStatus::Running => format!("input {}", b.elements[0].input),
+            StepStatus::Skipped => "skipped".to_string(),
+            other => format!("{other}: {}", b.error.as_ref().unwrap().message),
+        };
+        lines.push(format!("{case:<46} => {result}"));
+    }
+    expected.assert_eq(&lines.join("\n"));
+}
+
+#[test]
+fn templates_render_values_and_strings() {
+    check_language(
+        "input",
+        &[
+            "{{ steps.a.output.n }}",
+            "{{steps.a.output.list[1]}}",
+            "{{ steps.a.output.obj['odd key'] }}",
+            "n={{ steps.a.output.n }} list={{ steps.a.output.list }}",
+            "{{ input.name }}-{{ input.tags[1] }}",
+            "{{ steps.a.output.null }}",
+            "{{ steps.a.state }} {{ steps.a.error }}",
+            "{{ run.id }}/{{ run.workflow }}/{{ run.state }}",
+            "{{ '{{' }} literal {{ 12 }}",
+            "{{ steps.a.output.list[5] }}",
+            "{{ steps.a.output.n.deeper }}",
+        ],
+        expect![[r#"
+            {{ steps.a.output.n }}                         => input 3
+            {{steps.a.output.list[1]}}                     => input {"k":"v"}
+            {{ steps.a.output.obj['odd key'] }}            => input 5
+            n={{ steps.a.output.n }} list={{ steps.a.output.list }} => input "n=3 list=[10,{\"k\":\"v\"}]"
+            {{ input.name }}-{{ input.tags[1] }}           => input "song-y"
+            {{ steps.a.output.null }}                      => input null
+            {{ steps.a.state }} {{ steps.a.error }}        => input "succeeded null"
+            {{ run.id }}/{{ run.workflow }}/{{ run.state }} => input "7/w/running"
+            {{ '{{' }} literal {{ 12 }}                    => input "{{ literal 12"
+            {{ steps.a.output.list[5] }}                   => failed: input: `steps.a.output.list[5]` names nothing in this run
+            {{ steps.a.output.n.deeper }}                  => failed: input: `steps.a.output.n.deeper` names nothing in this run"#]],
+    );
+}
+
+#[test]
+fn conditions_compare_and_combine() {
+    check_language(
+        "if",
+        &[
+            "steps.a.output.t",
+            "steps.a.output.f",
+            "steps.a.output.z || steps.a.output.e || steps.a.output.null",
+            "steps.a.output.list && steps.a.output.obj",
+            "steps.a.output.missing",
+            "!steps.a.output.missing",
+            "steps.a.output.n == 3 && steps.a.output.x == 1",
+            "steps.a.output.s != 'abc'",
+            "steps.a.output.s < \"abd\" && steps.a.output.s >= 'abc'",
+            "steps.a.output.n > 2.5 && !(steps.a.output.n >= 4)",
+            "steps.a.output.list[1] == steps.a.output.list[1]",
+            "{{ input.tags[0] == 'x' }}",
+            "steps.a.output.s > 1",
+            "steps.a.output.missing < 1",
+            "true && (false || null == steps.a.output.null)",
+        ],
+        expect![[r#"
+            steps.a.output.t                               => input null
+            steps.a.output.f                               => skipped
+            steps.a.output.z || steps.a.output.e || steps.a.output.null => skipped
+            steps.a.output.list && steps.a.output.obj      => input null
+            steps.a.output.missing                         => skipped
+            !steps.a.output.missing                        => input null
+            steps.a.output.n == 3 && steps.a.output.x == 1 => input null
+            steps.a.output.s != 'abc'                      => skipped
+            steps.a.output.s < "abd" && steps.a.output.s >= 'abc' => input null
+            steps.a.output.n > 2.5 && !(steps.a.output.n >= 4) => input null
+            steps.a.output.list[1] == steps.a.output.list[1] => input null
+            {{ input.tags[0] == 'x' }}                     => input null
+            steps.a.output.s > 1                           => failed: `if`: cannot order a string and a number (only two numbers or two strings)
+            steps.a.output.missing < 1                     => failed: `if`: cannot order null and a number (only two numbers or two strings)
+            true && (false || null == steps.a.output.null) => input null"#]],
+    );
 }
