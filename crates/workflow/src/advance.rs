@@ -353,13 +353,13 @@ impl Pass<'_> {
     /// started has none: it never began, so it has not ended either.
     fn after_hooks(&mut self) {
         let spec = self.spec;
-        for step in spec.all_steps() {
+        for step in spec.all_steps().filter(|s| !s.hooks.after.is_empty()) {
             let Some(s) = self.run.steps.get(&step.name) else {
                 continue;
             };
             let ended =
                 s.is_done() && (s.status != StepStatus::Cancelled || s.started_at_ms.is_some());
-            if ended && !s.after_hooks_fired && !step.hooks.after.is_empty() {
+            if ended && !s.after_hooks_fired {
                 let event = self.step_event("step_finished", &step.name);
                 self.fire(
                     HookStage::AfterStep,
@@ -375,25 +375,30 @@ impl Pass<'_> {
     /// one (the `finally` step still to run in both cases).
     fn decide_ending(&mut self) {
         let spec = self.spec;
-        let mut all_done = true;
-        for step in &spec.steps {
-            let Some(s) = self.run.steps.get(&step.name) else {
-                continue;
+        // One walk over the run's steps (no look-ups): this runs on every pass.
+        let finally = spec.finally.as_ref().map(|f| f.name.as_str());
+        let mut main = self
+            .run
+            .steps
+            .iter()
+            .filter(|(name, _)| Some(name.as_str()) != finally);
+        if main.clone().any(|(_, s)| s.status == StepStatus::Failed) {
+            // The first failed step in the spec's order names the run's error.
+            let failed = spec.steps.iter().find_map(|step| {
+                let s = self.run.steps.get(&step.name)?;
+                (s.status == StepStatus::Failed).then(|| (step.name.clone(), s.error.clone()))
+            });
+            let Some((name, error)) = failed else {
+                return;
             };
-            if s.status == StepStatus::Failed {
-                let error = s
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| StepError::new("internal", ""));
-                let message = format!("step {:?} failed: {}", step.name, error.message);
-                return self.emit(RunCommand::EndRun {
-                    status: RunStatus::Failed,
-                    error: Some(StepError::new(error.code, message)),
-                });
-            }
-            all_done &= s.is_done();
+            let error = error.unwrap_or_else(|| StepError::new("internal", ""));
+            let message = format!("step {name:?} failed: {}", error.message);
+            return self.emit(RunCommand::EndRun {
+                status: RunStatus::Failed,
+                error: Some(StepError::new(error.code, message)),
+            });
         }
-        if all_done {
+        if main.all(|(_, s)| s.is_done()) {
             self.emit(RunCommand::EndRun {
                 status: RunStatus::Succeeded,
                 error: None,
