@@ -336,3 +336,12 @@ fn conditions_and_templates_parse_their_paths() {
     assert!(Condition::parse("a ==").is_err());
     assert!(Condition::parse("1 2").is_err());
 }
+
+#[test]
+fn the_readme_spec_deploys() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("the crate README");
+    let start = readme.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("its end");
+    check_spec(&readme[start..end], expect!["ok"]);
+}
