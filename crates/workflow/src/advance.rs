@@ -264,7 +264,7 @@ impl Pass<'_> {
         let mut outputs = s
             .elements
             .iter()
-            .map(|e| e.output.clone().unwrap_or_default());
+            .map(|e| e.output.as_deref().cloned().unwrap_or_default());
         let output = if fans_out {
             Value::Array(outputs.collect())
         } else {
@@ -328,7 +328,7 @@ impl Pass<'_> {
                         wakes.push(due);
                         continue;
                     }
-                    (last.number.saturating_add(1), e.input.clone())
+                    (last.number.saturating_add(1), Value::clone(&e.input))
                 }
             };
             running += 1;
