@@ -1152,3 +1152,51 @@ fn conditions_compare_and_combine() {
             true && (false || null == steps.a.output.null) => input null"#]],
     );
 }
+
+#[test]
+fn an_element_that_fails_for_good_fails_its_step_and_cancels_its_siblings() {
+    check_run(
+        r#"
+        name = "fan"
+        retry = { max_attempts = 2, backoff = { initial_ms = 10, jitter = 0.0 } }
+        [[steps]]
+        name = "each"
+        function = "f"
+        for_each = "{{ input.items }}"
+        concurrency = 2
+        input = "{{ item }}"
+        [[hooks.failed]]
+        function = "page"
+        input = { why = "{{ event.error.message }}", each = "{{ steps.each.state }}" }
+        "#,
+        json!({"items": [1, 2, 3]}),
+        |sim| {
+            sim.at(1).err("each", 0, "timeout").step();
+            // Both slots are taken: the retry waits for one, though its back-off is over.
+            sim.at(11).step();
+            sim.at(12).ok("each", 1, json!("two")).step();
+            sim.at(13).err("each", 0, "timeout").step();
+        },
+        expect![[r#"
+            @0
+              start step each over [1,2,3]
+              start each[0] #1 f(1) key run:7:each:0:0:1
+              start each[1] #1 f(2) key run:7:each:0:1:1
+            @1
+            each[0] fails timeout
+              start each[2] #1 f(3) key run:7:each:0:2:1
+            @11
+            @12
+            each[1] ok "two"
+              start each[0] #2 f(1) key run:7:each:0:0:2
+            @13
+            each[0] fails timeout
+              fail step each: timeout: element 0: timeout happened
+              end run failed: timeout: step "each" failed: element 0: timeout happened
+              cancel each[2]
+              hook run_failed run#0: page({"each":"failed","why":"step \"each\" failed: element 0: timeout happened"}) key run:7:hook:run_failed:0:0
+              finish run failed
+            run: failed
+              each: failed (round 0) error timeout: element 0: timeout happened"#]],
+    );
+}
