@@ -34,7 +34,9 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::{RaftRpcError, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT};
+pub use registry::{
+    RaftRpcError, StateDigest, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
+};
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.
@@ -70,6 +72,11 @@ pub struct NodeConfig {
     /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
     pub snapshot_logs: u64,
 }
+
+/// Log indexes between two state digests (fault injection only; see [`Node::state_digests`]).
+/// Each digest encodes the whole state, so not every entry: at a few dozen entries a second
+/// this is one digest every second or two.
+pub const STATE_DIGEST_EVERY_ENTRIES: u64 = 64;
 
 /// Where and how a new node asks to join.
 #[derive(Clone, Debug)]
@@ -190,6 +197,9 @@ impl Node {
         )
         .await
         .map_err(unavailable)?;
+        if config.fault_injection {
+            registry.record_state_digests(STATE_DIGEST_EVERY_ENTRIES);
+        }
         let store = match &config.storage_url {
             Some(url) => Store::open(url),
             None => Store::local(&config.data_dir.join("objects")),
@@ -608,6 +618,20 @@ impl Node {
         })?;
         self.inner.registry.set_blocked_peers(addrs);
         Ok(self.faults())
+    }
+
+    /// Digests of the state this node applied, at every [`STATE_DIGEST_EVERY_ENTRIES`]-th
+    /// log index (the latest [`STATE_DIGESTS_MAX`]): nodes that applied the same
+    /// log agree at every index they both have. Recorded only with fault injection on, for
+    /// the chaos suite's checker.
+    pub fn state_digests(&self) -> Result<Vec<StateDigest>, ApiError> {
+        if !self.inner.config.fault_injection {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "state digests are recorded only with fault injection (--fault-injection)",
+            ));
+        }
+        Ok(self.inner.registry.state_digests())
     }
 
     /// The nodes this node is cut off from (fault injection).
