@@ -345,3 +345,11 @@ fn the_readme_spec_deploys() {
     let end = start + readme[start..].find("```").expect("its end");
     check_spec(&readme[start..end], expect!["ok"]);
 }
+
+#[test]
+fn on_abort_is_another_name_for_finally() {
+    let spec = crate::must_deploy(
+        "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\n[on_abort]\nname = \"release\"\nfunction = \"cleanup\"\n",
+    );
+    assert_eq!(spec.finally.map(|f| f.name), Some("release".to_string()));
+}
