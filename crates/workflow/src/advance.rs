@@ -166,7 +166,10 @@ impl Pass<'_> {
         }
         let scope = RunScope::new(&self.run);
         if let Some(condition) = &step.condition {
-            match Condition::parse(condition).and_then(|c| c.holds(&scope)) {
+            match Condition::parse(condition)
+                .map_err(|e| e.message)
+                .and_then(|c| c.holds(&scope))
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     return self.emit(RunCommand::SkipStep {
@@ -179,7 +182,10 @@ impl Pass<'_> {
         }
         let items = match &step.for_each {
             None => None,
-            Some(for_each) => match Template::parse(for_each).and_then(|t| t.render(&scope)) {
+            Some(for_each) => match Template::parse(for_each)
+                .map_err(|e| e.message)
+                .and_then(|t| t.render(&scope))
+            {
                 Ok(Value::Array(items)) if items.len() > FAN_OUT_MAX => {
                     let message = format!(
                         "for_each gave {} items, over the limit of {FAN_OUT_MAX}",
@@ -549,7 +555,9 @@ fn render_input(template: &Value, scope: &RunScope<'_>) -> Result<Value, (&'stat
 
 fn render_value(template: &Value, scope: &RunScope<'_>) -> Result<Value, String> {
     Ok(match template {
-        Value::String(text) => Template::parse(text)?.render(scope)?,
+        Value::String(text) => Template::parse(text)
+            .map_err(|e| e.message)?
+            .render(scope)?,
         Value::Array(items) => Value::Array(
             items
                 .iter()
