@@ -512,9 +512,9 @@ impl Pass<'_> {
                         .unwrap_or_else(|(_, e)| json!({"event": event, "template_error": e}));
                     let job_key = match step {
                         Some(step) => {
-                            format!("run:{}:hook:{stage}:{step}:{round}:{index}", self.run.id)
+                            format!("hook:{}:{stage}:{step}:{round}:{index}", self.run.id)
                         }
-                        None => format!("run:{}:hook:{stage}:{round}:{index}", self.run.id),
+                        None => format!("hook:{}:{stage}:{round}:{index}", self.run.id),
                     };
                     HookTarget::Function {
                         function: function.clone(),

@@ -294,7 +294,63 @@ impl StepError {
 /// always give the same key, so a new leader that proposes a start again creates no second
 /// job.
 pub fn job_key(run: u64, step: &str, round: u32, element: usize, attempt: u32) -> String {
-    format!("run:{run}:{step}:{round}:{element}:{attempt}")
+    JobKey {
+        run,
+        step: step.to_string(),
+        round,
+        element,
+        attempt,
+    }
+    .to_string()
+}
+
+/// An attempt's job key, read back: which run, step and element a finished job belongs to.
+/// Written `run:{run}:{step}:{round}:{element}:{attempt}`; step names have no `:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobKey {
+    pub run: u64,
+    pub step: String,
+    pub round: u32,
+    pub element: usize,
+    pub attempt: u32,
+}
+
+impl JobKey {
+    /// The parts of an attempt's job key; `None` for any other key (a hook's, a plain job's).
+    pub fn parse(key: &str) -> Option<JobKey> {
+        let mut parts = key.split(':');
+        if parts.next()? != "run" {
+            return None;
+        }
+        let run = parts.next()?.parse().ok()?;
+        let step = parts.next()?.to_string();
+        let round = parts.next()?.parse().ok()?;
+        let element = parts.next()?.parse().ok()?;
+        let attempt = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || step.is_empty() {
+            return None;
+        }
+        Some(JobKey {
+            run,
+            step,
+            round,
+            element,
+            attempt,
+        })
+    }
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let JobKey {
+            run,
+            step,
+            round,
+            element,
+            attempt,
+        } = self;
+        write!(f, "run:{run}:{step}:{round}:{element}:{attempt}")
+    }
 }
 
 /// A run as people and clients see it (`runs get --json`): the run, then its steps in the

@@ -847,14 +847,14 @@ fn hooks_fire_once_at_each_stage() {
         expect![[r#"
             @0
               start step a
-              hook before_step a#0: notify({"text":"a step_started"}) key run:7:hook:before_step:a:0:0
+              hook before_step a#0: notify({"text":"a step_started"}) key hook:7:before_step:a:0:0
               start a[0] #1 f(null) key run:7:a:0:0:1
             @1
             a[0] ok 5
               finish step a: 5
               hook after_step a#0: POST https://example.org/after {"event":"step_finished","generation":0,"round":0,"run":7,"state":"succeeded","step":"a","version":0,"workflow":"hooked"}
               end run succeeded
-              hook run_succeeded run#0: notify({"out":5,"text":"run 7 succeeded"}) key run:7:hook:run_succeeded:0:0
+              hook run_succeeded run#0: notify({"out":5,"text":"run 7 succeeded"}) key hook:7:run_succeeded:0:0
               finish run succeeded
             run: succeeded
               a: succeeded (round 0) output 5"#]],
@@ -1194,9 +1194,38 @@ fn an_element_that_fails_for_good_fails_its_step_and_cancels_its_siblings() {
               fail step each: timeout: element 0: timeout happened
               end run failed: timeout: step "each" failed: element 0: timeout happened
               cancel each[2]
-              hook run_failed run#0: page({"each":"failed","why":"step \"each\" failed: element 0: timeout happened"}) key run:7:hook:run_failed:0:0
+              hook run_failed run#0: page({"each":"failed","why":"step \"each\" failed: element 0: timeout happened"}) key hook:7:run_failed:0:0
               finish run failed
             run: failed
               each: failed (round 0) error timeout: element 0: timeout happened"#]],
     );
+}
+
+#[test]
+fn job_keys_read_back() {
+    let key = workflow::job_key(7, "transcode", 2, 13, 4);
+    assert_eq!(key, "run:7:transcode:2:13:4");
+    let parsed = workflow::JobKey::parse(&key).unwrap();
+    assert_eq!(
+        (
+            parsed.run,
+            parsed.step.as_str(),
+            parsed.round,
+            parsed.element,
+            parsed.attempt
+        ),
+        (7, "transcode", 2, 13, 4)
+    );
+    assert_eq!(parsed.to_string(), key);
+    for other in [
+        "hook:7:run_failed:0:0",
+        "run:7:a:0:0",
+        "run:7:a:0:0:1:9",
+        "run:x:a:0:0:1",
+        "run:7::0:0:1",
+        "ingest:abc",
+        "",
+    ] {
+        assert_eq!(workflow::JobKey::parse(other), None, "{other}");
+    }
 }
