@@ -109,6 +109,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/config", small(get(routes::get_config)))
         .route("/v1/config/{key}", small(put(routes::set_config)))
         .route("/v1/faults", small(put(routes::set_faults)))
+        .route("/v1/faults/digests", small(get(routes::state_digests)))
         .fallback(routes::not_found)
         .with_state(app)
         .layer(axum::middleware::from_fn(error::contract))
