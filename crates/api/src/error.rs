@@ -138,3 +138,97 @@ pub(crate) async fn contract(request: Request, next: Next) -> Response {
     );
     Response::from_parts(parts, Body::from(json))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{DefaultBodyLimit, Path};
+    use axum::routing::{get, post};
+    use axum::Router;
+    use tower::ServiceExt;
+
+    /// A router with the rejections the real one can meet, behind the contract layer.
+    fn app() -> Router {
+        Router::new()
+            .route(
+                "/jobs/{id}",
+                get(|Path(id): Path<u64>| async move { id.to_string() }),
+            )
+            .route(
+                "/body",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() })
+                    .layer(DefaultBodyLimit::max(8)),
+            )
+            .route(
+                "/refused",
+                get(|| async { fail(ErrorCode::Conflict, "already done") }),
+            )
+            .layer(axum::middleware::from_fn(contract))
+    }
+
+    /// Sends a request and renders the answer as `status code` (or `status ok`).
+    async fn check(method: &str, uri: &str, body: &'static [u8], expected: &str) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/json");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let got = if json {
+            let e: ApiError = serde_json::from_slice(&bytes).unwrap();
+            assert!(!e.message.is_empty(), "{uri}: empty message");
+            format!("{status} {}", e.code)
+        } else {
+            format!("{status} ok")
+        };
+        assert_eq!(got, expected, "{method} {uri}");
+    }
+
+    #[tokio::test]
+    async fn every_rejection_becomes_json_with_its_code() {
+        check("GET", "/jobs/7", b"", "200 ok").await;
+        check("GET", "/jobs/%FF", b"", "400 invalid_input").await;
+        check("GET", "/jobs/seven", b"", "400 invalid_input").await;
+        check("DELETE", "/jobs/7", b"", "405 method_not_allowed").await;
+        check("GET", "/nowhere", b"", "404 not_found").await;
+        check("POST", "/body", b"12345678", "200 ok").await;
+        check("POST", "/body", b"123456789", "413 too_large").await;
+        check("GET", "/refused", b"", "409 conflict").await;
+        let long = format!("/jobs/{}", "1".repeat(URI_BYTES_MAX));
+        check(
+            "GET",
+            Box::leak(long.into_boxed_str()),
+            b"",
+            "414 uri_too_long",
+        )
+        .await;
+    }
+
+    #[test]
+    fn statuses_map_back_to_their_codes() {
+        for code in [
+            ErrorCode::InvalidInput,
+            ErrorCode::TooLarge,
+            ErrorCode::UriTooLong,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::Unavailable,
+            ErrorCode::StorageFull,
+            ErrorCode::Timeout,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(code_for(status(code)), code, "{code}");
+        }
+    }
+}
