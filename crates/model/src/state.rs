@@ -696,10 +696,8 @@ impl State {
                 job.output = Some(output);
                 job.objects = objects;
                 job.error = None;
-                let superseded = JobError {
-                    code: "superseded".into(),
-                    message: "another attempt succeeded first".into(),
-                };
+                let superseded =
+                    JobError::new(ErrorCode::Superseded, "another attempt succeeded first");
                 for other in job
                     .attempts
                     .iter_mut()
@@ -764,17 +762,11 @@ impl State {
             .filter(|a| a.finished_at_ms.is_none())
         {
             attempt.finished_at_ms = Some(now_ms);
-            attempt.error = Some(JobError {
-                code: "cancelled".into(),
-                message: "cancelled by request".into(),
-            });
+            attempt.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
         }
         job.state = JobState::Cancelled;
         job.finished_at_ms = Some(now_ms);
-        job.error = Some(JobError {
-            code: "cancelled".into(),
-            message: "cancelled by request".into(),
-        });
+        job.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
         Response::Cancelled { previous }
     }
 

@@ -275,7 +275,7 @@ impl Node {
         };
         self.propose(register).await?;
         if self.read(|s| s.running_count(id)) > 0 {
-            let code = "node_restarted".to_string();
+            let code = ErrorCode::NodeRestarted.as_str().to_string();
             let response = self
                 .propose(Command::AbandonAttempts {
                     now_ms: now_ms(),
@@ -424,7 +424,7 @@ impl Node {
                 self.propose(Command::AbandonAttempts {
                     now_ms: now,
                     node: id,
-                    code: "node_removed".into(),
+                    code: ErrorCode::NodeRemoved.as_str().into(),
                 })
                 .await?;
                 rejected(self.propose(Command::RemoveNode { node: id }).await?).map(|_| ())

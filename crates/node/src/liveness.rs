@@ -14,7 +14,7 @@
 //!   promotes the learner and demotes the dead voter, so the quorum heals itself.
 
 use crate::{now_ms, Node};
-use model::{Command, NodeLoad, NodeStatus};
+use model::{Command, ErrorCode, NodeLoad, NodeStatus};
 use std::time::Duration;
 
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -110,7 +110,7 @@ pub(crate) async fn scan(node: Node) {
                 .propose(Command::AbandonAttempts {
                     now_ms: now,
                     node: id,
-                    code: "node_lost".into(),
+                    code: ErrorCode::NodeLost.as_str().into(),
                 })
                 .await;
             match marked.and(abandoned) {
