@@ -86,6 +86,8 @@ impl Default for Executor {
 impl Executor {
     /// An executor with no workers yet. It makes this process the subreaper of its
     /// descendants (process-wide and for good), so that what workers leave comes back to it.
+    /// Its sweeps reap every zombie child that is not a worker: a process with an executor
+    /// spawns no children of its own (only this crate spawns processes).
     pub fn new() -> Executor {
         if let Err(e) = tree::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a subreaper: children of ended workers may outlive them");

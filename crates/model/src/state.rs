@@ -1,6 +1,6 @@
 //! The replicated state and its deterministic transition function.
 //!
-//! Invariants (checked by `debug_assert_invariants` in tests):
+//! Invariants (all of them in [`State::check_invariants`], which tests run after every command):
 //! - a job is in `queue` iff it is queued and due now-or-never-delayed, in `delayed` iff it is
 //!   queued with a back-off; never both;
 //! - a job is in `running[node]` iff it is running and has a live attempt on `node` (at most
@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+mod invariants;
 
 /// Largest job input, as serialized JSON.
 pub const INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -835,23 +837,10 @@ impl State {
         }
     }
 
-    /// Panics if a derived index disagrees with the jobs. For tests.
+    /// Panics if an invariant is broken (see [`State::check_invariants`]). For tests.
     pub fn assert_invariants(&self) {
-        let mut rebuilt = self.clone();
-        rebuilt.rebuild_indexes();
-        assert_eq!(rebuilt.queue, self.queue, "queue index");
-        assert_eq!(rebuilt.delayed, self.delayed, "delayed index");
-        let nonempty = |m: &BTreeMap<NodeId, BTreeSet<JobId>>| {
-            m.iter()
-                .filter(|(_, s)| !s.is_empty())
-                .map(|(k, s)| (*k, s.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        assert_eq!(
-            nonempty(&rebuilt.running),
-            nonempty(&self.running),
-            "running index"
-        );
-        assert_eq!(rebuilt.idempotency, self.idempotency, "idempotency index");
+        if let Err(broken) = self.check_invariants() {
+            panic!("a state invariant is broken: {broken}");
+        }
     }
 }
