@@ -5,7 +5,7 @@
 //! Commands are generated as [`Op`]s that pick their jobs, attempts and nodes from the state
 //! they are applied to (an index modulo what exists), so most of them hit real jobs, live
 //! attempts and known nodes; a few name ids that do not exist, as late or wrong commands do.
-//! More cases: `PROPTEST_CASES=5000 cargo nextest run -p model -E 'test(properties)'`.
+//! 256 cases (proptest's default, about two seconds); more with `PROPTEST_CASES=5000`.
 
 use model::{
     ApiKey, AttemptId, AttemptResult, BackupMode, Command, EventKind, FunctionSpec, JobError,
@@ -19,8 +19,6 @@ use std::collections::BTreeSet;
 
 /// Commands per generated sequence at most.
 const OPS_MAX: usize = 80;
-/// Cases per property unless `PROPTEST_CASES` says otherwise: a few seconds in all.
-const CASES_DEFAULT: u32 = 200;
 /// Function names the generator deploys and submits to ("d" is never deployed).
 const FUNCTIONS: [&str; 4] = ["a", "b", "c", "d"];
 /// Node ids the generator names (nodes 1 to 4 usually exist; 5 and 6 often do not).
@@ -350,18 +348,7 @@ fn result(job: JobId, attempt: AttemptId, outcome: Result<u8, u8>) -> AttemptRes
     }
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(CASES_DEFAULT),
-    )
-}
-
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn any_command_sequence_keeps_the_invariants_and_round_trips(steps in ops()) {
         let mut state = set_up();
