@@ -10,6 +10,9 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(test)]
+mod tests;
+
 type NodeId = model::NodeId;
 
 pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
