@@ -34,7 +34,10 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::{RaftRpcError, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT};
+pub use registry::{
+    Direction, FaultAction, FaultRule, RaftRpcError, CLUSTER_KEY_ID, RAFT_BODY_BYTES_MAX,
+    SNAPSHOT_LOGS_DEFAULT,
+};
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.
@@ -138,6 +141,7 @@ fn unavailable(e: RegistryError) -> ApiError {
         RegistryError::Storage(m) if m.contains("No space left") => {
             ApiError::new(ErrorCode::StorageFull, m)
         }
+        RegistryError::StorageFull(m) => ApiError::new(ErrorCode::StorageFull, m),
         other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     }
 }
@@ -549,6 +553,7 @@ impl Node {
             .load(std::sync::atomic::Ordering::Acquire)
             && self.raft_figures().leader.is_some()
             && !self.inner.shutdown.is_cancelled()
+            && !self.inner.registry.storage_full()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
@@ -587,38 +592,31 @@ impl Node {
         }
     }
 
-    /// Cuts this node off from the raft traffic of `nodes` (see [`NodeConfig::fault_injection`]);
-    /// an empty list heals. Both sides of a partition must be told, each about the other.
-    pub fn set_faults(&self, nodes: &[NodeId]) -> Result<Vec<NodeId>, ApiError> {
+    /// Sets the fault-injection rules for raft traffic between this node and others (see
+    /// [`NodeConfig::fault_injection`] and [`FaultRule`]); an empty list heals. A rule on
+    /// one node covers only that node's side: a partition both ways needs both sides told.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) -> Result<Vec<FaultRule>, ApiError> {
         if !self.inner.config.fault_injection {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "fault injection is off on this node (start it with --fault-injection)",
             ));
         }
-        let addrs = self.read(|s| {
-            nodes
-                .iter()
-                .map(|&id| {
-                    s.node(id)
-                        .map(|n| n.addr.clone())
-                        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no node {id}")))
+        let rules = self.read(|s| {
+            rules
+                .into_iter()
+                .map(|rule| {
+                    rule.check()
+                        .map_err(|why| ApiError::new(ErrorCode::InvalidInput, why))?;
+                    let node = s.node(rule.node).ok_or_else(|| {
+                        ApiError::new(ErrorCode::NotFound, format!("no node {}", rule.node))
+                    })?;
+                    Ok((node.addr.clone(), rule))
                 })
-                .collect::<Result<std::collections::BTreeSet<String>, ApiError>>()
+                .collect::<Result<Vec<_>, ApiError>>()
         })?;
-        self.inner.registry.set_blocked_peers(addrs);
-        Ok(self.faults())
-    }
-
-    /// The nodes this node is cut off from (fault injection).
-    pub fn faults(&self) -> Vec<NodeId> {
-        let blocked = self.inner.registry.blocked_peers();
-        self.read(|s| {
-            s.nodes()
-                .filter(|n| blocked.contains(&n.addr))
-                .map(|n| n.id)
-                .collect()
-        })
+        self.inner.registry.set_faults(rules);
+        Ok(self.inner.registry.faults())
     }
 
     pub async fn deploy(&self, spec: FunctionSpec) -> Result<u32, ApiError> {
@@ -847,12 +845,14 @@ fn write_key_file(path: &Path, key: &KeyFile) -> std::io::Result<()> {
 }
 
 impl Node {
-    /// Serves a raft RPC from a peer.
+    /// Serves a raft RPC from the peer at `from` (as signed in the request).
     pub async fn raft_rpc(
         &self,
         kind: &str,
+        from: Option<&str>,
         body: &[u8],
     ) -> Result<Vec<u8>, registry::RaftRpcError> {
+        self.inner.registry.admit_peer(from).await?;
         if kind != "propose" {
             return self.inner.registry.handle_rpc(kind, body).await;
         }
