@@ -35,6 +35,7 @@ pub use network::{
     Direction, FaultAction, FaultRule, RaftRpcError, CLUSTER_KEY_ID, FAULT_DELAY_MS_MAX,
     RAFT_BODY_BYTES_MAX,
 };
+pub use state_machine::{StateDigest, STATE_DIGESTS_MAX};
 
 openraft::declare_raft_types!(
     /// openraft's view of chorus: commands in, responses out, nodes addressed by `host:port`.
@@ -521,6 +522,18 @@ impl Registry {
 
     pub fn faults(&self) -> Vec<FaultRule> {
         self.peers.faults()
+    }
+
+    /// From now on, records a digest of the applied state every `every_entries` log indexes
+    /// (the latest [`STATE_DIGESTS_MAX`] are kept; 0 stops). Nodes that applied the same log
+    /// have equal digests at equal indexes: a checker compares them (fault injection).
+    pub fn record_state_digests(&self, every_entries: u64) {
+        self.state.record_digests(every_entries);
+    }
+
+    /// The state digests recorded so far, oldest first.
+    pub fn state_digests(&self) -> Vec<StateDigest> {
+        self.state.state_digests()
     }
 
     /// Checks the cluster signature of an RPC from a peer.

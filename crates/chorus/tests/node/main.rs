@@ -3,6 +3,7 @@
 //! workers that crash or hang.
 
 mod catchup;
+mod chaos;
 mod cluster;
 mod contract;
 mod dashboard;

@@ -1,0 +1,297 @@
+//! Start-up and shutdown of a node: its identity, opening the registry, the bootstrap
+//! proposals and the tasks it owns.
+//!
+//! Start-up, step by step:
+//! 1. open the registry (a pristine node makes itself a one-member cluster) and wait for a
+//!    leader;
+//! 2. on the leader: deploy missing built-in functions, create the admin key on first start
+//!    (written to `DATA_DIR/admin.key` for the CLI on this machine);
+//! 3. register this node with its slots, then fail over any attempt the registry still shows
+//!    running here (they died with the previous process; code `node_restarted`, retried by
+//!    policy);
+//! 4. start the tasks: scheduling (acts while leader), running (this node's attempts),
+//!    reporting (batches attempt results into the log) and the idle-worker reaper.
+//!
+//! Shutdown cancels the tasks, stops idle workers and shuts raft down.
+
+use crate::{
+    internal, liveness, metrics, now_ms, retention, running, scheduling, storage_error,
+    unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE, CLUSTER_KEY_FILE,
+    JOIN_WAIT, LEADER_WAIT,
+};
+use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
+use rand::RngCore;
+use registry::Registry;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use storage::Store;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+impl Node {
+    /// Opens and runs a node; for callers that serve the API themselves only after it is up
+    /// (a founding node needs no peer to reach it while it starts).
+    pub async fn start(config: NodeConfig) -> Result<Node, ApiError> {
+        let node = Node::open(config).await?;
+        node.run().await?;
+        Ok(node)
+    }
+
+    /// Phase one of start-up: find this node's identity (founding, restarting, or joining
+    /// through `config.join`) and open the registry. From here on the API can serve raft RPC,
+    /// which a joining node needs before phase two.
+    pub async fn open(config: NodeConfig) -> Result<Node, ApiError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| internal("data dir", &e))?;
+        let (id, secret, founding) = identity(&config).await?;
+        let registry = Registry::open(
+            &config.data_dir.join("raft"),
+            id,
+            &config.advertise_addr,
+            founding,
+            &secret,
+            config.snapshot_logs,
+        )
+        .await
+        .map_err(unavailable)?;
+        if config.fault_injection {
+            registry.record_state_digests(crate::STATE_DIGEST_EVERY_ENTRIES);
+        }
+        let store = match &config.storage_url {
+            Some(url) => Store::open(url),
+            None => Store::local(&config.data_dir.join("objects")),
+        }
+        .map_err(storage_error)?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                config,
+                registry,
+                store,
+                executor: executor::Executor::new(),
+                metrics: metrics::Metrics::new(),
+                shutdown: CancellationToken::new(),
+                tasks: tokio::sync::Mutex::new(JoinSet::new()),
+                scheduler: std::sync::Mutex::new(None),
+                cluster_secret: secret,
+                running: std::sync::atomic::AtomicBool::new(false),
+                run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
+            }),
+        })
+    }
+
+    /// Phase two: wait for a leader and catch up, bootstrap, start the tasks.
+    pub async fn run(&self) -> Result<(), ApiError> {
+        let wait = if self.inner.config.join.is_some() {
+            JOIN_WAIT
+        } else {
+            LEADER_WAIT
+        };
+        self.inner
+            .registry
+            .wait_for_leader(wait)
+            .await
+            .map_err(unavailable)?;
+        self.inner.registry.sync().await.map_err(unavailable)?;
+        self.bootstrap().await?;
+        self.spawn_tasks().await;
+        self.inner
+            .running
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    async fn bootstrap(&self) -> Result<(), ApiError> {
+        let cfg = &self.inner.config;
+        let missing: Vec<String> = self.read(|s| {
+            cfg.builtin_functions
+                .iter()
+                .filter(|f| s.function(f).is_none())
+                .cloned()
+                .collect()
+        });
+        for name in missing {
+            self.propose(Command::DeployFunction {
+                spec: FunctionSpec::builtin(&name),
+            })
+            .await?;
+        }
+        let key_path = cfg.data_dir.join(ADMIN_KEY_FILE);
+        if !key_path.exists() {
+            // A joining node keeps the key it joined with, for the CLI on its machine.
+            let key = match &cfg.join {
+                Some(join) => KeyFile {
+                    id: join.key_id.clone(),
+                    secret: join.secret.clone(),
+                },
+                None => {
+                    let (id, secret) = self.create_key(vec![Scope::Admin]).await?;
+                    KeyFile { id: id.0, secret }
+                }
+            };
+            write_key_file(&key_path, &key)
+                .map_err(|e| internal(&key_path.display().to_string(), &e))?;
+        }
+        let id = self.id();
+        let labels = cfg.labels.iter().cloned().collect();
+        let register = Command::RegisterNode {
+            id,
+            addr: cfg.advertise_addr.clone(),
+            slots: cfg.slots,
+            labels,
+            now_ms: now_ms(),
+        };
+        self.propose(register).await?;
+        if self.read(|s| s.running_count(id)) > 0 {
+            let code = "node_restarted".to_string();
+            let response = self
+                .propose(Command::AbandonAttempts {
+                    now_ms: now_ms(),
+                    node: id,
+                    code,
+                })
+                .await?;
+            tracing::info!(
+                ?response,
+                "failed over attempts left running by the previous process"
+            );
+        }
+        Ok(())
+    }
+
+    async fn spawn_tasks(&self) {
+        let mut tasks = self.inner.tasks.lock().await;
+        let (results_tx, results_rx) = tokio::sync::mpsc::channel(running::RESULTS_QUEUE_LEN_MAX);
+        tasks.spawn(scheduling::run(self.clone()));
+        tasks.spawn(running::dispatch(self.clone(), results_tx));
+        tasks.spawn(running::report(self.clone(), results_rx));
+        tasks.spawn(running::reap_idle_workers(self.clone()));
+        tasks.spawn(liveness::heartbeat(self.clone()));
+        tasks.spawn(liveness::scan(self.clone()));
+        tasks.spawn(retention::sweep(self.clone()));
+        tasks.spawn(webhook::deliver(self.clone()));
+    }
+
+    /// Takes no new work, waits (up to `limit`) until what runs here has finished, then shuts
+    /// down. Queued jobs stay in the registry for other nodes or the next start.
+    pub async fn drain_and_stop(&self, limit: Duration) {
+        let me = self.id();
+        let status = Command::SetNodeStatus {
+            node: me,
+            status: model::NodeStatus::Draining,
+        };
+        // Without a quorum nothing can be recorded: do not wait for it forever.
+        let marked = tokio::time::timeout(LEADER_WAIT, self.propose(status)).await;
+        let marked = marked.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "no quorum to record the drain",
+            ))
+        });
+        match marked {
+            Ok(_) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                let mut applied = self.inner.registry.applied();
+                while self.read(|s| s.running_count(me)) > 0 {
+                    tokio::select! {
+                        _ = applied.changed() => {}
+                        () = tokio::time::sleep_until(deadline) => {
+                            tracing::warn!("drain time is up; stopping with attempts still running (they will be retried)");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not mark this node draining"),
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops the tasks, the idle workers and raft.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let mut tasks = self.inner.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+        self.inner.executor.shutdown().await;
+        self.inner.registry.shutdown().await;
+    }
+}
+
+/// This node's id, the cluster secret, and whether a pristine registry founds a cluster.
+///
+/// `DATA_DIR/node.id` is written last, so it marks a complete identity: a node that has it
+/// restarts as the member it was. Without it, a node founds a cluster as node 1, or joins one
+/// and gets a fresh id from the leader (ids are never reused).
+async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Founding), ApiError> {
+    let dir = &config.data_dir;
+    let id_path = dir.join("node.id");
+    let secret_path = dir.join(CLUSTER_KEY_FILE);
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| internal(&p.display().to_string(), &e))
+    };
+    if id_path.exists() {
+        let id = read(&id_path)?
+            .parse()
+            .map_err(|e| internal(&id_path.display().to_string(), &e))?;
+        return Ok((id, read(&secret_path)?, registry::Founding::Join));
+    }
+    let (id, secret, founding) = match &config.join {
+        None => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            (1, hex::encode(bytes), registry::Founding::Found)
+        }
+        Some(join) => {
+            let credentials = client::Credentials {
+                key_id: join.key_id.clone(),
+                secret: join.secret.clone(),
+            };
+            let member = client::Client::new(&join.addr, credentials);
+            let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+            let answer = loop {
+                match member
+                    .join(&config.advertise_addr, config.slots, &config.labels)
+                    .await
+                {
+                    Ok(answer) => break answer,
+                    Err(e)
+                        if e.code() != Some(ErrorCode::Unavailable)
+                            && !matches!(e, client::ClientError::Http(_)) =>
+                    {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("joining through {}: {e}", join.addr),
+                        ));
+                    }
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("joining through {}: {e}", join.addr),
+                        ));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            (answer.id, answer.cluster_secret, registry::Founding::Join)
+        }
+    };
+    std::fs::write(&secret_path, format!("{secret}\n"))
+        .map_err(|e| internal(&secret_path.display().to_string(), &e))?;
+    std::fs::write(&id_path, format!("{id}\n"))
+        .map_err(|e| internal(&id_path.display().to_string(), &e))?;
+    Ok((id, secret, founding))
+}
+
+fn write_key_file(path: &Path, key: &KeyFile) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = serde_json::to_string_pretty(key).map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
