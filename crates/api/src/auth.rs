@@ -154,7 +154,7 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             .insert(nonce, now_s)
             .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
         let body_hash = body_hash.to_string();
-        return buffered(parts, body, &body_hash).await;
+        return buffered(parts, body, &body_hash, node::RAFT_BODY_BYTES_MAX).await;
     }
     let key = app
         .node
@@ -185,27 +185,26 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         request.extensions_mut().insert(SignedBodyHash(body_hash));
         return Ok(request);
     }
-    buffered(parts, body, &body_hash).await
+    buffered(parts, body, &body_hash, BODY_BYTES_MAX).await
 }
 
 fn registry_key_id() -> &'static str {
     node::CLUSTER_KEY_ID
 }
 
-/// Reads the whole body (up to the limit) and checks it against its signed hash.
+/// Reads the whole body (up to `bytes_max`) and checks it against its signed hash.
 async fn buffered(
     parts: axum::http::request::Parts,
     body: Body,
     body_hash: &str,
+    bytes_max: usize,
 ) -> Result<Request, Failure> {
-    let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|_| {
-            fail(
-                ErrorCode::TooLarge,
-                format!("request body over {BODY_BYTES_MAX} bytes"),
-            )
-        })?;
+    let bytes = axum::body::to_bytes(body, bytes_max).await.map_err(|_| {
+        fail(
+            ErrorCode::TooLarge,
+            format!("request body over {bytes_max} bytes"),
+        )
+    })?;
     if signature::body_sha256_hex(&bytes) != body_hash {
         return Err(fail(
             ErrorCode::Unauthorized,

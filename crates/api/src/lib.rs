@@ -7,6 +7,7 @@ mod error;
 mod routes;
 
 use auth::Nonces;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 use node::Node;
@@ -50,7 +51,10 @@ pub fn router(node: Node) -> Router {
         )
         .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
-        .route("/v1/raft/{kind}", post(routes::raft_rpc))
+        .route(
+            "/v1/raft/{kind}",
+            post(routes::raft_rpc).layer(DefaultBodyLimit::max(node::RAFT_BODY_BYTES_MAX)),
+        )
         .route("/v1/cluster", get(routes::cluster))
         .route("/v1/cluster/join", post(routes::join))
         .route("/v1/nodes", get(routes::list_nodes))

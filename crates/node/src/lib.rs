@@ -21,7 +21,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{
-    RaftRpcError, StateDigest, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
+    Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
+    FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
 pub use storage::Store as ObjectStore;
 
@@ -131,6 +132,7 @@ fn unavailable(e: RegistryError) -> ApiError {
         RegistryError::Storage(m) if m.contains("No space left") => {
             ApiError::new(ErrorCode::StorageFull, m)
         }
+        RegistryError::StorageFull(m) => ApiError::new(ErrorCode::StorageFull, m),
         other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     }
 }
@@ -263,6 +265,7 @@ impl Node {
             .load(std::sync::atomic::Ordering::Acquire)
             && self.raft_figures().leader.is_some()
             && !self.inner.shutdown.is_cancelled()
+            && !self.inner.registry.storage_full()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
@@ -327,12 +330,14 @@ fn unexpected(response: Response) -> ApiError {
 }
 
 impl Node {
-    /// Serves a raft RPC from a peer.
+    /// Serves a raft RPC from the peer at `from` (as signed in the request).
     pub async fn raft_rpc(
         &self,
         kind: &str,
+        from: Option<&str>,
         body: &[u8],
     ) -> Result<Vec<u8>, registry::RaftRpcError> {
+        self.inner.registry.admit_peer(from).await?;
         if kind != "propose" {
             return self.inner.registry.handle_rpc(kind, body).await;
         }

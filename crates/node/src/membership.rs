@@ -1,7 +1,7 @@
 //! Cluster membership: admitting a node, the operator's node actions (drain, promote,
 //! remove, ...) and fault injection between peers.
 
-use crate::{now_ms, rejected, unavailable, unexpected, Node, JOIN_WAIT};
+use crate::{now_ms, rejected, unavailable, unexpected, FaultRule, Node, JOIN_WAIT};
 use model::{ApiError, Command, ErrorCode, NodeId, Response};
 use std::time::Duration;
 
@@ -103,27 +103,32 @@ impl Node {
         }
     }
 
-    /// Cuts this node off from the raft traffic of `nodes` (see [`NodeConfig::fault_injection`]);
-    /// an empty list heals. Both sides of a partition must be told, each about the other.
-    pub fn set_faults(&self, nodes: &[NodeId]) -> Result<Vec<NodeId>, ApiError> {
+    /// Sets the fault-injection rules for raft traffic between this node and others (see
+    /// [`crate::NodeConfig::fault_injection`] and [`FaultRule`]); an empty list heals. A
+    /// rule on one node covers only that node's side: a partition both ways needs both sides
+    /// told, or `both` rules.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) -> Result<Vec<FaultRule>, ApiError> {
         if !self.inner.config.fault_injection {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "fault injection is off on this node (start it with --fault-injection)",
             ));
         }
-        let addrs = self.read(|s| {
-            nodes
-                .iter()
-                .map(|&id| {
-                    s.node(id)
-                        .map(|n| n.addr.clone())
-                        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no node {id}")))
+        let rules = self.read(|s| {
+            rules
+                .into_iter()
+                .map(|rule| {
+                    rule.check()
+                        .map_err(|why| ApiError::new(ErrorCode::InvalidInput, why))?;
+                    let node = s.node(rule.node).ok_or_else(|| {
+                        ApiError::new(ErrorCode::NotFound, format!("no node {}", rule.node))
+                    })?;
+                    Ok((node.addr.clone(), rule))
                 })
-                .collect::<Result<std::collections::BTreeSet<String>, ApiError>>()
+                .collect::<Result<Vec<_>, ApiError>>()
         })?;
-        self.inner.registry.set_blocked_peers(addrs);
-        Ok(self.faults())
+        self.inner.registry.set_faults(rules);
+        Ok(self.inner.registry.faults())
     }
 
     /// Digests of the state this node applied, at every [`crate::STATE_DIGEST_EVERY_ENTRIES`]-th
@@ -138,16 +143,5 @@ impl Node {
             ));
         }
         Ok(self.inner.registry.state_digests())
-    }
-
-    /// The nodes this node is cut off from (fault injection).
-    pub fn faults(&self) -> Vec<NodeId> {
-        let blocked = self.inner.registry.blocked_peers();
-        self.read(|s| {
-            s.nodes()
-                .filter(|n| blocked.contains(&n.addr))
-                .map(|n| n.id)
-                .collect()
-        })
     }
 }

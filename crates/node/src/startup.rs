@@ -29,6 +29,9 @@ use storage::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long start-up waits between read-index rounds while it catches up with the leader.
+const SYNC_RETRY: Duration = Duration::from_millis(200);
+
 impl Node {
     /// Opens and runs a node; for callers that serve the API themselves only after it is up
     /// (a founding node needs no peer to reach it while it starts).
@@ -91,7 +94,17 @@ impl Node {
             .wait_for_leader(wait)
             .await
             .map_err(unavailable)?;
-        self.inner.registry.sync().await.map_err(unavailable)?;
+        // Catching up can take more than one read-index round: a node that has just
+        // installed a large snapshot is slow to answer for a while, and while it is a voter a
+        // round needs its answer within one heartbeat. Try again until the wait is over.
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Err(e) = self.inner.registry.sync().await {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unavailable(e));
+            }
+            tracing::info!(error = %e, "catching up with the leader; trying again");
+            tokio::time::sleep(SYNC_RETRY).await;
+        }
         self.bootstrap().await?;
         self.spawn_tasks().await;
         self.inner

@@ -15,6 +15,7 @@
 // signatures; boxing them here would only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
+mod disk;
 mod log_store;
 mod network;
 mod proposer;
@@ -29,7 +30,11 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub use network::{RaftRpcError, CLUSTER_KEY_ID};
+pub use disk::DISK_RESERVE_BYTES;
+pub use network::{
+    Direction, FaultAction, FaultRule, RaftRpcError, CLUSTER_KEY_ID, FAULT_DELAY_MS_MAX,
+    RAFT_BODY_BYTES_MAX,
+};
 pub use state_machine::{StateDigest, STATE_DIGESTS_MAX};
 
 openraft::declare_raft_types!(
@@ -54,6 +59,16 @@ pub enum Role {
 /// How long a forwarded call waits for a leader or for its entry to be applied here.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Bytes of log entries per `AppendEntries` request, at most (a larger entry goes alone): a
+/// request must reach the follower and be written there within openraft's deadline for it,
+/// one heartbeat interval.
+pub(crate) const APPEND_BYTES_MAX: usize = 512 * 1024;
+/// Entries per `AppendEntries` request, at most (openraft's `max_payload_entries`).
+const APPEND_ENTRIES_MAX: u64 = 300;
+/// How long a snapshot chunk may take to reach a follower and, for the last one, to be
+/// decoded and installed there (a registry of 200,000 jobs is a snapshot of about 45 MB).
+const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 60_000;
+
 /// Rounds a leader tries to confirm its leadership for one linearizable read.
 const READ_INDEX_TRIES: u32 = 3;
 /// Log entries between snapshots by default; a snapshot lets the log before it be purged.
@@ -67,6 +82,9 @@ pub enum RegistryError {
     Unavailable(String),
     #[error("registry storage failed: {0}")]
     Storage(String),
+    /// The disk is under its reserve (see [`DISK_RESERVE_BYTES`]); writes wait for space.
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 /// A snapshot of raft's own figures, for metrics and health checks.
@@ -105,6 +123,7 @@ pub struct Registry {
     state: Arc<state_machine::Shared>,
     proposer: proposer::Handle,
     peers: network::Peers,
+    disk: Arc<disk::Disk>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -133,6 +152,10 @@ impl Registry {
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let db = log_store::open_db(&dir.join("raft.redb"))?;
         let log_store = log_store::LogStore::new(db.clone());
+        let disk = Arc::new(disk::Disk::new(
+            dir.to_path_buf(),
+            state_machine::SnapshotFile::path(dir),
+        ));
         let snapshots = state_machine::SnapshotFile::new(dir, db);
         let (sm, shared) = state_machine::StateMachine::open(snapshots)?;
         let config = Config {
@@ -144,6 +167,12 @@ impl Registry {
             election_timeout_max: 300,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: snapshot_logs / 5,
+            // Snapshots travel in chunks of this size (binary; see `network`), each within
+            // the install time-out; entries in requests bounded in count here and in bytes
+            // by the log reader (`APPEND_BYTES_MAX`).
+            snapshot_max_chunk_size: network::SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT_MS,
+            max_payload_entries: APPEND_ENTRIES_MAX,
             ..Config::default()
         };
         let config = Arc::new(
@@ -151,7 +180,7 @@ impl Registry {
                 .validate()
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?,
         );
-        let peers = network::Peers::new(cluster_secret);
+        let peers = network::Peers::new(cluster_secret, addr);
         let raft = Raft::new(
             id,
             config,
@@ -178,6 +207,7 @@ impl Registry {
             state: shared,
             proposer,
             peers,
+            disk,
         })
     }
 
@@ -189,27 +219,48 @@ impl Registry {
     /// command is forwarded to the leader, and the answer comes back once this node has
     /// applied it too (so a caller reads its own writes here).
     pub async fn propose(&self, command: Command) -> Result<Response, RegistryError> {
+        self.check_disk()?;
         if self.figures().is_leader {
             return self.proposer.propose(command).await;
         }
         let body =
             serde_json::to_vec(&command).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        let answer = self.forward("propose", body).await?;
+        let answer = self
+            .forward("propose", body, network::FORWARD_TIMEOUT)
+            .await?;
         let forwarded: network::Forwarded<Response> = serde_json::from_slice(&answer)
             .map_err(|e| RegistryError::Unavailable(format!("leader answered: {e}")))?;
         self.wait_applied(forwarded.index).await?;
         Ok(forwarded.value)
     }
 
-    /// Sends an RPC to the leader, following leader changes a few times.
-    async fn forward(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>, RegistryError> {
+    /// Refuses a write while this node's disk is under its reserve (see [`disk`]).
+    fn check_disk(&self) -> Result<(), RegistryError> {
+        match self.disk.full() {
+            Some(why) => Err(RegistryError::StorageFull(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this node's disk is under its reserve: it takes no writes until space is back.
+    pub fn storage_full(&self) -> bool {
+        self.disk.full().is_some()
+    }
+
+    /// Sends an RPC to the leader and waits at most `timeout` for its answer.
+    async fn forward(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, RegistryError> {
         let (leader, addr) = self.leader_addr().await?;
         if leader == self.id {
             return Err(RegistryError::Unavailable(
                 "this node became leader while forwarding; try again".into(),
             ));
         }
-        self.peers.call(&addr, kind, body).await
+        self.peers.call(&addr, kind, body, timeout).await
     }
 
     /// The leader and its address. A node that just joined may hear from the leader before
@@ -254,10 +305,7 @@ impl Registry {
     /// a caller may complete the command first, as the node does with the placement of
     /// submitted jobs, which only the leader can choose.
     pub async fn serve_propose(&self, command: Command) -> Result<Vec<u8>, RaftRpcError> {
-        let answer = self
-            .propose_here(command)
-            .await
-            .map_err(|e| RaftRpcError::Unavailable(e.to_string()))?;
+        let answer = self.propose_here(command).await.map_err(rpc_error)?;
         Ok(serde_json::to_vec(&answer)?)
     }
 
@@ -266,6 +314,7 @@ impl Registry {
         &self,
         command: Command,
     ) -> Result<network::Forwarded<Response>, RegistryError> {
+        self.check_disk()?;
         let value = self.proposer.propose(command).await?;
         let index = self.state.committed_index();
         Ok(network::Forwarded { index, value })
@@ -278,9 +327,11 @@ impl Registry {
         if !self.figures().is_leader {
             let body = serde_json::to_vec(&(id, addr))
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            self.forward("add_member", body).await?;
+            self.forward("add_member", body, network::ADD_MEMBER_TIMEOUT)
+                .await?;
             return Ok(());
         }
+        self.check_disk()?;
         let write_err = |e: openraft::error::RaftError<
             NodeId,
             openraft::error::ClientWriteError<NodeId, BasicNode>,
@@ -304,9 +355,11 @@ impl Registry {
         if !self.figures().is_leader {
             let body = serde_json::to_vec(&(id, role))
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            self.forward("change_role", body).await?;
+            self.forward("change_role", body, network::FORWARD_TIMEOUT)
+                .await?;
             return Ok(());
         }
+        self.check_disk()?;
         let ids = std::collections::BTreeSet::from([id]);
         let change = match role {
             Role::Voter => openraft::ChangeMembers::AddVoterIds(ids),
@@ -352,7 +405,9 @@ impl Registry {
         let index = if self.figures().is_leader {
             self.read_index_here().await?
         } else {
-            let answer = self.forward("read_index", Vec::new()).await?;
+            let answer = self
+                .forward("read_index", Vec::new(), network::FORWARD_TIMEOUT)
+                .await?;
             serde_json::from_slice(&answer)
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?
         };
@@ -429,10 +484,10 @@ impl Registry {
             .map_err(|_| RegistryError::Unavailable("no leader elected in time".into()))?
     }
 
-    /// Handles RPCs from peers (the API mounts them; bodies are JSON): raft's own, and the
-    /// ones followers forward to the leader.
+    /// Handles RPCs from peers (the API mounts them; bodies are JSON but for snapshot
+    /// chunks): raft's own, and the ones followers forward to the leader.
     pub async fn handle_rpc(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, RaftRpcError> {
-        let unavailable = |e: RegistryError| RaftRpcError::Unavailable(e.to_string());
+        let unavailable = rpc_error;
         match kind {
             "propose" => self.serve_propose(serde_json::from_slice(body)?).await,
             "read_index" => Ok(serde_json::to_vec(
@@ -448,22 +503,25 @@ impl Registry {
                 self.change_role(id, role).await.map_err(unavailable)?;
                 Ok(b"{}".to_vec())
             }
-            _ => network::handle(&self.raft, kind, body).await,
+            _ => network::handle(&self.raft, kind, body, || self.disk.full()).await,
         }
     }
 
-    /// Cuts this node off from the peers at `addrs` (fault injection; see
-    /// `network::Peers::blocked`). An empty set heals.
-    pub fn set_blocked_peers(&self, addrs: std::collections::BTreeSet<String>) {
-        tracing::warn!(
-            ?addrs,
-            "fault injection: raft traffic to these peers is dropped"
-        );
-        self.peers.set_blocked(addrs);
+    /// Applies the incoming fault rule for a peer's RPC, sent from `from` (its address, as
+    /// signed in the request): a delay waits, a refusal or a drop (after a long hold) fails.
+    pub async fn admit_peer(&self, from: Option<&str>) -> Result<(), RaftRpcError> {
+        self.peers.admit(from).await
     }
 
-    pub fn blocked_peers(&self) -> std::collections::BTreeSet<String> {
-        self.peers.blocked()
+    /// Sets the fault-injection rules (see [`FaultRule`]), each with its peer's address; an
+    /// empty list heals.
+    pub fn set_faults(&self, rules: Vec<(String, FaultRule)>) {
+        tracing::warn!(?rules, "fault injection: raft traffic rules set");
+        self.peers.set_faults(rules);
+    }
+
+    pub fn faults(&self) -> Vec<FaultRule> {
+        self.peers.faults()
     }
 
     /// From now on, records a digest of the applied state every `every_entries` log indexes
@@ -492,5 +550,13 @@ impl Registry {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+    }
+}
+
+/// How a failure on the serving side of a forwarded call travels back to its sender.
+fn rpc_error(e: RegistryError) -> RaftRpcError {
+    match e {
+        RegistryError::StorageFull(why) => RaftRpcError::StorageFull(why),
+        other => RaftRpcError::Unavailable(other.to_string()),
     }
 }

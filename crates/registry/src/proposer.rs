@@ -138,5 +138,6 @@ fn clone_err(e: &RegistryError) -> RegistryError {
         },
         RegistryError::Unavailable(m) => RegistryError::Unavailable(m.clone()),
         RegistryError::Storage(m) => RegistryError::Storage(m.clone()),
+        RegistryError::StorageFull(m) => RegistryError::StorageFull(m.clone()),
     }
 }

@@ -37,6 +37,11 @@ pub(crate) struct SnapshotFile {
 }
 
 impl SnapshotFile {
+    /// Where the latest snapshot of the registry in `dir` is.
+    pub(crate) fn path(dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_FILE)
+    }
+
     pub(crate) fn new(dir: &Path, db: Arc<Database>) -> SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),

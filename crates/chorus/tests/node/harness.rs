@@ -43,7 +43,11 @@ impl TestNode {
     }
 
     pub(crate) async fn start_with_slots(slots: u32) -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
+        TestNode::start_in(tempfile::tempdir().unwrap(), slots).await
+    }
+
+    /// A node whose data dir is in `dir` (e.g. a small file system of a test's own).
+    pub(crate) async fn start_in(dir: tempfile::TempDir, slots: u32) -> TestNode {
         let addr = format!("127.0.0.1:{}", free_port());
         let placeholder = Client::new(
             &addr,
