@@ -10,10 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum NodeStatus {
     #[default]
     Up,
-    /// Takes no new work; finishes what it runs, then can be stopped with no job lost.
+    /// Takes no new work; finishes what it runs, then can be stopped with no job lost. Set
+    /// by an operator (`chorus nodes drain`); it outlives restarts until `undrain`.
     Draining,
+    /// Its process is shutting down (SIGTERM or SIGINT): no new work while it finishes what it
+    /// runs. The node is up again when it restarts.
+    Stopping,
     /// Missed its heartbeats; its attempts were failed over.
     Down,
+    /// Admitted to the cluster (`JoinNode`) and catching up as a learner: no work, no vote,
+    /// not judged by heartbeats until it registers; the leader removes it again if it has not
+    /// caught up in time.
+    Joining,
 }
 
 impl NodeStatus {
@@ -21,8 +29,15 @@ impl NodeStatus {
         match self {
             NodeStatus::Up => "up",
             NodeStatus::Draining => "draining",
+            NodeStatus::Stopping => "stopping",
             NodeStatus::Down => "down",
+            NodeStatus::Joining => "joining",
         }
+    }
+
+    /// Whether the scheduler may give the node new work.
+    pub fn takes_work(self) -> bool {
+        self == NodeStatus::Up
     }
 }
 
@@ -53,6 +68,10 @@ pub struct NodeInfo {
     pub labels: BTreeSet<String>,
     #[serde(default)]
     pub status: NodeStatus,
+    /// An operator drained the node (`chorus nodes drain`) and has not undrained it: it is
+    /// [`NodeStatus::Draining`] whenever it is not down or stopping, across restarts.
+    #[serde(default)]
+    pub drained: bool,
     /// When the leader last heard from it (the proposer's clock).
     #[serde(default)]
     pub last_heartbeat_ms: u64,
@@ -68,8 +87,18 @@ impl NodeInfo {
             slots: 0,
             labels: BTreeSet::new(),
             status: NodeStatus::Up,
+            drained: false,
             last_heartbeat_ms: 0,
             load: NodeLoad::default(),
+        }
+    }
+
+    /// The status of a node whose process runs: up, or draining if an operator said so.
+    pub fn running_status(&self) -> NodeStatus {
+        if self.drained {
+            NodeStatus::Draining
+        } else {
+            NodeStatus::Up
         }
     }
 }

@@ -353,9 +353,9 @@ impl State {
                 node.slots = slots;
                 node.labels = labels;
                 node.last_heartbeat_ms = now_ms;
-                if node.status == NodeStatus::Down {
-                    node.status = NodeStatus::Up;
-                }
+                // The process runs again: whatever stopped it (SIGTERM, a crash) is over, and
+                // only an operator's drain carries over.
+                node.status = node.running_status();
                 Response::Done
             }
             Command::JoinNode {
@@ -370,6 +370,7 @@ impl State {
                     + 1;
                 let id = self.next_node_id;
                 let mut node = NodeInfo::new(id);
+                node.status = NodeStatus::Joining;
                 node.addr = addr;
                 node.slots = slots;
                 node.labels = labels;
@@ -380,6 +381,13 @@ impl State {
             Command::Heartbeat { node, now_ms, load } => self.heartbeat(node, now_ms, load),
             Command::SetNodeStatus { node, status } => match self.nodes.get_mut(&node) {
                 Some(n) => {
+                    // `Draining` and `Up` are the operator's drain and undrain; `Stopping` and
+                    // `Down` are the process's state and leave the operator's wish as it was.
+                    match status {
+                        NodeStatus::Draining => n.drained = true,
+                        NodeStatus::Up => n.drained = false,
+                        NodeStatus::Stopping | NodeStatus::Down | NodeStatus::Joining => {}
+                    }
                     n.status = status;
                     Response::Done
                 }
@@ -472,10 +480,10 @@ impl State {
         };
         node.last_heartbeat_ms = now_ms;
         node.load = load;
-        // A node that was marked down and is heard from again is back (a draining one stays
-        // draining until an operator says otherwise).
+        // A node that was marked down and is heard from again is back (a drained one stays
+        // draining until an operator says otherwise; a stopping one stays stopping).
         if node.status == NodeStatus::Down {
-            node.status = NodeStatus::Up;
+            node.status = node.running_status();
         }
         Response::Done
     }

@@ -573,3 +573,103 @@ fn events_are_numbered_and_the_oldest_go_first() {
     assert_eq!(reloaded.events_after(0).count(), model::EVENTS_MAX);
     assert_eq!(reloaded.events_delivered(), 1_001);
 }
+
+/// Applies `commands` and renders node 1's status after each.
+fn check_node_status(commands: Vec<Command>, expected: Expect) {
+    let mut state = State::default();
+    let mut lines = Vec::new();
+    for command in commands {
+        let what = match &command {
+            Command::JoinNode { .. } => "join".to_string(),
+            Command::RegisterNode { .. } => "register".to_string(),
+            Command::SetNodeStatus { status, .. } => format!("set {}", status.as_str()),
+            Command::Heartbeat { .. } => "heartbeat".to_string(),
+            other => format!("{other:?}"),
+        };
+        state.apply(command);
+        let status = state.node(1).map_or("none", |n| n.status.as_str());
+        lines.push(format!("{what} -> {status}"));
+    }
+    expected.assert_eq(&lines.join("\n"));
+}
+
+fn set_status(status: model::NodeStatus) -> Command {
+    Command::SetNodeStatus { node: 1, status }
+}
+
+fn heartbeat() -> Command {
+    Command::Heartbeat {
+        node: 1,
+        now_ms: 0,
+        load: Default::default(),
+    }
+}
+
+#[test]
+fn a_stopped_node_restarts_up_and_only_an_operators_drain_outlives_a_restart() {
+    use model::NodeStatus::{Down, Draining, Stopping, Up};
+    check_node_status(
+        vec![
+            // Admitted, caught up, registered.
+            Command::JoinNode {
+                addr: "n1".into(),
+                slots: 1,
+                labels: Default::default(),
+                now_ms: 0,
+            },
+            node(1),
+            // SIGTERM, then a restart.
+            set_status(Stopping),
+            heartbeat(),
+            node(1),
+            // Killed: marked down, then back.
+            set_status(Down),
+            heartbeat(),
+            // An operator drains it; it stops, crashes, restarts: still drained.
+            set_status(Draining),
+            set_status(Stopping),
+            node(1),
+            set_status(Down),
+            heartbeat(),
+            node(1),
+            // Undrained: up for good.
+            set_status(Up),
+            set_status(Stopping),
+            node(1),
+        ],
+        expect![[r#"
+            join -> joining
+            register -> up
+            set stopping -> stopping
+            heartbeat -> stopping
+            register -> up
+            set down -> down
+            heartbeat -> up
+            set draining -> draining
+            set stopping -> stopping
+            register -> draining
+            set down -> down
+            heartbeat -> draining
+            register -> draining
+            set up -> up
+            set stopping -> stopping
+            register -> up"#]],
+    );
+}
+
+#[test]
+fn a_node_from_an_older_snapshot_decodes_with_no_operator_drain() {
+    let mut state = State::default();
+    state.apply(node(1));
+    let mut json: serde_json::Value = serde_json::from_slice(&state.encode()).unwrap();
+    // Strip the field this version added, as an older snapshot lacks it.
+    let text = json.to_string();
+    assert!(text.contains("\"drained\":false"), "{text}");
+    let old = text
+        .replace(",\"drained\":false", "")
+        .replace("\"drained\":false,", "");
+    json = serde_json::from_str(&old).unwrap();
+    let decoded = State::decode(json.to_string().as_bytes()).unwrap();
+    let n = decoded.node(1).unwrap();
+    assert_eq!((n.status, n.drained), (model::NodeStatus::Up, false));
+}

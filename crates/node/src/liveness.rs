@@ -90,7 +90,8 @@ pub(crate) async fn scan(node: Node) {
         let down_after_ms = DOWN_AFTER.as_millis() as u64;
         let lost: Vec<u64> = node.read(|s| {
             s.nodes()
-                .filter(|n| n.status != NodeStatus::Down && n.id != node.id())
+                .filter(|n| !matches!(n.status, NodeStatus::Down | NodeStatus::Joining))
+                .filter(|n| n.id != node.id())
                 .filter(|n| now.saturating_sub(n.last_heartbeat_ms.max(since)) > down_after_ms)
                 .map(|n| n.id)
                 .collect()
@@ -100,34 +101,41 @@ pub(crate) async fn scan(node: Node) {
                 node = id,
                 "node missed its heartbeats; marking it down and failing over its attempts"
             );
-            let marked = node
-                .propose(Command::SetNodeStatus {
-                    node: id,
-                    status: NodeStatus::Down,
-                })
-                .await;
-            let abandoned = node
-                .propose(Command::AbandonAttempts {
-                    now_ms: now,
-                    node: id,
-                    code: "node_lost".into(),
-                })
-                .await;
-            match marked.and(abandoned) {
-                Ok(_) => {
-                    let message = format!("node {id} missed its heartbeats for {} s: marked down, its attempts failed over", DOWN_AFTER.as_secs_f64());
-                    node.record_events(vec![model::NewEvent {
-                        kind: model::EventKind::NodeLost,
-                        node: Some(id),
-                        message,
-                    }])
-                    .await;
-                }
-                Err(e) => tracing::warn!(node = id, error = %e, "could not fail the node over"),
+            if let Err(e) = node.propose(fail_over(id, now)).await {
+                tracing::warn!(node = id, error = %e, "could not fail the node over");
             }
         }
         promote_learners(&node, now).await;
     }
+}
+
+/// One log entry that marks a silent node down, fails its attempts over (`node_lost`, so
+/// they are retried elsewhere at once) and records the event: either all of it happens or
+/// none, and a scan that fails tries the whole again on its next tick.
+fn fail_over(id: model::NodeId, now_ms: u64) -> Command {
+    let message = format!(
+        "node {id} missed its heartbeats for {} s: marked down, its attempts failed over",
+        DOWN_AFTER.as_secs_f64()
+    );
+    Command::Batch(vec![
+        Command::SetNodeStatus {
+            node: id,
+            status: NodeStatus::Down,
+        },
+        Command::AbandonAttempts {
+            now_ms,
+            node: id,
+            code: "node_lost".into(),
+        },
+        Command::RecordEvents {
+            now_ms,
+            events: vec![model::NewEvent {
+                kind: model::EventKind::NodeLost,
+                node: Some(id),
+                message,
+            }],
+        },
+    ])
 }
 
 /// Replaces voters that have been down for long with learners that are up.
@@ -230,4 +238,53 @@ fn memory_used_bytes() -> Option<u64> {
             .ok()
     };
     Some((kib("MemTotal:")? - kib("MemAvailable:")?) * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{FunctionSpec, JobSpec, JobState, State};
+
+    #[test]
+    fn failing_a_node_over_is_one_entry_that_marks_it_down_and_requeues_its_attempts() {
+        let mut state = State::default();
+        state.apply(Command::DeployFunction {
+            spec: FunctionSpec::builtin("noop"),
+        });
+        for id in [1, 2] {
+            state.apply(Command::RegisterNode {
+                id,
+                addr: format!("n{id}"),
+                slots: 1,
+                labels: Default::default(),
+                now_ms: 0,
+            });
+        }
+        let spec = JobSpec {
+            function: "noop".into(),
+            input: serde_json::json!({}),
+            files: vec![],
+            priority: 0,
+            idempotency_key: None,
+        };
+        state.apply(Command::SubmitJobs {
+            now_ms: 0,
+            jobs: vec![spec],
+            place: vec![Some(2)],
+        });
+        assert_eq!(state.running_count(2), 1);
+        let events_before = state.last_event_seq();
+
+        let entry = fail_over(2, 5_000);
+        assert!(matches!(entry, Command::Batch(_)), "one log entry");
+        state.apply(entry);
+
+        assert_eq!(state.node(2).map(|n| n.status), Some(NodeStatus::Down));
+        assert_eq!(state.running_count(2), 0);
+        let job = state.jobs_after(None).next().expect("the job");
+        assert_eq!(job.state, JobState::Queued, "retried elsewhere");
+        let code = job.attempts[0].error.as_ref().map(|e| e.code.as_str());
+        assert_eq!(code, Some("node_lost"));
+        assert_eq!(state.last_event_seq(), events_before + 1);
+    }
 }

@@ -69,8 +69,8 @@ fn view(s: &State) -> Vec<NodeView> {
                 v.weight = weight;
             }
             v.cpu_percent = n.load.cpu_percent;
-            v.up = n.status != NodeStatus::Down;
-            v.draining = n.status == NodeStatus::Draining;
+            v.up = !matches!(n.status, NodeStatus::Down | NodeStatus::Joining);
+            v.draining = matches!(n.status, NodeStatus::Draining | NodeStatus::Stopping);
             v
         })
         .collect()
