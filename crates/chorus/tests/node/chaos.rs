@@ -595,30 +595,35 @@ impl Chaos {
     }
 
     /// Starts node `at` again on its data dir and waits until it is ready. A process that
-    /// exits, or is not ready in time, is a violation; it is started again until it is ready
-    /// (a few times), so the run goes on.
+    /// exits, or is not ready in time, is a violation. One that exited is started again (a
+    /// few times, as a supervisor would), so the run goes on; one that runs but is not ready
+    /// is left running: starting it again would not help it.
     async fn restart(&mut self, at: usize) {
         let id = self.members[at].id;
         for launch in 1..=3 {
             self.members[at].node.launch();
-            match self.wait_ready(at).await {
+            let why = match self.wait_ready(at).await {
                 Ok(()) => {
                     self.set_life(at, Life::Up);
                     return;
                 }
-                Err(why) => {
+                Err(NotReady::Slow(why)) => {
                     self.violations.push(format!(
                         "node {id}, restarted on its data dir (launch {launch}): {why}"
                     ));
-                    self.members[at].node.kill_9();
-                    // As a supervisor would, wait a little before the next start.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.set_life(at, Life::Up);
+                    return;
                 }
-            }
+                Err(NotReady::Exited(why)) => why,
+            };
+            self.violations.push(format!(
+                "node {id}, restarted on its data dir (launch {launch}): {why}"
+            ));
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    async fn wait_ready(&mut self, at: usize) -> Result<(), String> {
+    async fn wait_ready(&mut self, at: usize) -> Result<(), NotReady> {
         let started = Instant::now();
         let node = &mut self.members[at].node;
         loop {
@@ -626,10 +631,17 @@ impl Chaos {
                 return Ok(());
             }
             if node.has_exited() {
-                return Err(format!("the process exited: {}", last_error(node)));
+                return Err(NotReady::Exited(format!(
+                    "the process exited: {}",
+                    last_error(node)
+                )));
             }
             if started.elapsed() > READY_DEADLINE {
-                return Err(format!("not ready in {} s", READY_DEADLINE.as_secs()));
+                return Err(NotReady::Slow(format!(
+                    "not ready in {} s: {}",
+                    READY_DEADLINE.as_secs(),
+                    last_error(node)
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -691,12 +703,18 @@ impl Chaos {
         if self.members[follower].life != Life::Up {
             match self.wait_ready(follower).await {
                 Ok(()) => self.set_life(follower, Life::Up),
-                Err(why) => {
+                Err(NotReady::Slow(why)) => {
                     self.violations.push(format!(
                         "node {} after a snapshot install cut short by the leader's death: {why}",
                         self.members[follower].id
                     ));
-                    self.members[follower].node.kill_9();
+                    self.set_life(follower, Life::Up);
+                }
+                Err(NotReady::Exited(why)) => {
+                    self.violations.push(format!(
+                        "node {} after a snapshot install cut short by the leader's death: {why}",
+                        self.members[follower].id
+                    ));
                     self.restart(follower).await;
                 }
             }
@@ -826,6 +844,15 @@ fn last_error(node: &TestNode) -> String {
         .or(lines.last())
         .cloned()
         .unwrap_or_else(|| "(empty log)".into())
+}
+
+/// Why a started node is not ready.
+#[derive(Debug)]
+enum NotReady {
+    /// The process exited (with the last error in its log).
+    Exited(String),
+    /// It runs, but did not become ready within [`READY_DEADLINE`].
+    Slow(String),
 }
 
 /// Runs a client call with [`CALL_TIMEOUT`]; `None` if it took longer.
