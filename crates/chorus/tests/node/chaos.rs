@@ -1171,15 +1171,27 @@ async fn check(
                 ));
                 break;
             }
-            for id in pending {
-                let state = leader_jobs.get(&id).map(|j| format!("{:?}", j.state));
-                match state {
-                    Some(_) => found.unfinished += 1,
-                    None => found.lost += 1,
-                }
+            let (unfinished, lost): (Vec<JobId>, Vec<JobId>) =
+                pending.iter().partition(|id| leader_jobs.contains_key(id));
+            (found.unfinished, found.lost) = (unfinished.len(), lost.len());
+            if !unfinished.is_empty() {
+                let first: Vec<String> = unfinished
+                    .iter()
+                    .take(10)
+                    .map(|id| format!("{id} {:?}", leader_jobs[id].state))
+                    .collect();
                 found.violations.push(format!(
-                    "acknowledged job {id} is not terminal after the heal deadline: {}",
-                    state.unwrap_or_else(|| "lost (no such job)".into())
+                    "{} acknowledged jobs are not terminal after the heal deadline (the first: \
+                     {first:?})",
+                    unfinished.len()
+                ));
+            }
+            if !lost.is_empty() {
+                let first: Vec<&JobId> = lost.iter().take(10).collect();
+                found.violations.push(format!(
+                    "{} acknowledged jobs are lost: the cluster has no such job (the first: \
+                     {first:?})",
+                    lost.len()
                 ));
             }
             break;
