@@ -29,6 +29,12 @@ pub(crate) struct TestNode {
     join: Option<(String, Credentials)>,
 }
 
+/// The `chorus` binary the nodes run: the one cargo built for these tests, or `CHORUS_BIN`
+/// (a copy that a rebuild during a long run does not replace).
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("CHORUS_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_chorus").into())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -120,7 +126,7 @@ impl TestNode {
             .append(true)
             .open(self.dir.path().join("node.log"))
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
+        let mut command = Command::new(binary());
         command
             .args([
                 "serve",
