@@ -103,6 +103,14 @@ async fn run(faults_for: Duration) {
     std::env::set_var(RUN_MARKER, &token);
 
     let mut chaos = Chaos::start(seed).await;
+    // The leak check below must be able to see this run's processes, or it proves nothing.
+    let seen = processes_with(&format!("{RUN_MARKER}={token}")).len();
+    if seen < chaos.members.len() {
+        chaos.violations.push(format!(
+            "the process check sees {seen} processes of the run, fewer than its {} nodes",
+            chaos.members.len()
+        ));
+    }
     let history = Arc::new(Mutex::new(History::default()));
     let digests = Arc::new(Mutex::new(DigestBook::default()));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -1204,6 +1212,12 @@ async fn check(
             .terminal_by_state
             .entry(job.state.as_str().to_string())
             .or_default() += 1;
+    }
+
+    if history.acked.is_empty() {
+        found
+            .violations
+            .push("the load got no job acknowledged: the run proves nothing".into());
     }
 
     // 2. No idempotency key has two jobs: in the state, and in what the client was told.
