@@ -28,8 +28,6 @@ pub mod registry_role {
     pub use registry::Role;
 }
 
-/// How long start-up waits for the registry to elect a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Longest a client may wait for a job in one call.
 pub const WAIT_MAX: Duration = Duration::from_secs(300);
 
@@ -55,7 +53,13 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
     pub snapshot_logs: u64,
+    /// How long a node that joins may take to catch up and register before the leader
+    /// removes it again ([`JOIN_CATCH_UP_DEFAULT`] unless testing).
+    pub join_catch_up: Duration,
 }
+
+/// How long a joining node has to catch up and register by default.
+pub const JOIN_CATCH_UP_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Where and how a new node asks to join.
 #[derive(Clone, Debug)]

@@ -115,14 +115,19 @@ impl Peers {
     ) -> Result<Vec<u8>, crate::RegistryError> {
         let unavailable =
             |e: String| crate::RegistryError::Unavailable(format!("leader at {addr}: {e}"));
+        // Never sent: the caller may send it again (see `Registry::propose`).
+        let not_delivered =
+            |e: String| crate::RegistryError::NotDelivered(format!("leader at {addr}: {e}"));
         if self.is_blocked(addr) {
-            return Err(unavailable("unreachable (fault injected)".into()));
+            return Err(not_delivered("unreachable (fault injected)".into()));
         }
-        let response = self
-            .signed(addr, kind, body)
-            .send()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let response = self.signed(addr, kind, body).send().await.map_err(|e| {
+            if e.is_connect() {
+                not_delivered(e.to_string())
+            } else {
+                unavailable(e.to_string())
+            }
+        })?;
         let status = response.status();
         let bytes = response
             .bytes()
