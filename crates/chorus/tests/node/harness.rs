@@ -27,6 +27,8 @@ pub(crate) struct TestNode {
     child: Option<Child>,
     /// `--join` target and the admin key to join with.
     join: Option<(String, Credentials)>,
+    /// More `chorus serve` arguments, e.g. a short `--drain-timeout-s`.
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -43,6 +45,11 @@ impl TestNode {
     }
 
     pub(crate) async fn start_with_slots(slots: u32) -> TestNode {
+        TestNode::start_with(slots, &[]).await
+    }
+
+    /// A founding node started with more `chorus serve` arguments.
+    pub(crate) async fn start_with(slots: u32, args: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let placeholder = Client::new(
@@ -59,6 +66,7 @@ impl TestNode {
             slots,
             child: None,
             join: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         node.spawn().await;
         node
@@ -66,6 +74,11 @@ impl TestNode {
 
     /// A node that joins the cluster `member` belongs to.
     pub(crate) async fn join(member: &TestNode) -> TestNode {
+        TestNode::join_with(member, &[]).await
+    }
+
+    /// A node that joins with more `chorus serve` arguments.
+    pub(crate) async fn join_with(member: &TestNode, args: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let credentials = member.credentials();
@@ -76,6 +89,7 @@ impl TestNode {
             slots: 2,
             child: None,
             join: Some((member.addr.clone(), credentials)),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         node.spawn().await;
         node
@@ -124,7 +138,8 @@ impl TestNode {
                 &self.slots.to_string(),
                 "--data-dir",
             ])
-            .arg(self.dir.path().join("data"));
+            .arg(self.dir.path().join("data"))
+            .args(&self.args);
         if let Some((member, credentials)) = &self.join {
             command
                 .args(["--join", member])
@@ -143,6 +158,11 @@ impl TestNode {
 
     async fn spawn(&mut self) {
         self.spawn_process();
+        self.wait_ready().await;
+    }
+
+    /// Waits until the node answers `/readyz` with 200, and signs with its admin key.
+    pub(crate) async fn wait_ready(&mut self) {
         let key_file = self.dir.path().join("data").join(node::ADMIN_KEY_FILE);
         let addr = self.addr.clone();
         wait_until("the node is ready", || {
@@ -194,9 +214,49 @@ impl TestNode {
         }
     }
 
+    /// `kill -9`, then the same `chorus serve` again at once, as systemd would.
     pub(crate) async fn restart(&mut self) {
         self.kill_9();
         self.spawn().await;
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, at most `limit`; returns how long it
+    /// took and whether it exited with success.
+    pub(crate) async fn must_stop_by_sigterm(&mut self, limit: Duration) -> (Duration, bool) {
+        let mut child = self.child.take().expect("the node runs");
+        let sent = Instant::now();
+        let kill = Command::new("kill")
+            .args(["-s", "TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success(), "kill -s TERM failed");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (sent.elapsed(), status.success());
+            }
+            if sent.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the node did not exit within {limit:?} of SIGTERM\n--- node log ---\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Starts the node again on its data dir after it stopped, and waits until it is ready.
+    pub(crate) async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the node still runs");
+        self.spawn().await;
+    }
+
+    /// Starts the node again on its data dir without waiting for it (see
+    /// [`TestNode::wait_ready`]).
+    pub(crate) fn spawn_again(&mut self) {
+        assert!(self.child.is_none(), "the node still runs");
+        self.spawn_process();
     }
 
     pub(crate) async fn metrics(&self) -> String {

@@ -6,6 +6,7 @@ mod cluster;
 mod contract;
 mod dashboard;
 mod harness;
+mod lifecycle;
 
 use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
