@@ -377,22 +377,18 @@ impl Registry {
         }
     }
 
-    /// Voters and learners, as raft knows them.
+    /// Voters and learners, as committed (applied here): a node counts as a voter once the
+    /// change that makes it one has committed in full (every config of a joint membership
+    /// has it), so a caller never takes a change in flight for a done one.
     pub fn members(&self) -> Vec<(NodeId, Role)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let stored = self.state.membership();
+        let membership = stored.membership();
+        let configs = membership.get_joint_config();
         membership
             .nodes()
             .map(|(id, _)| {
-                (
-                    *id,
-                    if voters.contains(id) {
-                        Role::Voter
-                    } else {
-                        Role::Learner
-                    },
-                )
+                let voter = !configs.is_empty() && configs.iter().all(|c| c.contains(id));
+                (*id, if voter { Role::Voter } else { Role::Learner })
             })
             .collect()
     }
