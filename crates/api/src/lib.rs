@@ -59,6 +59,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/config", get(routes::get_config))
         .route("/v1/config/{key}", put(routes::set_config))
         .route("/v1/faults", put(routes::set_faults))
+        .route("/v1/faults/digests", get(routes::state_digests))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_signature,

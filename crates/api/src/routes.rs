@@ -599,6 +599,15 @@ pub(crate) async fn set_faults(
     Ok(Json(json!({ "blocked_nodes": blocked })))
 }
 
+/// Fault injection's checker: digests of the state this node applied, at fixed log indexes.
+pub(crate) async fn state_digests(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
+    let digests = app.node.state_digests()?;
+    Ok(Json(json!({
+        "every_entries": node::STATE_DIGEST_EVERY_ENTRIES,
+        "digests": digests,
+    })))
+}
+
 pub(crate) async fn raft_rpc(
     State(app): State<AppState>,
     Path(kind): Path<String>,

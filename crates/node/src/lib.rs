@@ -20,7 +20,9 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::{RaftRpcError, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT};
+pub use registry::{
+    RaftRpcError, StateDigest, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
+};
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.
@@ -60,6 +62,11 @@ pub struct NodeConfig {
 
 /// How long a joining node has to catch up and register by default.
 pub const JOIN_CATCH_UP_DEFAULT: Duration = Duration::from_secs(300);
+
+/// Log indexes between two state digests (fault injection only; see [`Node::state_digests`]).
+/// Each digest encodes the whole state, so not every entry: at a few dozen entries a second
+/// this is one digest every second or two.
+pub const STATE_DIGEST_EVERY_ENTRIES: u64 = 64;
 
 /// Where and how a new node asks to join.
 #[derive(Clone, Debug)]

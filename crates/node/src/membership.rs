@@ -143,6 +143,20 @@ impl Node {
         Ok(self.faults())
     }
 
+    /// Digests of the state this node applied, at every [`crate::STATE_DIGEST_EVERY_ENTRIES`]-th
+    /// log index (the latest [`crate::STATE_DIGESTS_MAX`]): nodes that applied the same log
+    /// agree at every index they both have. Recorded only with fault injection on, for the
+    /// chaos suite's checker.
+    pub fn state_digests(&self) -> Result<Vec<crate::StateDigest>, ApiError> {
+        if !self.inner.config.fault_injection {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "state digests are recorded only with fault injection (--fault-injection)",
+            ));
+        }
+        Ok(self.inner.registry.state_digests())
+    }
+
     /// The nodes this node is cut off from (fault injection).
     pub fn faults(&self) -> Vec<NodeId> {
         let blocked = self.inner.registry.blocked_peers();

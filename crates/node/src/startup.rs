@@ -67,6 +67,9 @@ impl Node {
         )
         .await
         .map_err(unavailable)?;
+        if config.fault_injection {
+            registry.record_state_digests(crate::STATE_DIGEST_EVERY_ENTRIES);
+        }
         let store = match &config.storage_url {
             Some(url) => Store::open(url),
             None => Store::local(&config.data_dir.join("objects")),

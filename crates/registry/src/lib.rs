@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use network::{RaftRpcError, CLUSTER_KEY_ID};
+pub use state_machine::{StateDigest, STATE_DIGESTS_MAX};
 
 openraft::declare_raft_types!(
     /// openraft's view of chorus: commands in, responses out, nodes addressed by `host:port`.
@@ -530,6 +531,18 @@ impl Registry {
 
     pub fn blocked_peers(&self) -> std::collections::BTreeSet<String> {
         self.peers.blocked()
+    }
+
+    /// From now on, records a digest of the applied state every `every_entries` log indexes
+    /// (the latest [`STATE_DIGESTS_MAX`] are kept; 0 stops). Nodes that applied the same log
+    /// have equal digests at equal indexes: a checker compares them (fault injection).
+    pub fn record_state_digests(&self, every_entries: u64) {
+        self.state.record_digests(every_entries);
+    }
+
+    /// The state digests recorded so far, oldest first.
+    pub fn state_digests(&self) -> Vec<StateDigest> {
+        self.state.state_digests()
     }
 
     /// Checks the cluster signature of an RPC from a peer.

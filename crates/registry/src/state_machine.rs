@@ -13,10 +13,11 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 /// Where data dirs made before snapshots had their own file kept them.
@@ -105,6 +106,73 @@ pub(crate) struct Shared {
     inner: RwLock<Inner>,
     applied_tx: watch::Sender<u64>,
     committed: AtomicU64,
+    digests: Mutex<Digests>,
+}
+
+/// Digests of the state kept per node: enough for a checker polling every few seconds to see
+/// every one at a few hundred entries a second.
+pub const STATE_DIGESTS_MAX: usize = 256;
+
+/// A digest of what a node has applied, as of one log index: SHA-256 over the log id of the
+/// entry, the membership and the state's snapshot encoding. Two nodes that applied the same
+/// log have the same digest at the same index, whatever their pace or how they got there
+/// (log replay or an installed snapshot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    pub index: u64,
+    pub term: u64,
+    pub sha256: String,
+}
+
+/// The latest [`STATE_DIGESTS_MAX`] digests, recorded every `every_entries` applied indexes
+/// (0: off; the node turns it on with fault injection, for the chaos suite's checker).
+#[derive(Debug, Default)]
+struct Digests {
+    every_entries: u64,
+    ring: VecDeque<StateDigest>,
+}
+
+/// What a digest covers, copied under the state lock and hashed outside it.
+struct DigestInput {
+    log_id: LogId<NodeId>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    state: State,
+}
+
+impl DigestInput {
+    /// Hashes the input. The snapshot encoding is deterministic: the state holds ordered maps
+    /// only (its one hash map, the idempotency index, is derived and not encoded), and JSON
+    /// objects inside jobs are ordered maps too (serde_json without `preserve_order`).
+    fn digest(&self) -> StateDigest {
+        use sha2::Digest;
+        let mut hasher = HashWriter(sha2::Sha256::new());
+        let encoded = serde_json::to_writer(&mut hasher, &(&self.log_id, &self.membership))
+            .and_then(|()| serde_json::to_writer(&mut hasher, &self.state));
+        if let Err(e) = encoded {
+            // Encoding into a hasher cannot fail on I/O, and the state always encodes (its
+            // snapshots would fail too): a failure here is a bug worth a loud log line.
+            tracing::error!(error = %e, "state digest: encoding failed");
+        }
+        StateDigest {
+            index: self.log_id.index,
+            term: self.log_id.leader_id.term,
+            sha256: hex::encode(hasher.0.finalize()),
+        }
+    }
+}
+
+/// Feeds what serde_json writes into a SHA-256, so no copy of the encoded state is kept.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +180,18 @@ struct Inner {
     state: State,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
+}
+
+impl Inner {
+    /// What the digest at `log_id` covers: cheap, the jobs are shared (see
+    /// [`State::snapshot_copy`]).
+    fn digest_input(&self, log_id: LogId<NodeId>) -> DigestInput {
+        DigestInput {
+            log_id,
+            membership: self.membership.clone(),
+            state: self.state.snapshot_copy(),
+        }
+    }
 }
 
 impl Shared {
@@ -133,6 +213,38 @@ impl Shared {
     pub(crate) fn membership(&self) -> StoredMembership<NodeId, BasicNode> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         inner.membership.clone()
+    }
+
+    fn digests(&self) -> std::sync::MutexGuard<'_, Digests> {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a digest of the state every `every_entries` applied indexes from now on (0:
+    /// stop).
+    pub(crate) fn record_digests(&self, every_entries: u64) {
+        self.digests().every_entries = every_entries;
+    }
+
+    /// The digests recorded so far, oldest first.
+    pub(crate) fn state_digests(&self) -> Vec<StateDigest> {
+        self.digests().ring.iter().cloned().collect()
+    }
+
+    fn digest_due(&self, index: u64) -> bool {
+        let every = self.digests().every_entries;
+        every > 0 && index.is_multiple_of(every)
+    }
+
+    /// Hashes the copies taken while applying and keeps the digests, outside the state lock.
+    fn keep_digests(&self, inputs: Vec<DigestInput>) {
+        for input in inputs {
+            let digest = input.digest();
+            let mut digests = self.digests();
+            if digests.ring.len() == STATE_DIGESTS_MAX {
+                digests.ring.pop_front();
+            }
+            digests.ring.push_back(digest);
+        }
     }
 }
 
@@ -174,6 +286,7 @@ impl StateMachine {
             inner: RwLock::new(inner),
             applied_tx: watch::Sender::new(applied),
             committed: AtomicU64::new(applied),
+            digests: Mutex::default(),
         });
         Ok((
             StateMachine {
@@ -225,6 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut responses = Vec::new();
+        let mut digest_inputs = Vec::new();
         let last = {
             let mut inner = self.write_inner();
             for entry in entries {
@@ -238,9 +352,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 };
                 responses.push(response);
+                if self.shared.digest_due(entry.log_id.index) {
+                    digest_inputs.push(inner.digest_input(entry.log_id));
+                }
             }
             inner.last_applied.map_or(0, |l| l.index)
         };
+        self.shared.keep_digests(digest_inputs);
         self.shared.committed.fetch_max(last, Ordering::Relaxed);
         self.shared.applied_tx.send_replace(last);
         Ok(responses)
@@ -272,14 +390,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_err)?
             .map_err(sm_err)?;
         let last = meta.last_log_id.map_or(0, |l| l.index);
-        {
+        let digest_input = {
             let mut inner = self.write_inner();
             *inner = Inner {
                 state,
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
-        }
+            meta.last_log_id
+                .filter(|l| self.shared.digest_due(l.index))
+                .map(|l| inner.digest_input(l))
+        };
+        self.shared.keep_digests(digest_input.into_iter().collect());
         self.shared.committed.fetch_max(last, Ordering::Relaxed);
         self.shared.applied_tx.send_replace(last);
         Ok(())
@@ -352,5 +474,61 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Command, FunctionSpec, JobSpec};
+    use openraft::CommittedLeaderId;
+
+    fn digest_of(state: &State, index: u64) -> StateDigest {
+        DigestInput {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+            membership: StoredMembership::default(),
+            state: state.snapshot_copy(),
+        }
+        .digest()
+    }
+
+    fn submit(state: &mut State, now_ms: u64, input: serde_json::Value) {
+        let job = JobSpec {
+            function: "noop".into(),
+            input,
+            files: vec![],
+            priority: 0,
+            idempotency_key: Some(format!("key-{now_ms}")),
+        };
+        state.apply(Command::SubmitJobs {
+            now_ms,
+            jobs: vec![job],
+            place: vec![],
+        });
+    }
+
+    #[test]
+    fn a_state_and_its_snapshot_have_one_digest_and_a_change_gives_another() {
+        let mut state = State::default();
+        state.apply(Command::DeployFunction {
+            spec: FunctionSpec::builtin("noop"),
+        });
+        // Objects with keys out of order, floats: what a hash map or a lossy float would
+        // make differ.
+        submit(
+            &mut state,
+            1,
+            serde_json::json!({ "z": 1, "a": [0.1, 2.5e-7], "m": {} }),
+        );
+        let decoded = State::decode(&state.encode()).unwrap();
+        assert_eq!(digest_of(&state, 64), digest_of(&decoded, 64));
+        assert_ne!(
+            digest_of(&state, 64).sha256,
+            digest_of(&state, 128).sha256,
+            "the log id is covered"
+        );
+        let before = digest_of(&state, 64);
+        submit(&mut state, 2, serde_json::json!({}));
+        assert_ne!(digest_of(&state, 64), before);
     }
 }

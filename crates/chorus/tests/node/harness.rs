@@ -74,25 +74,25 @@ impl TestNode {
 
     /// A node that joins the cluster `member` belongs to.
     pub(crate) async fn join(member: &TestNode) -> TestNode {
-        TestNode::join_with(member, &[]).await
+        let mut node = TestNode::joining(&member.addr, member.credentials());
+        node.spawn().await;
+        node
     }
 
-    /// A node that joins with more `chorus serve` arguments.
-    pub(crate) async fn join_with(member: &TestNode, args: &[&str]) -> TestNode {
+    /// A node that will join the cluster of the member at `member_addr` when it is launched;
+    /// not started yet.
+    pub(crate) fn joining(member_addr: &str, credentials: Credentials) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let credentials = member.credentials();
-        let mut node = TestNode {
+        TestNode {
             dir,
             client: Client::new(&addr, credentials.clone()),
             addr,
             slots: 2,
             child: None,
-            join: Some((member.addr.clone(), credentials)),
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        node.spawn().await;
-        node
+            join: Some((member_addr.to_string(), credentials)),
+            args: Vec::new(),
+        }
     }
 
     pub(crate) fn credentials(&self) -> Credentials {
@@ -118,7 +118,8 @@ impl TestNode {
         self.child.is_some()
     }
 
-    fn spawn_process(&mut self) {
+    /// Starts the process without waiting for it (see [`TestNode::probe_ready`]).
+    pub(crate) fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,44 +158,58 @@ impl TestNode {
     }
 
     async fn spawn(&mut self) {
-        self.spawn_process();
-        self.wait_ready().await;
-    }
-
-    /// Waits until the node answers `/readyz` with 200, and signs with its admin key.
-    pub(crate) async fn wait_ready(&mut self) {
+        self.launch();
         let key_file = self.dir.path().join("data").join(node::ADMIN_KEY_FILE);
         let addr = self.addr.clone();
         wait_until("the node is ready", || {
             let key_file = key_file.clone();
             let addr = addr.clone();
-            async move {
-                let Ok(text) = std::fs::read_to_string(&key_file) else {
-                    return false;
-                };
-                let Ok(key) = serde_json::from_str::<node::KeyFile>(&text) else {
-                    return false;
-                };
-                let probe = Client::new(
-                    &addr,
-                    Credentials {
-                        key_id: key.id,
-                        secret: key.secret,
-                    },
-                );
-                matches!(probe.get_public("/readyz").await, Ok((200, _)))
-            }
+            async move { ready_client(&key_file, &addr).await.is_some() }
         })
         .await;
-        let text = std::fs::read_to_string(&key_file).unwrap();
-        let key: node::KeyFile = serde_json::from_str(&text).unwrap();
-        self.client = Client::new(
-            &self.addr,
-            Credentials {
-                key_id: key.id,
-                secret: key.secret,
-            },
-        );
+        let key_file = self.dir.path().join("data").join(node::ADMIN_KEY_FILE);
+        self.client = ready_client(&key_file, &self.addr).await.unwrap();
+    }
+
+    /// Whether the launched node answers `/readyz` with 200 now; once it does, `client`
+    /// carries the node's own admin key.
+    pub(crate) async fn probe_ready(&mut self) -> bool {
+        let key_file = self.dir.path().join("data").join(node::ADMIN_KEY_FILE);
+        match ready_client(&key_file, &self.addr).await {
+            Some(client) => {
+                self.client = client;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The process id, while the process runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (`TERM`, `STOP`, `CONT`, ...) to the process, if it runs.
+    pub(crate) fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .args(["-s", name, &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -s {name} {pid}: {status}");
+        }
+    }
+
+    /// Whether the process has exited (it is reaped then); true if it was never started.
+    pub(crate) fn has_exited(&mut self) -> bool {
+        let exited = match &mut self.child {
+            Some(child) => child.try_wait().unwrap().is_some(),
+            None => true,
+        };
+        if exited {
+            self.child = None;
+        }
+        exited
     }
 
     pub(crate) fn client_with(&self, key_id: &str, secret: &str) -> Client {
@@ -223,13 +238,9 @@ impl TestNode {
     /// Sends SIGTERM and waits for the process to exit, at most `limit`; returns how long it
     /// took and whether it exited with success.
     pub(crate) async fn must_stop_by_sigterm(&mut self, limit: Duration) -> (Duration, bool) {
-        let mut child = self.child.take().expect("the node runs");
         let sent = Instant::now();
-        let kill = Command::new("kill")
-            .args(["-s", "TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success(), "kill -s TERM failed");
+        self.signal("TERM");
+        let mut child = self.child.take().expect("the node runs");
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return (sent.elapsed(), status.success());
@@ -252,13 +263,6 @@ impl TestNode {
         self.spawn().await;
     }
 
-    /// Starts the node again on its data dir without waiting for it (see
-    /// [`TestNode::wait_ready`]).
-    pub(crate) fn spawn_again(&mut self) {
-        assert!(self.child.is_none(), "the node still runs");
-        self.spawn_process();
-    }
-
     pub(crate) async fn metrics(&self) -> String {
         let (status, body) = self.client.get_public("/metrics").await.unwrap();
         assert_eq!(status, 200);
@@ -268,6 +272,21 @@ impl TestNode {
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
     }
+}
+
+/// A client with the node's admin key, if its key file is written and it answers `/readyz`
+/// with 200.
+async fn ready_client(key_file: &std::path::Path, addr: &str) -> Option<Client> {
+    let text = std::fs::read_to_string(key_file).ok()?;
+    let key: node::KeyFile = serde_json::from_str(&text).ok()?;
+    let client = Client::new(
+        addr,
+        Credentials {
+            key_id: key.id,
+            secret: key.secret,
+        },
+    );
+    matches!(client.get_public("/readyz").await, Ok((200, _))).then_some(client)
 }
 
 impl Drop for TestNode {

@@ -2,6 +2,7 @@
 //! through the signed API with the client crate. Faults are real too: `kill -9` of the node,
 //! workers that crash or hang.
 
+mod chaos;
 mod cluster;
 mod contract;
 mod dashboard;
