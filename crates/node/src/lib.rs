@@ -31,8 +31,6 @@ pub mod registry_role {
     pub use registry::Role;
 }
 
-/// How long start-up waits for the registry to elect a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Longest a client may wait for a job in one call.
 pub const WAIT_MAX: Duration = Duration::from_secs(300);
 
@@ -58,7 +56,13 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
     pub snapshot_logs: u64,
+    /// How long a node that joins may take to catch up and register before the leader
+    /// removes it again ([`JOIN_CATCH_UP_DEFAULT`] unless testing).
+    pub join_catch_up: Duration,
 }
+
+/// How long a joining node has to catch up and register by default.
+pub const JOIN_CATCH_UP_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Log indexes between two state digests (fault injection only; see [`Node::state_digests`]).
 /// Each digest encodes the whole state, so not every entry: at a few dozen entries a second

@@ -106,6 +106,7 @@ pub(crate) async fn scan(node: Node) {
             }
         }
         promote_learners(&node, now).await;
+        crate::membership::admit(&node, now).await;
     }
 }
 

@@ -8,8 +8,7 @@
 //! query (`?from=`), so a receiver can apply incoming fault rules to it.
 //!
 //! Every call has a deadline: raft's own calls the one openraft gives ([`RPCOption`]),
-//! forwarded calls [`FORWARD_TIMEOUT`] (or [`ADD_MEMBER_TIMEOUT`] for a join, which waits for
-//! the new node to catch up). A call past its deadline is `unavailable`.
+//! forwarded calls [`FORWARD_TIMEOUT`]. A call past its deadline is `unavailable`.
 
 use crate::{RaftInstance, RegistryError, TypeConfig};
 use model::NodeId;
@@ -36,9 +35,6 @@ pub const RAFT_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// How long a call forwarded to the leader (a write, a read index, a role change) waits for
 /// its answer. A write then waits up to the same again for the entry to be applied here.
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a forwarded join waits: the leader answers once the new node has caught up,
-/// which for a large registry means receiving its whole snapshot.
-pub(crate) const ADD_MEMBER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a connection to a peer may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a receiver holds a request that an incoming `drop` rule black-holes before it
@@ -259,18 +255,27 @@ impl Peers {
         timeout: Duration,
     ) -> Result<Vec<u8>, RegistryError> {
         let unavailable = |e: String| RegistryError::Unavailable(format!("leader at {addr}: {e}"));
+        // Never sent: the caller may send it again (see `Registry::propose`).
+        let not_delivered =
+            |e: String| RegistryError::NotDelivered(format!("leader at {addr}: {e}"));
         let exchange = async {
             if let Err(cut) = self.before_send(addr).await {
-                return Err(unavailable(match cut {
-                    Cut::Refused => "unreachable (fault injected)".into(),
-                    Cut::Dropped => "dropped (fault injected)".into(),
-                }));
+                return Err(match cut {
+                    Cut::Refused => not_delivered("unreachable (fault injected)".into()),
+                    Cut::Dropped => unavailable("dropped (fault injected)".into()),
+                });
             }
             let response = self
                 .signed(addr, kind, body)
                 .send()
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| {
+                    if e.is_connect() {
+                        not_delivered(e.to_string())
+                    } else {
+                        unavailable(e.to_string())
+                    }
+                })?;
             let status = response.status();
             let bytes = response
                 .bytes()

@@ -213,6 +213,13 @@ impl Shared {
         self.committed.load(Ordering::Relaxed)
     }
 
+    /// The membership as applied here: committed, unlike the latest one in raft's metrics,
+    /// which counts a membership change from the moment its entry is appended.
+    pub(crate) fn membership(&self) -> StoredMembership<NodeId, BasicNode> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.membership.clone()
+    }
+
     fn digests(&self) -> std::sync::MutexGuard<'_, Digests> {
         self.digests.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -9,6 +9,7 @@ mod contract;
 mod dashboard;
 mod faults;
 mod harness;
+mod lifecycle;
 
 use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
