@@ -416,9 +416,20 @@ impl Registry {
         }
         self.check_disk()?;
         let ids = std::collections::BTreeSet::from([id]);
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
         let change = match role {
             Role::Voter => openraft::ChangeMembers::AddVoterIds(ids),
             Role::Learner => openraft::ChangeMembers::RemoveVoters(ids),
+            // openraft removes only learners with `RemoveNodes`: a voter is removed as a
+            // voter without `retain`, which takes it out of the nodes as well.
+            Role::Removed if is_voter => openraft::ChangeMembers::RemoveVoters(ids),
             Role::Removed => openraft::ChangeMembers::RemoveNodes(ids),
         };
         // `retain = true` keeps a demoted voter as a learner.
