@@ -69,6 +69,26 @@ pub struct Counters {
     pub timeouts: AtomicU64,
     /// Attempts that ended with `memory_limit`.
     pub memory_limits: AtomicU64,
+    /// Attempts running in a worker now (a graceful stop waits for these, not for results
+    /// that a cluster without quorum cannot record).
+    pub running: AtomicU64,
+}
+
+/// Counts one attempt in [`Counters::running`] while it lives.
+#[derive(Debug)]
+struct RunningGuard<'a>(&'a AtomicU64);
+
+impl<'a> RunningGuard<'a> {
+    fn new(running: &'a AtomicU64) -> RunningGuard<'a> {
+        running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        RunningGuard(running)
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -110,6 +130,7 @@ impl Executor {
         request: &Request,
         cancel: &CancellationToken,
     ) -> Finished {
+        let _running = RunningGuard::new(&self.counters.running);
         let started = Instant::now();
         let line = match serde_json::to_string(request) {
             Ok(line) => line,

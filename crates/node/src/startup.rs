@@ -39,6 +39,11 @@ pub(crate) const START_WAIT: Duration = Duration::from_secs(600);
 const START_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause before start-up tries a failed step again.
 const START_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a graceful stop gives the results of its last attempts to be recorded once no
+/// worker runs any.
+const DRAIN_SETTLE: Duration = Duration::from_secs(2);
+/// How often a graceful stop looks at its workers.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
 /// Longest the shutdown waits for the node's tasks, and for its idle workers.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -244,10 +249,27 @@ impl Node {
         if let Err(e) = self.propose(stopping).await {
             tracing::warn!(error = %e, "could not mark this node stopping; draining anyway");
         }
+        // Done when the log shows nothing running here, or when no worker here runs an
+        // attempt any more and their results had [`DRAIN_SETTLE`] to be recorded (without a
+        // quorum they never are: waiting out the grace period would help nobody).
         let mut applied = self.inner.registry.applied();
+        let mut idle_since: Option<tokio::time::Instant> = None;
         while self.read(|s| s.running_count(me)) > 0 {
+            let now = tokio::time::Instant::now();
+            let running = self
+                .inner
+                .executor
+                .counters()
+                .running
+                .load(std::sync::atomic::Ordering::Acquire);
+            if running > 0 {
+                idle_since = None;
+            } else if now >= *idle_since.get_or_insert(now) + DRAIN_SETTLE {
+                break;
+            }
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep(DRAIN_TICK) => {}
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
