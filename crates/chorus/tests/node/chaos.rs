@@ -470,8 +470,8 @@ impl Chaos {
         while Instant::now() < end {
             let gap = Duration::from_millis(self.rng.random_range(500..3_000));
             tokio::time::sleep(gap).await;
-            let fault = if Instant::now() >= next_membership {
-                next_membership = Instant::now() + MEMBERSHIP_EVERY;
+            let membership = Instant::now() >= next_membership;
+            let fault = if membership {
                 let members = self
                     .members
                     .iter()
@@ -490,7 +490,13 @@ impl Chaos {
                 Fault::draw(&mut self.rng, self.rules_supported)
             };
             let started = Instant::now();
-            if self.inject(fault).await {
+            let injected = self.inject(fault).await;
+            if membership {
+                // Counted from the end of the step, so a slow one (a removal that fails for
+                // its whole deadline) does not crowd out the other faults.
+                next_membership = Instant::now() + MEMBERSHIP_EVERY;
+            }
+            if injected {
                 *self.injected.entry(fault.kind()).or_default() += 1;
                 println!(
                     "chaos: at {:>6.1} s  {fault:?} (took {:.1} s)",
