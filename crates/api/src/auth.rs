@@ -159,7 +159,7 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             .insert(nonce, now_s)
             .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
         let body_hash = body_hash.to_string();
-        return buffered(parts, body, &body_hash).await;
+        return buffered(parts, body, &body_hash, node::RAFT_BODY_BYTES_MAX).await;
     }
     let key = app
         .node
@@ -190,27 +190,28 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         request.extensions_mut().insert(SignedBodyHash(body_hash));
         return Ok(request);
     }
-    buffered(parts, body, &body_hash).await
+    let bytes_max = parts
+        .extensions
+        .get::<BodyLimit>()
+        .map_or(BODY_BYTES_MAX, |l| l.0);
+    buffered(parts, body, &body_hash, bytes_max).await
 }
 
 fn registry_key_id() -> &'static str {
     node::CLUSTER_KEY_ID
 }
 
-/// Reads the whole body (up to the route's limit) and checks it against its signed hash.
+/// Reads the whole body (up to `bytes_max`) and checks it against its signed hash.
 async fn buffered(
     parts: axum::http::request::Parts,
     body: Body,
     body_hash: &str,
+    bytes_max: usize,
 ) -> Result<Request, Failure> {
-    let limit = parts
-        .extensions
-        .get::<BodyLimit>()
-        .map_or(BODY_BYTES_MAX, |l| l.0);
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let bytes = axum::body::to_bytes(body, bytes_max).await.map_err(|_| {
         fail(
             ErrorCode::TooLarge,
-            format!("the request body is over this route's limit of {limit} bytes"),
+            format!("the request body is over this route's limit of {bytes_max} bytes"),
         )
     })?;
     if signature::body_sha256_hex(&bytes) != body_hash {

@@ -50,7 +50,14 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::Internal
         | ErrorCode::WorkerCrashed
         | ErrorCode::Cancelled
-        | ErrorCode::FunctionFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        | ErrorCode::FunctionFailed
+        | ErrorCode::MemoryLimit
+        | ErrorCode::SpawnFailed
+        | ErrorCode::NodeLost
+        | ErrorCode::NodeRestarted
+        | ErrorCode::NodeRemoved
+        | ErrorCode::Stuck
+        | ErrorCode::Superseded => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

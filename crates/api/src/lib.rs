@@ -100,7 +100,10 @@ pub fn router(node: Node) -> Router {
             small(post(routes::create_key).get(routes::list_keys)),
         )
         .route("/v1/keys/{id}", small(delete(routes::revoke_key)))
-        .route("/v1/raft/{kind}", signed(post(routes::raft_rpc)))
+        .route(
+            "/v1/raft/{kind}",
+            limited(post(routes::raft_rpc), node::RAFT_BODY_BYTES_MAX),
+        )
         .route("/v1/cluster", small(get(routes::cluster)))
         .route("/v1/cluster/join", small(post(routes::join)))
         .route("/v1/nodes", small(get(routes::list_nodes)))

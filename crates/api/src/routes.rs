@@ -601,18 +601,45 @@ pub(crate) async fn set_config(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Faults {
+    /// The first form: this node sends no raft traffic to these nodes (`refuse`, outgoing).
+    #[serde(default)]
     blocked_nodes: Vec<u64>,
+    /// Rules per peer: refuse, drop or delay, outgoing, incoming or both.
+    #[serde(default)]
+    rules: Vec<node::FaultRule>,
 }
 
-/// Fault injection: this node stops sending raft traffic to the given nodes (a partition when
-/// they are told the same about it).
+/// Fault injection: replaces this node's rules for raft traffic with its peers (an empty body
+/// heals). `blocked_nodes` is short for refusing outgoing traffic to each; a partition both
+/// ways needs each side told about the other, or `both` rules on one side.
 pub(crate) async fn set_faults(
     State(app): State<AppState>,
     body: Bytes,
 ) -> Answer<Json<serde_json::Value>> {
     let faults: Faults = parse_json(&body)?;
-    let blocked = app.node.set_faults(&faults.blocked_nodes)?;
-    Ok(Json(json!({ "blocked_nodes": blocked })))
+    let blocked = faults.blocked_nodes.iter().map(|&node| node::FaultRule {
+        node,
+        action: node::FaultAction::Refuse,
+        delay_ms: 0,
+        direction: node::Direction::Outgoing,
+    });
+    let rules = app.node.set_faults(blocked.chain(faults.rules).collect())?;
+    let blocked_nodes: Vec<u64> = rules
+        .iter()
+        .filter(|r| {
+            r.action == node::FaultAction::Refuse && r.direction != node::Direction::Incoming
+        })
+        .map(|r| r.node)
+        .collect();
+    Ok(Json(
+        json!({ "blocked_nodes": blocked_nodes, "rules": rules }),
+    ))
+}
+
+/// The sender of a raft RPC, as it signed it.
+#[derive(Deserialize)]
+pub(crate) struct RaftFrom {
+    from: Option<String>,
 }
 
 /// Fault injection's checker: digests of the state this node applied, at fixed log indexes.
@@ -627,11 +654,14 @@ pub(crate) async fn state_digests(State(app): State<AppState>) -> Answer<Json<se
 pub(crate) async fn raft_rpc(
     State(app): State<AppState>,
     Path(kind): Path<String>,
+    Query(sender): Query<RaftFrom>,
     body: Bytes,
 ) -> Answer<Response> {
-    let answer = app.node.raft_rpc(&kind, &body).await.map_err(|e| {
+    let from = sender.from.as_deref();
+    let answer = app.node.raft_rpc(&kind, from, &body).await.map_err(|e| {
         let code = match e {
             node::RaftRpcError::Unavailable(_) => ErrorCode::Unavailable,
+            node::RaftRpcError::StorageFull(_) => ErrorCode::StorageFull,
             node::RaftRpcError::UnknownKind(_) | node::RaftRpcError::Malformed(_) => {
                 ErrorCode::InvalidInput
             }

@@ -56,6 +56,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         join: None,
         fault_injection: false,
         snapshot_logs: node::SNAPSHOT_LOGS_DEFAULT,
+        join_catch_up: node::JOIN_CATCH_UP_DEFAULT,
     };
     outln!(
         "chorus demo: starting a one-node cluster in {}",

@@ -66,7 +66,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Worker => run_worker(),
-        Cmd::Serve(args) => runtime().and_then(|rt| rt.block_on(serve_cmd::serve(args))),
+        Cmd::Serve(args) => runtime().and_then(|rt| {
+            let served = rt.block_on(serve_cmd::serve(args));
+            // Dropping a runtime waits for its blocking threads without limit (a snapshot
+            // being written, a file being read): the process must end once it has stopped.
+            rt.shutdown_timeout(RUNTIME_STOP_WAIT);
+            served
+        }),
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
@@ -109,6 +115,8 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
         anyhow::Error::new(e).context("writing to standard output")
     }
 }
+/// Longest `chorus serve` waits for blocking threads once the node has stopped.
+const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -38,6 +38,20 @@ pub enum ErrorCode {
     Cancelled,
     UnsupportedFormat,
     FunctionFailed,
+    /// The worker ran out of the memory its function allows (`memory_mb`).
+    MemoryLimit,
+    /// The worker process could not be started (no such program, not executable, ...).
+    SpawnFailed,
+    /// The attempt's node stopped sending heartbeats and was marked down.
+    NodeLost,
+    /// The attempt's node restarted: whatever it ran was lost with the old process.
+    NodeRestarted,
+    /// The attempt's node was removed from the cluster.
+    NodeRemoved,
+    /// The attempt stayed busy long past its time-out and was stopped by its node.
+    Stuck,
+    /// Another attempt of the job succeeded first (backups in mode `hedge`).
+    Superseded,
 }
 
 impl ErrorCode {
@@ -60,6 +74,13 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::UnsupportedFormat => "unsupported_format",
             ErrorCode::FunctionFailed => "function_failed",
+            ErrorCode::MemoryLimit => "memory_limit",
+            ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::NodeLost => "node_lost",
+            ErrorCode::NodeRestarted => "node_restarted",
+            ErrorCode::NodeRemoved => "node_removed",
+            ErrorCode::Stuck => "stuck",
+            ErrorCode::Superseded => "superseded",
         }
     }
 }

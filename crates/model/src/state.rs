@@ -1,6 +1,6 @@
 //! The replicated state and its deterministic transition function.
 //!
-//! Invariants (checked by `debug_assert_invariants` in tests):
+//! Invariants (all of them in [`State::check_invariants`], which tests run after every command):
 //! - a job is in `queue` iff it is queued and due now-or-never-delayed, in `delayed` iff it is
 //!   queued with a back-off; never both;
 //! - a job is in `running[node]` iff it is running and has a live attempt on `node` (at most
@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+mod invariants;
 
 /// Largest job input, as serialized JSON.
 pub const INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -706,10 +708,8 @@ impl State {
                 job.output = Some(output);
                 job.objects = objects;
                 job.error = None;
-                let superseded = JobError {
-                    code: "superseded".into(),
-                    message: "another attempt succeeded first".into(),
-                };
+                let superseded =
+                    JobError::new(ErrorCode::Superseded, "another attempt succeeded first");
                 for other in job
                     .attempts
                     .iter_mut()
@@ -774,17 +774,11 @@ impl State {
             .filter(|a| a.finished_at_ms.is_none())
         {
             attempt.finished_at_ms = Some(now_ms);
-            attempt.error = Some(JobError {
-                code: "cancelled".into(),
-                message: "cancelled by request".into(),
-            });
+            attempt.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
         }
         job.state = JobState::Cancelled;
         job.finished_at_ms = Some(now_ms);
-        job.error = Some(JobError {
-            code: "cancelled".into(),
-            message: "cancelled by request".into(),
-        });
+        job.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
         Response::Cancelled { previous }
     }
 
@@ -853,23 +847,10 @@ impl State {
         }
     }
 
-    /// Panics if a derived index disagrees with the jobs. For tests.
+    /// Panics if an invariant is broken (see [`State::check_invariants`]). For tests.
     pub fn assert_invariants(&self) {
-        let mut rebuilt = self.clone();
-        rebuilt.rebuild_indexes();
-        assert_eq!(rebuilt.queue, self.queue, "queue index");
-        assert_eq!(rebuilt.delayed, self.delayed, "delayed index");
-        let nonempty = |m: &BTreeMap<NodeId, BTreeSet<JobId>>| {
-            m.iter()
-                .filter(|(_, s)| !s.is_empty())
-                .map(|(k, s)| (*k, s.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        assert_eq!(
-            nonempty(&rebuilt.running),
-            nonempty(&self.running),
-            "running index"
-        );
-        assert_eq!(rebuilt.idempotency, self.idempotency, "idempotency index");
+        if let Err(broken) = self.check_invariants() {
+            panic!("a state invariant is broken: {broken}");
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The state machine, driven by commands: data in, a rendering of the state out.
 
+#[path = "state/properties.rs"]
+mod properties;
+
 use expect_test::{expect, Expect};
 use model::{
     AttemptResult, BackupMode, Command, FunctionSpec, JobError, JobId, JobSpec, JobState, Outcome,

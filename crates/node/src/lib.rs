@@ -21,7 +21,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{
-    RaftRpcError, StateDigest, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
+    Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
+    FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
 pub use storage::Store as ObjectStore;
 
@@ -30,8 +31,6 @@ pub mod registry_role {
     pub use registry::Role;
 }
 
-/// How long start-up waits for the registry to elect a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Longest a client may wait for a job in one call.
 pub const WAIT_MAX: Duration = Duration::from_secs(300);
 
@@ -57,7 +56,13 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
     pub snapshot_logs: u64,
+    /// How long a node that joins may take to catch up and register before the leader
+    /// removes it again ([`JOIN_CATCH_UP_DEFAULT`] unless testing).
+    pub join_catch_up: Duration,
 }
+
+/// How long a joining node has to catch up and register by default.
+pub const JOIN_CATCH_UP_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Log indexes between two state digests (fault injection only; see [`Node::state_digests`]).
 /// Each digest encodes the whole state, so not every entry: at a few dozen entries a second
@@ -131,6 +136,7 @@ fn unavailable(e: RegistryError) -> ApiError {
         RegistryError::Storage(m) if m.contains("No space left") => {
             ApiError::new(ErrorCode::StorageFull, m)
         }
+        RegistryError::StorageFull(m) => ApiError::new(ErrorCode::StorageFull, m),
         other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     }
 }
@@ -234,6 +240,7 @@ impl Node {
             .load(std::sync::atomic::Ordering::Acquire)
             && self.raft_figures().leader.is_some()
             && !self.inner.shutdown.is_cancelled()
+            && !self.inner.registry.storage_full()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
@@ -298,12 +305,14 @@ fn unexpected(response: Response) -> ApiError {
 }
 
 impl Node {
-    /// Serves a raft RPC from a peer.
+    /// Serves a raft RPC from the peer at `from` (as signed in the request).
     pub async fn raft_rpc(
         &self,
         kind: &str,
+        from: Option<&str>,
         body: &[u8],
     ) -> Result<Vec<u8>, registry::RaftRpcError> {
+        self.inner.registry.admit_peer(from).await?;
         if kind != "propose" {
             return self.inner.registry.handle_rpc(kind, body).await;
         }
