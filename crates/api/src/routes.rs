@@ -202,12 +202,12 @@ pub(crate) async fn get_job(
     State(app): State<AppState>,
     Path(id): Path<String>,
     query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
-) -> Answer<Json<Job>> {
+) -> Answer<Json<model::JobDetail>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
     if !q.stale {
         app.node.sync().await?;
     }
-    Ok(Json(app.node.job(job_id(&id)?)?))
+    Ok(Json(app.node.job_detail(job_id(&id)?)?))
 }
 
 #[derive(Deserialize)]

@@ -163,6 +163,14 @@ async fn wait_with_progress(client: &Client, id: JobId, quiet: bool) -> anyhow::
     }
 }
 
+/// A wait code as the API spells it.
+fn wait_code(code: model::WaitCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn print_job(job: &Job, json: bool) -> anyhow::Result<()> {
     if json {
         outln!(
@@ -282,7 +290,20 @@ pub(crate) async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        JobsCmd::Get { id } => print_job(&client.job(JobId(id)).await?, json)?,
+        JobsCmd::Get { id } => {
+            let detail = client.job_detail(JobId(id)).await?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&detail).expect("jobs serialize")
+                )?;
+            } else {
+                print_job(&detail.job, false)?;
+                if let Some(w) = &detail.waiting {
+                    outln!("  waiting: {}: {}", wait_code(w.code), w.message)?;
+                }
+            }
+        }
         JobsCmd::Logs { id, attempt } => {
             use std::io::Write;
             let log = client.logs(JobId(id), attempt).await?;

@@ -242,6 +242,11 @@ impl Client {
     }
 
     pub async fn job(&self, id: JobId) -> Result<Job, ClientError> {
+        Ok(self.job_detail(id).await?.job)
+    }
+
+    /// The job and, if it is queued, why it waits.
+    pub async fn job_detail(&self, id: JobId) -> Result<model::JobDetail, ClientError> {
         self.json(Method::GET, &format!("/v1/jobs/{id}"), None)
             .await
     }

@@ -142,3 +142,38 @@ impl Job {
         self.live_attempts().find(|a| a.node == node)
     }
 }
+
+/// Why a queued job has not started, as `GET /v1/jobs/{id}` tells it: worked out when the job
+/// is read, from the state and the cluster as they are then; never stored in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub code: WaitCode,
+    pub message: String,
+}
+
+/// The stable part of [`Waiting`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitCode {
+    /// Its last try failed and it waits out its retry back-off.
+    Backoff,
+    /// Its function is no longer deployed.
+    FunctionMissing,
+    /// No node carries every label its function requires.
+    NoNodeWithLabels,
+    /// Too few nodes with the labels are up, not draining and of non-zero weight.
+    TooFewNodes,
+    /// Every node that could take it is full or has its CPU breaker open.
+    NoCapacity,
+    /// Nodes can take it: it waits behind the jobs ahead of it for the scheduler's next pass.
+    InQueue,
+}
+
+/// A job as `GET /v1/jobs/{id}` answers it: the job, and why it waits if it is queued.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: Job,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}

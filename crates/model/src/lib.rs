@@ -25,7 +25,7 @@ pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
 };
 pub use ids::{AttemptId, JobId, KeyId, NodeId};
-pub use job::{Attempt, Job, JobError, JobState};
+pub use job::{Attempt, Job, JobDetail, JobError, JobState, WaitCode, Waiting};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
 pub use strategy::{Strategy, UnknownStrategy};

@@ -261,6 +261,17 @@ impl State {
         due
     }
 
+    /// How many due jobs are ahead of `id` in the queue (higher priority, or as high and
+    /// older); `None` unless `id` is queued and due. Counts them one by one: for a single
+    /// job's read, not for a loop.
+    pub fn queued_ahead(&self, id: JobId) -> Option<usize> {
+        let job = self.jobs.get(&id)?;
+        let key = (Reverse(job.priority), id);
+        self.queue
+            .contains(&key)
+            .then(|| self.queue.range(..key).count())
+    }
+
     /// Finished jobs that finished before `finished_before_ms`, lowest id first, at most
     /// `limit`: what a retention sweep may purge.
     pub fn expired_jobs(&self, finished_before_ms: u64, limit: usize) -> Vec<JobId> {

@@ -2,8 +2,8 @@
 
 use crate::{now_ms, rejected, running, scheduling, storage_error, unexpected, Node, WAIT_MAX};
 use model::{
-    ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobId, JobSpec, KeyId, Response,
-    Scope, SubmitResult,
+    ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobDetail, JobId, JobSpec, KeyId,
+    Response, Scope, SubmitResult,
 };
 use rand::RngCore;
 use std::time::Duration;
@@ -54,6 +54,19 @@ impl Node {
     pub fn job(&self, id: JobId) -> Result<Job, ApiError> {
         self.read(|s| s.job(id).cloned())
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {id}")))
+    }
+
+    /// The job and, if it is queued, why it waits.
+    pub fn job_detail(&self, id: JobId) -> Result<JobDetail, ApiError> {
+        let now = now_ms();
+        self.read(|s| {
+            let job = s.job(id)?;
+            Some(JobDetail {
+                waiting: scheduling::waiting(self, s, job, now),
+                job: job.clone(),
+            })
+        })
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {id}")))
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<Job, ApiError> {

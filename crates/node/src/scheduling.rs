@@ -15,7 +15,7 @@
 //! `node.{id}.weight` (default 1; a node's share under weighted round-robin, 0 for none).
 
 use crate::{now_ms, Node};
-use model::{Command, NodeStatus, State};
+use model::{Command, NodeStatus, State, WaitCode, Waiting};
 use scheduler::{Config, NodeView, PendingJob, Reason, SchedulerState};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -151,6 +151,9 @@ pub(crate) async fn run(node: Node) {
                 .map(|n| n.capacity.saturating_sub(n.assigned))
                 .sum();
             if free == 0 {
+                // Nothing can start, but jobs that wait for the cluster (every node with
+                // their labels draining, say) are still reported.
+                verdicts = due_placeable(s, &nodes, now, 1).1;
                 return None;
             }
             // Hedges first: they are few, and each is a job already late.
@@ -214,18 +217,32 @@ pub(crate) async fn run(node: Node) {
 /// with their labels, too few usable nodes for their backups) or whose function is gone.
 /// Without that, `limit` such jobs at the head of the queue would hold back every job behind
 /// them. Also returns, for each function looked at, the reason its jobs wait (`None`: they
-/// can be placed). Each function is judged once per call.
+/// can be placed) with the nodes that keep them waiting. Each function is judged once per
+/// call.
 fn due_placeable<'s>(
     s: &'s State,
     nodes: &[NodeView],
     now: u64,
     limit: usize,
-) -> (Vec<&'s model::Job>, BTreeMap<String, Option<Reason>>) {
-    let mut verdicts: BTreeMap<&'s str, Option<Option<Reason>>> = BTreeMap::new();
+) -> (
+    Vec<&'s model::Job>,
+    BTreeMap<String, Option<(Reason, String)>>,
+) {
+    let mut verdicts: BTreeMap<&'s str, Option<Option<(Reason, String)>>> = BTreeMap::new();
     let due = s.due_jobs_where(now, limit, |job| {
         let verdict = verdicts.entry(job.function.as_str()).or_insert_with(|| {
             let f = s.function(&job.function)?;
-            Some(scheduler::waits_for_cluster(&pending_job(job.id, f), nodes))
+            let pending = pending_job(job.id, f);
+            let Some(reason) = scheduler::waits_for_cluster(&pending, nodes) else {
+                return Some(None);
+            };
+            // Breakers play no part in a wait for the cluster: judged with none open.
+            let state = SchedulerState::new(&Config::default());
+            let bars = match scheduler::explain(&pending, nodes, &state) {
+                scheduler::Explanation::TooFewNodes { bars, .. } => barred(s, &bars),
+                _ => String::new(),
+            };
+            Some(Some((reason, bars)))
         });
         matches!(verdict, Some(None))
     });
@@ -241,11 +258,11 @@ fn due_placeable<'s>(
 /// again is forgotten, so that it is reported if it gets stuck again.
 fn report_waiting(
     reported: &mut BTreeMap<String, Reason>,
-    verdicts: BTreeMap<String, Option<Reason>>,
+    verdicts: BTreeMap<String, Option<(Reason, String)>>,
 ) -> Vec<model::NewEvent> {
     let mut events = Vec::new();
     for (function, verdict) in verdicts {
-        let Some(reason) = verdict else {
+        let Some((reason, bars)) = verdict else {
             reported.remove(&function);
             continue;
         };
@@ -255,7 +272,13 @@ fn report_waiting(
         events.push(model::NewEvent {
             kind: model::EventKind::JobsWaiting,
             node: None,
-            message: format!("queued jobs of function {function} wait for the cluster: {reason}"),
+            message: if bars.is_empty() {
+                format!("queued jobs of function {function} wait for the cluster: {reason}")
+            } else {
+                format!(
+                    "queued jobs of function {function} wait for the cluster: {reason} ({bars})"
+                )
+            },
         });
         reported.insert(function, reason);
     }
@@ -301,4 +324,97 @@ fn breaker_event(change: &scheduler::BreakerChange) -> model::NewEvent {
             change.cpu_percent
         ),
     }
+}
+
+/// Why a queued job has not started, as its read answers it (`None` unless it is queued). The
+/// nodes are judged as the scheduling loop judges them; CPU breakers are known to the leader
+/// only, so a follower's answer takes them as closed.
+pub(crate) fn waiting(node: &Node, s: &State, job: &model::Job, now: u64) -> Option<Waiting> {
+    if job.state != model::JobState::Queued {
+        return None;
+    }
+    let wait = |code, message: String| Some(Waiting { code, message });
+    if job.not_before_ms > now {
+        return wait(
+            WaitCode::Backoff,
+            format!(
+                "retry back-off after try {}: due in {:.1} s",
+                job.tries,
+                (job.not_before_ms - now) as f64 / 1000.0
+            ),
+        );
+    }
+    let Some(f) = s.function(&job.function) else {
+        return wait(
+            WaitCode::FunctionMissing,
+            format!("function {} is not deployed", job.function),
+        );
+    };
+    let config = config(s);
+    let state = scheduler_state(node)
+        .clone()
+        .unwrap_or_else(|| SchedulerState::new(&config));
+    let labels = || {
+        let list: Vec<&str> = f.labels.iter().map(String::as_str).collect();
+        format!("[{}]", list.join(", "))
+    };
+    match scheduler::explain(&pending_job(job.id, f), &view(s), &state) {
+        scheduler::Explanation::NoNodeWithLabels => wait(
+            WaitCode::NoNodeWithLabels,
+            format!(
+                "no node carries the labels {} that function {} requires",
+                labels(),
+                f.name
+            ),
+        ),
+        scheduler::Explanation::TooFewNodes { wanted, bars } => wait(
+            WaitCode::TooFewNodes,
+            format!(
+                "needs {wanted} node(s){} that are up and take work; {}",
+                if f.labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with the labels {}", labels())
+                },
+                if bars.is_empty() {
+                    "there are not that many".to_string()
+                } else {
+                    barred(s, &bars)
+                }
+            ),
+        ),
+        scheduler::Explanation::Busy { wanted, bars } => wait(
+            WaitCode::NoCapacity,
+            format!(
+                "needs {wanted} node(s) with room; every node that can run it is busy: {}",
+                barred(s, &bars)
+            ),
+        ),
+        scheduler::Explanation::Placeable => {
+            let ahead = s.queued_ahead(job.id).unwrap_or(0);
+            wait(
+                WaitCode::InQueue,
+                format!("{ahead} job(s) ahead of it; the scheduler places it on its next pass"),
+            )
+        }
+    }
+}
+
+/// The nodes that cannot take a job, each with why: "node 2 drained by an operator (...)".
+fn barred(s: &State, bars: &[(model::NodeId, scheduler::Bar)]) -> String {
+    bars.iter()
+        .map(|(id, bar)| match (bar, s.node(*id)) {
+            (scheduler::Bar::Draining, Some(n)) if n.drained => {
+                format!("node {id} drained by an operator (`chorus nodes undrain {id}`)")
+            }
+            (scheduler::Bar::Draining, Some(n)) if n.status == NodeStatus::Stopping => {
+                format!("node {id} stopping")
+            }
+            (scheduler::Bar::Down, Some(n)) if n.status == NodeStatus::Joining => {
+                format!("node {id} joining")
+            }
+            _ => format!("node {id} {bar}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

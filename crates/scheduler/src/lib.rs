@@ -65,6 +65,7 @@
 //! - The same arguments and state give the same placement and the same new state.
 
 mod breaker;
+mod explain;
 mod place;
 mod splitmix;
 mod strategy;
@@ -72,6 +73,7 @@ mod strategy;
 pub use breaker::{
     smooth, Breaker, BreakerChange, CPU_HYSTERESIS_PERCENT_DEFAULT, CPU_THRESHOLD_PERCENT_DEFAULT,
 };
+pub use explain::{explain, Bar, Explanation};
 pub use model::{Strategy, UnknownStrategy};
 pub use place::{
     place, waits_for_cluster, Config, NodeView, PendingJob, Placement, Reason, SchedulerState,

@@ -333,7 +333,7 @@ fn step_breakers(
 }
 
 /// Whether `view` may run `job` at all: it carries the labels and is not excluded.
-fn in_group(view: &NodeView, job: &PendingJob) -> bool {
+pub(crate) fn in_group(view: &NodeView, job: &PendingJob) -> bool {
     job.required_labels.is_subset(&view.labels) && !job.excluded.contains(&view.id)
 }
 

@@ -871,3 +871,59 @@ fn when_every_node_is_hot_work_still_flows_but_cool_nodes_win() {
         vec![(3, jobs.iter().map(|j| j.id).collect())]
     );
 }
+
+/// What `explain` says of a job on a small cluster, node by node.
+fn check_explain(nodes: &[NodeView], job: &PendingJob, state: &SchedulerState, expect: Expect) {
+    expect.assert_eq(&format!("{:?}", scheduler::explain(job, nodes, state)));
+}
+
+#[test]
+fn explain_names_each_node_that_cannot_take_a_queued_job() {
+    let config = config(Strategy::LeastRequest);
+    let state = SchedulerState::new(&config);
+    let mut gpu = PendingJob::new(JobId(1));
+    gpu.required_labels = labels(&["gpu"]);
+    let plain = |id: u64, capacity: u32, assigned: u32| NodeView::new(id, capacity, assigned);
+    let with_gpu = |mut n: NodeView| {
+        n.labels = labels(&["gpu"]);
+        n
+    };
+    check_explain(
+        &[plain(1, 4, 0)],
+        &gpu,
+        &state,
+        expect![[r#"NoNodeWithLabels"#]],
+    );
+    let mut draining = with_gpu(plain(2, 4, 0));
+    draining.draining = true;
+    let mut down = with_gpu(plain(3, 4, 0));
+    down.up = false;
+    check_explain(
+        &[plain(1, 4, 0), draining.clone(), down],
+        &gpu,
+        &state,
+        expect![[r#"TooFewNodes { wanted: 1, bars: [(2, Draining), (3, Down)] }"#]],
+    );
+    check_explain(
+        &[draining, with_gpu(plain(4, 2, 2))],
+        &gpu,
+        &state,
+        expect![[
+            r#"Busy { wanted: 1, bars: [(2, Draining), (4, Full { assigned: 2, capacity: 2 })] }"#
+        ]],
+    );
+    check_explain(
+        &[with_gpu(plain(4, 2, 1))],
+        &gpu,
+        &state,
+        expect![[r#"Placeable"#]],
+    );
+    let mut backups = gpu.clone();
+    backups.backups = 1;
+    check_explain(
+        &[with_gpu(plain(4, 2, 1))],
+        &backups,
+        &state,
+        expect![[r#"TooFewNodes { wanted: 2, bars: [] }"#]],
+    );
+}

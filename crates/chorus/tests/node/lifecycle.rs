@@ -274,3 +274,115 @@ async fn a_join_that_never_catches_up_costs_no_quorum_and_is_undone() {
         JobState::Succeeded
     );
 }
+
+/// `GET /v1/jobs/{id}` of a queued job, as `chorus jobs get` reads it: the wait's code and
+/// message.
+async fn waiting(node: &TestNode, id: model::JobId) -> Option<(String, String)> {
+    let detail = node.client.job_detail(id).await.unwrap();
+    let w = detail.waiting?;
+    let code = serde_json::to_value(w.code).unwrap();
+    Some((code.as_str().unwrap().to_string(), w.message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_says_why_it_waits_drain_labels_and_back_off() {
+    let node = TestNode::start().await;
+    let id = node.id();
+
+    // An operator's drain: the job waits, says which node and how to undo it, and an event
+    // says so too.
+    node.client.node_action(id, "drain").await.unwrap();
+    let drained = node.client.submit(&noop(None)).await.unwrap().id;
+    let (code, message) = waiting(&node, drained)
+        .await
+        .expect("a queued job says why");
+    assert_eq!(code, "too_few_nodes", "{message}");
+    assert!(
+        message.contains(&format!("node {id} drained by an operator"))
+            && message.contains(&format!("chorus nodes undrain {id}")),
+        "{message}"
+    );
+    wait_until("an event names the drained node", || async {
+        let (status, body) = node
+            .client
+            .raw("GET", "/v1/events", Vec::new())
+            .await
+            .unwrap();
+        status == 200
+            && String::from_utf8_lossy(&body).contains(&format!(
+                "wait for the cluster: needs 1 distinct nodes up, not draining, with the labels; there are 0 (node {id} drained by an operator"
+            ))
+    })
+    .await;
+    node.client.node_action(id, "undrain").await.unwrap();
+    assert_eq!(
+        must_finish(&node.client, drained).await.state,
+        JobState::Succeeded
+    );
+    // A finished job waits for nothing.
+    assert_eq!(waiting(&node, drained).await, None);
+
+    // Labels no node carries.
+    let mut gpu = model::FunctionSpec::builtin("gpu-only");
+    gpu.kind = model::FunctionKind::Command;
+    gpu.command = vec!["cat".into()];
+    gpu.labels = vec!["gpu".into()];
+    node.client.deploy(&gpu).await.unwrap();
+    let stuck = node
+        .client
+        .submit(&JobSpec {
+            function: "gpu-only".into(),
+            ..noop(None)
+        })
+        .await
+        .unwrap()
+        .id;
+    let (code, message) = waiting(&node, stuck).await.unwrap();
+    assert_eq!(code, "no_node_with_labels", "{message}");
+    assert!(message.contains("[gpu]"), "{message}");
+
+    // A retry's back-off.
+    let mut flaky = model::FunctionSpec::builtin("fail");
+    flaky.retry.max_attempts = 2;
+    flaky.retry.backoff_initial_ms = 60_000;
+    flaky.retry.jitter = 0.0;
+    node.client.deploy(&flaky).await.unwrap();
+    let backing_off = node
+        .client
+        .submit(&JobSpec {
+            function: "fail".into(),
+            input: json!({ "code": "flaky" }),
+            ..noop(None)
+        })
+        .await
+        .unwrap()
+        .id;
+    wait_until("the first try fails", || async {
+        waiting(&node, backing_off)
+            .await
+            .is_some_and(|(code, _)| code == "backoff")
+    })
+    .await;
+    let (_, message) = waiting(&node, backing_off).await.unwrap();
+    assert!(message.contains("after try 1: due in"), "{message}");
+
+    // The CLI prints it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "jobs",
+            "get",
+            &stuck.to_string(),
+            "--server",
+            &node.addr,
+            "--data-dir",
+        ])
+        .arg(node.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("waiting: no_node_with_labels: no node carries the labels [gpu]"),
+        "{out}"
+    );
+}

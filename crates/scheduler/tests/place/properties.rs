@@ -246,3 +246,52 @@ fn the_generator_reaches_every_outcome() {
         "backups {with_backups}, breakers {opened}"
     );
 }
+
+proptest! {
+    /// `explain` agrees with `place` for a job placed on its own: it calls a job placeable
+    /// exactly when `place` places it, and names a node as barred only for a reason `place`
+    /// keeps to (down, draining, weight 0, full, open breaker while a usable one is closed).
+    #[test]
+    fn explain_agrees_with_place(
+        config in config(),
+        nodes in nodes(),
+        jobs in jobs(),
+    ) {
+        for job in &jobs {
+            let mut state = SchedulerState::new(&config);
+            let placement = place(&config, &mut state, &nodes, std::slice::from_ref(job));
+            let placed = placement.unplaced.is_empty();
+            // `place` stepped the breakers before placing: explain with the state it used.
+            let explanation = scheduler::explain(job, &nodes, &state);
+            prop_assert_eq!(
+                matches!(explanation, scheduler::Explanation::Placeable),
+                placed,
+                "job {:?}: {:?} but placed = {}",
+                job,
+                explanation,
+                placed
+            );
+            if let scheduler::Explanation::TooFewNodes { bars, .. }
+            | scheduler::Explanation::Busy { bars, .. } = &explanation
+            {
+                for (id, bar) in bars {
+                    let view = nodes.iter().find(|n| n.id == *id).unwrap();
+                    prop_assert!(job.required_labels.is_subset(&view.labels));
+                    let holds = match bar {
+                        scheduler::Bar::Down => !view.up,
+                        scheduler::Bar::Draining => view.up && view.draining,
+                        scheduler::Bar::ZeroWeight => view.weight == 0,
+                        scheduler::Bar::Full { assigned, capacity } => {
+                            *assigned == view.assigned && *capacity == view.capacity
+                                && view.assigned >= view.capacity
+                        }
+                        scheduler::Bar::BreakerOpen => {
+                            state.breakers.get(id) == Some(&Breaker::Open)
+                        }
+                    };
+                    prop_assert!(holds, "node {} barred as {:?}: {:?}", id, bar, view);
+                }
+            }
+        }
+    }
+}
