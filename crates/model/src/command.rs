@@ -143,6 +143,31 @@ pub enum Command {
 }
 
 impl Command {
+    /// The proposer's clock, for a command that carries one; `State::apply` moves it up to
+    /// the state's clock. Every command is named, so a new one must say whether it has one.
+    pub(crate) fn now_ms_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Command::SubmitJobs { now_ms, .. }
+            | Command::StartAttempts { now_ms, .. }
+            | Command::FinishAttempts { now_ms, .. }
+            | Command::CancelJob { now_ms, .. }
+            | Command::AbandonAttempts { now_ms, .. }
+            | Command::RegisterNode { now_ms, .. }
+            | Command::JoinNode { now_ms, .. }
+            | Command::Heartbeat { now_ms, .. }
+            | Command::RecordEvents { now_ms, .. } => Some(now_ms),
+            Command::DeployFunction { .. }
+            | Command::SetNodeStatus { .. }
+            | Command::RemoveNode { .. }
+            | Command::CreateKey { .. }
+            | Command::RevokeKey { .. }
+            | Command::SetConfig { .. }
+            | Command::PurgeJobs { .. }
+            | Command::EventsDelivered { .. }
+            | Command::Batch(_) => None,
+        }
+    }
+
     /// Whether applying the command twice has the effect of applying it once, so a write
     /// whose fate is unknown (its leader died while it was in flight) may be proposed again:
     /// jobs that all carry an idempotency key, results (fenced by attempt ids), heartbeats,

@@ -99,6 +99,12 @@ pub struct State {
     /// The last event the alert webhook has received.
     #[serde(default)]
     events_delivered: u64,
+    /// The latest time any applied command carried: a command proposed earlier but committed
+    /// later (its leader died, it waited for a quorum) is applied at this time, not its own,
+    /// so what it records never ends before what the log already holds began (a node failed
+    /// over with attempts started after the leader decided to, say).
+    #[serde(default)]
+    clock_ms: u64,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -134,6 +140,7 @@ impl State {
             events,
             next_event_seq,
             events_delivered,
+            clock_ms,
             queue: _,
             delayed: _,
             running: _,
@@ -151,6 +158,7 @@ impl State {
             events: events.clone(),
             next_event_seq: *next_event_seq,
             events_delivered: *events_delivered,
+            clock_ms: *clock_ms,
             ..State::default()
         }
     }
@@ -333,7 +341,11 @@ impl State {
 
     /// Applies one command. Deterministic: the same commands in the same order give the same
     /// state and responses on every replica.
-    pub fn apply(&mut self, command: Command) -> Response {
+    pub fn apply(&mut self, mut command: Command) -> Response {
+        if let Some(now_ms) = command.now_ms_mut() {
+            self.clock_ms = self.clock_ms.max(*now_ms);
+            *now_ms = self.clock_ms;
+        }
         match command {
             Command::DeployFunction { spec } => self.deploy(spec),
             Command::SubmitJobs {

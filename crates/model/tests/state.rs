@@ -397,7 +397,7 @@ fn backups_in_mode_all_run_to_completion_and_keep_every_output() {
             -> {"finished":{"taken":1,"stale":0}}
             -> {"finished":{"taken":3,"stale":0}}
             job 1 record p0 Succeeded tries=1 not_before=0 attempts=[1@200n1+output 3@200n2:flaky 5@200n3+output] objects=["a", "c"]
-            job 2 record p0 Queued tries=1 not_before=498 attempts=[2@200n1:flaky 4@200n2:flaky 6@200n3:flaky] objects=[]
+            job 2 record p0 Queued tries=1 not_before=598 attempts=[2@200n1:flaky 4@200n2:flaky 6@200n3:flaky] objects=[]
             due at 10000: [2]"#]],
     );
 }

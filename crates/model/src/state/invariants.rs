@@ -18,6 +18,8 @@ impl State {
     ///   the job's; an attempt with an output or an error has ended;
     /// - a job is running iff it has a live attempt; its live attempts are on distinct nodes
     ///   and at most `1 + BACKUPS_MAX`; a job that is not running has no unfinished attempt;
+    /// - no attempt ends, and no job finishes, before one of its attempts starts (commands
+    ///   are applied at the state's clock, which never goes back);
     /// - a job has `finished_at_ms` iff it is finished; a succeeded job has an output, a
     ///   failed one an error, a cancelled one the error `cancelled`; it counts at least one
     ///   try if it ever had an attempt, and never more tries than attempts;
@@ -45,6 +47,18 @@ impl State {
                     )));
                 }
                 previous = attempt.id;
+                if attempt
+                    .finished_at_ms
+                    .is_some_and(|end| end < attempt.started_at_ms)
+                    || job
+                        .finished_at_ms
+                        .is_some_and(|end| end < attempt.started_at_ms)
+                {
+                    return Err(at(&format!(
+                        "attempt {} ends, or its job ends, before it starts",
+                        attempt.id
+                    )));
+                }
                 let has_result = attempt.output.is_some() || attempt.error.is_some();
                 if has_result && attempt.finished_at_ms.is_none() {
                     return Err(at(&format!(
