@@ -477,6 +477,13 @@ pub(crate) async fn cluster(State(app): State<AppState>) -> Json<serde_json::Val
         "commit_index": raft.commit_index,
         "snapshot_index": raft.snapshot_index,
         "applied_index": raft.applied_index,
+        "raft": {
+            "state": raft.server_state,
+            "voters": raft.voter_ids,
+            "learners": raft.learner_ids,
+            "joint": raft.joint,
+            "matched": raft.matched,
+        },
     }))
 }
 

@@ -114,6 +114,15 @@ pub struct RaftFigures {
     /// Last log index in this node's latest snapshot (built here or installed from the
     /// leader); 0 without one.
     pub snapshot_index: u64,
+    /// This node's raft role: `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub server_state: String,
+    /// Voters and learners of the membership this node holds (the joint config's union
+    /// while a change is in flight), with `joint` set then.
+    pub voter_ids: Vec<NodeId>,
+    pub learner_ids: Vec<NodeId>,
+    pub joint: bool,
+    /// On the leader: the last log index each member is known to hold (none yet: absent).
+    pub matched: BTreeMap<NodeId, u64>,
 }
 
 /// Voters in the cluster: the first nodes to join (and catch up) become voters up to this
@@ -545,6 +554,16 @@ impl Registry {
             is_leader: m.current_leader == Some(self.id),
             voters: m.membership_config.membership().voter_ids().count(),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            server_state: format!("{:?}", m.state),
+            voter_ids: m.membership_config.membership().voter_ids().collect(),
+            learner_ids: m.membership_config.membership().learner_ids().collect(),
+            joint: m.membership_config.membership().get_joint_config().len() > 1,
+            matched: m
+                .replication
+                .iter()
+                .flatten()
+                .filter_map(|(id, log)| Some((*id, log.as_ref()?.index)))
+                .collect(),
         }
     }
 

@@ -1179,6 +1179,16 @@ async fn check(
             break;
         }
         if Instant::now() > deadline {
+            // What each node makes of the cluster, for whoever reads the failure.
+            for at in chaos.live() {
+                let client = chaos.client_for(&chaos.members[at].node);
+                let view = bounded(client.raw("GET", "/v1/cluster", Vec::new())).await;
+                let view = match view {
+                    Some(Ok((_, body))) => String::from_utf8_lossy(&body).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                println!("chaos: node {} sees {view}", chaos.members[at].id);
+            }
             if leader_jobs.is_empty() {
                 found.violations.push(format!(
                     "the cluster did not heal: no leader answered a listing of jobs ({read:?})"
