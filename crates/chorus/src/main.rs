@@ -22,6 +22,11 @@ mod synth;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc gives freed memory back to the system a few milliseconds after it is freed; with
+/// glibc's malloc a node kept the memory of a purged history (120 MB for 30,000 jobs) for good.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "chorus",

@@ -22,8 +22,15 @@ const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
 
+/// redb's page cache (its default is 1 GiB): the log is written once and read back mostly
+/// while it is recent (replication, catch-up), so a small cache serves it, and memory follows
+/// the history that is kept rather than all that was ever written.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
-    let db = Database::create(path)
+    let db = Database::builder()
+        .set_cache_size(LOG_CACHE_BYTES)
+        .create(path)
         .map_err(|e| RegistryError::Storage(format!("{}: {e}", path.display())))?;
     // Create the tables up front so that read transactions never meet a missing table.
     let txn = db.begin_write().map_err(storage)?;

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 /// Jobs per `POST /v1/jobs/batch` (the API's limit).
 const BATCH_JOBS: usize = 10_000;
 
-fn slow() -> bool {
+pub(crate) fn slow() -> bool {
     std::env::var_os("RUN_SLOW_TESTS").is_some()
 }
 
 /// How long a wait in these tests may take: loading and moving hundreds of thousands of jobs
 /// on a shared test machine takes minutes, not the harness's one.
-fn deadline(jobs: usize) -> Duration {
+pub(crate) fn deadline(jobs: usize) -> Duration {
     Duration::from_secs(120 + (jobs / 1_000) as u64 * 3)
 }
 
@@ -36,7 +36,7 @@ fn noops(n: usize, tag: &str) -> Vec<JobSpec> {
 }
 
 /// Submits `jobs` no-op jobs through `node` in batches; the ids of the first and last.
-async fn submit_many(node: &TestNode, jobs: usize, tag: &str) -> (JobId, JobId) {
+pub(crate) async fn submit_many(node: &TestNode, jobs: usize, tag: &str) -> (JobId, JobId) {
     let mut ids = Vec::new();
     let mut left = jobs;
     while left > 0 {
@@ -55,7 +55,7 @@ async fn submit_many(node: &TestNode, jobs: usize, tag: &str) -> (JobId, JobId) 
 }
 
 /// Jobs in `state` on `node`, from its metrics.
-async fn jobs_in(node: &TestNode, state: &str) -> u64 {
+pub(crate) async fn jobs_in(node: &TestNode, state: &str) -> u64 {
     let label = format!("state=\"{state}\"");
     node.metrics()
         .await
@@ -66,7 +66,7 @@ async fn jobs_in(node: &TestNode, state: &str) -> u64 {
 }
 
 /// Polls until `probe` holds; panics with `what` after `within`.
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut probe: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, within: Duration, mut probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -101,7 +101,7 @@ fn snapshot_bytes(node: &TestNode) -> u64 {
 }
 
 /// Waits until `node` holds `jobs` succeeded jobs.
-async fn must_run_all(node: &TestNode, jobs: u64, within: Duration) {
+pub(crate) async fn must_run_all(node: &TestNode, jobs: u64, within: Duration) {
     wait_for(&format!("{jobs} jobs succeeded"), within, || async {
         jobs_in(node, "succeeded").await >= jobs
     })

@@ -10,6 +10,7 @@ mod dashboard;
 mod faults;
 mod fuzz;
 mod harness;
+mod history;
 mod lifecycle;
 
 use client::ClientError;
