@@ -212,6 +212,10 @@ pub(crate) async fn run(node: Node) {
     }
 }
 
+/// Per function looked at: why its jobs wait for the cluster, with the nodes that keep them
+/// waiting (`None`: they can be placed).
+type Verdicts = BTreeMap<String, Option<(Reason, String)>>;
+
 /// Due jobs the scheduler may place now, at most `limit`, highest priority first, passing
 /// over jobs that wait for the cluster to change ([`scheduler::waits_for_cluster`]: no node
 /// with their labels, too few usable nodes for their backups) or whose function is gone.
@@ -224,10 +228,7 @@ fn due_placeable<'s>(
     nodes: &[NodeView],
     now: u64,
     limit: usize,
-) -> (
-    Vec<&'s model::Job>,
-    BTreeMap<String, Option<(Reason, String)>>,
-) {
+) -> (Vec<&'s model::Job>, Verdicts) {
     let mut verdicts: BTreeMap<&'s str, Option<Option<(Reason, String)>>> = BTreeMap::new();
     let due = s.due_jobs_where(now, limit, |job| {
         let verdict = verdicts.entry(job.function.as_str()).or_insert_with(|| {
@@ -258,7 +259,7 @@ fn due_placeable<'s>(
 /// again is forgotten, so that it is reported if it gets stuck again.
 fn report_waiting(
     reported: &mut BTreeMap<String, Reason>,
-    verdicts: BTreeMap<String, Option<(Reason, String)>>,
+    verdicts: Verdicts,
 ) -> Vec<model::NewEvent> {
     let mut events = Vec::new();
     for (function, verdict) in verdicts {
