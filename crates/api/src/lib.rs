@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod routes;
+mod runs;
 
 use auth::Nonces;
 use axum::routing::{get, post, put};
@@ -44,6 +45,15 @@ pub fn router(node: Node) -> Router {
         .route("/v1/jobs/{id}/cancel", post(routes::cancel_job))
         .route("/v1/jobs/{id}/wait", get(routes::wait_job))
         .route("/v1/jobs/{id}/logs", get(routes::job_logs))
+        .route(
+            "/v1/workflows",
+            post(runs::deploy_workflow).get(runs::list_workflows),
+        )
+        .route("/v1/workflows/{name}", get(runs::get_workflow))
+        .route("/v1/runs", post(runs::start_run).get(runs::list_runs))
+        .route("/v1/runs/{id}", get(runs::get_run))
+        .route("/v1/runs/{id}/wait", get(runs::wait_run))
+        .route("/v1/runs/{id}/control", post(runs::control_run))
         .route(
             "/v1/objects/{*key}",
             put(routes::put_object).get(routes::get_object),

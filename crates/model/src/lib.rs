@@ -12,6 +12,7 @@ mod ids;
 mod job;
 mod node;
 pub mod protocol;
+mod runs;
 pub mod signature;
 mod state;
 
@@ -22,6 +23,10 @@ pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
 };
 pub use ids::{AttemptId, JobId, KeyId, NodeId};
-pub use job::{Attempt, Job, JobError, JobState};
+pub use job::{Attempt, Job, JobError, JobState, RunLink};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
+pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
+/// The workflow crate, so that the node, the API and the client name its types through the
+/// vocabulary crate they already use.
+pub use workflow;

@@ -7,6 +7,7 @@ mod membership;
 mod metrics;
 mod retention;
 mod running;
+mod runs;
 mod scheduling;
 mod startup;
 mod webhook;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use registry::{
     RaftRpcError, StateDigest, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
+pub use runs::RunView;
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.

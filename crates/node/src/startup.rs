@@ -15,7 +15,7 @@
 //! Shutdown cancels the tasks, stops idle workers and shuts raft down.
 
 use crate::{
-    internal, liveness, metrics, now_ms, retention, running, scheduling, storage_error,
+    internal, liveness, metrics, now_ms, retention, running, runs, scheduling, storage_error,
     unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE, CLUSTER_KEY_FILE,
     JOIN_WAIT, LEADER_WAIT,
 };
@@ -169,6 +169,7 @@ impl Node {
         tasks.spawn(liveness::scan(self.clone()));
         tasks.spawn(retention::sweep(self.clone()));
         tasks.spawn(webhook::deliver(self.clone()));
+        tasks.spawn(runs::drive(self.clone()));
     }
 
     /// Takes no new work, waits (up to `limit`) until what runs here has finished, then shuts
