@@ -5,7 +5,7 @@ use model::{JobId, JobSpec, JobState};
 use serde_json::json;
 use std::collections::BTreeSet;
 
-async fn cluster() -> Vec<TestNode> {
+pub(crate) async fn cluster() -> Vec<TestNode> {
     let first = TestNode::start().await;
     let second = TestNode::join(&first).await;
     let third = TestNode::join(&first).await;
@@ -24,11 +24,11 @@ async fn cluster() -> Vec<TestNode> {
     nodes
 }
 
-fn leader_index(nodes: &[TestNode], leader: u64) -> usize {
+pub(crate) fn leader_index(nodes: &[TestNode], leader: u64) -> usize {
     nodes.iter().position(|n| n.id() == leader).unwrap()
 }
 
-async fn leader(node: &TestNode) -> u64 {
+pub(crate) async fn leader(node: &TestNode) -> u64 {
     must_find("a leader is known", || async {
         node.client
             .nodes()

@@ -91,6 +91,11 @@ async fn the_api_matches_its_openapi_document() {
                 }
                 "setConfig" => serde_json::to_vec(&json!({ "value": "least-request" })).unwrap(),
                 "setFaults" => serde_json::to_vec(&json!({ "blocked_nodes": [] })).unwrap(),
+                "deployWorkflow" => {
+                    b"name = \"contract\"\n[[steps]]\nname = \"a\"\nfunction = \"noop\"\n".to_vec()
+                }
+                "startRun" => serde_json::to_vec(&json!({ "workflow": "contract" })).unwrap(),
+                "controlRun" => serde_json::to_vec(&json!({ "control": "abort" })).unwrap(),
                 _ => Vec::new(),
             };
             let public = op.get("security").is_none();
@@ -127,7 +132,7 @@ async fn the_api_matches_its_openapi_document() {
             called += 1;
         }
     }
-    assert_eq!(called, 30, "every documented operation was called");
+    assert_eq!(called, 38, "every documented operation was called");
     // An undocumented route does not exist.
     let (status, answer) = node
         .client

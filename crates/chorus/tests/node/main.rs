@@ -7,6 +7,7 @@ mod cluster;
 mod contract;
 mod dashboard;
 mod harness;
+mod workflows;
 
 use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
