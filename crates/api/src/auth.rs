@@ -21,8 +21,13 @@ use std::sync::Mutex;
 
 /// Nonces remembered at most; past it, requests are refused until old ones expire.
 const NONCES_MAX: usize = 2_000_000;
-/// Largest buffered (non-upload) request body.
-pub(crate) const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest buffered body of a route that sets no [`BodyLimit`] of its own.
+const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The body limit of the route a request is for, set by a layer outside this check so that
+/// it never buffers more than the route takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit(pub(crate) usize);
 
 /// The body hash the client signed, for handlers that stream the body.
 #[derive(Clone, Debug)]
@@ -155,7 +160,7 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             .insert(nonce, now_s)
             .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
         let body_hash = body_hash.to_string();
-        return buffered(parts, body, &body_hash).await;
+        return buffered(parts, body, &body_hash, node::RAFT_BODY_BYTES_MAX).await;
     }
     let key = app
         .node
@@ -186,27 +191,30 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         request.extensions_mut().insert(SignedBodyHash(body_hash));
         return Ok(request);
     }
-    buffered(parts, body, &body_hash).await
+    let bytes_max = parts
+        .extensions
+        .get::<BodyLimit>()
+        .map_or(BODY_BYTES_MAX, |l| l.0);
+    buffered(parts, body, &body_hash, bytes_max).await
 }
 
 fn registry_key_id() -> &'static str {
     node::CLUSTER_KEY_ID
 }
 
-/// Reads the whole body (up to the limit) and checks it against its signed hash.
+/// Reads the whole body (up to `bytes_max`) and checks it against its signed hash.
 async fn buffered(
     parts: axum::http::request::Parts,
     body: Body,
     body_hash: &str,
+    bytes_max: usize,
 ) -> Result<Request, Failure> {
-    let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|_| {
-            fail(
-                ErrorCode::TooLarge,
-                format!("request body over {BODY_BYTES_MAX} bytes"),
-            )
-        })?;
+    let bytes = axum::body::to_bytes(body, bytes_max).await.map_err(|_| {
+        fail(
+            ErrorCode::TooLarge,
+            format!("the request body is over this route's limit of {bytes_max} bytes"),
+        )
+    })?;
     if signature::body_sha256_hex(&bytes) != body_hash {
         return Err(fail(
             ErrorCode::Unauthorized,

@@ -8,8 +8,9 @@ mod routes;
 mod runs;
 
 use auth::Nonces;
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::{Extension, Router};
 use node::Node;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -27,62 +28,115 @@ pub(crate) struct AppState {
     nonces: Arc<Nonces>,
 }
 
-/// The whole router: public health routes plus the signed `/v1` API.
+/// Bodies of calls that carry none, or a small JSON object (keys, config, faults, node
+/// actions, joins, reads).
+const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
+/// A function spec (its command, environment and policies).
+const FUNCTION_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// One job: its spec around an input of at most `model::INPUT_BYTES_MAX`.
+const JOB_BODY_BYTES_MAX: usize = model::INPUT_BYTES_MAX + 64 * 1024;
+/// A batch of jobs.
+const BATCH_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// A workflow spec: TOML text of at most `workflow::SPEC_BYTES_MAX`.
+const WORKFLOW_BODY_BYTES_MAX: usize = model::workflow::SPEC_BYTES_MAX;
+/// A run's start: its input of at most `model::RUN_INPUT_BYTES_MAX`, the workflow's name and
+/// an idempotency key.
+const RUN_BODY_BYTES_MAX: usize = model::RUN_INPUT_BYTES_MAX + 64 * 1024;
+
+/// The whole router: public health routes plus the signed `/v1` API. Every signed route has
+/// its own body limit; uploads stream under [`routes::OBJECT_BYTES_MAX`] and the raft route
+/// takes the registry's limit.
 pub fn router(node: Node) -> Router {
     let app = AppState {
         node,
         nonces: Arc::new(Nonces::default()),
     };
-    let signed = Router::new()
-        .route(
-            "/v1/functions",
-            post(routes::deploy_function).get(routes::list_functions),
-        )
-        .route("/v1/functions/{name}", get(routes::get_function))
-        .route("/v1/jobs", post(routes::submit_job).get(routes::list_jobs))
-        .route("/v1/jobs/batch", post(routes::submit_batch))
-        .route("/v1/jobs/{id}", get(routes::get_job))
-        .route("/v1/jobs/{id}/cancel", post(routes::cancel_job))
-        .route("/v1/jobs/{id}/wait", get(routes::wait_job))
-        .route("/v1/jobs/{id}/logs", get(routes::job_logs))
-        .route(
-            "/v1/workflows",
-            post(runs::deploy_workflow).get(runs::list_workflows),
-        )
-        .route("/v1/workflows/{name}", get(runs::get_workflow))
-        .route("/v1/runs", post(runs::start_run).get(runs::list_runs))
-        .route("/v1/runs/{id}", get(runs::get_run))
-        .route("/v1/runs/{id}/wait", get(runs::wait_run))
-        .route("/v1/runs/{id}/control", post(runs::control_run))
-        .route(
-            "/v1/objects/{*key}",
-            put(routes::put_object).get(routes::get_object),
-        )
-        .route("/v1/keys", post(routes::create_key).get(routes::list_keys))
-        .route("/v1/keys/{id}", axum::routing::delete(routes::revoke_key))
-        .route("/v1/raft/{kind}", post(routes::raft_rpc))
-        .route("/v1/cluster", get(routes::cluster))
-        .route("/v1/cluster/join", post(routes::join))
-        .route("/v1/nodes", get(routes::list_nodes))
-        .route("/v1/events", get(routes::list_events))
-        .route("/v1/nodes/{id}/{action}", post(routes::node_action))
-        .route("/v1/config", get(routes::get_config))
-        .route("/v1/config/{key}", put(routes::set_config))
-        .route("/v1/faults", put(routes::set_faults))
-        .route("/v1/faults/digests", get(routes::state_digests))
-        .route_layer(axum::middleware::from_fn_with_state(
+    // The signature is checked only on a route and method that exist (an unknown one is a
+    // 404 or 405, whoever asks); the limit sits outside it, so the check buffers no more.
+    let signed = |route: MethodRouter<AppState>| -> MethodRouter<AppState> {
+        route.route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_signature,
-        ));
+        ))
+    };
+    let limited =
+        |route: MethodRouter<AppState>, body_bytes_max: usize| -> MethodRouter<AppState> {
+            let route: MethodRouter<AppState> =
+                signed(route).layer(DefaultBodyLimit::max(body_bytes_max));
+            route.layer(Extension(auth::BodyLimit(body_bytes_max)))
+        };
+    let small = |route: MethodRouter<AppState>| limited(route, SMALL_BODY_BYTES_MAX);
     Router::new()
         .route("/", get(routes::dashboard))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .route("/v1/openapi.json", get(routes::openapi))
-        .merge(signed)
+        .route(
+            "/v1/functions",
+            limited(
+                post(routes::deploy_function).get(routes::list_functions),
+                FUNCTION_BODY_BYTES_MAX,
+            ),
+        )
+        .route("/v1/functions/{name}", small(get(routes::get_function)))
+        .route(
+            "/v1/jobs",
+            limited(
+                post(routes::submit_job).get(routes::list_jobs),
+                JOB_BODY_BYTES_MAX,
+            ),
+        )
+        .route(
+            "/v1/jobs/batch",
+            limited(post(routes::submit_batch), BATCH_BODY_BYTES_MAX),
+        )
+        .route("/v1/jobs/{id}", small(get(routes::get_job)))
+        .route("/v1/jobs/{id}/cancel", small(post(routes::cancel_job)))
+        .route("/v1/jobs/{id}/wait", small(get(routes::wait_job)))
+        .route("/v1/jobs/{id}/logs", small(get(routes::job_logs)))
+        .route(
+            "/v1/workflows",
+            limited(
+                post(runs::deploy_workflow).get(runs::list_workflows),
+                WORKFLOW_BODY_BYTES_MAX,
+            ),
+        )
+        .route("/v1/workflows/{name}", small(get(runs::get_workflow)))
+        .route(
+            "/v1/runs",
+            limited(post(runs::start_run).get(runs::list_runs), RUN_BODY_BYTES_MAX),
+        )
+        .route("/v1/runs/{id}", small(get(runs::get_run)))
+        .route("/v1/runs/{id}/wait", small(get(runs::wait_run)))
+        .route("/v1/runs/{id}/control", small(post(runs::control_run)))
+        // Uploads are streamed, not buffered: the handler counts them against
+        // OBJECT_BYTES_MAX; the small limit is for the buffered reads.
+        .route(
+            "/v1/objects/{*key}",
+            small(put(routes::put_object).get(routes::get_object)),
+        )
+        .route(
+            "/v1/keys",
+            small(post(routes::create_key).get(routes::list_keys)),
+        )
+        .route("/v1/keys/{id}", small(delete(routes::revoke_key)))
+        .route(
+            "/v1/raft/{kind}",
+            limited(post(routes::raft_rpc), node::RAFT_BODY_BYTES_MAX),
+        )
+        .route("/v1/cluster", small(get(routes::cluster)))
+        .route("/v1/cluster/join", small(post(routes::join)))
+        .route("/v1/nodes", small(get(routes::list_nodes)))
+        .route("/v1/events", small(get(routes::list_events)))
+        .route("/v1/nodes/{id}/{action}", small(post(routes::node_action)))
+        .route("/v1/config", small(get(routes::get_config)))
+        .route("/v1/config/{key}", small(put(routes::set_config)))
+        .route("/v1/faults", small(put(routes::set_faults)))
+        .route("/v1/faults/digests", small(get(routes::state_digests)))
         .fallback(routes::not_found)
         .with_state(app)
+        .layer(axum::middleware::from_fn(error::contract))
 }
 
 /// Serves the API on `listener` until `shutdown` fires.

@@ -22,6 +22,8 @@ pub(crate) const OBJECT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 const BATCH_JOBS_MAX: usize = 10_000;
 /// Jobs per list page.
 const LIST_LIMIT_MAX: usize = 1_000;
+/// Longest wait for a job to finish.
+const WAIT_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Jobs looked at per list call when filtering, so a rare filter cannot scan everything.
 const LIST_SCAN_MAX: usize = 100_000;
 
@@ -82,6 +84,17 @@ pub(crate) async fn openapi() -> Response {
 
 pub(crate) async fn not_found() -> Failure {
     fail(ErrorCode::NotFound, "no such route; see /v1/openapi.json")
+}
+
+/// A page size: `default` if unset, refused outside 1 to `max` (as the document says).
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Answer<usize> {
+    match limit.unwrap_or(default) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(fail(
+            ErrorCode::InvalidInput,
+            format!("limit is 1 to {max}"),
+        )),
+    }
 }
 
 fn job_id(raw: &str) -> Answer<JobId> {
@@ -223,7 +236,7 @@ pub(crate) async fn list_jobs(
         ),
         None => None,
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, LIST_LIMIT_MAX);
+    let limit = page_limit(q.limit, 50, LIST_LIMIT_MAX)?;
     if !q.stale {
         app.node.sync().await?;
     }
@@ -279,7 +292,14 @@ pub(crate) async fn wait_job(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Job>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
+    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
     app.node.sync().await?;
     Ok(Json(app.node.wait(job_id(&id)?, timeout).await?))
 }
@@ -320,13 +340,15 @@ pub(crate) async fn put_object(
 ) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
     // Stream to a temporary file while hashing, so a bad hash or an oversized body never
-    // becomes an object.
+    // becomes an object. The file goes with its handle, also when the client goes away and
+    // this future is dropped half-way.
     let tmp_dir = app.node.config().data_dir.join("tmp");
     std::fs::create_dir_all(&tmp_dir).map_err(|e| io_failure(&e))?;
-    let tmp = tempfile_in(&tmp_dir)?;
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
+    let tmp = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempfile_in(&tmp_dir)
         .map_err(|e| io_failure(&e))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| io_failure(&e))?);
     let mut hasher = model::signature::BodyHasher::default();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -353,12 +375,13 @@ pub(crate) async fn put_object(
         }
         app.node
             .store()
-            .put_file(&key, &tmp, OBJECT_BYTES_MAX)
+            .put_file(&key, tmp.path(), OBJECT_BYTES_MAX)
             .await
             .map_err(|e| Failure(node::storage_error(e)))
     }
     .await;
-    let _ = tokio::fs::remove_file(&tmp).await;
+    drop(file);
+    drop(tmp);
     let size = result?;
     Ok((
         StatusCode::CREATED,
@@ -372,13 +395,6 @@ fn io_failure(e: &std::io::Error) -> Failure {
     } else {
         fail(ErrorCode::Internal, e.to_string())
     }
-}
-
-fn tempfile_in(dir: &std::path::Path) -> Answer<std::path::PathBuf> {
-    use rand::RngCore;
-    let mut bytes = [0u8; 12];
-    rand::rng().fill_bytes(&mut bytes);
-    Ok(dir.join(format!("upload-{}", hex::encode(bytes))))
 }
 
 pub(crate) async fn get_object(
@@ -509,7 +525,7 @@ pub(crate) async fn list_events(
     if !q.stale {
         app.node.sync().await?;
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, model::EVENTS_MAX);
+    let limit = page_limit(q.limit, 100, model::EVENTS_MAX)?;
     let events: Vec<model::Event> = app
         .node
         .read(|s| s.events_after(q.after).take(limit).cloned().collect());
@@ -562,7 +578,7 @@ pub(crate) async fn node_action(
 pub(crate) async fn get_config(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
     Ok(Json(
-        json!({ "config": app.node.read(|s| s.config().clone()) }),
+        json!({ "config": app.node.read(|s| s.config().raw().clone()) }),
     ))
 }
 
@@ -585,18 +601,45 @@ pub(crate) async fn set_config(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Faults {
+    /// The first form: this node sends no raft traffic to these nodes (`refuse`, outgoing).
+    #[serde(default)]
     blocked_nodes: Vec<u64>,
+    /// Rules per peer: refuse, drop or delay, outgoing, incoming or both.
+    #[serde(default)]
+    rules: Vec<node::FaultRule>,
 }
 
-/// Fault injection: this node stops sending raft traffic to the given nodes (a partition when
-/// they are told the same about it).
+/// Fault injection: replaces this node's rules for raft traffic with its peers (an empty body
+/// heals). `blocked_nodes` is short for refusing outgoing traffic to each; a partition both
+/// ways needs each side told about the other, or `both` rules on one side.
 pub(crate) async fn set_faults(
     State(app): State<AppState>,
     body: Bytes,
 ) -> Answer<Json<serde_json::Value>> {
     let faults: Faults = parse_json(&body)?;
-    let blocked = app.node.set_faults(&faults.blocked_nodes)?;
-    Ok(Json(json!({ "blocked_nodes": blocked })))
+    let blocked = faults.blocked_nodes.iter().map(|&node| node::FaultRule {
+        node,
+        action: node::FaultAction::Refuse,
+        delay_ms: 0,
+        direction: node::Direction::Outgoing,
+    });
+    let rules = app.node.set_faults(blocked.chain(faults.rules).collect())?;
+    let blocked_nodes: Vec<u64> = rules
+        .iter()
+        .filter(|r| {
+            r.action == node::FaultAction::Refuse && r.direction != node::Direction::Incoming
+        })
+        .map(|r| r.node)
+        .collect();
+    Ok(Json(
+        json!({ "blocked_nodes": blocked_nodes, "rules": rules }),
+    ))
+}
+
+/// The sender of a raft RPC, as it signed it.
+#[derive(Deserialize)]
+pub(crate) struct RaftFrom {
+    from: Option<String>,
 }
 
 /// Fault injection's checker: digests of the state this node applied, at fixed log indexes.
@@ -611,11 +654,14 @@ pub(crate) async fn state_digests(State(app): State<AppState>) -> Answer<Json<se
 pub(crate) async fn raft_rpc(
     State(app): State<AppState>,
     Path(kind): Path<String>,
+    Query(sender): Query<RaftFrom>,
     body: Bytes,
 ) -> Answer<Response> {
-    let answer = app.node.raft_rpc(&kind, &body).await.map_err(|e| {
+    let from = sender.from.as_deref();
+    let answer = app.node.raft_rpc(&kind, from, &body).await.map_err(|e| {
         let code = match e {
             node::RaftRpcError::Unavailable(_) => ErrorCode::Unavailable,
+            node::RaftRpcError::StorageFull(_) => ErrorCode::StorageFull,
             node::RaftRpcError::UnknownKind(_) | node::RaftRpcError::Malformed(_) => {
                 ErrorCode::InvalidInput
             }

@@ -91,17 +91,20 @@ pub(crate) fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if !args.json {
-        writeln!(out, "{}", table_header())?;
+        writeln!(out, "{}", table_header()).map_err(crate::stdout_error)?;
     }
     for (path, outcome) in args.files.iter().zip(results) {
         match outcome.expect("every file was processed") {
-            Ok(manifest) if args.json => writeln!(out, "{}", serde_json::to_string(&manifest)?)?,
-            Ok(manifest) => writeln!(out, "{}", table_row(&manifest))?,
+            Ok(manifest) if args.json => writeln!(out, "{}", serde_json::to_string(&manifest)?)
+                .map_err(crate::stdout_error)?,
+            Ok(manifest) => {
+                writeln!(out, "{}", table_row(&manifest)).map_err(crate::stdout_error)?
+            }
             Err((code, message)) => {
                 failures += 1;
                 if args.json {
                     let line = serde_json::json!({"source": path, "error": {"code": code, "message": message}});
-                    writeln!(out, "{line}")?;
+                    writeln!(out, "{line}").map_err(crate::stdout_error)?;
                 }
                 eprintln!("{}: {message} ({code})", path.display());
             }
@@ -171,10 +174,10 @@ pub(crate) fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
         ..Plan::default()
     };
     match ingest::run(&args.file, &plan, &request, Some(&out_dir)) {
-        Ok((manifest, _)) if args.json => println!("{}", serde_json::to_string_pretty(&manifest)?),
+        Ok((manifest, _)) if args.json => outln!("{}", serde_json::to_string_pretty(&manifest)?)?,
         Ok((manifest, _)) => {
             for output in manifest.outputs.unwrap_or_default() {
-                println!(
+                outln!(
                     "{}  {} {} Hz {} ch{}{}  {} bytes",
                     out_dir.join(&output.file).display(),
                     output.format,
@@ -189,7 +192,7 @@ pub(crate) fn transcode(args: TranscodeArgs) -> anyhow::Result<ExitCode> {
                         String::new()
                     },
                     output.bytes
-                );
+                )?;
             }
         }
         Err(err) => {

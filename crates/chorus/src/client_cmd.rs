@@ -96,11 +96,11 @@ pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let job = client.submit(&spec).await?;
     if !args.wait {
-        print_job(&job, args.conn.json);
+        print_job(&job, args.conn.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     let job = wait_with_progress(&client, job.id, args.conn.json).await?;
-    print_job(&job, args.conn.json);
+    print_job(&job, args.conn.json)?;
     Ok(if job.state == JobState::Succeeded {
         ExitCode::SUCCESS
     } else {
@@ -163,15 +163,15 @@ async fn wait_with_progress(client: &Client, id: JobId, quiet: bool) -> anyhow::
     }
 }
 
-fn print_job(job: &Job, json: bool) {
+fn print_job(job: &Job, json: bool) -> anyhow::Result<()> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(job).expect("jobs serialize")
-        );
-        return;
+        )?;
+        return Ok(());
     }
-    println!("job {}  {}  {}", job.id, job.function, job.state.as_str());
+    outln!("job {}  {}  {}", job.id, job.function, job.state.as_str())?;
     for a in &job.attempts {
         let took = a
             .finished_at_ms
@@ -182,17 +182,18 @@ fn print_job(job: &Job, json: bool) {
             .as_ref()
             .map(|e| format!("{}: {}", e.code, e.message))
             .unwrap_or_else(|| "ok".into());
-        println!("  attempt {} on node {}: {took}, {how}", a.id, a.node);
+        outln!("  attempt {} on node {}: {took}, {how}", a.id, a.node)?;
     }
     if let Some(output) = &job.output {
-        println!("  output: {output}");
+        outln!("  output: {output}")?;
     }
     for o in &job.objects {
-        println!("  object: {o}");
+        outln!("  object: {o}")?;
     }
     if let (Some(e), true) = (&job.error, job.state.is_terminal()) {
-        println!("  error: {}: {}", e.code, e.message);
+        outln!("  error: {}: {}", e.code, e.message)?;
     }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,39 +255,45 @@ pub(crate) async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "jobs": page.jobs, "next_before": page.next_before })
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "{:>8}  {:<20} {:<10} {:>8}  error",
-                    "id", "function", "state", "attempts"
-                );
+                    "id",
+                    "function",
+                    "state",
+                    "attempts"
+                )?;
                 for j in &page.jobs {
                     let error = j.error.as_ref().map(|e| e.code.as_str()).unwrap_or("");
-                    println!(
+                    outln!(
                         "{:>8}  {:<20} {:<10} {:>8}  {error}",
                         j.id.0,
                         j.function,
                         j.state.as_str(),
                         j.attempts.len()
-                    );
+                    )?;
                 }
                 if let Some(next) = page.next_before {
-                    println!("(more: --before {next})");
+                    outln!("(more: --before {next})")?;
                 }
             }
         }
-        JobsCmd::Get { id } => print_job(&client.job(JobId(id)).await?, json),
+        JobsCmd::Get { id } => print_job(&client.job(JobId(id)).await?, json)?,
         JobsCmd::Logs { id, attempt } => {
             use std::io::Write;
-            std::io::stdout().write_all(&client.logs(JobId(id), attempt).await?)?;
+            let log = client.logs(JobId(id), attempt).await?;
+            std::io::stdout()
+                .write_all(&log)
+                .map_err(crate::stdout_error)?;
         }
-        JobsCmd::Cancel { id } => print_job(&client.cancel(JobId(id)).await?, json),
+        JobsCmd::Cancel { id } => print_job(&client.cancel(JobId(id)).await?, json)?,
         JobsCmd::Wait { id } => {
             let job = wait_with_progress(&client, JobId(id), json).await?;
-            print_job(&job, json);
+            print_job(&job, json)?;
             if job.state != JobState::Succeeded {
                 return Ok(ExitCode::from(1));
             }
@@ -322,33 +329,36 @@ pub(crate) async fn functions(args: FunctionsArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} is not a function spec", file.display()))?;
             let version = client.deploy(&spec).await?;
             if args.conn.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "name": spec.name, "version": version })
-                );
+                )?;
             } else {
-                println!("deployed {} version {version}", spec.name);
+                outln!("deployed {} version {version}", spec.name)?;
             }
         }
         FunctionsCmd::List => {
             let functions = client.functions().await?;
             if args.conn.json {
-                println!("{}", serde_json::to_string_pretty(&functions)?);
+                outln!("{}", serde_json::to_string_pretty(&functions)?)?;
             } else {
-                println!(
+                outln!(
                     "{:<24} {:>7}  {:<8} {:>10}  command",
-                    "name", "version", "kind", "timeout"
-                );
+                    "name",
+                    "version",
+                    "kind",
+                    "timeout"
+                )?;
                 for f in functions {
                     let kind = format!("{:?}", f.kind).to_lowercase();
-                    println!(
+                    outln!(
                         "{:<24} {:>7}  {:<8} {:>8}ms  {}",
                         f.name,
                         f.version,
                         kind,
                         f.timeout_ms,
                         f.command.join(" ")
-                    );
+                    )?;
                 }
             }
         }
@@ -391,18 +401,18 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
             }
             let key = client.create_key(&parsed).await?;
             if args.conn.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "id": key.id, "secret": key.secret, "scopes": key.scopes })
-                );
+                )?;
             } else {
-                println!("CHORUS_KEY_ID={}\nCHORUS_KEY_SECRET={}", key.id, key.secret);
+                outln!("CHORUS_KEY_ID={}\nCHORUS_KEY_SECRET={}", key.id, key.secret)?;
             }
         }
         KeysCmd::List => {
             let keys = client.list_keys().await?;
             if args.conn.json {
-                println!("{keys}");
+                outln!("{keys}")?;
             } else {
                 for k in keys["keys"].as_array().into_iter().flatten() {
                     let revoked = if k["revoked"].as_bool() == Some(true) {
@@ -410,18 +420,18 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{}  {}{revoked}",
                         k["id"].as_str().unwrap_or("?"),
                         k["scopes"]
-                    );
+                    )?;
                 }
             }
         }
         KeysCmd::Revoke { id } => {
             client.revoke_key(&id).await?;
             if !args.conn.json {
-                println!("revoked {id}");
+                outln!("revoked {id}")?;
             }
         }
     }
@@ -466,18 +476,24 @@ pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
         NodesCmd::List => {
             let nodes = client.nodes().await?;
             if args.conn.json {
-                println!("{nodes}");
+                outln!("{nodes}")?;
                 return Ok(ExitCode::SUCCESS);
             }
             let leader = nodes["leader"].as_u64();
-            println!(
+            outln!(
                 "{:>4}  {:<21} {:<9} {:<8} {:>5} {:>7} {:>6}  labels",
-                "id", "addr", "status", "role", "slots", "running", "cpu%"
-            );
+                "id",
+                "addr",
+                "status",
+                "role",
+                "slots",
+                "running",
+                "cpu%"
+            )?;
             for n in nodes["nodes"].as_array().into_iter().flatten() {
                 let id = n["id"].as_u64().unwrap_or(0);
                 let star = if Some(id) == leader { "*" } else { " " };
-                println!(
+                outln!(
                     "{id:>3}{star}  {:<21} {:<9} {:<8} {:>5} {:>7} {:>6.1}  {}",
                     n["addr"].as_str().unwrap_or("?"),
                     n["status"].as_str().unwrap_or("?"),
@@ -486,7 +502,7 @@ pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
                     n["running"],
                     n["load"]["cpu_percent"].as_f64().unwrap_or(0.0),
                     n["labels"]
-                );
+                )?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -498,9 +514,9 @@ pub(crate) async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
     };
     let answer = client.node_action(id, action).await?;
     if args.conn.json {
-        println!("{answer}");
+        outln!("{answer}")?;
     } else {
-        println!("node {id}: {action} done");
+        outln!("node {id}: {action} done")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -530,17 +546,17 @@ pub(crate) async fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         ConfigCmd::Get => {
             let config = client.config().await?;
             if args.conn.json {
-                println!("{config}");
+                outln!("{config}")?;
             } else {
                 for (k, v) in config["config"].as_object().into_iter().flatten() {
-                    println!("{k} = {}", v.as_str().unwrap_or_default());
+                    outln!("{k} = {}", v.as_str().unwrap_or_default())?;
                 }
             }
         }
         ConfigCmd::Set { key, value } => {
             client.set_config(&key, &value).await?;
             if !args.conn.json {
-                println!("{key} = {value}");
+                outln!("{key} = {value}")?;
             }
         }
     }

@@ -56,11 +56,12 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         join: None,
         fault_injection: false,
         snapshot_logs: node::SNAPSHOT_LOGS_DEFAULT,
+        join_catch_up: node::JOIN_CATCH_UP_DEFAULT,
     };
-    println!(
+    outln!(
         "chorus demo: starting a one-node cluster in {}",
         data_dir.display()
-    );
+    )?;
     let node = Node::open(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -75,7 +76,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => {
             let songs_dir = data_dir.join("songs");
             std::fs::create_dir_all(&songs_dir)?;
-            println!("synthesising songs with a known arrangement (intro, verse, chorus, verse, chorus, bridge, chorus, outro)");
+            outln!("synthesising songs with a known arrangement (intro, verse, chorus, verse, chorus, bridge, chorus, outro)")?;
             let songs = synth::demo_songs();
             let mut files = Vec::new();
             for song in &songs {
@@ -89,16 +90,16 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     anyhow::ensure!(!files.is_empty(), "no songs to analyse");
     let input = serde_json::json!({ "outputs": ingest_cmd::parse_outputs(&args.to)? });
-    println!(
+    outln!(
         "running audio.ingest on {} songs as jobs on the node at http://{addr}",
         files.len()
-    );
+    )?;
     let bar = ingest_cmd::progress_bar(files.len(), false);
     let results = ingest_cmd::run(&client, &files, &input, slots as usize, &bar).await?;
     bar.finish_and_clear();
-    println!();
-    ingest_cmd::print_table(&results);
-    print_truth(&truth, &results);
+    outln!()?;
+    ingest_cmd::print_table(&results)?;
+    print_truth(&truth, &results)?;
     let failed = results
         .iter()
         .filter(|r| {
@@ -107,13 +108,13 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .is_none_or(|j| j.state != model::JobState::Succeeded)
         })
         .count();
-    println!(
+    outln!(
         "\noutputs (manifest, waveform.png, transcodes): {}",
         data_dir.join("objects").join("jobs").display()
-    );
-    println!("dashboard: {}", dashboard_url(&addr, &credentials));
+    )?;
+    outln!("dashboard: {}", dashboard_url(&addr, &credentials))?;
     if args.keep_running {
-        println!("the node keeps running; Ctrl-C stops it");
+        outln!("the node keeps running; Ctrl-C stops it")?;
         let _ = tokio::signal::ctrl_c().await;
     }
     node.drain_and_stop(std::time::Duration::from_secs(10))
@@ -133,11 +134,11 @@ fn dashboard_url(addr: &str, key: &Credentials) -> String {
     format!("http://{addr}/#key={}:{}", key.key_id, key.secret)
 }
 
-fn print_truth(truth: &[synth::Song], results: &[SongResult]) {
+fn print_truth(truth: &[synth::Song], results: &[SongResult]) -> anyhow::Result<()> {
     if truth.is_empty() {
-        return;
+        return Ok(());
     }
-    println!("\nwhat the songs really are:");
+    outln!("\nwhat the songs really are:")?;
     for (song, r) in truth.iter().zip(results) {
         let found = r.job.as_ref().and_then(|j| j.output.as_ref()).map(|m| {
             (
@@ -164,12 +165,13 @@ fn print_truth(truth: &[synth::Song], results: &[SongResult]) {
             .iter()
             .map(|(a, b)| format!("{a:.1}-{b:.1}s"))
             .collect();
-        println!(
+        outln!(
             "  {:<28} {:>5.0} BPM  {:<8}  choruses at {}  -> {hit}",
             song.name,
             song.bpm,
             song.key,
             choruses.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }

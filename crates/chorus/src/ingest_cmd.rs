@@ -204,11 +204,18 @@ pub(crate) fn progress_bar(len: usize, quiet: bool) -> ProgressBar {
 }
 
 /// Prints one row per song: the analysis at a glance.
-pub(crate) fn print_table(results: &[SongResult]) {
-    println!(
+pub(crate) fn print_table(results: &[SongResult]) -> anyhow::Result<()> {
+    outln!(
         "{:<28} {:>6} {:>7} {:>6}  {:<9} {:>13}  {:<16} {:>7}",
-        "song", "dur", "LUFS", "BPM", "key", "chorus", "transcodes", "took"
-    );
+        "song",
+        "dur",
+        "LUFS",
+        "BPM",
+        "key",
+        "chorus",
+        "transcodes",
+        "took"
+    )?;
     for r in results {
         let name: String = r
             .path
@@ -223,10 +230,10 @@ pub(crate) fn print_table(results: &[SongResult]) {
                         .map(|e| format!("{}: {}", e.code, e.message))
                 })
             });
-            println!(
+            outln!(
                 "{name:<28} failed: {}",
                 why.unwrap_or_else(|| "unknown".into())
-            );
+            )?;
             continue;
         };
         let m = job.output.clone().unwrap_or_default();
@@ -255,7 +262,7 @@ pub(crate) fn print_table(results: &[SongResult]) {
         } else {
             took
         };
-        println!(
+        outln!(
             "{name:<28} {:>6} {:>7} {:>6}  {:<9} {:>13}  {:<16} {:>7}",
             m["duration_s"].as_f64().map_or("-".into(), clock),
             num(&m["loudness"]["integrated_lufs"]),
@@ -268,8 +275,9 @@ pub(crate) fn print_table(results: &[SongResult]) {
                 transcodes.join(",")
             },
             took
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
@@ -301,15 +309,15 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| serde_json::json!({ "file": r.path, "job": r.job, "skipped": r.skipped, "error": r.error }))
             .collect();
-        println!("{}", serde_json::json!({ "results": rows }));
+        outln!("{}", serde_json::json!({ "results": rows }))?;
     } else {
-        print_table(&results);
-        println!(
+        print_table(&results)?;
+        outln!(
             "\n{} done ({} skipped as already done), {} failed",
             results.len() - failed.len(),
             skipped,
             failed.len()
-        );
+        )?;
     }
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS

@@ -2,6 +2,16 @@
 //! worker process, and the rest are client commands. This is the only crate that reads
 //! arguments and the environment; errors end here as a message and an exit code.
 
+/// `println!` that hands a failed write back instead of panicking: `outln!(...)?`. A reader
+/// that closed the pipe (`chorus jobs list | head -1`) becomes [`StdoutClosed`], which ends
+/// the command quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(crate::stdout_error)
+    }};
+}
+
 mod audio_cmd;
 mod client_cmd;
 mod demo_cmd;
@@ -61,7 +71,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Worker => run_worker(),
-        Cmd::Serve(args) => runtime().and_then(|rt| rt.block_on(serve_cmd::serve(args))),
+        Cmd::Serve(args) => runtime().and_then(|rt| {
+            let served = rt.block_on(serve_cmd::serve(args));
+            // Dropping a runtime waits for its blocking threads without limit (a snapshot
+            // being written, a file being read): the process must end once it has stopped.
+            rt.shutdown_timeout(RUNTIME_STOP_WAIT);
+            served
+        }),
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
@@ -77,12 +93,37 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader has what it wanted; as with SIGPIPE's default, nothing to say.
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
 }
+
+/// Standard output was closed by its reader.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Tells a closed pipe apart from other write failures (a full disk is still an error).
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("writing to standard output")
+    }
+}
+/// Longest `chorus serve` waits for blocking threads once the node has stopped.
+const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -28,7 +28,8 @@ pub(crate) struct ServeArgs {
     /// A placement label such as pool=burst (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
-    /// How long SIGTERM waits for running attempts before stopping anyway.
+    /// The grace period of SIGTERM and SIGINT: how long running attempts may take to finish
+    /// before they are failed over to other nodes (as node_lost) and the process exits.
     #[arg(long, default_value_t = 60)]
     drain_timeout_s: u64,
     /// Allow `PUT /v1/faults` (admin keys only): cut this node off from chosen peers, for
@@ -38,7 +39,14 @@ pub(crate) struct ServeArgs {
     /// Log entries between snapshots of the registry.
     #[arg(long, default_value_t = node::SNAPSHOT_LOGS_DEFAULT, hide = true)]
     snapshot_logs: u64,
+    /// How long a node that joins may take to catch up before this node, as leader, removes
+    /// it again.
+    #[arg(long, default_value_t = node::JOIN_CATCH_UP_DEFAULT.as_secs(), hide = true)]
+    join_catch_up_s: u64,
 }
+
+/// Longest the API server takes to close its connections once the node has stopped.
+const API_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -83,6 +91,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         join,
         fault_injection: args.fault_injection,
         snapshot_logs: args.snapshot_logs,
+        join_catch_up: std::time::Duration::from_secs(args.join_catch_up_s),
     };
     // Open first and serve the API before running: a joining node must answer its new
     // peers' raft traffic before it can hear from a leader.
@@ -91,10 +100,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(node.clone(), listener, shutdown.clone()));
-    if let Err(e) = node.run().await {
+    // Start-up may wait long for a leader; a signal meanwhile ends it.
+    let started = tokio::select! {
+        started = node.run() => started,
+        () = wait_for_signal() => Err(model::ApiError::new(
+            model::ErrorCode::Unavailable,
+            "stopped by a signal while starting",
+        )),
+    };
+    if let Err(e) = started {
         shutdown.cancel();
-        let _ = server.await;
         node.shutdown().await;
+        let _ = tokio::time::timeout(API_STOP_WAIT, server).await;
         anyhow::bail!("{e}");
     }
     tracing::info!(
@@ -109,10 +126,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     node.drain_and_stop(std::time::Duration::from_secs(args.drain_timeout_s))
         .await;
     shutdown.cancel();
-    server
-        .await
-        .context("the API server task failed")?
-        .context("the API server failed")?;
+    match tokio::time::timeout(API_STOP_WAIT, server).await {
+        Ok(served) => served
+            .context("the API server task failed")?
+            .context("the API server failed")?,
+        Err(_) => tracing::warn!(
+            "the API server did not close its connections within {} s; exiting anyway",
+            API_STOP_WAIT.as_secs()
+        ),
+    }
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 

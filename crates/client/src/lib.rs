@@ -479,3 +479,41 @@ async fn hash_file(path: &Path) -> Result<String, ClientError> {
     }
     Ok(hasher.finish_hex())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the client signs is what the server's check (`model::signature`) accepts: the
+    /// same canonical form from the headers it sends, and nothing else.
+    #[test]
+    fn signed_headers_verify_as_the_server_checks_them() {
+        let secret = "00112233445566778899aabbccddeeff";
+        let client = Client::new(
+            "127.0.0.1:1",
+            Credentials {
+                key_id: "ck_test".into(),
+                secret: secret.into(),
+            },
+        );
+        let body_hash = signature::body_sha256_hex(b"{}");
+        let headers: std::collections::HashMap<&str, String> = client
+            .sign("POST", "/v1/jobs?stale=true", &body_hash, 1_700_000_000)
+            .into_iter()
+            .collect();
+        assert_eq!(headers[signature::HEADER_KEY], "ck_test");
+        let canonical = |path: &'static str, query: &'static str| Canonical {
+            method: "POST",
+            path,
+            query,
+            timestamp_s: 1_700_000_000,
+            nonce: &headers[signature::HEADER_NONCE],
+            body_sha256_hex: &headers[signature::HEADER_CONTENT_SHA256],
+        };
+        let sig = &headers[signature::HEADER_SIGNATURE];
+        assert!(canonical("/v1/jobs", "stale=true").verify(secret, sig));
+        assert!(!canonical("/v1/jobs", "stale=false").verify(secret, sig));
+        assert!(!canonical("/v1/keys", "stale=true").verify(secret, sig));
+        assert!(!canonical("/v1/jobs", "stale=true").verify("ff", sig));
+    }
+}

@@ -3,18 +3,23 @@
 //! This is the only crate that spawns processes. Workers speak [`model::protocol`]. Each
 //! function version has its own pool of warm workers: an attempt takes an idle worker (or
 //! starts one: a cold start), and gives it back when the attempt succeeds or fails cleanly.
-//! A worker that crashes, times out, is cancelled, or answers nonsense is killed (its whole
-//! process group) and never reused. Idle workers are stopped after their function's idle
-//! time-out, so an unused function scales to zero.
+//! A worker that crashes, times out, is cancelled, or answers nonsense is killed and never
+//! reused. Idle workers are stopped after their function's idle time-out, so an unused
+//! function scales to zero.
 //!
 //! Each worker is started in its own process group with `PR_SET_PDEATHSIG`, so a node killed
 //! with `kill -9` takes its workers with it; an address-space limit (`RLIMIT_AS`) applies when
-//! the function sets `memory_mb`.
+//! the function sets `memory_mb`, and a worker that dies saying an allocation failed ends its
+//! attempt with `memory_limit`. Whatever a worker starts ends with it: the node is a
+//! subreaper and kills and reaps every process a worker leaves behind ([`tree`]).
 
+mod tree;
 mod worker;
 
+pub use tree::{Swept, WORKER_ENV};
+
 use model::protocol::Request;
-use model::JobError;
+use model::{ErrorCode, JobError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,24 +67,55 @@ pub struct Counters {
     pub cold_starts: AtomicU64,
     pub worker_crashes: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Attempts that ended with `memory_limit`.
+    pub memory_limits: AtomicU64,
+    /// Attempts running in a worker now (a graceful stop waits for these, not for results
+    /// that a cluster without quorum cannot record).
+    pub running: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+/// Counts one attempt in [`Counters::running`] while it lives.
+#[derive(Debug)]
+struct RunningGuard<'a>(&'a AtomicU64);
+
+impl<'a> RunningGuard<'a> {
+    fn new(running: &'a AtomicU64) -> RunningGuard<'a> {
+        running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        RunningGuard(running)
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
 pub struct Executor {
     pools: Mutex<HashMap<String, Pool>>,
     counters: Arc<Counters>,
 }
 
-fn failure(code: &str, message: impl Into<String>) -> JobError {
-    JobError {
-        code: code.to_string(),
-        message: message.into(),
+impl Default for Executor {
+    fn default() -> Executor {
+        Executor::new()
     }
 }
 
 impl Executor {
+    /// An executor with no workers yet. It makes this process the subreaper of its
+    /// descendants (process-wide and for good), so that what workers leave comes back to it.
+    /// Its sweeps reap every zombie child that is not a worker: a process with an executor
+    /// spawns no children of its own (only this crate spawns processes).
     pub fn new() -> Executor {
-        Executor::default()
+        if let Err(e) = tree::become_subreaper() {
+            tracing::warn!(error = %e, "cannot become a subreaper: children of ended workers may outlive them");
+        }
+        Executor {
+            pools: Mutex::default(),
+            counters: Arc::default(),
+        }
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -94,12 +130,13 @@ impl Executor {
         request: &Request,
         cancel: &CancellationToken,
     ) -> Finished {
+        let _running = RunningGuard::new(&self.counters.running);
         let started = Instant::now();
         let line = match serde_json::to_string(request) {
             Ok(line) => line,
             Err(e) => {
                 return finished(
-                    Err(failure("invalid_input", e.to_string())),
+                    Err(JobError::new(ErrorCode::InvalidInput, e.to_string())),
                     Vec::new(),
                     false,
                     started,
@@ -120,7 +157,7 @@ impl Executor {
                         Err(e) => {
                             let message = format!("cannot start {}: {e}", spec.program.display());
                             return finished(
-                                Err(failure("spawn_failed", message)),
+                                Err(JobError::new(ErrorCode::SpawnFailed, message)),
                                 Vec::new(),
                                 true,
                                 started,
@@ -132,12 +169,12 @@ impl Executor {
             match worker.send(&line).await {
                 Ok(()) => exchange = Some(worker),
                 Err(e) if cold_start => {
-                    let code = "worker_crashed";
                     let message = format!("worker did not take the request: {e}");
-                    worker.kill().await;
-                    return finished(Err(failure(code, message)), Vec::new(), true, started);
+                    self.end(worker).await;
+                    let error = JobError::new(ErrorCode::WorkerCrashed, message);
+                    return finished(Err(error), Vec::new(), true, started);
                 }
-                Err(_) => worker.kill().await,
+                Err(_) => self.end(worker).await,
             }
         }
         let mut worker = exchange.expect("set above");
@@ -150,18 +187,36 @@ impl Executor {
                 reply
             }
             Exchange::Broken(error) => {
-                match error.code.as_str() {
-                    "timeout" => self.counters.timeouts.fetch_add(1, Ordering::Relaxed),
-                    "worker_crashed" => {
-                        self.counters.worker_crashes.fetch_add(1, Ordering::Relaxed)
+                let counter = match error.code.as_str() {
+                    c if c == ErrorCode::Timeout.as_str() => Some(&self.counters.timeouts),
+                    c if c == ErrorCode::WorkerCrashed.as_str() => {
+                        Some(&self.counters.worker_crashes)
                     }
-                    _ => 0,
+                    c if c == ErrorCode::MemoryLimit.as_str() => Some(&self.counters.memory_limits),
+                    _ => None,
                 };
-                worker.kill().await;
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                self.end(worker).await;
                 Err(error)
             }
         };
         finished(reply, log, cold_start, started)
+    }
+
+    /// Kills a worker that must not be reused and everything it started.
+    async fn end(&self, worker: Worker) {
+        worker.kill().await;
+        Executor::sweep().await;
+    }
+
+    /// Kills what ended workers left behind and reaps zombie children (see [`tree`]). The
+    /// idle reaper runs it on every tick; it is cheap (one read of `/proc`).
+    pub async fn sweep() -> Swept {
+        tokio::task::spawn_blocking(tree::sweep)
+            .await
+            .unwrap_or_default()
     }
 
     fn take_idle(&self, pool: &str) -> Option<Worker> {
@@ -177,7 +232,7 @@ impl Executor {
         if entry.idle.len() < IDLE_WORKERS_PER_POOL_MAX {
             entry.idle.push(worker);
         }
-        // Else the worker is dropped: its stdin closes and it exits by protocol.
+        // Else the worker is dropped: it is killed, and the next sweep kills what it left.
     }
 
     /// Idle workers per pool, for metrics and node load reports.
@@ -190,7 +245,8 @@ impl Executor {
             .collect()
     }
 
-    /// Stops workers idle for longer than their pool's idle time-out. Returns how many.
+    /// Stops workers idle for longer than their pool's idle time-out, and what they started,
+    /// then [`Executor::sweep`]s. Returns how many workers it stopped.
     pub async fn reap_idle(&self) -> usize {
         let now = Instant::now();
         let expired: Vec<Worker> = {
@@ -212,6 +268,7 @@ impl Executor {
         for worker in expired {
             worker.stop().await;
         }
+        Executor::sweep().await;
         count
     }
 
@@ -224,6 +281,7 @@ impl Executor {
         for worker in all {
             worker.stop().await;
         }
+        Executor::sweep().await;
     }
 }
 

@@ -1,9 +1,10 @@
 //! One worker process and the node's side of the protocol with it.
 
-use crate::{failure, ProcessSpec, LOG_BYTES_MAX};
+use crate::tree::{self, Tag};
+use crate::{ProcessSpec, LOG_BYTES_MAX};
 use futures::StreamExt;
 use model::protocol::{Reply, REPLY_BYTES_MAX};
-use model::JobError;
+use model::{ErrorCode, JobError};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,10 +14,26 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a worker asked to stop (stdin closed) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_millis(500);
+/// The end of a crashed worker's log searched for signs of an allocation failure.
+const OOM_LOG_TAIL_BYTES: usize = 16 * 1024;
+/// What runtimes print when an allocation fails: Rust's default handler (then it aborts),
+/// Python's `MemoryError`, C++'s `std::bad_alloc`, `strerror(ENOMEM)` (C, shells), Go and
+/// Node.js (`... out of memory`).
+const OOM_SIGNS: [&str; 5] = [
+    "memory allocation of ",
+    "MemoryError",
+    "std::bad_alloc",
+    "Cannot allocate memory",
+    "out of memory",
+];
 
 #[derive(Debug)]
 pub(crate) struct Worker {
     child: Child,
+    /// Dropped once the worker is reaped (see [`crate::tree`]).
+    tag: Tag,
+    /// Its function's `memory_mb`, if set (an allocation failure is then `memory_limit`).
+    memory_mb: Option<u64>,
     stdin: ChildStdin,
     stdout: FramedRead<ChildStdout, LinesCodec>,
     stderr: ChildStderr,
@@ -65,12 +82,14 @@ impl Worker {
                 Ok(())
             });
         }
-        let mut child = command.spawn()?;
+        let (mut child, tag) = tree::spawn(&mut command)?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         Ok(Worker {
             child,
+            tag,
+            memory_mb: spec.memory_mb,
             stdin,
             stdout: FramedRead::new(stdout, LinesCodec::new_with_max_length(REPLY_BYTES_MAX)),
             stderr,
@@ -105,9 +124,11 @@ impl Worker {
                     Ok(n) => self.keep_log(&buf[..n]),
                 },
                 line = self.stdout.next() => return self.reply(line).await,
-                () = cancel.cancelled() => return Exchange::Broken(failure("cancelled", "the job was cancelled")),
+                () = cancel.cancelled() => {
+                    return Exchange::Broken(JobError::new(ErrorCode::Cancelled, "the job was cancelled"))
+                }
                 () = tokio::time::sleep_until(deadline) => {
-                    return Exchange::Broken(failure("timeout", "the attempt ran past its time-out"))
+                    return Exchange::Broken(JobError::new(ErrorCode::Timeout, "the attempt ran past its time-out"))
                 }
             }
         }
@@ -126,18 +147,18 @@ impl Worker {
                 }) => Exchange::Reply(Err(error)),
                 _ => {
                     let shown: String = line.chars().take(200).collect();
-                    Exchange::Broken(failure(
-                        "worker_crashed",
+                    Exchange::Broken(JobError::new(
+                        ErrorCode::WorkerCrashed,
                         format!("not a protocol reply: {shown:?}"),
                     ))
                 }
             },
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Exchange::Broken(failure(
-                "worker_crashed",
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Exchange::Broken(JobError::new(
+                ErrorCode::WorkerCrashed,
                 format!("reply line over {REPLY_BYTES_MAX} bytes; write big results to files"),
             )),
             Some(Err(LinesCodecError::Io(e))) => {
-                Exchange::Broken(failure("worker_crashed", e.to_string()))
+                Exchange::Broken(JobError::new(ErrorCode::WorkerCrashed, e.to_string()))
             }
             None => {
                 // Collect what the worker said on its way out, and how it ended.
@@ -153,7 +174,13 @@ impl Worker {
                     Ok(Ok(status)) => format!("worker exited ({status}) without replying"),
                     _ => "worker closed its stdout without replying".to_string(),
                 };
-                Exchange::Broken(failure("worker_crashed", how))
+                match self.memory_mb {
+                    Some(mb) if ran_out_of_memory(&self.log) => Exchange::Broken(JobError::new(
+                        ErrorCode::MemoryLimit,
+                        format!("{how}: out of memory (memory_mb = {mb})"),
+                    )),
+                    _ => Exchange::Broken(JobError::new(ErrorCode::WorkerCrashed, how)),
+                }
             }
         }
     }
@@ -180,34 +207,75 @@ impl Worker {
         log
     }
 
-    /// Kills the worker's whole process group and reaps it.
-    pub(crate) async fn kill(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) with a negative pid signals the process group we created.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
+    /// Kills the worker, its process group and every process below it, and reaps it.
+    pub(crate) async fn kill(self) {
+        let Worker { mut child, tag, .. } = self;
+        if let Some(pid) = child.id() {
+            let _ = tokio::task::spawn_blocking(move || tree::kill_tree(pid)).await;
         }
-        let _ = self.child.wait().await;
+        let _ = child.wait().await;
+        drop(tag);
     }
 
-    /// Asks the worker to exit (end of stdin), then kills it if it lingers.
+    /// Asks the worker to exit (end of stdin), kills it if it lingers, then kills what it
+    /// leaves behind (found before it was asked, while it still hung from the worker).
     pub(crate) async fn stop(self) {
         let Worker {
-            mut child, stdin, ..
+            mut child,
+            stdin,
+            tag,
+            ..
         } = self;
+        let Some(pid) = child.id() else {
+            return;
+        };
+        let below = tokio::task::spawn_blocking(move || tree::members(pid))
+            .await
+            .unwrap_or_default();
         drop(stdin);
         if tokio::time::timeout(STOP_GRACE, child.wait())
             .await
             .is_err()
         {
-            if let Some(pid) = child.id() {
-                // SAFETY: as in `kill`.
-                unsafe {
-                    libc::kill(-(pid as i32), libc::SIGKILL);
-                }
-            }
+            let _ = tokio::task::spawn_blocking(move || tree::kill_tree(pid)).await;
             let _ = child.wait().await;
         }
+        let _ = tokio::task::spawn_blocking(move || tree::kill_all(&below)).await;
+        drop(tag);
+    }
+}
+
+/// Whether a worker's log shows that an allocation failed. Under `RLIMIT_AS` that is how
+/// running out of memory looks: `mmap` fails and the runtime says so on its way out. A
+/// program that dies without saying (a C program that dereferences a failed `malloc`) is
+/// reported as crashed: its exit alone does not tell a limit from a bug.
+pub(crate) fn ran_out_of_memory(log: &[u8]) -> bool {
+    let tail = &log[log.len().saturating_sub(OOM_LOG_TAIL_BYTES)..];
+    let tail = String::from_utf8_lossy(tail);
+    OOM_SIGNS.iter().any(|sign| tail.contains(sign))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ran_out_of_memory;
+
+    #[test]
+    fn allocation_failures_of_common_runtimes_are_recognised() {
+        for log in [
+            "memory allocation of 1073741824 bytes failed\n",
+            "Traceback (most recent call last):\n  File \"<string>\", line 3\nMemoryError\n",
+            "terminate called after throwing an instance of 'std::bad_alloc'\n",
+            "fatal error: runtime: out of memory\n",
+            "sh: fork: Cannot allocate memory\n",
+        ] {
+            assert!(ran_out_of_memory(log.as_bytes()), "{log:?}");
+        }
+        assert!(!ran_out_of_memory(
+            b"thread 'main' panicked at src/main.rs:3:5\n"
+        ));
+        // Only the end of a long log counts: an old mention is not why it died.
+        let mut log = b"MemoryError (handled)\n".to_vec();
+        log.extend(std::iter::repeat_n(b'.', 64 * 1024));
+        assert!(!ran_out_of_memory(&log));
     }
 }

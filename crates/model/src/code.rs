@@ -28,12 +28,30 @@ pub enum ErrorCode {
     StorageFull,
     /// An unexpected failure; details are in the node's log.
     Internal,
+    /// The route exists but not with this HTTP method.
+    MethodNotAllowed,
+    /// The request's path and query are over their length limit.
+    UriTooLong,
     /// Attempt outcomes (never HTTP answers of their own).
     Timeout,
     WorkerCrashed,
     Cancelled,
     UnsupportedFormat,
     FunctionFailed,
+    /// The worker ran out of the memory its function allows (`memory_mb`).
+    MemoryLimit,
+    /// The worker process could not be started (no such program, not executable, ...).
+    SpawnFailed,
+    /// The attempt's node stopped sending heartbeats and was marked down.
+    NodeLost,
+    /// The attempt's node restarted: whatever it ran was lost with the old process.
+    NodeRestarted,
+    /// The attempt's node was removed from the cluster.
+    NodeRemoved,
+    /// The attempt stayed busy long past its time-out and was stopped by its node.
+    Stuck,
+    /// Another attempt of the job succeeded first (backups in mode `hedge`).
+    Superseded,
 }
 
 impl ErrorCode {
@@ -49,11 +67,20 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UriTooLong => "uri_too_long",
             ErrorCode::Timeout => "timeout",
             ErrorCode::WorkerCrashed => "worker_crashed",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::UnsupportedFormat => "unsupported_format",
             ErrorCode::FunctionFailed => "function_failed",
+            ErrorCode::MemoryLimit => "memory_limit",
+            ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::NodeLost => "node_lost",
+            ErrorCode::NodeRestarted => "node_restarted",
+            ErrorCode::NodeRemoved => "node_removed",
+            ErrorCode::Stuck => "stuck",
+            ErrorCode::Superseded => "superseded",
         }
     }
 }

@@ -176,6 +176,25 @@ pub enum Command {
     Batch(Vec<Command>),
 }
 
+impl Command {
+    /// Whether applying the command twice has the effect of applying it once, so a write
+    /// whose fate is unknown (its leader died while it was in flight) may be proposed again:
+    /// jobs that all carry an idempotency key, results (fenced by attempt ids), heartbeats,
+    /// a node's registration or status, and the webhook's progress.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Command::SubmitJobs { jobs, .. } => jobs.iter().all(|j| j.idempotency_key.is_some()),
+            Command::FinishAttempts { .. }
+            | Command::Heartbeat { .. }
+            | Command::RegisterNode { .. }
+            | Command::SetNodeStatus { .. }
+            | Command::EventsDelivered { .. } => true,
+            Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
+            _ => false,
+        }
+    }
+}
+
 /// What submitting one job led to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -23,6 +23,11 @@ pub enum EventKind {
     /// its labels, too few usable nodes for its backups): an alert, raised once per function
     /// and reason while the leader leads.
     JobsWaiting,
+    /// A node that joined caught up and became a voter (while there were fewer than three).
+    VoterAdded,
+    /// A node admitted to the cluster did not catch up in time and was removed again (an
+    /// alert).
+    JoinFailed,
 }
 
 impl EventKind {
@@ -30,7 +35,10 @@ impl EventKind {
     pub fn is_alert(self) -> bool {
         matches!(
             self,
-            EventKind::BreakerOpened | EventKind::NodeLost | EventKind::JobsWaiting
+            EventKind::BreakerOpened
+                | EventKind::NodeLost
+                | EventKind::JobsWaiting
+                | EventKind::JoinFailed
         )
     }
 }

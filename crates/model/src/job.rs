@@ -1,6 +1,7 @@
 //! Jobs and their attempts, as the registry holds them and the API shows them.
 
 use crate::ids::{AttemptId, JobId, NodeId};
+use crate::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// The life of a job:
@@ -58,6 +59,16 @@ impl JobState {
 pub struct JobError {
     pub code: String,
     pub message: String,
+}
+
+impl JobError {
+    /// An error with one of the platform's own codes (a function may use codes of its own).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> JobError {
+        JobError {
+            code: code.as_str().to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 /// One try of a job on one node. It is live (running, or waiting for a slot on its node)

@@ -6,6 +6,7 @@
 
 mod code;
 mod command;
+mod config;
 mod event;
 mod function;
 mod ids;
@@ -15,9 +16,11 @@ pub mod protocol;
 mod runs;
 pub mod signature;
 mod state;
+mod strategy;
 
 pub use code::{ApiError, ErrorCode};
 pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+pub use config::{ClusterConfig, ConfigKey, Setting, Settings, CONFIG_VALUE_LEN_MAX};
 pub use event::{Event, EventKind, NewEvent, EVENTS_MAX};
 pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
@@ -27,6 +30,7 @@ pub use job::{Attempt, Job, JobError, JobState, RunLink};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
 pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
+pub use strategy::{Strategy, UnknownStrategy};
 /// The workflow crate, so that the node, the API and the client name its types through the
 /// vocabulary crate they already use.
 pub use workflow;

@@ -9,7 +9,8 @@
 //! 4. End of stdin means: exit now. The node closes stdin when it scales the pool down.
 //!
 //! A worker that exits, or writes a line that is not a reply, fails its attempt with
-//! `worker_crashed`; one that takes longer than the function's time-out is killed (`timeout`).
+//! `worker_crashed` (`memory_limit` when its function sets `memory_mb` and its log shows a
+//! failed allocation); one that takes longer than the function's time-out is killed (`timeout`).
 //!
 //! Example exchange:
 //! ```text

@@ -1,6 +1,6 @@
 //! The replicated state and its deterministic transition function.
 //!
-//! Invariants (checked by `debug_assert_invariants` in tests):
+//! Invariants (all of them in [`State::check_invariants`], which tests run after every command):
 //! - a job is in `queue` iff it is queued and due now-or-never-delayed, in `delayed` iff it is
 //!   queued with a back-off; never both;
 //! - a job is in `running[node]` iff it is running and has a live attempt on `node` (at most
@@ -8,6 +8,7 @@
 //! - an idempotency key maps to exactly one job, which carries that key.
 
 use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+use crate::config::ClusterConfig;
 use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{Attempt, Job, JobError, JobState};
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+mod invariants;
 
 /// Largest job input, as serialized JSON.
 pub const INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -82,7 +85,7 @@ pub struct State {
     jobs: BTreeMap<JobId, Arc<Job>>,
     keys: BTreeMap<KeyId, ApiKey>,
     nodes: BTreeMap<NodeId, NodeInfo>,
-    config: BTreeMap<String, String>,
+    config: ClusterConfig,
     next_job_id: u64,
     next_attempt_id: u64,
     /// Node ids are never reused: a node that leaves and comes back gets a new one.
@@ -239,7 +242,8 @@ impl State {
         self.nodes.values()
     }
 
-    pub fn config(&self) -> &BTreeMap<String, String> {
+    /// The cluster config: typed through [`ClusterConfig::settings`].
+    pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
@@ -445,7 +449,7 @@ impl State {
                 }
             },
             Command::SetConfig { key, value } => {
-                self.config.insert(key, value);
+                self.config.set(key, value);
                 Response::Done
             }
             Command::PurgeJobs {
@@ -754,10 +758,8 @@ impl State {
                 job.output = Some(output);
                 job.objects = objects;
                 job.error = None;
-                let superseded = JobError {
-                    code: "superseded".into(),
-                    message: "another attempt succeeded first".into(),
-                };
+                let superseded =
+                    JobError::new(ErrorCode::Superseded, "another attempt succeeded first");
                 for other in job
                     .attempts
                     .iter_mut()
@@ -825,17 +827,11 @@ impl State {
             .filter(|a| a.finished_at_ms.is_none())
         {
             attempt.finished_at_ms = Some(now_ms);
-            attempt.error = Some(JobError {
-                code: "cancelled".into(),
-                message: "cancelled by request".into(),
-            });
+            attempt.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
         }
         job.state = JobState::Cancelled;
         job.finished_at_ms = Some(now_ms);
-        job.error = Some(JobError {
-            code: "cancelled".into(),
-            message: "cancelled by request".into(),
-        });
+        job.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
         self.record_job_end(now_ms, id);
         Response::Cancelled { previous }
     }
@@ -905,24 +901,10 @@ impl State {
         }
     }
 
-    /// Panics if a derived index disagrees with the jobs. For tests.
+    /// Panics if an invariant is broken (see [`State::check_invariants`]). For tests.
     pub fn assert_invariants(&self) {
-        let mut rebuilt = self.clone();
-        rebuilt.rebuild_indexes();
-        assert_eq!(rebuilt.queue, self.queue, "queue index");
-        assert_eq!(rebuilt.delayed, self.delayed, "delayed index");
-        let nonempty = |m: &BTreeMap<NodeId, BTreeSet<JobId>>| {
-            m.iter()
-                .filter(|(_, s)| !s.is_empty())
-                .map(|(k, s)| (*k, s.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        assert_eq!(
-            nonempty(&rebuilt.running),
-            nonempty(&self.running),
-            "running index"
-        );
-        assert_eq!(rebuilt.idempotency, self.idempotency, "idempotency index");
-        assert_eq!(rebuilt.run_keys, self.run_keys, "run idempotency index");
+        if let Err(broken) = self.check_invariants() {
+            panic!("a state invariant is broken: {broken}");
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The state machine, driven by commands: data in, a rendering of the state out.
 
+#[path = "state/properties.rs"]
+mod properties;
+
 use expect_test::{expect, Expect};
 use model::{
     AttemptResult, BackupMode, Command, FunctionSpec, JobError, JobId, JobSpec, JobState, Outcome,
@@ -572,6 +575,31 @@ fn events_are_numbered_and_the_oldest_go_first() {
     let reloaded = State::decode(&state.encode()).unwrap();
     assert_eq!(reloaded.events_after(0).count(), model::EVENTS_MAX);
     assert_eq!(reloaded.events_delivered(), 1_001);
+}
+
+#[test]
+fn config_keys_from_an_old_log_apply_and_survive_a_snapshot() {
+    let mut state = State::default();
+    for (key, value) in [
+        ("scheduler.strategy", "random"),
+        ("long.gone.key", "whatever"),
+        ("node.2.weight", "not a number"),
+    ] {
+        let response = state.apply(Command::SetConfig {
+            key: key.into(),
+            value: value.into(),
+        });
+        assert!(matches!(response, Response::Done), "{key}: {response:?}");
+    }
+    let restored = State::decode(&state.snapshot_copy().encode()).unwrap();
+    for s in [&state, &restored] {
+        assert_eq!(s.config().raw().len(), 3);
+        assert_eq!(
+            s.config().settings().strategy,
+            Some(model::Strategy::Random)
+        );
+        assert_eq!(s.config().settings().weight(2), None);
+    }
 }
 
 /// Applies `commands` and renders node 1's status after each.

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{
-    RaftRpcError, StateDigest, CLUSTER_KEY_ID, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
+    Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
+    FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
 pub use runs::RunView;
 pub use storage::Store as ObjectStore;
@@ -32,8 +33,6 @@ pub mod registry_role {
     pub use registry::Role;
 }
 
-/// How long start-up waits for the registry to elect a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Longest a client may wait for a job in one call.
 pub const WAIT_MAX: Duration = Duration::from_secs(300);
 
@@ -59,7 +58,13 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
     pub snapshot_logs: u64,
+    /// How long a node that joins may take to catch up and register before the leader
+    /// removes it again ([`JOIN_CATCH_UP_DEFAULT`] unless testing).
+    pub join_catch_up: Duration,
 }
+
+/// How long a joining node has to catch up and register by default.
+pub const JOIN_CATCH_UP_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Log indexes between two state digests (fault injection only; see [`Node::state_digests`]).
 /// Each digest encodes the whole state, so not every entry: at a few dozen entries a second
@@ -133,6 +138,7 @@ fn unavailable(e: RegistryError) -> ApiError {
         RegistryError::Storage(m) if m.contains("No space left") => {
             ApiError::new(ErrorCode::StorageFull, m)
         }
+        RegistryError::StorageFull(m) => ApiError::new(ErrorCode::StorageFull, m),
         other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     }
 }
@@ -142,11 +148,16 @@ pub fn storage_error(e: StorageError) -> ApiError {
     let code = match &e {
         StorageError::NotFound(_) => ErrorCode::NotFound,
         StorageError::InvalidKey(..) | StorageError::InvalidUrl(..) => ErrorCode::InvalidInput,
+        StorageError::Conflict(..) => ErrorCode::Conflict,
         StorageError::TooLarge { .. } => ErrorCode::TooLarge,
         StorageError::Full(_) => ErrorCode::StorageFull,
-        StorageError::Io(_) => ErrorCode::Internal,
+        StorageError::Io { .. } => ErrorCode::Internal,
     };
-    ApiError::new(code, e.to_string())
+    if matches!(code, ErrorCode::StorageFull | ErrorCode::Internal) {
+        // The details name server paths: they go to the log, not to the client.
+        tracing::warn!(error = %e, "storage failed");
+    }
+    ApiError::new(code, e.public_message())
 }
 
 fn rejected(response: Response) -> Result<Response, ApiError> {
@@ -161,20 +172,12 @@ fn internal(what: &str, e: &dyn std::fmt::Display) -> ApiError {
 }
 
 impl Node {
-    /// Changes cluster config through the log; every node reads it live.
+    /// Changes cluster config through the log; every node reads it live. The key and value
+    /// are checked by [`model::Setting::parse`] before anything is proposed.
     pub async fn set_config(&self, key: String, value: String) -> Result<(), ApiError> {
-        if key.is_empty() || key.len() > 128 || value.len() > 4096 {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                "config keys are 1 to 128 bytes, values at most 4096",
-            ));
-        }
-        if key == retention::RETENTION_KEY {
-            retention::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
-        }
-        // An empty value switches the webhook off.
-        if key == webhook::WEBHOOK_KEY && !value.is_empty() {
-            webhook::parse(&value).map_err(|m| ApiError::new(ErrorCode::InvalidInput, m))?;
+        let setting = model::Setting::parse(&key, &value)?;
+        let key = setting.key().to_string();
+        if let model::Setting::AlertsWebhook(Some(_)) = setting {
             // A new webhook hears of what happens from now on, not of the whole history.
             let from_now = self.read(|s| s.last_event_seq());
             let set = Command::Batch(vec![
@@ -187,32 +190,6 @@ impl Node {
                     .try_for_each(|answer| rejected(answer).map(|_| ())),
                 other => Err(unexpected(other)),
             };
-        }
-        let is_weight = key
-            .strip_prefix("node.")
-            .and_then(|k| k.strip_suffix(".weight"))
-            .and_then(|id| id.parse().ok())
-            .is_some_and(|id| key == scheduling::weight_key(id));
-        if is_weight && value.parse::<u32>().is_err() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("a node weight is a whole number (0 takes the node out of rotation), not {value:?}"),
-            ));
-        }
-        let percent_ok = value
-            .parse::<f64>()
-            .is_ok_and(|p| (0.0..=100.0).contains(&p));
-        if key == "scheduler.cpu_threshold" && !percent_ok {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("scheduler.cpu_threshold is a percentage from 0 to 100, not {value:?}"),
-            ));
-        }
-        if key == "scheduler.strategy" && value.parse::<scheduler::Strategy>().is_err() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("unknown strategy {value:?}"),
-            ));
         }
         rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| ())
     }
@@ -265,6 +242,7 @@ impl Node {
             .load(std::sync::atomic::Ordering::Acquire)
             && self.raft_figures().leader.is_some()
             && !self.inner.shutdown.is_cancelled()
+            && !self.inner.registry.storage_full()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, ApiError> {
@@ -329,12 +307,14 @@ fn unexpected(response: Response) -> ApiError {
 }
 
 impl Node {
-    /// Serves a raft RPC from a peer.
+    /// Serves a raft RPC from the peer at `from` (as signed in the request).
     pub async fn raft_rpc(
         &self,
         kind: &str,
+        from: Option<&str>,
         body: &[u8],
     ) -> Result<Vec<u8>, registry::RaftRpcError> {
+        self.inner.registry.admit_peer(from).await?;
         if kind != "propose" {
             return self.inner.registry.handle_rpc(kind, body).await;
         }

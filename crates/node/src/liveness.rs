@@ -14,7 +14,7 @@
 //!   promotes the learner and demotes the dead voter, so the quorum heals itself.
 
 use crate::{now_ms, Node};
-use model::{Command, NodeLoad, NodeStatus};
+use model::{Command, ErrorCode, NodeLoad, NodeStatus};
 use std::time::Duration;
 
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -106,6 +106,7 @@ pub(crate) async fn scan(node: Node) {
             }
         }
         promote_learners(&node, now).await;
+        crate::membership::admit(&node, now).await;
     }
 }
 
@@ -125,7 +126,7 @@ fn fail_over(id: model::NodeId, now_ms: u64) -> Command {
         Command::AbandonAttempts {
             now_ms,
             node: id,
-            code: "node_lost".into(),
+            code: ErrorCode::NodeLost.as_str().into(),
         },
         Command::RecordEvents {
             now_ms,

@@ -1,14 +1,31 @@
 //! Cluster membership: admitting a node, the operator's node actions (drain, promote,
 //! remove, ...) and fault injection between peers.
+//!
+//! A join, step by step (so that a join can never cost the quorum):
+//! 1. the new node asks any member; the leader appends `JoinNode`, which gives it an id and
+//!    the status `joining`; the member answers with the id and the cluster secret;
+//! 2. the leader's [`admit`] pass (every liveness scan) adds each joining node that is not a
+//!    member yet as a *learner* and replicates to it; a learner has no vote, so one that
+//!    never catches up changes nothing for the quorum;
+//! 3. the new node catches up, syncs and registers (`RegisterNode`: status `up`);
+//! 4. [`admit`] then makes a registered, live learner a voter while there are fewer than
+//!    [`registry::VOTERS_DEFAULT`] voters;
+//! 5. a node still `joining` `NodeConfig::join_catch_up` after its `JoinNode` is removed
+//!    again, from the membership and from the state (event `join_failed`): the membership
+//!    is as it was before the join.
+//!
+//! Any leader carries these steps on: they are read from the replicated state, not from a
+//! task on the member that took the join.
 
-use crate::{now_ms, rejected, unavailable, unexpected, Node, JOIN_WAIT};
-use model::{ApiError, Command, ErrorCode, NodeId, Response};
-use std::time::Duration;
+use crate::{now_ms, rejected, unavailable, unexpected, FaultRule, Node};
+use model::{ApiError, Command, ErrorCode, EventKind, NewEvent, NodeId, NodeStatus, Response};
+use registry::Role;
+use std::collections::BTreeMap;
 
 impl Node {
-    /// Admits a new node: gives it an id and the cluster secret, and adds it to the raft
-    /// membership (as a learner, then a voter while there are fewer than three) once it
-    /// answers.
+    /// Admits a new node: gives it an id and the cluster secret. The leader adds it to the
+    /// raft membership as a learner and makes it a voter once it has caught up (see the
+    /// module doc).
     pub async fn join(
         &self,
         addr: String,
@@ -16,7 +33,7 @@ impl Node {
         labels: Vec<String>,
     ) -> Result<(NodeId, String), ApiError> {
         let command = Command::JoinNode {
-            addr: addr.clone(),
+            addr,
             slots,
             labels: labels.into_iter().collect(),
             now_ms: now_ms(),
@@ -25,30 +42,6 @@ impl Node {
             Response::Joined { id } => id,
             other => return Err(unexpected(other)),
         };
-        let registry = self.inner.registry.clone();
-        let shutdown = self.inner.shutdown.clone();
-        self.inner.tasks.lock().await.spawn(async move {
-            let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-            loop {
-                match registry.add_member(id, &addr).await {
-                    Ok(()) => {
-                        tracing::info!(node = id, %addr, "node joined");
-                        return;
-                    }
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(node = id, error = %e, "adding node; trying again");
-                    }
-                    Err(e) => {
-                        tracing::warn!(node = id, error = %e, "gave up adding node");
-                        return;
-                    }
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        });
         Ok((id, self.inner.cluster_secret.clone()))
     }
 
@@ -59,20 +52,18 @@ impl Node {
         }
         let status = |status| Command::SetNodeStatus { node: id, status };
         match action {
-            "drain" => {
-                rejected(self.propose(status(model::NodeStatus::Draining)).await?).map(|_| ())
-            }
-            "undrain" => rejected(self.propose(status(model::NodeStatus::Up)).await?).map(|_| ()),
+            "drain" => rejected(self.propose(status(NodeStatus::Draining)).await?).map(|_| ()),
+            "undrain" => rejected(self.propose(status(NodeStatus::Up)).await?).map(|_| ()),
             "promote" => self
                 .inner
                 .registry
-                .change_role(id, registry::Role::Voter)
+                .change_role(id, Role::Voter)
                 .await
                 .map_err(unavailable),
             "demote" => self
                 .inner
                 .registry
-                .change_role(id, registry::Role::Learner)
+                .change_role(id, Role::Learner)
                 .await
                 .map_err(unavailable),
             "remove" => {
@@ -82,19 +73,7 @@ impl Node {
                         "a node cannot remove itself; ask another node",
                     ));
                 }
-                self.inner
-                    .registry
-                    .change_role(id, registry::Role::Removed)
-                    .await
-                    .map_err(unavailable)?;
-                let now = now_ms();
-                self.propose(Command::AbandonAttempts {
-                    now_ms: now,
-                    node: id,
-                    code: "node_removed".into(),
-                })
-                .await?;
-                rejected(self.propose(Command::RemoveNode { node: id }).await?).map(|_| ())
+                self.remove_node(id, ErrorCode::NodeRemoved.as_str(), None).await
             }
             other => Err(ApiError::new(
                 ErrorCode::InvalidInput,
@@ -103,27 +82,70 @@ impl Node {
         }
     }
 
-    /// Cuts this node off from the raft traffic of `nodes` (see [`NodeConfig::fault_injection`]);
-    /// an empty list heals. Both sides of a partition must be told, each about the other.
-    pub fn set_faults(&self, nodes: &[NodeId]) -> Result<Vec<NodeId>, ApiError> {
+    /// Takes a node out of the raft membership (if it is in it), then out of the state with
+    /// its attempts failed over (`code`) and `event` recorded, the latter in one entry.
+    async fn remove_node(
+        &self,
+        id: NodeId,
+        code: &str,
+        event: Option<NewEvent>,
+    ) -> Result<(), ApiError> {
+        if self.members().iter().any(|(member, _)| *member == id) {
+            self.inner
+                .registry
+                .change_role(id, Role::Removed)
+                .await
+                .map_err(unavailable)?;
+        }
+        let now = now_ms();
+        let mut commands = vec![
+            Command::AbandonAttempts {
+                now_ms: now,
+                node: id,
+                code: code.into(),
+            },
+            Command::RemoveNode { node: id },
+        ];
+        if let Some(event) = event {
+            commands.push(Command::RecordEvents {
+                now_ms: now,
+                events: vec![event],
+            });
+        }
+        match self.propose(Command::Batch(commands)).await? {
+            Response::Batch(answers) => answers
+                .into_iter()
+                .try_for_each(|answer| rejected(answer).map(|_| ())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets the fault-injection rules for raft traffic between this node and others (see
+    /// [`crate::NodeConfig::fault_injection`] and [`FaultRule`]); an empty list heals. A
+    /// rule on one node covers only that node's side: a partition both ways needs both sides
+    /// told, or `both` rules.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) -> Result<Vec<FaultRule>, ApiError> {
         if !self.inner.config.fault_injection {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "fault injection is off on this node (start it with --fault-injection)",
             ));
         }
-        let addrs = self.read(|s| {
-            nodes
-                .iter()
-                .map(|&id| {
-                    s.node(id)
-                        .map(|n| n.addr.clone())
-                        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no node {id}")))
+        let rules = self.read(|s| {
+            rules
+                .into_iter()
+                .map(|rule| {
+                    rule.check()
+                        .map_err(|why| ApiError::new(ErrorCode::InvalidInput, why))?;
+                    let node = s.node(rule.node).ok_or_else(|| {
+                        ApiError::new(ErrorCode::NotFound, format!("no node {}", rule.node))
+                    })?;
+                    Ok((node.addr.clone(), rule))
                 })
-                .collect::<Result<std::collections::BTreeSet<String>, ApiError>>()
+                .collect::<Result<Vec<_>, ApiError>>()
         })?;
-        self.inner.registry.set_blocked_peers(addrs);
-        Ok(self.faults())
+        self.inner.registry.set_faults(rules);
+        Ok(self.inner.registry.faults())
     }
 
     /// Digests of the state this node applied, at every [`crate::STATE_DIGEST_EVERY_ENTRIES`]-th
@@ -139,15 +161,67 @@ impl Node {
         }
         Ok(self.inner.registry.state_digests())
     }
+}
 
-    /// The nodes this node is cut off from (fault injection).
-    pub fn faults(&self) -> Vec<NodeId> {
-        let blocked = self.inner.registry.blocked_peers();
-        self.read(|s| {
-            s.nodes()
-                .filter(|n| blocked.contains(&n.addr))
-                .map(|n| n.id)
-                .collect()
-        })
+/// One pass of the leader over joining nodes and learners: steps 2, 4 and 5 of the module
+/// doc. Each change is retried on the next pass if it fails.
+pub(crate) async fn admit(node: &Node, now_ms: u64) {
+    let members: BTreeMap<NodeId, Role> = node.members().into_iter().collect();
+    let catch_up_ms = node.inner.config.join_catch_up.as_millis() as u64;
+    let (joining, live_learners) = node.read(|s| {
+        let joining: Vec<(NodeId, String, u64)> = s
+            .nodes()
+            .filter(|n| n.status == NodeStatus::Joining)
+            .map(|n| (n.id, n.addr.clone(), n.last_heartbeat_ms))
+            .collect();
+        let live: Vec<NodeId> = s
+            .nodes()
+            .filter(|n| n.status == NodeStatus::Up && members.get(&n.id) == Some(&Role::Learner))
+            .map(|n| n.id)
+            .collect();
+        (joining, live)
+    });
+    // `JoinNode` stamps the node's heartbeat time; a joining node sends none until it
+    // registers, so that is when it joined.
+    for (id, addr, joined_ms) in joining {
+        if now_ms.saturating_sub(joined_ms) > catch_up_ms {
+            let message = format!(
+                "node {id} ({addr}) did not catch up within {} s of joining; removed again",
+                node.inner.config.join_catch_up.as_secs()
+            );
+            tracing::warn!(node = id, "{message}");
+            let event = NewEvent {
+                kind: EventKind::JoinFailed,
+                node: Some(id),
+                message,
+            };
+            if let Err(e) = node.remove_node(id, ErrorCode::NodeRemoved.as_str(), Some(event)).await {
+                tracing::warn!(node = id, error = %e, "could not remove a node that failed to join");
+            }
+        } else if !members.contains_key(&id) {
+            match node.inner.registry.add_learner(id, &addr).await {
+                Ok(()) => tracing::info!(node = id, %addr, "added a joining node as a learner"),
+                Err(e) => tracing::debug!(node = id, error = %e, "adding a learner; again later"),
+            }
+        }
+    }
+    let mut voters = members.values().filter(|r| **r == Role::Voter).count();
+    for id in live_learners {
+        if voters >= registry::VOTERS_DEFAULT {
+            break;
+        }
+        match node.inner.registry.change_role(id, Role::Voter).await {
+            Ok(()) => {
+                voters += 1;
+                let message = format!("node {id} caught up and became a voter ({voters} voters)");
+                node.record_events(vec![NewEvent {
+                    kind: EventKind::VoterAdded,
+                    node: Some(id),
+                    message,
+                }])
+                .await;
+            }
+            Err(e) => tracing::warn!(node = id, error = %e, "could not make a learner a voter"),
+        }
     }
 }

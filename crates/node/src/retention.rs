@@ -14,8 +14,6 @@ use crate::{now_ms, Node};
 use model::{Command, Response};
 use std::time::Duration;
 
-/// The config key.
-pub(crate) const RETENTION_KEY: &str = "retention";
 /// Retention when the config has none.
 const RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Jobs purged per log entry at most.
@@ -27,19 +25,8 @@ const SWEEP_TICK: Duration = Duration::from_secs(1);
 /// Prefixes of what a node's jobs produce.
 const EXPIRING_PREFIXES: [&str; 2] = ["jobs", "logs"];
 
-/// Parses a retention such as `7d`, `12h`, `90s` or `500ms`.
-pub(crate) fn parse(value: &str) -> Result<Duration, String> {
-    let retention = humantime::parse_duration(value).map_err(|e| {
-        format!("retention {value:?} is not a duration such as 7d, 12h or 90s: {e}")
-    })?;
-    if retention < Duration::from_secs(1) {
-        return Err(format!("retention {value:?} is under a second"));
-    }
-    Ok(retention)
-}
-
 fn retention(node: &Node) -> Duration {
-    node.read(|s| s.config().get(RETENTION_KEY).and_then(|v| parse(v).ok()))
+    node.read(|s| s.config().settings().retention)
         .unwrap_or(RETENTION_DEFAULT)
 }
 

@@ -17,7 +17,8 @@ use crate::{now_ms, Node};
 use executor::ProcessSpec;
 use model::protocol::Request;
 use model::{
-    AttemptId, AttemptResult, Command, FunctionKind, FunctionSpec, Job, JobError, JobId, Outcome,
+    AttemptId, AttemptResult, Command, ErrorCode, FunctionKind, FunctionSpec, Job, JobError, JobId,
+    Outcome,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -169,7 +170,7 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
                         // running forever; the retry policy decides what happens next.
                         tracing::error!(%job, %attempt, error = %e, "an attempt's task panicked");
                         local.remove(&job);
-                        let error = JobError { code: "internal".into(), message: format!("the node failed running the attempt: {e}") };
+                        let error = JobError::new(ErrorCode::Internal, format!("the node failed running the attempt: {e}"));
                         let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0 };
                         let _ = results.send(result).await;
                     }
@@ -227,10 +228,7 @@ async fn run_attempt(
                     "still busy {} s past the time-out; stopped",
                     STUCK_GRACE.as_secs()
                 );
-                done.0 = Outcome::Failed(JobError {
-                    code: "stuck".into(),
-                    message,
-                });
+                done.0 = Outcome::Failed(JobError::new(ErrorCode::Stuck, message));
             }
             work_dirs.give_back(work_dir);
             done
@@ -398,10 +396,8 @@ async fn keep_outputs(
     let mut objects = Vec::new();
     let mut pending = vec![out_dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| JobError {
-            code: "internal".into(),
-            message: e.to_string(),
-        })?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let Ok(kind) = entry.file_type() else {

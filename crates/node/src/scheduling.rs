@@ -16,7 +16,7 @@
 
 use crate::{now_ms, Node};
 use model::{Command, NodeStatus, State};
-use scheduler::{Config, NodeView, PendingJob, Reason, SchedulerState, Strategy};
+use scheduler::{Config, NodeView, PendingJob, Reason, SchedulerState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -30,19 +30,12 @@ pub(crate) const PREFETCH_MAX: u32 = 2_048;
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
 fn config(s: &State) -> Config {
+    let settings = s.config().settings();
     let mut config = Config::default();
-    if let Some(strategy) = s
-        .config()
-        .get("scheduler.strategy")
-        .and_then(|v| v.parse::<Strategy>().ok())
-    {
+    if let Some(strategy) = settings.strategy {
         config.default_strategy = strategy;
     }
-    if let Some(threshold) = s
-        .config()
-        .get("scheduler.cpu_threshold")
-        .and_then(|v| v.parse::<f64>().ok())
-    {
+    if let Some(threshold) = settings.cpu_threshold_percent {
         config.cpu_threshold_percent = threshold;
     }
     config
@@ -61,11 +54,7 @@ fn view(s: &State) -> Vec<NodeView> {
                 s.running_count(n.id) as u32,
             );
             v.labels = n.labels.clone();
-            if let Some(weight) = s
-                .config()
-                .get(&weight_key(n.id))
-                .and_then(|w| w.parse().ok())
-            {
+            if let Some(weight) = s.config().settings().weight(n.id) {
                 v.weight = weight;
             }
             v.cpu_percent = n.load.cpu_percent;
@@ -280,11 +269,6 @@ pub(crate) fn scheduler_state(node: &Node) -> std::sync::MutexGuard<'_, Option<S
         .scheduler
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-}
-
-/// The config key of a node's weight.
-pub(crate) fn weight_key(node: model::NodeId) -> String {
-    format!("node.{node}.weight")
 }
 
 /// A job as the scheduler sees it: its function's strategy, labels and backups (started

@@ -3,21 +3,24 @@
 //!
 //! Start-up, step by step:
 //! 1. open the registry (a pristine node makes itself a one-member cluster) and wait for a
-//!    leader;
+//!    leader, as long as [`START_WAIT`], retrying every step below that fails for want of a
+//!    leader or a quorum (a node restarted right after the leader's death must not exit);
 //! 2. on the leader: deploy missing built-in functions, create the admin key on first start
 //!    (written to `DATA_DIR/admin.key` for the CLI on this machine);
-//! 3. register this node with its slots, then fail over any attempt the registry still shows
-//!    running here (they died with the previous process; code `node_restarted`, retried by
-//!    policy);
+//! 3. register this node with its slots (which makes it `up` again, or `draining` if an
+//!    operator drained it), then fail over any attempt the registry still shows running
+//!    here (they died with the previous process; code `node_restarted`, retried by policy);
 //! 4. start the tasks: scheduling (acts while leader), running (this node's attempts),
 //!    reporting (batches attempt results into the log) and the idle-worker reaper.
 //!
-//! Shutdown cancels the tasks, stops idle workers and shuts raft down.
+//! The graceful stop ([`Node::drain_and_stop`]) marks the node `stopping`, lets its attempts
+//! finish within a grace period, fails over the rest, then shuts down with every wait
+//! bounded.
 
 use crate::{
     internal, liveness, metrics, now_ms, retention, running, runs, scheduling, storage_error,
     unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE, CLUSTER_KEY_FILE,
-    JOIN_WAIT, LEADER_WAIT,
+    JOIN_WAIT,
 };
 use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
 use rand::RngCore;
@@ -28,6 +31,21 @@ use std::time::Duration;
 use storage::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// Longest start-up waits for a leader and a quorum (generous: a cluster may take a while
+/// to come back, and a node that gives up is only restarted by its supervisor).
+pub(crate) const START_WAIT: Duration = Duration::from_secs(600);
+/// How often a waiting start-up says so in the log.
+const START_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause before start-up tries a failed step again.
+const START_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a graceful stop gives the results of its last attempts to be recorded once no
+/// worker runs any.
+const DRAIN_SETTLE: Duration = Duration::from_secs(2);
+/// How often a graceful stop looks at its workers.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+/// Longest the shutdown waits for the node's tasks, and for its idle workers.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Opens and runs a node; for callers that serve the API themselves only after it is up
@@ -80,24 +98,64 @@ impl Node {
     }
 
     /// Phase two: wait for a leader and catch up, bootstrap, start the tasks.
+    ///
+    /// A node may start while there is no leader (it restarts right after the leader was
+    /// killed, or the cluster is still electing): every step that fails for want of a leader
+    /// or a quorum (`unavailable`) is tried again until [`START_WAIT`] has passed, and the log
+    /// says every [`START_LOG_INTERVAL`] what the node is waiting for. Other errors end the
+    /// start at once, as does [`Node::shutdown`].
     pub async fn run(&self) -> Result<(), ApiError> {
-        let wait = if self.inner.config.join.is_some() {
-            JOIN_WAIT
-        } else {
-            LEADER_WAIT
-        };
-        self.inner
-            .registry
-            .wait_for_leader(wait)
-            .await
-            .map_err(unavailable)?;
-        self.inner.registry.sync().await.map_err(unavailable)?;
-        self.bootstrap().await?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + START_WAIT;
+        let mut next_log = started + START_LOG_INTERVAL;
+        loop {
+            let error = match self.catch_up_and_bootstrap().await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if error.code != ErrorCode::Unavailable || now >= deadline {
+                return Err(ApiError::new(
+                    error.code,
+                    format!(
+                        "start-up gave up after {} s: {}",
+                        (now - started).as_secs(),
+                        error.message
+                    ),
+                ));
+            }
+            if now >= next_log {
+                tracing::info!(
+                    waited_s = (now - started).as_secs(),
+                    limit_s = START_WAIT.as_secs(),
+                    error = %error.message,
+                    "waiting for a leader and a quorum to start"
+                );
+                next_log = now + START_LOG_INTERVAL;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(START_RETRY_PAUSE) => {}
+                () = self.inner.shutdown.cancelled() => {
+                    return Err(ApiError::new(ErrorCode::Unavailable, "stopped while starting"));
+                }
+            }
+        }
         self.spawn_tasks().await;
         self.inner
             .running
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// One try of start-up's registry steps; each is safe to repeat.
+    async fn catch_up_and_bootstrap(&self) -> Result<(), ApiError> {
+        self.inner
+            .registry
+            .wait_for_leader(START_LOG_INTERVAL)
+            .await
+            .map_err(unavailable)?;
+        self.inner.registry.sync().await.map_err(unavailable)?;
+        self.bootstrap().await
     }
 
     async fn bootstrap(&self) -> Result<(), ApiError> {
@@ -142,7 +200,7 @@ impl Node {
         };
         self.propose(register).await?;
         if self.read(|s| s.running_count(id)) > 0 {
-            let code = "node_restarted".to_string();
+            let code = ErrorCode::NodeRestarted.as_str().to_string();
             let response = self
                 .propose(Command::AbandonAttempts {
                     now_ms: now_ms(),
@@ -172,47 +230,90 @@ impl Node {
         tasks.spawn(runs::drive(self.clone()));
     }
 
-    /// Takes no new work, waits (up to `limit`) until what runs here has finished, then shuts
-    /// down. Queued jobs stay in the registry for other nodes or the next start.
-    pub async fn drain_and_stop(&self, limit: Duration) {
+    /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:
+    /// 1. mark this node `stopping` in the log (at most `PROPOSE_TIMEOUT`: without a quorum
+    ///    nothing can be recorded, and nothing new can be placed here either); the scheduler
+    ///    gives it no new work;
+    /// 2. wait until no attempt runs here, or until `grace` (counted from the call) is over;
+    /// 3. fail over what still runs (`node_lost`, so other nodes retry it at once);
+    /// 4. [`Node::shutdown`], whose every wait is bounded.
+    ///
+    /// Queued jobs stay in the registry for other nodes or the next start, and the next start
+    /// brings the node back `up` (unless an operator drained it).
+    pub async fn drain_and_stop(&self, grace: Duration) {
         let me = self.id();
-        let status = Command::SetNodeStatus {
+        let deadline = tokio::time::Instant::now() + grace;
+        let stopping = Command::SetNodeStatus {
             node: me,
-            status: model::NodeStatus::Draining,
+            status: model::NodeStatus::Stopping,
         };
-        // Without a quorum nothing can be recorded: do not wait for it forever.
-        let marked = tokio::time::timeout(LEADER_WAIT, self.propose(status)).await;
-        let marked = marked.unwrap_or_else(|_| {
-            Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "no quorum to record the drain",
-            ))
-        });
-        match marked {
-            Ok(_) => {
-                let deadline = tokio::time::Instant::now() + limit;
-                let mut applied = self.inner.registry.applied();
-                while self.read(|s| s.running_count(me)) > 0 {
-                    tokio::select! {
-                        _ = applied.changed() => {}
-                        () = tokio::time::sleep_until(deadline) => {
-                            tracing::warn!("drain time is up; stopping with attempts still running (they will be retried)");
-                            break;
-                        }
-                    }
-                }
+        if let Err(e) = self.propose(stopping).await {
+            tracing::warn!(error = %e, "could not mark this node stopping; draining anyway");
+        }
+        // Done when the log shows nothing running here, or when no worker here runs an
+        // attempt any more and their results had [`DRAIN_SETTLE`] to be recorded (without a
+        // quorum they never are: waiting out the grace period would help nobody).
+        let mut applied = self.inner.registry.applied();
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        while self.read(|s| s.running_count(me)) > 0 {
+            let now = tokio::time::Instant::now();
+            let running = self
+                .inner
+                .executor
+                .counters()
+                .running
+                .load(std::sync::atomic::Ordering::Acquire);
+            if running > 0 {
+                idle_since = None;
+            } else if now >= *idle_since.get_or_insert(now) + DRAIN_SETTLE {
+                break;
             }
-            Err(e) => tracing::warn!(error = %e, "could not mark this node draining"),
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep(DRAIN_TICK) => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let left = self.read(|s| s.running_count(me));
+        if left > 0 {
+            tracing::warn!(
+                attempts = left,
+                grace_s = grace.as_secs(),
+                "the grace period is over with attempts still running: failing them over"
+            );
+            let abandon = Command::AbandonAttempts {
+                now_ms: now_ms(),
+                node: me,
+                code: "node_lost".into(),
+            };
+            if let Err(e) = self.propose(abandon).await {
+                tracing::warn!(error = %e, "could not fail the attempts over; the leader will once this node is silent");
+            }
         }
         self.shutdown().await;
     }
 
-    /// Stops the tasks, the idle workers and raft.
+    /// Stops the tasks, the idle workers and raft; each wait is bounded ([`STOP_WAIT`], and
+    /// raft's own), so a stuck task or peer cannot keep the process alive.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let mut tasks = self.inner.tasks.lock().await;
-        while tasks.join_next().await.is_some() {}
-        self.inner.executor.shutdown().await;
+        {
+            let mut tasks = self.inner.tasks.lock().await;
+            let joined = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(STOP_WAIT, joined).await.is_err() {
+                tracing::warn!(
+                    "tasks did not stop within {} s; aborting them",
+                    STOP_WAIT.as_secs()
+                );
+                tasks.abort_all();
+            }
+        }
+        if tokio::time::timeout(STOP_WAIT, self.inner.executor.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("idle workers did not stop within {} s", STOP_WAIT.as_secs());
+        }
         self.inner.registry.shutdown().await;
     }
 }

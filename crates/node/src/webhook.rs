@@ -1,5 +1,5 @@
 //! Alert webhook: the leader POSTs cluster events (see [`model::Event`]) to the URL in the
-//! config key [`WEBHOOK_KEY`] (`chorus config set alerts.webhook https://...`), so that
+//! config key `alerts.webhook` (`chorus config set alerts.webhook https://...`), so that
 //! alerts reach a chat room, a pager or an incident tool without anyone watching the
 //! dashboard.
 //!
@@ -17,8 +17,6 @@ use crate::Node;
 use model::Command;
 use std::time::Duration;
 
-/// The config key.
-pub(crate) const WEBHOOK_KEY: &str = "alerts.webhook";
 /// Events in one post at most.
 const EVENTS_PER_POST_MAX: usize = 100;
 /// How often the leader looks for new events.
@@ -28,18 +26,6 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Back-off after a failed post: doubles from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_LAST: Duration = Duration::from_secs(60);
-
-/// Checks a webhook URL: `http` or `https`, with a host.
-pub(crate) fn parse(value: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(value)
-        .map_err(|e| format!("alerts.webhook {value:?} is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!(
-            "alerts.webhook {value:?} must be an http:// or https:// URL with a host"
-        ));
-    }
-    Ok(url)
-}
 
 pub(crate) async fn deliver(node: Node) {
     let client = match reqwest::Client::builder().timeout(POST_TIMEOUT).build() {
@@ -59,7 +45,7 @@ pub(crate) async fn deliver(node: Node) {
             continue;
         }
         let (url, events) = node.read(|s| {
-            let url = s.config().get(WEBHOOK_KEY).and_then(|v| parse(v).ok());
+            let url = s.config().settings().webhook.clone();
             let events: Vec<model::Event> = s
                 .events_after(s.events_delivered())
                 .take(EVENTS_PER_POST_MAX)

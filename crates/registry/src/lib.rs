@@ -15,6 +15,7 @@
 // signatures; boxing them here would only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
+mod disk;
 mod log_store;
 mod network;
 mod proposer;
@@ -29,7 +30,11 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub use network::{RaftRpcError, CLUSTER_KEY_ID};
+pub use disk::DISK_RESERVE_BYTES;
+pub use network::{
+    Direction, FaultAction, FaultRule, RaftRpcError, CLUSTER_KEY_ID, FAULT_DELAY_MS_MAX,
+    RAFT_BODY_BYTES_MAX,
+};
 pub use state_machine::{StateDigest, STATE_DIGESTS_MAX};
 
 openraft::declare_raft_types!(
@@ -51,8 +56,28 @@ pub enum Role {
     Removed,
 }
 
-/// How long a forwarded call waits for a leader or for its entry to be applied here.
+/// How long a forwarded call waits for a leader or for its entry to be applied here, and how
+/// long a call keeps trying while the leader changes.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pause between two tries of a forwarded call while the leader changes (an election takes
+/// a few hundred milliseconds).
+const FORWARD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Longest a membership change (adding a learner, changing a role) waits for its commit.
+const MEMBERSHIP_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Longest raft may take to shut down.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bytes of log entries per `AppendEntries` request, at most (a larger entry goes alone): a
+/// request must reach the follower and be written there within openraft's deadline for it,
+/// one heartbeat interval.
+pub(crate) const APPEND_BYTES_MAX: usize = 512 * 1024;
+/// Entries per `AppendEntries` request, at most (openraft's `max_payload_entries`).
+const APPEND_ENTRIES_MAX: u64 = 300;
+/// How long a snapshot chunk may take to reach a follower and, for the last one, to be
+/// decoded and installed there (a registry of 200,000 jobs is a snapshot of about 45 MB).
+const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 60_000;
 
 /// Rounds a leader tries to confirm its leadership for one linearizable read.
 const READ_INDEX_TRIES: u32 = 3;
@@ -63,10 +88,17 @@ pub const SNAPSHOT_LOGS_DEFAULT: u64 = 5_000;
 pub enum RegistryError {
     #[error("this node is not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<(NodeId, String)> },
+    /// A call to a peer never reached it (the connection was refused, or fault injection
+    /// refused to send it): the peer did nothing, so the call may be sent again.
+    #[error("the registry is unavailable: {0}")]
+    NotDelivered(String),
     #[error("the registry is unavailable: {0}")]
     Unavailable(String),
     #[error("registry storage failed: {0}")]
     Storage(String),
+    /// The disk is under its reserve (see [`DISK_RESERVE_BYTES`]); writes wait for space.
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 /// A snapshot of raft's own figures, for metrics and health checks.
@@ -84,8 +116,8 @@ pub struct RaftFigures {
     pub snapshot_index: u64,
 }
 
-/// Voters in the cluster: the first nodes to join become voters up to this many; later ones
-/// are learners (full replicas without a vote).
+/// Voters in the cluster: the first nodes to join (and catch up) become voters up to this
+/// many; later ones stay learners (full replicas without a vote).
 pub const VOTERS_DEFAULT: usize = 3;
 
 /// How a node takes part when it opens the registry.
@@ -97,6 +129,16 @@ pub enum Founding {
     Join,
 }
 
+/// The answer to a forwarded `propose`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ProposeAnswer {
+    /// Committed at `index` on the leader, with its response.
+    Applied(network::Forwarded<Response>),
+    /// The node asked does not lead (any more): the command was not appended there.
+    NotLeader,
+}
+
 /// A running member of the registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -105,6 +147,7 @@ pub struct Registry {
     state: Arc<state_machine::Shared>,
     proposer: proposer::Handle,
     peers: network::Peers,
+    disk: Arc<disk::Disk>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -133,6 +176,10 @@ impl Registry {
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let db = log_store::open_db(&dir.join("raft.redb"))?;
         let log_store = log_store::LogStore::new(db.clone());
+        let disk = Arc::new(disk::Disk::new(
+            dir.to_path_buf(),
+            state_machine::SnapshotFile::path(dir),
+        ));
         let snapshots = state_machine::SnapshotFile::new(dir, db);
         let (sm, shared) = state_machine::StateMachine::open(snapshots)?;
         let config = Config {
@@ -144,6 +191,12 @@ impl Registry {
             election_timeout_max: 300,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: snapshot_logs / 5,
+            // Snapshots travel in chunks of this size (binary; see `network`), each within
+            // the install time-out; entries in requests bounded in count here and in bytes
+            // by the log reader (`APPEND_BYTES_MAX`).
+            snapshot_max_chunk_size: network::SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT_MS,
+            max_payload_entries: APPEND_ENTRIES_MAX,
             ..Config::default()
         };
         let config = Arc::new(
@@ -151,7 +204,7 @@ impl Registry {
                 .validate()
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?,
         );
-        let peers = network::Peers::new(cluster_secret);
+        let peers = network::Peers::new(cluster_secret, addr);
         let raft = Raft::new(
             id,
             config,
@@ -178,6 +231,7 @@ impl Registry {
             state: shared,
             proposer,
             peers,
+            disk,
         })
     }
 
@@ -188,28 +242,84 @@ impl Registry {
     /// Appends `command` to the log and returns its response once applied. On a follower the
     /// command is forwarded to the leader, and the answer comes back once this node has
     /// applied it too (so a caller reads its own writes here).
+    ///
+    /// During a leader change the write waits for the new leader (up to [`LEADER_WAIT`]), but
+    /// is sent again only when it provably did not commit: the leader asked refused the
+    /// connection, or answered that it does not lead (openraft refuses a write on a node that
+    /// does not lead, and fails a pending one only when its entry is truncated, which never
+    /// happens to a committed entry). A forward that timed out or lost its connection midway
+    /// may have committed: it is sent again only if applying it twice does no harm
+    /// ([`Command::is_idempotent`], e.g. jobs with idempotency keys); otherwise the caller
+    /// hears `unavailable` and decides.
     pub async fn propose(&self, command: Command) -> Result<Response, RegistryError> {
+        self.check_disk()?;
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let error = match self.propose_once(command.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            };
+            let not_committed = matches!(
+                error,
+                RegistryError::NotLeader { .. } | RegistryError::NotDelivered(_)
+            );
+            let unknown = matches!(error, RegistryError::Unavailable(_));
+            let again = not_committed || (unknown && command.is_idempotent());
+            if !again || tokio::time::Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(error = %error, "write not taken during a leader change; again");
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
+    async fn propose_once(&self, command: Command) -> Result<Response, RegistryError> {
         if self.figures().is_leader {
             return self.proposer.propose(command).await;
         }
         let body =
             serde_json::to_vec(&command).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        let answer = self.forward("propose", body).await?;
-        let forwarded: network::Forwarded<Response> = serde_json::from_slice(&answer)
+        let answer = self
+            .forward("propose", body, network::FORWARD_TIMEOUT)
+            .await?;
+        let answer: ProposeAnswer = serde_json::from_slice(&answer)
             .map_err(|e| RegistryError::Unavailable(format!("leader answered: {e}")))?;
-        self.wait_applied(forwarded.index).await?;
-        Ok(forwarded.value)
+        match answer {
+            ProposeAnswer::Applied(forwarded) => {
+                self.wait_applied(forwarded.index).await?;
+                Ok(forwarded.value)
+            }
+            ProposeAnswer::NotLeader => Err(RegistryError::NotLeader { leader: None }),
+        }
     }
 
-    /// Sends an RPC to the leader, following leader changes a few times.
-    async fn forward(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>, RegistryError> {
+    /// Refuses a write while this node's disk is under its reserve (see [`disk`]).
+    fn check_disk(&self) -> Result<(), RegistryError> {
+        match self.disk.full() {
+            Some(why) => Err(RegistryError::StorageFull(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this node's disk is under its reserve: it takes no writes until space is back.
+    pub fn storage_full(&self) -> bool {
+        self.disk.full().is_some()
+    }
+
+    /// Sends an RPC to the leader and waits at most `timeout` for its answer.
+    async fn forward(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, RegistryError> {
         let (leader, addr) = self.leader_addr().await?;
         if leader == self.id {
             return Err(RegistryError::Unavailable(
                 "this node became leader while forwarding; try again".into(),
             ));
         }
-        self.peers.call(&addr, kind, body).await
+        self.peers.call(&addr, kind, body, timeout).await
     }
 
     /// The leader and its address. A node that just joined may hear from the leader before
@@ -254,10 +364,12 @@ impl Registry {
     /// a caller may complete the command first, as the node does with the placement of
     /// submitted jobs, which only the leader can choose.
     pub async fn serve_propose(&self, command: Command) -> Result<Vec<u8>, RaftRpcError> {
-        let answer = self
-            .propose_here(command)
-            .await
-            .map_err(|e| RaftRpcError::Unavailable(e.to_string()))?;
+        let answer = match self.propose_here(command).await {
+            Ok(forwarded) => ProposeAnswer::Applied(forwarded),
+            // Said as an answer, not an error, so the follower knows the write was not taken.
+            Err(RegistryError::NotLeader { .. }) => ProposeAnswer::NotLeader,
+            Err(e) => return Err(rpc_error(e)),
+        };
         Ok(serde_json::to_vec(&answer)?)
     }
 
@@ -266,37 +378,31 @@ impl Registry {
         &self,
         command: Command,
     ) -> Result<network::Forwarded<Response>, RegistryError> {
+        self.check_disk()?;
         let value = self.proposer.propose(command).await?;
         let index = self.state.committed_index();
         Ok(network::Forwarded { index, value })
     }
 
-    /// Adds a node: first as a learner (blocking until it has caught up), then as a voter if
-    /// the cluster has fewer than [`VOTERS_DEFAULT`] voters. Runs on the leader; forwarded
-    /// there from any other node.
-    pub async fn add_member(&self, id: NodeId, addr: &str) -> Result<(), RegistryError> {
-        if !self.figures().is_leader {
-            let body = serde_json::to_vec(&(id, addr))
-                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            self.forward("add_member", body).await?;
-            return Ok(());
+    /// Adds a node to the membership as a learner and starts replicating to it, without
+    /// waiting for it to catch up: a learner has no vote, so one that never catches up costs
+    /// the quorum nothing. Promoting it to voter once it has caught up, or removing it if it
+    /// does not in time, is the caller's business (see [`Registry::change_role`]). Only on the
+    /// leader.
+    pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), RegistryError> {
+        self.check_disk()?;
+        let added = self.raft.add_learner(id, BasicNode::new(addr), false);
+        match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, added).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(match e.forward_to_leader() {
+                Some(_) => RegistryError::NotLeader { leader: None },
+                None => RegistryError::Unavailable(e.to_string()),
+            }),
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "adding the learner was not committed within {} s (no quorum?)",
+                MEMBERSHIP_CHANGE_WAIT.as_secs()
+            ))),
         }
-        let write_err = |e: openraft::error::RaftError<
-            NodeId,
-            openraft::error::ClientWriteError<NodeId, BasicNode>,
-        >| { RegistryError::Unavailable(e.to_string()) };
-        self.raft
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map_err(write_err)?;
-        if self.figures().voters < VOTERS_DEFAULT {
-            let ids = std::collections::BTreeSet::from([id]);
-            self.raft
-                .change_membership(openraft::ChangeMembers::AddVoterIds(ids), true)
-                .await
-                .map_err(write_err)?;
-        }
-        Ok(())
     }
 
     /// Makes a learner a voter, or a voter a learner; removes a node from the membership.
@@ -304,39 +410,52 @@ impl Registry {
         if !self.figures().is_leader {
             let body = serde_json::to_vec(&(id, role))
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            self.forward("change_role", body).await?;
+            self.forward("change_role", body, network::FORWARD_TIMEOUT)
+                .await?;
             return Ok(());
         }
+        self.check_disk()?;
         let ids = std::collections::BTreeSet::from([id]);
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
         let change = match role {
             Role::Voter => openraft::ChangeMembers::AddVoterIds(ids),
             Role::Learner => openraft::ChangeMembers::RemoveVoters(ids),
+            // openraft removes only learners with `RemoveNodes`: a voter is removed as a
+            // voter without `retain`, which takes it out of the nodes as well.
+            Role::Removed if is_voter => openraft::ChangeMembers::RemoveVoters(ids),
             Role::Removed => openraft::ChangeMembers::RemoveNodes(ids),
         };
         // `retain = true` keeps a demoted voter as a learner.
-        self.raft
-            .change_membership(change, role == Role::Learner)
-            .await
-            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        Ok(())
+        let changed = self.raft.change_membership(change, role == Role::Learner);
+        match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, changed).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RegistryError::Unavailable(e.to_string())),
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "the membership change was not committed within {} s (no quorum?)",
+                MEMBERSHIP_CHANGE_WAIT.as_secs()
+            ))),
+        }
     }
 
-    /// Voters and learners, as raft knows them.
+    /// Voters and learners, as committed (applied here): a node counts as a voter once the
+    /// change that makes it one has committed in full (every config of a joint membership
+    /// has it), so a caller never takes a change in flight for a done one.
     pub fn members(&self) -> Vec<(NodeId, Role)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let stored = self.state.membership();
+        let membership = stored.membership();
+        let configs = membership.get_joint_config();
         membership
             .nodes()
             .map(|(id, _)| {
-                (
-                    *id,
-                    if voters.contains(id) {
-                        Role::Voter
-                    } else {
-                        Role::Learner
-                    },
-                )
+                let voter = !configs.is_empty() && configs.iter().all(|c| c.contains(id));
+                (*id, if voter { Role::Voter } else { Role::Learner })
             })
             .collect()
     }
@@ -348,15 +467,36 @@ impl Registry {
 
     /// Waits until this node has applied everything the leader had committed when called
     /// (read-index): after it, a local read is linearizable.
+    ///
+    /// Asking for the read index changes nothing, so during a leader change it is asked
+    /// again, of the new leader, until [`LEADER_WAIT`] has passed.
     pub async fn sync(&self) -> Result<(), RegistryError> {
-        let index = if self.figures().is_leader {
-            self.read_index_here().await?
-        } else {
-            let answer = self.forward("read_index", Vec::new()).await?;
-            serde_json::from_slice(&answer)
-                .map_err(|e| RegistryError::Unavailable(e.to_string()))?
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let index = loop {
+            let error = match self.read_index().await {
+                Ok(index) => break index,
+                Err(e) => e,
+            };
+            // A leader that cannot confirm its lead has already tried several rounds.
+            let leader_failed =
+                matches!(error, RegistryError::Unavailable(_)) && self.figures().is_leader;
+            if leader_failed || tokio::time::Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(error = %error, "read index not answered during a leader change; again");
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
         };
         self.wait_applied(index).await
+    }
+
+    async fn read_index(&self) -> Result<u64, RegistryError> {
+        if self.figures().is_leader {
+            return self.read_index_here().await;
+        }
+        let answer = self
+            .forward("read_index", Vec::new(), network::FORWARD_TIMEOUT)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| RegistryError::Unavailable(e.to_string()))
     }
 
     /// The read index: the leader's commit index, once a quorum has confirmed it still
@@ -429,41 +569,39 @@ impl Registry {
             .map_err(|_| RegistryError::Unavailable("no leader elected in time".into()))?
     }
 
-    /// Handles RPCs from peers (the API mounts them; bodies are JSON): raft's own, and the
-    /// ones followers forward to the leader.
+    /// Handles RPCs from peers (the API mounts them; bodies are JSON but for snapshot
+    /// chunks): raft's own, and the ones followers forward to the leader.
     pub async fn handle_rpc(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, RaftRpcError> {
-        let unavailable = |e: RegistryError| RaftRpcError::Unavailable(e.to_string());
+        let unavailable = rpc_error;
         match kind {
             "propose" => self.serve_propose(serde_json::from_slice(body)?).await,
             "read_index" => Ok(serde_json::to_vec(
                 &self.read_index_here().await.map_err(unavailable)?,
             )?),
-            "add_member" => {
-                let (id, addr): (NodeId, String) = serde_json::from_slice(body)?;
-                self.add_member(id, &addr).await.map_err(unavailable)?;
-                Ok(b"{}".to_vec())
-            }
             "change_role" => {
                 let (id, role): (NodeId, Role) = serde_json::from_slice(body)?;
                 self.change_role(id, role).await.map_err(unavailable)?;
                 Ok(b"{}".to_vec())
             }
-            _ => network::handle(&self.raft, kind, body).await,
+            _ => network::handle(&self.raft, kind, body, || self.disk.full()).await,
         }
     }
 
-    /// Cuts this node off from the peers at `addrs` (fault injection; see
-    /// `network::Peers::blocked`). An empty set heals.
-    pub fn set_blocked_peers(&self, addrs: std::collections::BTreeSet<String>) {
-        tracing::warn!(
-            ?addrs,
-            "fault injection: raft traffic to these peers is dropped"
-        );
-        self.peers.set_blocked(addrs);
+    /// Applies the incoming fault rule for a peer's RPC, sent from `from` (its address, as
+    /// signed in the request): a delay waits, a refusal or a drop (after a long hold) fails.
+    pub async fn admit_peer(&self, from: Option<&str>) -> Result<(), RaftRpcError> {
+        self.peers.admit(from).await
     }
 
-    pub fn blocked_peers(&self) -> std::collections::BTreeSet<String> {
-        self.peers.blocked()
+    /// Sets the fault-injection rules (see [`FaultRule`]), each with its peer's address; an
+    /// empty list heals.
+    pub fn set_faults(&self, rules: Vec<(String, FaultRule)>) {
+        tracing::warn!(?rules, "fault injection: raft traffic rules set");
+        self.peers.set_faults(rules);
+    }
+
+    pub fn faults(&self) -> Vec<FaultRule> {
+        self.peers.faults()
     }
 
     /// From now on, records a digest of the applied state every `every_entries` log indexes
@@ -487,10 +625,25 @@ impl Registry {
         self.peers.verify(canonical, signature_hex)
     }
 
+    /// Stops the proposer and raft, waiting at most [`SHUTDOWN_WAIT`] for raft (whose
+    /// replication tasks may be stuck on an unreachable peer): the process ends either way.
     pub async fn shutdown(&self) {
         self.proposer.stop().await;
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        match tokio::time::timeout(SHUTDOWN_WAIT, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),
+            Err(_) => tracing::warn!(
+                "raft did not shut down within {} s; leaving it",
+                SHUTDOWN_WAIT.as_secs()
+            ),
         }
+    }
+}
+
+/// How a failure on the serving side of a forwarded call travels back to its sender.
+fn rpc_error(e: RegistryError) -> RaftRpcError {
+    match e {
+        RegistryError::StorageFull(why) => RaftRpcError::StorageFull(why),
+        other => RaftRpcError::Unavailable(other.to_string()),
     }
 }

@@ -10,6 +10,9 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(test)]
+mod tests;
+
 type NodeId = model::NodeId;
 
 pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -109,6 +112,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for row in table.range(range).map_err(read_err)? {
             let (_, value) = row.map_err(read_err)?;
+            entries.push(serde_json::from_slice(value.value()).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+
+    /// Entries from `start` for one `AppendEntries` request: up to `end`, and only while they
+    /// fit in [`crate::APPEND_BYTES_MAX`] as stored (the size they travel at); always the
+    /// first one, whatever its size. openraft sends what it gets and carries on from the last
+    /// entry the follower took.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOGS).map_err(read_err)?;
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for row in table.range(start..end).map_err(read_err)? {
+            let (_, value) = row.map_err(read_err)?;
+            bytes += value.value().len();
+            if bytes > crate::APPEND_BYTES_MAX && !entries.is_empty() {
+                break;
+            }
             entries.push(serde_json::from_slice(value.value()).map_err(read_err)?);
         }
         Ok(entries)

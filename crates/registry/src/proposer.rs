@@ -137,6 +137,8 @@ fn clone_err(e: &RegistryError) -> RegistryError {
             leader: leader.clone(),
         },
         RegistryError::Unavailable(m) => RegistryError::Unavailable(m.clone()),
+        RegistryError::NotDelivered(m) => RegistryError::NotDelivered(m.clone()),
         RegistryError::Storage(m) => RegistryError::Storage(m.clone()),
+        RegistryError::StorageFull(m) => RegistryError::StorageFull(m.clone()),
     }
 }

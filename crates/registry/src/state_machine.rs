@@ -37,6 +37,11 @@ pub(crate) struct SnapshotFile {
 }
 
 impl SnapshotFile {
+    /// Where the latest snapshot of the registry in `dir` is.
+    pub(crate) fn path(dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_FILE)
+    }
+
     pub(crate) fn new(dir: &Path, db: Arc<Database>) -> SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),
@@ -206,6 +211,13 @@ impl Shared {
 
     pub(crate) fn committed_index(&self) -> u64 {
         self.committed.load(Ordering::Relaxed)
+    }
+
+    /// The membership as applied here: committed, unlike the latest one in raft's metrics,
+    /// which counts a membership change from the moment its entry is appended.
+    pub(crate) fn membership(&self) -> StoredMembership<NodeId, BasicNode> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.membership.clone()
     }
 
     fn digests(&self) -> std::sync::MutexGuard<'_, Digests> {

@@ -72,8 +72,8 @@ mod strategy;
 pub use breaker::{
     smooth, Breaker, BreakerChange, CPU_HYSTERESIS_PERCENT_DEFAULT, CPU_THRESHOLD_PERCENT_DEFAULT,
 };
+pub use model::{Strategy, UnknownStrategy};
 pub use place::{
     place, waits_for_cluster, Config, NodeView, PendingJob, Placement, Reason, SchedulerState,
     Unplaced,
 };
-pub use strategy::{Strategy, UnknownStrategy};

@@ -406,7 +406,7 @@ fn place_job(
         }
         // Each pick removes one candidate and changes no other node's availability, so the
         // check above guarantees a candidate in every round.
-        let i = strategy.pick(slots, candidates, rng);
+        let i = crate::strategy::pick(strategy, slots, candidates, rng);
         assert!(
             !chosen.contains(&i) && slots[i].available(),
             "picked a node that is not a candidate"

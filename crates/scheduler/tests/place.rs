@@ -1,6 +1,9 @@
 //! The scheduler's behaviour, data in and snapshot out: one `check_*` helper per feature
 //! (distribution per strategy, labels, backups, breaker, node availability, smoothing).
 
+#[path = "place/properties.rs"]
+mod properties;
+
 use expect_test::{expect, Expect};
 use model::{JobId, NodeId};
 use scheduler::{place, smooth, Config, NodeView, PendingJob, Placement, SchedulerState, Strategy};

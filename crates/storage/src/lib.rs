@@ -5,50 +5,73 @@
 //! (`uploads/…`, `jobs/{job}/{attempt}/…`, `logs/{job}/{attempt}.log`); a key is checked before
 //! use so that no request can reach outside the store.
 
+mod local;
+
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longest object key.
-const KEY_LEN_MAX: usize = 1024;
+pub const KEY_LEN_MAX: usize = 1024;
+/// Longest segment of a key: a file name (255 bytes on common file systems) with room for
+/// the `#N` suffix a local store's writes in progress carry.
+pub const SEGMENT_LEN_MAX: usize = 240;
+/// Where a local store stages its writes: a name no key can reach (see [`parse_key`]).
+const STAGING_DIR: &str = ".staging";
 /// Chunk size for streamed uploads and downloads.
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
+/// A storage failure. `Display` carries the details for the node's log (they may name server
+/// paths); [`StorageError::public_message`] is what a client may be told.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("no object {0:?}")]
     NotFound(String),
     #[error("invalid object key {0:?}: {1}")]
     InvalidKey(String, &'static str),
+    /// The key cannot be held next to the objects already stored (local stores: an object
+    /// under another object, or an object where others are under it).
+    #[error("object {0:?} {1}")]
+    Conflict(String, &'static str),
     #[error("object {key:?} is over the limit of {limit_bytes} bytes")]
     TooLarge { key: String, limit_bytes: u64 },
     #[error("storage is full: {0}")]
     Full(String),
     #[error("invalid storage url {0:?}: {1}")]
     InvalidUrl(String, String),
-    #[error("storage failed: {0}")]
-    Io(String),
+    #[error("storage failed on {key:?}: {detail}")]
+    Io { key: String, detail: String },
 }
 
-impl From<object_store::Error> for StorageError {
-    fn from(e: object_store::Error) -> StorageError {
-        match e {
-            object_store::Error::NotFound { path, .. } => StorageError::NotFound(path),
-            other => classify_io(other.to_string()),
+impl StorageError {
+    /// The message for a client: names the object and what went wrong, never a path of the
+    /// server (those stay in `Display`, for the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            StorageError::Full(_) => "storage is full".to_string(),
+            StorageError::Io { key, .. } => format!("storage failed on object {key:?}"),
+            other => other.to_string(),
         }
     }
-}
 
-impl From<std::io::Error> for StorageError {
-    fn from(e: std::io::Error) -> StorageError {
+    /// An `object_store` error met while working on `key`.
+    fn store(key: &str, e: object_store::Error) -> StorageError {
+        match e {
+            // Its `path` is a file name for local stores: the key is what the caller knows.
+            object_store::Error::NotFound { .. } => StorageError::NotFound(key.to_string()),
+            other => classify_io(key, other.to_string()),
+        }
+    }
+
+    fn io(key: &str, e: std::io::Error) -> StorageError {
         if e.raw_os_error() == Some(libc_enospc()) {
             return StorageError::Full(e.to_string());
         }
-        classify_io(e.to_string())
+        classify_io(key, e.to_string())
     }
 }
 
@@ -57,12 +80,15 @@ fn libc_enospc() -> i32 {
     28
 }
 
-fn classify_io(message: String) -> StorageError {
+fn classify_io(key: &str, detail: String) -> StorageError {
     // object_store flattens io errors into text; a full disk must still be told apart.
-    if message.contains("No space left on device") || message.contains("os error 28") {
-        StorageError::Full(message)
+    if detail.contains("No space left on device") || detail.contains("os error 28") {
+        StorageError::Full(detail)
     } else {
-        StorageError::Io(message)
+        StorageError::Io {
+            key: key.to_string(),
+            detail,
+        }
     }
 }
 
@@ -71,23 +97,28 @@ fn classify_io(message: String) -> StorageError {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
+    /// The directory of a local store: files are written there directly (see
+    /// [`Store::put_file`]).
+    local_root: Option<PathBuf>,
 }
 
 impl Store {
     /// A store in a local directory, created if missing.
     pub fn local(dir: &Path) -> Result<Store, StorageError> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io("", e))?;
         // Deleting the last file of a directory removes the directory too (up to `dir`), so
         // retention leaves no empty `jobs/{job}/{attempt}/` trees behind. A write is synced
         // (file and directory) before it returns, as S3 is durable once it answers: a job's
         // result names its objects in the replicated log, and must never name a file that a
         // power cut took away.
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)?
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| StorageError::store("", e))?
             .with_automatic_cleanup(true)
             .with_fsync(true);
         Ok(Store {
             inner: Arc::new(fs),
             url: format!("file://{}", dir.display()),
+            local_root: Some(dir.to_path_buf()),
         })
     }
 
@@ -122,6 +153,7 @@ impl Store {
         Ok(Store {
             inner,
             url: url.to_string(),
+            local_root: None,
         })
     }
 
@@ -130,7 +162,10 @@ impl Store {
     }
 
     pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        self.inner.put(&parse_key(key)?, bytes.into()).await?;
+        self.inner
+            .put(&parse_key(key)?, bytes.into())
+            .await
+            .map_err(|e| StorageError::store(key, e))?;
         Ok(())
     }
 
@@ -142,8 +177,21 @@ impl Store {
         limit_bytes: u64,
     ) -> Result<u64, StorageError> {
         let location = parse_key(key)?;
-        let mut file = tokio::fs::File::open(path).await?;
-        let len = file.metadata().await?.len();
+        if let Some(root) = &self.local_root {
+            let (root, key, path) = (root.clone(), key.to_string(), path.to_path_buf());
+            return tokio::task::spawn_blocking(move || {
+                local::put_file(&root, &key, &path, limit_bytes)
+            })
+            .await
+            .map_err(|e| StorageError::Io {
+                key: location.to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        let io = |e| StorageError::io(key, e);
+        let store = |e| StorageError::store(key, e);
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
         if len > limit_bytes {
             return Err(StorageError::TooLarge {
                 key: key.into(),
@@ -151,19 +199,29 @@ impl Store {
             });
         }
         let mut upload = WriteMultipart::new_with_chunk_size(
-            self.inner.put_multipart(&location).await?,
+            self.inner.put_multipart(&location).await.map_err(store)?,
             CHUNK_BYTES,
         );
         let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                break;
+        let copied = async {
+            loop {
+                let n = file.read(&mut buf).await.map_err(io)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                upload.wait_for_capacity(2).await.map_err(store)?;
+                upload.write(&buf[..n]);
             }
-            upload.wait_for_capacity(2).await?;
-            upload.write(&buf[..n]);
         }
-        upload.finish().await?;
+        .await;
+        match copied {
+            Ok(()) => upload.finish().await.map_err(store)?,
+            Err(e) => {
+                // Parts already sent are dropped with the upload, not left behind.
+                let _ = upload.abort().await;
+                return Err(e);
+            }
+        };
         Ok(len)
     }
 
@@ -181,11 +239,12 @@ impl Store {
                 limit_bytes,
             });
         }
-        let mut file = tokio::fs::File::create(path).await?;
+        let io = |e| StorageError::io(key, e);
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
         while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?).await?;
+            file.write_all(&chunk?).await.map_err(io)?;
         }
-        file.flush().await?;
+        file.flush().await.map_err(io)?;
         Ok(len)
     }
 
@@ -194,30 +253,37 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, StorageError>>), StorageError> {
-        let got = self.inner.get(&parse_key(key)?).await?;
+        let got = self
+            .inner
+            .get(&parse_key(key)?)
+            .await
+            .map_err(|e| StorageError::store(key, e))?;
         let len = got.meta.size;
+        let key = key.to_string();
         Ok((
             len,
             got.into_stream()
-                .map(|r| r.map_err(StorageError::from))
+                .map(move |r| r.map_err(|e| StorageError::store(&key, e)))
                 .boxed(),
         ))
     }
 
     /// Reads a whole (small) object.
     pub async fn get_bytes(&self, key: &str, limit_bytes: u64) -> Result<Bytes, StorageError> {
-        let got = self.inner.get(&parse_key(key)?).await?;
+        let store = |e| StorageError::store(key, e);
+        let got = self.inner.get(&parse_key(key)?).await.map_err(store)?;
         if got.meta.size > limit_bytes {
             return Err(StorageError::TooLarge {
                 key: key.into(),
                 limit_bytes,
             });
         }
-        Ok(got.bytes().await?)
+        got.bytes().await.map_err(store)
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, StorageError> {
-        Ok(self.inner.head(&parse_key(key)?).await?.size)
+        let meta = self.inner.head(&parse_key(key)?).await;
+        Ok(meta.map_err(|e| StorageError::store(key, e))?.size)
     }
 
     /// Deletes objects under `prefix` last modified before `cutoff_ms` (Unix milliseconds), at
@@ -228,20 +294,21 @@ impl Store {
         cutoff_ms: i64,
         limit: usize,
     ) -> Result<usize, StorageError> {
-        let prefix = parse_key(prefix)?;
-        let mut listed = self.inner.list(Some(&prefix));
+        let store = |e| StorageError::store(prefix, e);
+        let location = parse_key(prefix)?;
+        let mut listed = self.inner.list(Some(&location));
         let mut deleted = 0;
         while let Some(meta) = listed.next().await {
             if deleted >= limit {
                 break;
             }
-            let meta = meta?;
+            let meta = meta.map_err(store)?;
             if meta.last_modified.timestamp_millis() >= cutoff_ms {
                 continue;
             }
             match self.inner.delete(&meta.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(store(e)),
             }
         }
         Ok(deleted)
@@ -250,12 +317,19 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.inner.delete(&parse_key(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(StorageError::store(key, e)),
         }
     }
 }
 
-/// Checks a key: relative, no empty, `.` or `..` segments, printable, bounded.
+/// The object key grammar, the one place it is defined (the API checks uploads and reads
+/// against it before a byte is written, so the store never sees a key it cannot hold):
+///
+/// - 1 to [`KEY_LEN_MAX`] bytes of `/`-separated segments;
+/// - each segment 1 to [`SEGMENT_LEN_MAX`] bytes (a file name, with room for the store's
+///   staging suffix), not starting with `.` (so no `.`, `..` or hidden staging names);
+/// - no control characters, backslashes or `#` (local stores reserve `name#N` for writes in
+///   progress).
 pub fn parse_key(key: &str) -> Result<Key, StorageError> {
     let bad = |why| {
         Err(StorageError::InvalidKey(
@@ -266,15 +340,16 @@ pub fn parse_key(key: &str) -> Result<Key, StorageError> {
     if key.is_empty() || key.len() > KEY_LEN_MAX {
         return bad("must be 1 to 1024 bytes");
     }
-    if key.starts_with('/')
-        || key
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return bad("must be a relative path without empty, '.' or '..' segments");
+    if key.split('/').any(|s| s.is_empty() || s.starts_with('.')) {
+        return bad(
+            "must be a relative path whose segments are not empty and do not start with '.'",
+        );
     }
-    if key.chars().any(|c| c.is_control() || c == '\\') {
-        return bad("must not contain control characters or backslashes");
+    if key.split('/').any(|s| s.len() > SEGMENT_LEN_MAX) {
+        return bad("each '/'-separated segment must be at most 240 bytes");
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\' || c == '#') {
+        return bad("must not contain control characters, backslashes or '#'");
     }
     Key::parse(key).or_else(|_| bad("not a valid object path"))
 }
@@ -285,10 +360,30 @@ mod tests {
 
     #[test]
     fn keys_cannot_escape_the_store() {
-        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a\\b", "a\nb"] {
+        let long = format!("uploads/{}", "x".repeat(SEGMENT_LEN_MAX + 1));
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a\\b",
+            "a\nb",
+            "uploads/t#1",
+            "uploads/.hidden",
+            "a/",
+            long.as_str(),
+        ] {
             assert!(parse_key(bad).is_err(), "{bad:?} must be refused");
         }
-        for good in ["a", "uploads/x.mp3", "jobs/1/2/out.json"] {
+        let longest = format!("uploads/{}", "x".repeat(SEGMENT_LEN_MAX));
+        for good in [
+            "a",
+            "uploads/x.mp3",
+            "jobs/1/2/out.json",
+            "uploads/50% off (live).mp3",
+            longest.as_str(),
+        ] {
             assert!(parse_key(good).is_ok(), "{good:?} must be accepted");
         }
     }

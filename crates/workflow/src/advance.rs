@@ -166,7 +166,10 @@ impl Pass<'_> {
         }
         let scope = RunScope::new(&self.run);
         if let Some(condition) = &step.condition {
-            match Condition::parse(condition).and_then(|c| c.holds(&scope)) {
+            match Condition::parse(condition)
+                .map_err(|e| e.message)
+                .and_then(|c| c.holds(&scope))
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     return self.emit(RunCommand::SkipStep {
@@ -179,7 +182,10 @@ impl Pass<'_> {
         }
         let items = match &step.for_each {
             None => None,
-            Some(for_each) => match Template::parse(for_each).and_then(|t| t.render(&scope)) {
+            Some(for_each) => match Template::parse(for_each)
+                .map_err(|e| e.message)
+                .and_then(|t| t.render(&scope))
+            {
                 Ok(Value::Array(items)) if items.len() > FAN_OUT_MAX => {
                     let message = format!(
                         "for_each gave {} items, over the limit of {FAN_OUT_MAX}",
@@ -264,7 +270,7 @@ impl Pass<'_> {
         let mut outputs = s
             .elements
             .iter()
-            .map(|e| e.output.clone().unwrap_or_default());
+            .map(|e| e.output.as_deref().cloned().unwrap_or_default());
         let output = if fans_out {
             Value::Array(outputs.collect())
         } else {
@@ -328,7 +334,7 @@ impl Pass<'_> {
                         wakes.push(due);
                         continue;
                     }
-                    (last.number.saturating_add(1), e.input.clone())
+                    (last.number.saturating_add(1), Value::clone(&e.input))
                 }
             };
             running += 1;
@@ -353,13 +359,13 @@ impl Pass<'_> {
     /// started has none: it never began, so it has not ended either.
     fn after_hooks(&mut self) {
         let spec = self.spec;
-        for step in spec.all_steps() {
+        for step in spec.all_steps().filter(|s| !s.hooks.after.is_empty()) {
             let Some(s) = self.run.steps.get(&step.name) else {
                 continue;
             };
             let ended =
                 s.is_done() && (s.status != StepStatus::Cancelled || s.started_at_ms.is_some());
-            if ended && !s.after_hooks_fired && !step.hooks.after.is_empty() {
+            if ended && !s.after_hooks_fired {
                 let event = self.step_event("step_finished", &step.name);
                 self.fire(
                     HookStage::AfterStep,
@@ -375,25 +381,30 @@ impl Pass<'_> {
     /// one (the `finally` step still to run in both cases).
     fn decide_ending(&mut self) {
         let spec = self.spec;
-        let mut all_done = true;
-        for step in &spec.steps {
-            let Some(s) = self.run.steps.get(&step.name) else {
-                continue;
+        // One walk over the run's steps (no look-ups): this runs on every pass.
+        let finally = spec.finally.as_ref().map(|f| f.name.as_str());
+        let mut main = self
+            .run
+            .steps
+            .iter()
+            .filter(|(name, _)| Some(name.as_str()) != finally);
+        if main.clone().any(|(_, s)| s.status == StepStatus::Failed) {
+            // The first failed step in the spec's order names the run's error.
+            let failed = spec.steps.iter().find_map(|step| {
+                let s = self.run.steps.get(&step.name)?;
+                (s.status == StepStatus::Failed).then(|| (step.name.clone(), s.error.clone()))
+            });
+            let Some((name, error)) = failed else {
+                return;
             };
-            if s.status == StepStatus::Failed {
-                let error = s
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| StepError::new("internal", ""));
-                let message = format!("step {:?} failed: {}", step.name, error.message);
-                return self.emit(RunCommand::EndRun {
-                    status: RunStatus::Failed,
-                    error: Some(StepError::new(error.code, message)),
-                });
-            }
-            all_done &= s.is_done();
+            let error = error.unwrap_or_else(|| StepError::new("internal", ""));
+            let message = format!("step {name:?} failed: {}", error.message);
+            return self.emit(RunCommand::EndRun {
+                status: RunStatus::Failed,
+                error: Some(StepError::new(error.code, message)),
+            });
         }
-        if all_done {
+        if main.all(|(_, s)| s.is_done()) {
             self.emit(RunCommand::EndRun {
                 status: RunStatus::Succeeded,
                 error: None,
@@ -501,9 +512,9 @@ impl Pass<'_> {
                         .unwrap_or_else(|(_, e)| json!({"event": event, "template_error": e}));
                     let job_key = match step {
                         Some(step) => {
-                            format!("run:{}:hook:{stage}:{step}:{round}:{index}", self.run.id)
+                            format!("hook:{}:{stage}:{step}:{round}:{index}", self.run.id)
                         }
-                        None => format!("run:{}:hook:{stage}:{round}:{index}", self.run.id),
+                        None => format!("hook:{}:{stage}:{round}:{index}", self.run.id),
                     };
                     HookTarget::Function {
                         function: function.clone(),
@@ -544,7 +555,9 @@ fn render_input(template: &Value, scope: &RunScope<'_>) -> Result<Value, (&'stat
 
 fn render_value(template: &Value, scope: &RunScope<'_>) -> Result<Value, String> {
     Ok(match template {
-        Value::String(text) => Template::parse(text)?.render(scope)?,
+        Value::String(text) => Template::parse(text)
+            .map_err(|e| e.message)?
+            .render(scope)?,
         Value::Array(items) => Value::Array(
             items
                 .iter()

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::run::{
     AttemptRecord, ElementRun, ElementStatus, Ending, RunState, RunStatus, SkipCause, StepError,
@@ -125,8 +126,8 @@ pub fn apply(run: &mut RunState, command: &RunCommand, now_ms: u64) {
             let count = items.as_ref().map_or(1, Vec::len);
             s.status = StepStatus::Running;
             s.started_at_ms = Some(now_ms);
-            s.items = items.clone();
-            s.elements = (0..count).map(|_| ElementRun::new(Value::Null)).collect();
+            s.items = items.clone().map(Arc::new);
+            s.elements = (0..count).map(|_| ElementRun::new()).collect();
         }
         RunCommand::StartAttempt {
             step,
@@ -149,7 +150,9 @@ pub fn apply(run: &mut RunState, command: &RunCommand, now_ms: u64) {
                 return;
             }
             e.status = ElementStatus::Running;
-            e.input = input.clone();
+            if attempt == &1 {
+                e.input = Arc::new(input.clone());
+            }
             e.attempts.push(AttemptRecord {
                 number: *attempt,
                 job_key: job_key.clone(),
@@ -184,7 +187,7 @@ pub fn apply(run: &mut RunState, command: &RunCommand, now_ms: u64) {
             };
             if s.status == StepStatus::Running {
                 s.status = StepStatus::Succeeded;
-                s.output = Some(output.clone());
+                s.output = Some(Arc::new(output.clone()));
                 s.finished_at_ms = Some(now_ms);
             }
         }
@@ -300,7 +303,7 @@ pub fn record_attempt(
     match outcome {
         Ok(output) => {
             e.status = ElementStatus::Succeeded;
-            e.output = Some(output);
+            e.output = Some(Arc::new(output));
         }
         Err(error) => {
             e.status = if retry.retries(&error.code, attempt.number) {

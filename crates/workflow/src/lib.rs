@@ -47,8 +47,8 @@ pub use control::{control, Control};
 pub use error::{Code, Error, SpecErrors};
 pub use retry::jitter_seed;
 pub use run::{
-    job_key, AttemptRecord, ElementRun, ElementStatus, Ending, RunState, RunStatus, RunSummary,
-    SkipCause, StepError, StepRun, StepStatus, StepSummary,
+    job_key, AttemptRecord, ElementRun, ElementStatus, Ending, JobKey, RunState, RunStatus,
+    RunSummary, SkipCause, StepError, StepRun, StepStatus, StepSummary,
 };
 pub use spec::*;
 pub use stats::{stats, DurationStats, StepStats, WorkflowStats};

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::spec::WorkflowSpec;
 
@@ -74,7 +75,9 @@ pub struct RunState {
     pub id: u64,
     pub workflow: String,
     pub workflow_version: u32,
-    pub input: Value,
+    /// Shared, like every input and output in a run: `advance` copies the run on every
+    /// call, and a copy should cost a pointer per value, not the value.
+    pub input: Arc<Value>,
     #[serde(rename = "state")]
     pub status: RunStatus,
     pub started_at_ms: u64,
@@ -122,12 +125,12 @@ pub struct StepRun {
     /// `for_each` steps: the items, one per element. A plain step has one element and no
     /// items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub items: Option<Vec<Value>>,
+    pub items: Option<Arc<Vec<Value>>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub elements: Vec<ElementRun>,
     /// The element's output, or for `for_each` the list of outputs in item order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    pub output: Option<Arc<Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StepError>,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -142,12 +145,12 @@ pub struct ElementRun {
     #[serde(rename = "state")]
     pub status: ElementStatus,
     /// The rendered input its attempts run with.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub input: Value,
+    #[serde(default, skip_serializing_if = "is_null")]
+    pub input: Arc<Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    pub output: Option<Arc<Value>>,
 }
 
 /// One try of an element.
@@ -171,7 +174,7 @@ impl RunState {
             id,
             workflow: spec.name.clone(),
             workflow_version: spec.version,
-            input,
+            input: Arc::new(input),
             status: RunStatus::Running,
             started_at_ms: now_ms,
             finished_at_ms: None,
@@ -225,10 +228,10 @@ impl StepRun {
 }
 
 impl ElementRun {
-    pub(crate) fn new(input: Value) -> ElementRun {
+    pub(crate) fn new() -> ElementRun {
         ElementRun {
             status: ElementStatus::Waiting,
-            input,
+            input: Arc::new(Value::Null),
             attempts: Vec::new(),
             output: None,
         }
@@ -291,7 +294,63 @@ impl StepError {
 /// always give the same key, so a new leader that proposes a start again creates no second
 /// job.
 pub fn job_key(run: u64, step: &str, round: u32, element: usize, attempt: u32) -> String {
-    format!("run:{run}:{step}:{round}:{element}:{attempt}")
+    JobKey {
+        run,
+        step: step.to_string(),
+        round,
+        element,
+        attempt,
+    }
+    .to_string()
+}
+
+/// An attempt's job key, read back: which run, step and element a finished job belongs to.
+/// Written `run:{run}:{step}:{round}:{element}:{attempt}`; step names have no `:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobKey {
+    pub run: u64,
+    pub step: String,
+    pub round: u32,
+    pub element: usize,
+    pub attempt: u32,
+}
+
+impl JobKey {
+    /// The parts of an attempt's job key; `None` for any other key (a hook's, a plain job's).
+    pub fn parse(key: &str) -> Option<JobKey> {
+        let mut parts = key.split(':');
+        if parts.next()? != "run" {
+            return None;
+        }
+        let run = parts.next()?.parse().ok()?;
+        let step = parts.next()?.to_string();
+        let round = parts.next()?.parse().ok()?;
+        let element = parts.next()?.parse().ok()?;
+        let attempt = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || step.is_empty() {
+            return None;
+        }
+        Some(JobKey {
+            run,
+            step,
+            round,
+            element,
+            attempt,
+        })
+    }
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let JobKey {
+            run,
+            step,
+            round,
+            element,
+            attempt,
+        } = self;
+        write!(f, "run:{run}:{step}:{round}:{element}:{attempt}")
+    }
 }
 
 /// A run as people and clients see it (`runs get --json`): the run, then its steps in the
@@ -322,6 +381,10 @@ pub struct StepSummary {
 
 fn is_false(b: &bool) -> bool {
     !b
+}
+
+fn is_null(value: &Arc<Value>) -> bool {
+    value.is_null()
 }
 
 impl RunState {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::error::{Code, Error};
 use crate::scope::RunScope;
 use crate::spec::TEMPLATE_LEN_MAX;
 
@@ -110,8 +111,9 @@ pub(crate) fn follow<'v>(mut value: &'v Value, segments: &[Segment]) -> Option<&
 }
 
 impl Template {
-    /// Parses a string; one without `{{` is plain text.
-    pub fn parse(text: &str) -> Result<Template, String> {
+    /// Parses a string; one without `{{` is plain text. Errors are `invalid_input`, or
+    /// `too_large` over a limit.
+    pub fn parse(text: &str) -> Result<Template, Error> {
         check_len(text)?;
         let mut parts = Vec::new();
         let mut rest = text;
@@ -121,15 +123,15 @@ impl Template {
             }
             let after = &rest[open + 2..];
             let Some(close) = after.find("}}") else {
-                return Err(format!(
-                    "`{{{{` at byte {} has no closing `}}}}`",
-                    text.len() - rest.len() + open
-                ));
+                let at = text.len() - rest.len() + open;
+                let message = format!("`{{{{` at byte {at} has no closing `}}}}`");
+                return Err(Error::new(Code::InvalidInput, "", message));
             };
             let inner = &after[..close];
-            let expr = Parser::new(inner)
+            let mut parser = Parser::new(inner);
+            let expr = parser
                 .whole_operand()
-                .map_err(|e| format!("in `{{{{{inner}}}}}`: {e}"))?;
+                .map_err(|e| parser.failure(format!("in `{{{{{inner}}}}}`: {e}")))?;
             parts.push(Part::Expr(expr));
             rest = &after[close + 2..];
         }
@@ -178,7 +180,7 @@ impl Template {
 
 impl Condition {
     /// Parses a condition, written bare (`steps.a.output.n > 3`) or inside `{{ }}`.
-    pub fn parse(text: &str) -> Result<Condition, String> {
+    pub fn parse(text: &str) -> Result<Condition, Error> {
         check_len(text)?;
         let trimmed = text.trim();
         let inner = trimmed
@@ -186,8 +188,10 @@ impl Condition {
             .and_then(|t| t.strip_suffix("}}"))
             .unwrap_or(trimmed);
         let mut parser = Parser::new(inner);
-        let expr = parser.expr(0)?;
-        parser.end()?;
+        let expr = parser
+            .expr(0)
+            .and_then(|expr| parser.end().map(|()| expr))
+            .map_err(|e| parser.failure(e))?;
         Ok(Condition { expr })
     }
 
@@ -204,12 +208,13 @@ impl Condition {
     }
 }
 
-fn check_len(text: &str) -> Result<(), String> {
+fn check_len(text: &str) -> Result<(), Error> {
     if text.len() > TEMPLATE_LEN_MAX {
-        return Err(format!(
+        let message = format!(
             "{} bytes long, over the limit of {TEMPLATE_LEN_MAX}",
             text.len()
-        ));
+        );
+        return Err(Error::new(Code::TooLarge, "", message));
     }
     Ok(())
 }
@@ -329,11 +334,32 @@ fn compare(op: CompareOp, a: &Value, b: &Value) -> Result<bool, String> {
 struct Parser<'t> {
     text: &'t str,
     pos: usize,
+    /// Set when the error is a limit (depth, path length) rather than bad syntax.
+    over_limit: bool,
 }
 
 impl<'t> Parser<'t> {
     fn new(text: &'t str) -> Parser<'t> {
-        Parser { text, pos: 0 }
+        Parser {
+            text,
+            pos: 0,
+            over_limit: false,
+        }
+    }
+
+    /// The error to give for `message`: `too_large` over a limit, else `invalid_input`.
+    fn failure(&self, message: String) -> Error {
+        let code = if self.over_limit {
+            Code::TooLarge
+        } else {
+            Code::InvalidInput
+        };
+        Error::new(code, "", message)
+    }
+
+    fn too_deep(&mut self) -> String {
+        self.over_limit = true;
+        format!("nested deeper than {EXPR_DEPTH_MAX}")
     }
 
     fn rest(&self) -> &'t str {
@@ -386,7 +412,7 @@ impl<'t> Parser<'t> {
 
     fn expr(&mut self, depth: usize) -> Result<Expr, String> {
         if depth > EXPR_DEPTH_MAX {
-            return Err(format!("nested deeper than {EXPR_DEPTH_MAX}"));
+            return Err(self.too_deep());
         }
         let mut left = self.and(depth + 1)?;
         while self.eat("||") {
@@ -407,7 +433,7 @@ impl<'t> Parser<'t> {
 
     fn unary(&mut self, depth: usize) -> Result<Expr, String> {
         if depth > EXPR_DEPTH_MAX {
-            return Err(format!("nested deeper than {EXPR_DEPTH_MAX}"));
+            return Err(self.too_deep());
         }
         self.skip_space();
         if self.rest().starts_with('!') && !self.rest().starts_with("!=") {
@@ -507,6 +533,7 @@ impl<'t> Parser<'t> {
                 break;
             }
             if segments.len() > PATH_SEGMENTS_MAX {
+                self.over_limit = true;
                 return Err(format!("a path longer than {PATH_SEGMENTS_MAX} segments"));
             }
         }

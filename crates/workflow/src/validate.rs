@@ -504,16 +504,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn template_error(&mut self, at: &str, error: String) {
-        let code = if error.contains("over the limit")
-            || error.contains("deeper")
-            || error.contains("longer than")
-        {
-            Code::TooLarge
-        } else {
-            Code::InvalidInput
-        };
-        self.error(code, at, error);
+    fn template_error(&mut self, at: &str, error: Error) {
+        self.error(error.code, at, error.message);
     }
 
     /// Every path must name something the template can see.

@@ -103,6 +103,14 @@ async fn run(faults_for: Duration) {
     std::env::set_var(RUN_MARKER, &token);
 
     let mut chaos = Chaos::start(seed).await;
+    // The leak check below must be able to see this run's processes, or it proves nothing.
+    let seen = processes_with(&format!("{RUN_MARKER}={token}")).len();
+    if seen < chaos.members.len() {
+        chaos.violations.push(format!(
+            "the process check sees {seen} processes of the run, fewer than its {} nodes",
+            chaos.members.len()
+        ));
+    }
     let history = Arc::new(Mutex::new(History::default()));
     let digests = Arc::new(Mutex::new(DigestBook::default()));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -192,21 +200,76 @@ enum Target {
     Follower(usize),
 }
 
-/// How a partition treats the traffic across it: the kinds `PUT /v1/faults` offers. Refuse
-/// (the sender gets an error at once) is the kind today; a dropping (black hole), delaying or
-/// one-way rule is a new variant here and a body in [`Link::faults_body`].
+/// How a partition treats the traffic across it: the rules `PUT /v1/faults` offers. Refuse
+/// (the sender gets an error at once, both ways) is the original form; the others need the
+/// rules form (`{"rules": [...]}`), used when the nodes accept it (see
+/// [`Chaos::rules_supported`]).
 #[derive(Clone, Copy, Debug)]
 enum Link {
     Refuse,
+    /// A black hole: requests across are never answered; senders wait for their deadlines.
+    Drop,
+    /// Requests across go through after this many milliseconds.
+    Delay {
+        ms: u64,
+    },
+    /// The first side's requests to the other are refused; the other way works.
+    OneWay,
 }
 
 impl Link {
-    fn faults_body(self, cut_off: &[u64]) -> serde_json::Value {
+    fn draw(rng: &mut StdRng, rules: bool) -> Link {
+        if !rules {
+            return Link::Refuse;
+        }
+        match rng.random_range(0..4) {
+            0 => Link::Refuse,
+            1 => Link::Drop,
+            2 => Link::Delay {
+                ms: rng.random_range(20..400),
+            },
+            _ => Link::OneWay,
+        }
+    }
+
+    fn kind(self) -> &'static str {
         match self {
-            Link::Refuse => json!({ "blocked_nodes": cut_off }),
+            Link::Refuse => "partition (refuse)",
+            Link::Drop => "partition (drop: black hole)",
+            Link::Delay { .. } => "slow links (delay)",
+            Link::OneWay => "one-way partition",
+        }
+    }
+
+    /// What a node on one side (`first_side` or not) is told about the nodes `across`.
+    fn faults_body(self, first_side: bool, across: &[u64]) -> serde_json::Value {
+        let rules = |action: &str, delay_ms: u64, direction: &str| {
+            let rules: Vec<serde_json::Value> = across
+                .iter()
+                .map(|node| {
+                    json!({
+                        "node": node,
+                        "action": action,
+                        "delay_ms": delay_ms,
+                        "direction": direction,
+                    })
+                })
+                .collect();
+            json!({ "rules": rules })
+        };
+        match self {
+            Link::Refuse => json!({ "blocked_nodes": across }),
+            Link::Drop => rules("drop", 0, "both"),
+            Link::Delay { ms } => rules("delay", ms, "both"),
+            Link::OneWay if first_side => rules("refuse", 0, "outgoing"),
+            Link::OneWay => HEALED.clone(),
         }
     }
 }
+
+/// The faults body that heals a node, in either form of the API.
+static HEALED: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| json!({ "blocked_nodes": [] }));
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -241,7 +304,7 @@ impl Fault {
         match self {
             Fault::Kill9 { .. } => "kill -9 and restart",
             Fault::Term { .. } => "SIGTERM and restart",
-            Fault::Partition { .. } => "partition (refuse)",
+            Fault::Partition { link, .. } => link.kind(),
             Fault::Pause { .. } => "pause (SIGSTOP/SIGCONT)",
             Fault::LeaderKillDuringSnapshot { .. } => "leader kill during snapshot install",
             Fault::Join => "node join",
@@ -249,8 +312,8 @@ impl Fault {
         }
     }
 
-    /// A fault drawn from the schedule's generator.
-    fn draw(rng: &mut StdRng) -> Fault {
+    /// A fault drawn from the schedule's generator; `rules`: the nodes take fault rules.
+    fn draw(rng: &mut StdRng, rules: bool) -> Fault {
         let target = if rng.random_bool(0.4) {
             Target::Leader
         } else {
@@ -267,7 +330,7 @@ impl Fault {
             },
             40..65 => Fault::Partition {
                 split: rng.random(),
-                link: Link::Refuse,
+                link: Link::draw(rng, rules),
                 hold_ms: rng.random_range(1_000..8_000),
             },
             65..85 => Fault::Pause {
@@ -291,6 +354,8 @@ struct Chaos {
     /// Leader kills timed with a snapshot install, and how many of those saw the follower
     /// install a snapshot.
     snapshot_installs_seen: u64,
+    /// Whether the nodes take fault rules (drop, delay, one way), not only refusals.
+    rules_supported: bool,
     /// Violations seen while injecting (a node that did not come back, ...).
     violations: Vec<String>,
     /// Notes that are not violations (a fault that could not be aimed, ...).
@@ -308,9 +373,23 @@ impl Chaos {
             rng: StdRng::seed_from_u64(seed),
             injected: BTreeMap::new(),
             snapshot_installs_seen: 0,
+            rules_supported: false,
             violations: Vec::new(),
             notes: Vec::new(),
         };
+        // The rules form of the faults body, where the nodes know it (an empty set of rules
+        // changes nothing).
+        let probe = serde_json::to_vec(&json!({ "rules": [] })).unwrap();
+        let answer = first.client.raw("PUT", "/v1/faults", probe).await;
+        chaos.rules_supported = matches!(answer, Ok((200, _)));
+        println!(
+            "chaos: fault rules (drop, delay, one way) {}",
+            if chaos.rules_supported {
+                "are supported"
+            } else {
+                "are not supported by these nodes: partitions refuse only"
+            }
+        );
         chaos.add(first);
         for _ in 0..3 {
             let joined = TestNode::join(&chaos.members[0].node).await;
@@ -391,8 +470,8 @@ impl Chaos {
         while Instant::now() < end {
             let gap = Duration::from_millis(self.rng.random_range(500..3_000));
             tokio::time::sleep(gap).await;
-            let fault = if Instant::now() >= next_membership {
-                next_membership = Instant::now() + MEMBERSHIP_EVERY;
+            let membership = Instant::now() >= next_membership;
+            let fault = if membership {
                 let members = self
                     .members
                     .iter()
@@ -408,10 +487,16 @@ impl Chaos {
                     }
                 }
             } else {
-                Fault::draw(&mut self.rng)
+                Fault::draw(&mut self.rng, self.rules_supported)
             };
             let started = Instant::now();
-            if self.inject(fault).await {
+            let injected = self.inject(fault).await;
+            if membership {
+                // Counted from the end of the step, so a slow one (a removal that fails for
+                // its whole deadline) does not crowd out the other faults.
+                next_membership = Instant::now() + MEMBERSHIP_EVERY;
+            }
+            if injected {
                 *self.injected.entry(fault.kind()).or_default() += 1;
                 println!(
                     "chaos: at {:>6.1} s  {fault:?} (took {:.1} s)",
@@ -462,11 +547,11 @@ impl Chaos {
                         .filter(|&j| side[j] != side[k])
                         .map(|j| ids[j])
                         .collect();
-                    self.set_faults(i, link.faults_body(&others)).await;
+                    self.set_faults(i, link.faults_body(side[k], &others)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
                 for &i in &live {
-                    self.set_faults(i, Link::Refuse.faults_body(&[])).await;
+                    self.set_faults(i, HEALED.clone()).await;
                 }
             }
             Fault::Pause { target, hold_ms } => {
@@ -524,30 +609,35 @@ impl Chaos {
     }
 
     /// Starts node `at` again on its data dir and waits until it is ready. A process that
-    /// exits, or is not ready in time, is a violation; it is started again until it is ready
-    /// (a few times), so the run goes on.
+    /// exits, or is not ready in time, is a violation. One that exited is started again (a
+    /// few times, as a supervisor would), so the run goes on; one that runs but is not ready
+    /// is left running: starting it again would not help it.
     async fn restart(&mut self, at: usize) {
         let id = self.members[at].id;
         for launch in 1..=3 {
             self.members[at].node.launch();
-            match self.wait_ready(at).await {
+            let why = match self.wait_ready(at).await {
                 Ok(()) => {
                     self.set_life(at, Life::Up);
                     return;
                 }
-                Err(why) => {
+                Err(NotReady::Slow(why)) => {
                     self.violations.push(format!(
                         "node {id}, restarted on its data dir (launch {launch}): {why}"
                     ));
-                    self.members[at].node.kill_9();
-                    // As a supervisor would, wait a little before the next start.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.set_life(at, Life::Up);
+                    return;
                 }
-            }
+                Err(NotReady::Exited(why)) => why,
+            };
+            self.violations.push(format!(
+                "node {id}, restarted on its data dir (launch {launch}): {why}"
+            ));
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    async fn wait_ready(&mut self, at: usize) -> Result<(), String> {
+    async fn wait_ready(&mut self, at: usize) -> Result<(), NotReady> {
         let started = Instant::now();
         let node = &mut self.members[at].node;
         loop {
@@ -555,10 +645,17 @@ impl Chaos {
                 return Ok(());
             }
             if node.has_exited() {
-                return Err(format!("the process exited: {}", last_error(node)));
+                return Err(NotReady::Exited(format!(
+                    "the process exited: {}",
+                    last_error(node)
+                )));
             }
             if started.elapsed() > READY_DEADLINE {
-                return Err(format!("not ready in {} s", READY_DEADLINE.as_secs()));
+                return Err(NotReady::Slow(format!(
+                    "not ready in {} s: {}",
+                    READY_DEADLINE.as_secs(),
+                    last_error(node)
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -620,12 +717,18 @@ impl Chaos {
         if self.members[follower].life != Life::Up {
             match self.wait_ready(follower).await {
                 Ok(()) => self.set_life(follower, Life::Up),
-                Err(why) => {
+                Err(NotReady::Slow(why)) => {
                     self.violations.push(format!(
                         "node {} after a snapshot install cut short by the leader's death: {why}",
                         self.members[follower].id
                     ));
-                    self.members[follower].node.kill_9();
+                    self.set_life(follower, Life::Up);
+                }
+                Err(NotReady::Exited(why)) => {
+                    self.violations.push(format!(
+                        "node {} after a snapshot install cut short by the leader's death: {why}",
+                        self.members[follower].id
+                    ));
                     self.restart(follower).await;
                 }
             }
@@ -713,7 +816,7 @@ impl Chaos {
             }
         }
         for at in self.live() {
-            self.set_faults(at, Link::Refuse.faults_body(&[])).await;
+            self.set_faults(at, HEALED.clone()).await;
         }
     }
 
@@ -755,6 +858,15 @@ fn last_error(node: &TestNode) -> String {
         .or(lines.last())
         .cloned()
         .unwrap_or_else(|| "(empty log)".into())
+}
+
+/// Why a started node is not ready.
+#[derive(Debug)]
+enum NotReady {
+    /// The process exited (with the last error in its log).
+    Exited(String),
+    /// It runs, but did not become ready within [`READY_DEADLINE`].
+    Slow(String),
 }
 
 /// Runs a client call with [`CALL_TIMEOUT`]; `None` if it took longer.
@@ -1073,15 +1185,27 @@ async fn check(
                 ));
                 break;
             }
-            for id in pending {
-                let state = leader_jobs.get(&id).map(|j| format!("{:?}", j.state));
-                match state {
-                    Some(_) => found.unfinished += 1,
-                    None => found.lost += 1,
-                }
+            let (unfinished, lost): (Vec<JobId>, Vec<JobId>) =
+                pending.iter().partition(|id| leader_jobs.contains_key(id));
+            (found.unfinished, found.lost) = (unfinished.len(), lost.len());
+            if !unfinished.is_empty() {
+                let first: Vec<String> = unfinished
+                    .iter()
+                    .take(10)
+                    .map(|id| format!("{id} {:?}", leader_jobs[id].state))
+                    .collect();
                 found.violations.push(format!(
-                    "acknowledged job {id} is not terminal after the heal deadline: {}",
-                    state.unwrap_or_else(|| "lost (no such job)".into())
+                    "{} acknowledged jobs are not terminal after the heal deadline (the first: \
+                     {first:?})",
+                    unfinished.len()
+                ));
+            }
+            if !lost.is_empty() {
+                let first: Vec<&JobId> = lost.iter().take(10).collect();
+                found.violations.push(format!(
+                    "{} acknowledged jobs are lost: the cluster has no such job (the first: \
+                     {first:?})",
+                    lost.len()
                 ));
             }
             break;
@@ -1094,6 +1218,12 @@ async fn check(
             .terminal_by_state
             .entry(job.state.as_str().to_string())
             .or_default() += 1;
+    }
+
+    if history.acked.is_empty() {
+        found
+            .violations
+            .push("the load got no job acknowledged: the run proves nothing".into());
     }
 
     // 2. No idempotency key has two jobs: in the state, and in what the client was told.

@@ -39,7 +39,7 @@ pub(crate) async fn leader(node: &TestNode) -> u64 {
     .await
 }
 
-fn sleeps(n: usize, ms: u64) -> Vec<JobSpec> {
+pub(crate) fn sleeps(n: usize, ms: u64) -> Vec<JobSpec> {
     (0..n)
         .map(|_| JobSpec {
             function: "sleep".into(),
@@ -51,7 +51,7 @@ fn sleeps(n: usize, ms: u64) -> Vec<JobSpec> {
         .collect()
 }
 
-async fn submit(node: &TestNode, specs: &[JobSpec]) -> Vec<JobId> {
+pub(crate) async fn submit(node: &TestNode, specs: &[JobSpec]) -> Vec<JobId> {
     node.client
         .submit_batch(specs)
         .await
@@ -389,7 +389,7 @@ async fn a_hedge_overtakes_a_straggler_which_is_then_stopped() {
 }
 
 /// Tells `node` to send no raft traffic to `blocked` (fault injection).
-async fn cut_off(node: &TestNode, blocked: &[u64]) {
+pub(crate) async fn cut_off(node: &TestNode, blocked: &[u64]) {
     let body = serde_json::to_vec(&json!({ "blocked_nodes": blocked })).unwrap();
     let (status, answer) = node.client.raw("PUT", "/v1/faults", body).await.unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));

@@ -27,6 +27,14 @@ pub(crate) struct TestNode {
     child: Option<Child>,
     /// `--join` target and the admin key to join with.
     join: Option<(String, Credentials)>,
+    /// More `chorus serve` arguments, e.g. a short `--drain-timeout-s`.
+    args: Vec<String>,
+}
+
+/// The `chorus` binary the nodes run: the one cargo built for these tests, or `CHORUS_BIN`
+/// (a copy that a rebuild during a long run does not replace).
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("CHORUS_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_chorus").into())
 }
 
 fn free_port() -> u16 {
@@ -43,7 +51,20 @@ impl TestNode {
     }
 
     pub(crate) async fn start_with_slots(slots: u32) -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
+        TestNode::start_in_with(tempfile::tempdir().unwrap(), slots, &[]).await
+    }
+
+    /// A node whose data dir is in `dir` (e.g. a small file system of a test's own).
+    pub(crate) async fn start_in(dir: tempfile::TempDir, slots: u32) -> TestNode {
+        TestNode::start_in_with(dir, slots, &[]).await
+    }
+
+    /// A founding node started with more `chorus serve` arguments.
+    pub(crate) async fn start_with(slots: u32, args: &[&str]) -> TestNode {
+        TestNode::start_in_with(tempfile::tempdir().unwrap(), slots, args).await
+    }
+
+    async fn start_in_with(dir: tempfile::TempDir, slots: u32, args: &[&str]) -> TestNode {
         let addr = format!("127.0.0.1:{}", free_port());
         let placeholder = Client::new(
             &addr,
@@ -59,6 +80,7 @@ impl TestNode {
             slots,
             child: None,
             join: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         node.spawn().await;
         node
@@ -83,6 +105,7 @@ impl TestNode {
             slots: 2,
             child: None,
             join: Some((member_addr.to_string(), credentials)),
+            args: Vec::new(),
         }
     }
 
@@ -116,7 +139,7 @@ impl TestNode {
             .append(true)
             .open(self.dir.path().join("node.log"))
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
+        let mut command = Command::new(binary());
         command
             .args([
                 "serve",
@@ -130,7 +153,8 @@ impl TestNode {
                 &self.slots.to_string(),
                 "--data-dir",
             ])
-            .arg(self.dir.path().join("data"));
+            .arg(self.dir.path().join("data"))
+            .args(&self.args);
         if let Some((member, credentials)) = &self.join {
             command
                 .args(["--join", member])
@@ -219,8 +243,37 @@ impl TestNode {
         }
     }
 
+    /// `kill -9`, then the same `chorus serve` again at once, as systemd would.
     pub(crate) async fn restart(&mut self) {
         self.kill_9();
+        self.spawn().await;
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, at most `limit`; returns how long it
+    /// took and whether it exited with success.
+    pub(crate) async fn must_stop_by_sigterm(&mut self, limit: Duration) -> (Duration, bool) {
+        let sent = Instant::now();
+        self.signal("TERM");
+        let mut child = self.child.take().expect("the node runs");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (sent.elapsed(), status.success());
+            }
+            if sent.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the node did not exit within {limit:?} of SIGTERM\n--- node log ---\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Starts the node again on its data dir after it stopped, and waits until it is ready.
+    pub(crate) async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the node still runs");
         self.spawn().await;
     }
 

@@ -2,11 +2,15 @@
 //! through the signed API with the client crate. Faults are real too: `kill -9` of the node,
 //! workers that crash or hang.
 
+mod catchup;
 mod chaos;
 mod cluster;
 mod contract;
 mod dashboard;
+mod faults;
+mod fuzz;
 mod harness;
+mod lifecycle;
 mod workflows;
 
 use client::ClientError;

@@ -847,14 +847,14 @@ fn hooks_fire_once_at_each_stage() {
         expect![[r#"
             @0
               start step a
-              hook before_step a#0: notify({"text":"a step_started"}) key run:7:hook:before_step:a:0:0
+              hook before_step a#0: notify({"text":"a step_started"}) key hook:7:before_step:a:0:0
               start a[0] #1 f(null) key run:7:a:0:0:1
             @1
             a[0] ok 5
               finish step a: 5
               hook after_step a#0: POST https://example.org/after {"event":"step_finished","generation":0,"round":0,"run":7,"state":"succeeded","step":"a","version":0,"workflow":"hooked"}
               end run succeeded
-              hook run_succeeded run#0: notify({"out":5,"text":"run 7 succeeded"}) key run:7:hook:run_succeeded:0:0
+              hook run_succeeded run#0: notify({"out":5,"text":"run 7 succeeded"}) key hook:7:run_succeeded:0:0
               finish run succeeded
             run: succeeded
               a: succeeded (round 0) output 5"#]],
@@ -1151,4 +1151,81 @@ fn conditions_compare_and_combine() {
             steps.a.output.missing < 1                     => failed: `if`: cannot order null and a number (only two numbers or two strings)
             true && (false || null == steps.a.output.null) => input null"#]],
     );
+}
+
+#[test]
+fn an_element_that_fails_for_good_fails_its_step_and_cancels_its_siblings() {
+    check_run(
+        r#"
+        name = "fan"
+        retry = { max_attempts = 2, backoff = { initial_ms = 10, jitter = 0.0 } }
+        [[steps]]
+        name = "each"
+        function = "f"
+        for_each = "{{ input.items }}"
+        concurrency = 2
+        input = "{{ item }}"
+        [[hooks.failed]]
+        function = "page"
+        input = { why = "{{ event.error.message }}", each = "{{ steps.each.state }}" }
+        "#,
+        json!({"items": [1, 2, 3]}),
+        |sim| {
+            sim.at(1).err("each", 0, "timeout").step();
+            // Both slots are taken: the retry waits for one, though its back-off is over.
+            sim.at(11).step();
+            sim.at(12).ok("each", 1, json!("two")).step();
+            sim.at(13).err("each", 0, "timeout").step();
+        },
+        expect![[r#"
+            @0
+              start step each over [1,2,3]
+              start each[0] #1 f(1) key run:7:each:0:0:1
+              start each[1] #1 f(2) key run:7:each:0:1:1
+            @1
+            each[0] fails timeout
+              start each[2] #1 f(3) key run:7:each:0:2:1
+            @11
+            @12
+            each[1] ok "two"
+              start each[0] #2 f(1) key run:7:each:0:0:2
+            @13
+            each[0] fails timeout
+              fail step each: timeout: element 0: timeout happened
+              end run failed: timeout: step "each" failed: element 0: timeout happened
+              cancel each[2]
+              hook run_failed run#0: page({"each":"failed","why":"step \"each\" failed: element 0: timeout happened"}) key hook:7:run_failed:0:0
+              finish run failed
+            run: failed
+              each: failed (round 0) error timeout: element 0: timeout happened"#]],
+    );
+}
+
+#[test]
+fn job_keys_read_back() {
+    let key = workflow::job_key(7, "transcode", 2, 13, 4);
+    assert_eq!(key, "run:7:transcode:2:13:4");
+    let parsed = workflow::JobKey::parse(&key).unwrap();
+    assert_eq!(
+        (
+            parsed.run,
+            parsed.step.as_str(),
+            parsed.round,
+            parsed.element,
+            parsed.attempt
+        ),
+        (7, "transcode", 2, 13, 4)
+    );
+    assert_eq!(parsed.to_string(), key);
+    for other in [
+        "hook:7:run_failed:0:0",
+        "run:7:a:0:0",
+        "run:7:a:0:0:1:9",
+        "run:x:a:0:0:1",
+        "run:7::0:0:1",
+        "ingest:abc",
+        "",
+    ] {
+        assert_eq!(workflow::JobKey::parse(other), None, "{other}");
+    }
 }

@@ -336,3 +336,20 @@ fn conditions_and_templates_parse_their_paths() {
     assert!(Condition::parse("a ==").is_err());
     assert!(Condition::parse("1 2").is_err());
 }
+
+#[test]
+fn the_readme_spec_deploys() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("the crate README");
+    let start = readme.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("its end");
+    check_spec(&readme[start..end], expect!["ok"]);
+}
+
+#[test]
+fn on_abort_is_another_name_for_finally() {
+    let spec = crate::must_deploy(
+        "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\n[on_abort]\nname = \"release\"\nfunction = \"cleanup\"\n",
+    );
+    assert_eq!(spec.finally.map(|f| f.name), Some("release".to_string()));
+}

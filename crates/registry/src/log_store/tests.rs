@@ -1,0 +1,65 @@
+//! The log store and state machine on a real redb file and snapshot directory: openraft's own
+//! storage suite (the contract every `RaftLogStorage` and `RaftStateMachine` must meet:
+//! appends, reads, truncation, purges, votes, applying entries, building and installing
+//! snapshots), and what survives closing and reopening the database.
+
+use super::{open_db, LogStore};
+use crate::state_machine::{SnapshotFile, StateMachine};
+use crate::TypeConfig;
+use model::NodeId;
+use openraft::storage::RaftLogStorage;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, LogId, RaftLogReader, StorageError, Vote};
+use std::path::Path;
+
+/// Builds a fresh store in a temporary directory, removed when the suite drops the guard.
+#[derive(Debug)]
+struct Fresh;
+
+fn open(dir: &Path) -> (LogStore, StateMachine) {
+    let db = open_db(&dir.join("raft.redb")).expect("the database opens");
+    let (sm, _shared) = StateMachine::open(SnapshotFile::new(dir, db.clone())).expect("opens");
+    (LogStore::new(db), sm)
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fresh {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (log, sm) = open(dir.path());
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn the_store_passes_openrafts_storage_suite() {
+    Suite::test_all(Fresh).expect("every storage test passes");
+}
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+/// What raft keeps outside the entries outlives the process: the vote (raft's safety needs
+/// it), the purge point, and the committed index, which is written without an fsync of its
+/// own and rides along with the next durable commit (here the purge).
+#[tokio::test]
+async fn vote_purge_point_and_committed_index_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open(dir.path());
+        assert_eq!(log.read_vote().await.unwrap(), None);
+        log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        log.save_committed(Some(log_id(3, 7))).await.unwrap();
+        log.purge(log_id(3, 5)).await.unwrap();
+    }
+    let (mut log, _sm) = open(dir.path());
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3, 7)));
+    let state = log.get_log_state().await.unwrap();
+    // With every entry purged, the purge point is also the last log id.
+    assert_eq!(state.last_purged_log_id, Some(log_id(3, 5)));
+    assert_eq!(state.last_log_id, Some(log_id(3, 5)));
+    assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
+}
