@@ -105,7 +105,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/workflows/{name}", small(get(runs::get_workflow)))
         .route(
             "/v1/runs",
-            limited(post(runs::start_run).get(runs::list_runs), RUN_BODY_BYTES_MAX),
+            limited(
+                post(runs::start_run).get(runs::list_runs),
+                RUN_BODY_BYTES_MAX,
+            ),
         )
         .route("/v1/runs/{id}", small(get(runs::get_run)))
         .route("/v1/runs/{id}/wait", small(get(runs::wait_run)))

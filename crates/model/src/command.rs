@@ -141,7 +141,7 @@ pub enum Command {
     /// A workflow spec, already validated by the proposer against the deployed functions; it
     /// gets the next version (an unchanged spec keeps its version).
     DeployWorkflow {
-        spec: workflow::WorkflowSpec,
+        spec: Box<workflow::WorkflowSpec>,
     },
     /// Starts a run of the workflow's latest version; an idempotency key seen before returns
     /// that run instead.

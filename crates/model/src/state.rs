@@ -477,7 +477,7 @@ impl State {
                 }
                 Response::Done
             }
-            Command::DeployWorkflow { spec } => self.deploy_workflow(spec),
+            Command::DeployWorkflow { spec } => self.deploy_workflow(*spec),
             Command::StartRun {
                 now_ms,
                 workflow,

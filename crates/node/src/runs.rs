@@ -94,7 +94,12 @@ impl Node {
                 ApiError::new(code, errors.to_string())
             })?;
         let name = spec.name.clone();
-        match rejected(self.propose(Command::DeployWorkflow { spec }).await?)? {
+        match rejected(
+            self.propose(Command::DeployWorkflow {
+                spec: Box::new(spec),
+            })
+            .await?,
+        )? {
             Response::Deployed { version } => self
                 .read(|s| s.workflow_version(&name, version).cloned())
                 .ok_or_else(|| ApiError::new(ErrorCode::Internal, "deployed spec not found")),
