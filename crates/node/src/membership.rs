@@ -73,7 +73,8 @@ impl Node {
                         "a node cannot remove itself; ask another node",
                     ));
                 }
-                self.remove_node(id, ErrorCode::NodeRemoved.as_str(), None).await
+                self.remove_node(id, ErrorCode::NodeRemoved.as_str(), None)
+                    .await
             }
             other => Err(ApiError::new(
                 ErrorCode::InvalidInput,
@@ -195,7 +196,10 @@ pub(crate) async fn admit(node: &Node, now_ms: u64) {
                 node: Some(id),
                 message,
             };
-            if let Err(e) = node.remove_node(id, ErrorCode::NodeRemoved.as_str(), Some(event)).await {
+            if let Err(e) = node
+                .remove_node(id, ErrorCode::NodeRemoved.as_str(), Some(event))
+                .await
+            {
                 tracing::warn!(node = id, error = %e, "could not remove a node that failed to join");
             }
         } else if !members.contains_key(&id) {

@@ -265,17 +265,13 @@ impl Peers {
                     Cut::Dropped => unavailable("dropped (fault injected)".into()),
                 });
             }
-            let response = self
-                .signed(addr, kind, body)
-                .send()
-                .await
-                .map_err(|e| {
-                    if e.is_connect() {
-                        not_delivered(e.to_string())
-                    } else {
-                        unavailable(e.to_string())
-                    }
-                })?;
+            let response = self.signed(addr, kind, body).send().await.map_err(|e| {
+                if e.is_connect() {
+                    not_delivered(e.to_string())
+                } else {
+                    unavailable(e.to_string())
+                }
+            })?;
             let status = response.status();
             let bytes = response
                 .bytes()
