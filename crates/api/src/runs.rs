@@ -1,13 +1,14 @@
 //! Route handlers for workflows and runs: parse, call the node, shape the answer.
 
 use crate::error::{fail, parse_json, Failure};
+use crate::routes::{page_limit, ReadQuery, WAIT_TIMEOUT_MS_MAX};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use model::workflow::{Control, RunStatus, WorkflowSpec};
-use model::{ErrorCode, RunFilter};
+use model::{ErrorCode, RunFilter, RUNS_LIST_MAX};
 use node::RunView;
 use serde::Deserialize;
 use serde_json::json;
@@ -38,14 +39,31 @@ pub(crate) async fn deploy_workflow(
     Ok((StatusCode::CREATED, Json(spec)))
 }
 
-pub(crate) async fn list_workflows(State(app): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "workflows": app.node.workflows() }))
+/// Makes the read that follows linearizable unless the caller asked for this node's state
+/// as it is (`?stale=true`), as every other read route does.
+async fn catch_up(app: &AppState, stale: bool) -> Answer<()> {
+    if !stale {
+        app.node.sync().await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn list_workflows(
+    State(app): State<AppState>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Json<serde_json::Value>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    catch_up(&app, q.stale).await?;
+    Ok(Json(json!({ "workflows": app.node.workflows() })))
 }
 
 pub(crate) async fn get_workflow(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<WorkflowSpec>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    catch_up(&app, q.stale).await?;
     Ok(Json(app.node.workflow(&name)?))
 }
 
@@ -87,6 +105,8 @@ pub(crate) struct RunsQuery {
     workflow: Option<String>,
     state: Option<String>,
     limit: Option<usize>,
+    #[serde(default)]
+    stale: bool,
 }
 
 pub(crate) async fn list_runs(
@@ -105,19 +125,25 @@ pub(crate) async fn list_runs(
             })?,
         ),
     };
+    let limit = page_limit(q.limit, RUNS_LIST_DEFAULT, RUNS_LIST_MAX)?;
     let filter = RunFilter {
         workflow: q.workflow,
         state,
     };
-    let runs = app.node.runs(&filter, q.limit.unwrap_or(RUNS_LIST_DEFAULT));
+    catch_up(&app, q.stale).await?;
+    let runs = app.node.runs(&filter, limit);
     Ok(Json(json!({ "runs": runs })))
 }
 
 pub(crate) async fn get_run(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<RunView>> {
-    Ok(Json(app.node.get_run(run_id(&id)?)?))
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let id = run_id(&id)?;
+    catch_up(&app, q.stale).await?;
+    Ok(Json(app.node.get_run(id)?))
 }
 
 #[derive(Deserialize)]
@@ -134,7 +160,14 @@ pub(crate) async fn wait_run(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<RunView>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
+    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
     let id = run_id(&id)?;
     app.node.sync().await?;
     Ok(Json(app.node.wait_run(id, q.revision, timeout).await?))

@@ -217,6 +217,40 @@ async fn every_error_answers_json_with_a_stable_code() {
         ),
         ("GET", "/v1/jobs?limit=many", vec![], 400, "invalid_input"),
         ("GET", "/v1/events?surprise=1", vec![], 400, "invalid_input"),
+        // The workflow routes: their own body limits, ids and queries.
+        (
+            "POST",
+            "/v1/workflows",
+            vec![b' '; 2 << 20],
+            413,
+            "too_large",
+        ),
+        ("POST", "/v1/runs", vec![b' '; 1 << 20], 413, "too_large"),
+        (
+            "POST",
+            "/v1/runs/1/control",
+            vec![b' '; 1 << 20],
+            413,
+            "too_large",
+        ),
+        ("GET", "/v1/runs/abc", vec![], 400, "invalid_input"),
+        ("GET", "/v1/runs?limit=0", vec![], 400, "invalid_input"),
+        ("GET", "/v1/runs?state=done", vec![], 400, "invalid_input"),
+        (
+            "GET",
+            "/v1/runs/1/wait?surprise=1",
+            vec![],
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            "/v1/runs/1/control",
+            br#"{"control":"pause"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        ("GET", "/v1/runs/1", vec![], 404, "not_found"),
         // Object keys the store cannot hold.
         (
             "PUT",

@@ -152,22 +152,27 @@ async fn a_bad_spec_is_refused_at_deploy_with_its_field_path() {
             "a cycle",
             "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"echo\"\nneeds = [\"b\"]\n[[steps]]\nname = \"b\"\nfunction = \"echo\"\nneeds = [\"a\"]\n",
             "cycle",
+            ErrorCode::InvalidInput,
         ),
         (
             "an unknown function",
             "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"nope\"\n",
             "steps[0].function",
+            ErrorCode::NotFound,
         ),
         (
             "a template naming nothing",
             "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"echo\"\ninput = { x = \"{{ steps.zz.output }}\" }\n",
             "steps[0].input",
+            ErrorCode::InvalidInput,
         ),
-        ("malformed TOML", "name = ", ""),
+        ("malformed TOML", "name = ", "", ErrorCode::InvalidInput),
     ];
-    for (what, spec, path) in cases {
+    // The answer's code is the first error's: a function that is not deployed is
+    // `not_found`, as it is for a job.
+    for (what, spec, path, code) in cases {
         let err = node.client.deploy_workflow(spec).await.unwrap_err();
-        assert_eq!(err.code(), Some(ErrorCode::InvalidInput), "{what}: {err}");
+        assert_eq!(err.code(), Some(code), "{what}: {err}");
         assert!(err.to_string().contains(path), "{what}: {err}");
     }
     assert!(node.client.workflows().await.unwrap().is_empty());
