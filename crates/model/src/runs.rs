@@ -264,7 +264,7 @@ impl State {
                     }
                 }
                 RunCommand::FireHook(call) => {
-                    // A URL hook is delivered by the leader's driver, outside the state.
+                    // Nothing delivers a URL hook yet: the node refuses specs that have one.
                     if let HookTarget::Function {
                         function,
                         input,

@@ -93,6 +93,12 @@ impl Node {
                     .map_or(ErrorCode::InvalidInput, |e| model::workflow_error(e).code);
                 ApiError::new(code, errors.to_string())
             })?;
+        if let Some(path) = url_hook(&spec) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("{path}: URL hooks are not delivered yet; use a function hook"),
+            ));
+        }
         let name = spec.name.clone();
         match rejected(
             self.propose(Command::DeployWorkflow {
@@ -192,6 +198,35 @@ impl Node {
             }
         }
     }
+}
+
+/// The path of the first URL hook in `spec`, if it has one. Nothing delivers URL hooks yet
+/// (a function hook is a job like any other), so a spec with one is refused rather than
+/// deployed with a hook that would never be called.
+fn url_hook(spec: &WorkflowSpec) -> Option<String> {
+    let first = |hooks: &[model::workflow::Hook], at: &str| {
+        let i = hooks.iter().position(|h| h.url.is_some())?;
+        Some(format!("{at}[{i}].url"))
+    };
+    let run = &spec.hooks;
+    let steps = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| (format!("steps[{i}]"), step));
+    let finally = spec
+        .finally
+        .iter()
+        .map(|step| ("finally".to_string(), step));
+    first(&run.succeeded, "hooks.succeeded")
+        .or_else(|| first(&run.failed, "hooks.failed"))
+        .or_else(|| first(&run.aborted, "hooks.aborted"))
+        .or_else(|| {
+            steps.chain(finally).find_map(|(at, step)| {
+                first(&step.hooks.before, &format!("{at}.hooks.before"))
+                    .or_else(|| first(&step.hooks.after, &format!("{at}.hooks.after")))
+            })
+        })
 }
 
 /// What the driver knows of a run since it last advanced it.

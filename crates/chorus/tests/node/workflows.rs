@@ -167,6 +167,12 @@ async fn a_bad_spec_is_refused_at_deploy_with_its_field_path() {
             ErrorCode::InvalidInput,
         ),
         ("malformed TOML", "name = ", "", ErrorCode::InvalidInput),
+        (
+            "a URL hook, which nothing delivers yet",
+            "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"echo\"\n[[steps.hooks.after]]\nurl = \"https://example.org/h\"\n",
+            "steps[0].hooks.after[0].url",
+            ErrorCode::InvalidInput,
+        ),
     ];
     // The answer's code is the first error's: a function that is not deployed is
     // `not_found`, as it is for a job.
