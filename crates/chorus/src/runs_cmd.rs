@@ -22,7 +22,8 @@ pub(crate) struct WorkflowsArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum WorkflowsCmd {
-    /// Deploy a workflow from a TOML spec (see examples/); a changed spec gets a new version.
+    /// Deploy a workflow from a TOML spec (e.g. examples/greet.workflow.toml); a changed spec gets
+    /// a new version.
     Deploy {
         file: PathBuf,
     },
