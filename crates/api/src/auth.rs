@@ -67,7 +67,8 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
         || path.starts_with("/v1/faults")
         || (path.starts_with("/v1/config") && method != Method::GET)
         || (path.starts_with("/v1/nodes/") && method != Method::GET)
-        || (path.starts_with("/v1/functions") && method != Method::GET);
+        || (path.starts_with("/v1/functions") && method != Method::GET)
+        || (path.starts_with("/v1/workflows") && method != Method::GET);
     if admin {
         Scope::Admin
     } else if method == Method::GET || method == Method::HEAD {

@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod routes;
+mod runs;
 
 use auth::Nonces;
 use axum::extract::DefaultBodyLimit;
@@ -36,6 +37,11 @@ const FUNCTION_BODY_BYTES_MAX: usize = 1024 * 1024;
 const JOB_BODY_BYTES_MAX: usize = model::INPUT_BYTES_MAX + 64 * 1024;
 /// A batch of jobs.
 const BATCH_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// A workflow spec: TOML text of at most `workflow::SPEC_BYTES_MAX`.
+const WORKFLOW_BODY_BYTES_MAX: usize = model::workflow::SPEC_BYTES_MAX;
+/// A run's start: its input of at most `model::RUN_INPUT_BYTES_MAX`, the workflow's name and
+/// an idempotency key.
+const RUN_BODY_BYTES_MAX: usize = model::RUN_INPUT_BYTES_MAX + 64 * 1024;
 
 /// The whole router: public health routes plus the signed `/v1` API. Every signed route has
 /// its own body limit; uploads stream under [`routes::OBJECT_BYTES_MAX`] and the raft route
@@ -89,6 +95,24 @@ pub fn router(node: Node) -> Router {
         .route("/v1/jobs/{id}/cancel", small(post(routes::cancel_job)))
         .route("/v1/jobs/{id}/wait", small(get(routes::wait_job)))
         .route("/v1/jobs/{id}/logs", small(get(routes::job_logs)))
+        .route(
+            "/v1/workflows",
+            limited(
+                post(runs::deploy_workflow).get(runs::list_workflows),
+                WORKFLOW_BODY_BYTES_MAX,
+            ),
+        )
+        .route("/v1/workflows/{name}", small(get(runs::get_workflow)))
+        .route(
+            "/v1/runs",
+            limited(
+                post(runs::start_run).get(runs::list_runs),
+                RUN_BODY_BYTES_MAX,
+            ),
+        )
+        .route("/v1/runs/{id}", small(get(runs::get_run)))
+        .route("/v1/runs/{id}/wait", small(get(runs::wait_run)))
+        .route("/v1/runs/{id}/control", small(post(runs::control_run)))
         // Uploads are streamed, not buffered: the handler counts them against
         // OBJECT_BYTES_MAX; the small limit is for the buffered reads.
         .route(

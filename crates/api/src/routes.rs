@@ -23,7 +23,7 @@ const BATCH_JOBS_MAX: usize = 10_000;
 /// Jobs per list page.
 const LIST_LIMIT_MAX: usize = 1_000;
 /// Longest wait for a job to finish.
-const WAIT_TIMEOUT_MS_MAX: u64 = 300_000;
+pub(crate) const WAIT_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Jobs looked at per list call when filtering, so a rare filter cannot scan everything.
 const LIST_SCAN_MAX: usize = 100_000;
 
@@ -87,7 +87,7 @@ pub(crate) async fn not_found() -> Failure {
 }
 
 /// A page size: `default` if unset, refused outside 1 to `max` (as the document says).
-fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Answer<usize> {
+pub(crate) fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Answer<usize> {
     match limit.unwrap_or(default) {
         limit @ 1.. if limit <= max => Ok(limit),
         _ => Err(fail(
@@ -195,7 +195,7 @@ pub(crate) async fn submit_batch(
 pub(crate) struct ReadQuery {
     /// Read this node's state as it is, without first catching up with the leader.
     #[serde(default)]
-    stale: bool,
+    pub(crate) stale: bool,
 }
 
 pub(crate) async fn get_job(

@@ -16,6 +16,7 @@ mod audio_cmd;
 mod client_cmd;
 mod demo_cmd;
 mod ingest_cmd;
+mod runs_cmd;
 mod serve_cmd;
 mod synth;
 
@@ -51,6 +52,10 @@ enum Cmd {
     Jobs(client_cmd::JobsArgs),
     /// Deploy and list functions.
     Functions(client_cmd::FunctionsArgs),
+    /// Deploy, list and show workflows (DAGs of steps).
+    Workflows(runs_cmd::WorkflowsArgs),
+    /// Start, list, inspect and control workflow runs.
+    Runs(runs_cmd::RunsArgs),
     /// Create, list and revoke API keys.
     Keys(client_cmd::KeysArgs),
     /// List nodes; drain, promote, demote or remove one.
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
+        Cmd::Workflows(args) => runtime().and_then(|rt| rt.block_on(runs_cmd::workflows(args))),
+        Cmd::Runs(args) => runtime().and_then(|rt| rt.block_on(runs_cmd::runs(args))),
         Cmd::Keys(args) => runtime().and_then(|rt| rt.block_on(client_cmd::keys(args))),
         Cmd::Nodes(args) => runtime().and_then(|rt| rt.block_on(client_cmd::nodes(args))),
         Cmd::Config(args) => runtime().and_then(|rt| rt.block_on(client_cmd::config(args))),

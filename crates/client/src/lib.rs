@@ -12,6 +12,10 @@ use serde::Deserialize;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod runs;
+
+pub use runs::{Run, RunFilter};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{status}: {error}")]

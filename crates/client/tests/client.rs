@@ -74,6 +74,7 @@ fn job(id: u64, function: &str) -> Job {
         output: None,
         objects: vec![],
         error: None,
+        run: None,
     }
 }
 

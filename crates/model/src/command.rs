@@ -138,6 +138,40 @@ pub enum Command {
     EventsDelivered {
         seq: u64,
     },
+    /// A workflow spec, already validated by the proposer against the deployed functions; it
+    /// gets the next version (an unchanged spec keeps its version).
+    DeployWorkflow {
+        spec: Box<workflow::WorkflowSpec>,
+    },
+    /// Starts a run of the workflow's latest version; an idempotency key seen before returns
+    /// that run instead.
+    StartRun {
+        now_ms: u64,
+        workflow: String,
+        #[serde(default)]
+        input: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    /// What the leader's `workflow::advance` decided for a run. Applying a `StartAttempt`
+    /// submits its job (idempotency key = the job key) in the same entry, a `CancelAttempt`
+    /// cancels it, a function hook submits its job.
+    RunCommands {
+        now_ms: u64,
+        run: u64,
+        commands: Vec<workflow::RunCommand>,
+    },
+    /// An operator's control on a run (retry, skip, abort, restart); all or nothing.
+    ControlRun {
+        now_ms: u64,
+        run: u64,
+        control: workflow::Control,
+    },
+    /// Forgets finished runs (the retention sweep chose them); each is checked again.
+    PurgeRuns {
+        finished_before_ms: u64,
+        runs: Vec<u64>,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -155,8 +189,13 @@ impl Command {
             | Command::RegisterNode { now_ms, .. }
             | Command::JoinNode { now_ms, .. }
             | Command::Heartbeat { now_ms, .. }
-            | Command::RecordEvents { now_ms, .. } => Some(now_ms),
+            | Command::RecordEvents { now_ms, .. }
+            | Command::StartRun { now_ms, .. }
+            | Command::RunCommands { now_ms, .. }
+            | Command::ControlRun { now_ms, .. } => Some(now_ms),
             Command::DeployFunction { .. }
+            | Command::DeployWorkflow { .. }
+            | Command::PurgeRuns { .. }
             | Command::SetNodeStatus { .. }
             | Command::RemoveNode { .. }
             | Command::CreateKey { .. }
@@ -221,6 +260,11 @@ pub enum Response {
     },
     Purged {
         jobs: u32,
+    },
+    /// A run was started, or (`existing`) its idempotency key named an earlier one.
+    RunStarted {
+        run: u64,
+        existing: bool,
     },
     Rejected(ApiError),
     Batch(Vec<Response>),

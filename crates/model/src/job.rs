@@ -126,6 +126,18 @@ pub struct Job {
     pub objects: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// The workflow run, step and element this job is an attempt of: its end is recorded in
+    /// the run in the entry that ends it (see [`crate::State`]'s runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunLink>,
+}
+
+/// Which element of which run a job is an attempt of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunLink {
+    pub run: u64,
+    pub step: String,
+    pub element: usize,
 }
 
 impl Job {

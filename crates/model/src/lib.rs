@@ -13,6 +13,7 @@ mod ids;
 mod job;
 mod node;
 pub mod protocol;
+mod runs;
 pub mod signature;
 mod state;
 mod strategy;
@@ -25,7 +26,11 @@ pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
 };
 pub use ids::{AttemptId, JobId, KeyId, NodeId};
-pub use job::{Attempt, Job, JobDetail, JobError, JobState, WaitCode, Waiting};
+pub use job::{Attempt, Job, JobDetail, JobError, JobState, RunLink, WaitCode, Waiting};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
+pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
 pub use strategy::{Strategy, UnknownStrategy};
+/// The workflow crate, so that the node, the API and the client name its types through the
+/// vocabulary crate they already use.
+pub use workflow;

@@ -105,6 +105,14 @@ pub struct State {
     /// over with attempts started after the leader decided to, say).
     #[serde(default)]
     clock_ms: u64,
+    /// Every deployed version of each workflow, oldest first: a run keeps its version.
+    #[serde(default)]
+    pub(crate) workflows: BTreeMap<String, Vec<workflow::WorkflowSpec>>,
+    /// Shared with snapshot copies, as jobs are.
+    #[serde(default)]
+    pub(crate) runs: BTreeMap<u64, Arc<crate::Run>>,
+    #[serde(default)]
+    pub(crate) next_run_id: u64,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -114,6 +122,8 @@ pub struct State {
     running: BTreeMap<NodeId, BTreeSet<JobId>>,
     #[serde(skip)]
     idempotency: HashMap<String, JobId>,
+    #[serde(skip)]
+    pub(crate) run_keys: HashMap<String, u64>,
 }
 
 impl State {
@@ -141,10 +151,14 @@ impl State {
             next_event_seq,
             events_delivered,
             clock_ms,
+            workflows,
+            runs,
+            next_run_id,
             queue: _,
             delayed: _,
             running: _,
             idempotency: _,
+            run_keys: _,
         } = self;
         State {
             functions: functions.clone(),
@@ -159,6 +173,9 @@ impl State {
             next_event_seq: *next_event_seq,
             events_delivered: *events_delivered,
             clock_ms: *clock_ms,
+            workflows: workflows.clone(),
+            runs: runs.clone(),
+            next_run_id: *next_run_id,
             ..State::default()
         }
     }
@@ -172,6 +189,11 @@ impl State {
         self.delayed.clear();
         self.running.clear();
         self.idempotency.clear();
+        self.run_keys = self
+            .runs
+            .values()
+            .filter_map(|r| Some((r.idempotency_key.clone()?, r.state.id)))
+            .collect();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
             self.index_insert(id);
@@ -355,7 +377,7 @@ impl State {
             } => {
                 let mut results = Vec::with_capacity(jobs.len());
                 for (i, spec) in jobs.into_iter().enumerate() {
-                    let result = self.submit(now_ms, spec);
+                    let result = self.submit_job(now_ms, spec, None);
                     if let (SubmitResult::Created(id), Some(Some(node))) = (&result, place.get(i)) {
                         self.start(now_ms, *node, vec![*id]);
                     }
@@ -365,7 +387,7 @@ impl State {
             }
             Command::StartAttempts { now_ms, node, jobs } => self.start(now_ms, node, jobs),
             Command::FinishAttempts { now_ms, results } => self.finish(now_ms, results),
-            Command::CancelJob { now_ms, job } => self.cancel(now_ms, job),
+            Command::CancelJob { now_ms, job } => self.cancel_job(now_ms, job),
             Command::AbandonAttempts { now_ms, node, code } => self.abandon(now_ms, node, code),
             Command::RegisterNode {
                 id,
@@ -478,6 +500,27 @@ impl State {
                 }
                 Response::Done
             }
+            Command::DeployWorkflow { spec } => self.deploy_workflow(*spec),
+            Command::StartRun {
+                now_ms,
+                workflow,
+                input,
+                idempotency_key,
+            } => self.start_run(now_ms, workflow, input, idempotency_key),
+            Command::RunCommands {
+                now_ms,
+                run,
+                commands,
+            } => self.run_commands(now_ms, run, commands),
+            Command::ControlRun {
+                now_ms,
+                run,
+                control,
+            } => self.control_run(now_ms, run, control),
+            Command::PurgeRuns {
+                finished_before_ms,
+                runs,
+            } => self.purge_runs(finished_before_ms, runs),
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
@@ -560,7 +603,13 @@ impl State {
         Ok(())
     }
 
-    fn submit(&mut self, now_ms: u64, spec: JobSpec) -> SubmitResult {
+    /// Creates a job; `run` links it to the run element it is an attempt of.
+    pub(crate) fn submit_job(
+        &mut self,
+        now_ms: u64,
+        spec: JobSpec,
+        run: Option<crate::RunLink>,
+    ) -> SubmitResult {
         if let Some(key) = &spec.idempotency_key {
             if let Some(id) = self.idempotency.get(key) {
                 return SubmitResult::Existing(*id);
@@ -592,6 +641,7 @@ impl State {
             objects: Vec::new(),
             error: None,
             tries: 0,
+            run,
         };
         self.jobs.insert(id, Arc::new(job));
         self.index_insert(id);
@@ -755,7 +805,9 @@ impl State {
                 job.finished_at_ms = Some(now_ms);
             } else {
                 let code = job.error.as_ref().map_or("", |e| e.code.as_str());
-                if retry.retries(code, job.tries) {
+                // A run's job is tried once: the workflow's retry policy decides what comes
+                // next, with a new job.
+                if job.run.is_none() && retry.retries(code, job.tries) {
                     job.state = JobState::Queued;
                     let seed = job.id.0 ^ (u64::from(job.tries) << 48);
                     job.not_before_ms = now_ms + retry.backoff_ms(job.tries, seed);
@@ -766,6 +818,7 @@ impl State {
             }
         }
         self.index_insert(result.job);
+        self.record_job_end(now_ms, result.job);
         true
     }
 
@@ -781,7 +834,7 @@ impl State {
             .find(|a| a.id == attempt)
     }
 
-    fn cancel(&mut self, now_ms: u64, id: JobId) -> Response {
+    pub(crate) fn cancel_job(&mut self, now_ms: u64, id: JobId) -> Response {
         let Some(job) = self.jobs.get(&id) else {
             return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no job {id}")));
         };
@@ -802,6 +855,7 @@ impl State {
         job.state = JobState::Cancelled;
         job.finished_at_ms = Some(now_ms);
         job.error = Some(JobError::new(ErrorCode::Cancelled, "cancelled by request"));
+        self.record_job_end(now_ms, id);
         Response::Cancelled { previous }
     }
 

@@ -7,6 +7,7 @@ mod membership;
 mod metrics;
 mod retention;
 mod running;
+mod runs;
 mod scheduling;
 mod startup;
 mod webhook;
@@ -24,6 +25,7 @@ pub use registry::{
     Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
+pub use runs::RunView;
 pub use storage::Store as ObjectStore;
 
 /// Raft roles, for the API's node listing.

@@ -2,8 +2,8 @@
 //! `retention` (config key, a duration such as `7d` or `12h`; default [`RETENTION_DEFAULT`]).
 //!
 //! Two sweeps, every [`sweep_interval`]:
-//! 1. on the leader only, a cluster job: finished jobs that finished longer ago than the
-//!    retention are purged from the replicated state (`PurgeJobs`, at most
+//! 1. on the leader only, a cluster job: finished jobs and workflow runs that finished longer
+//!    ago than the retention are purged from the replicated state (`PurgeJobs`, `PurgeRuns`, at most
 //!    [`PURGE_JOBS_MAX`] per entry). A deposed leader's proposal fails to commit (fenced by
 //!    term), and `apply` checks each job again, so a purge can never drop a live job.
 //! 2. on every node, a per-node job: objects under `jobs/` (outputs) and `logs/` last modified
@@ -53,6 +53,7 @@ pub(crate) async fn sweep(node: Node) {
         let cutoff_ms = now_ms().saturating_sub(retention.as_millis() as u64);
         if node.inner.registry.figures().is_leader {
             purge_jobs(&node, cutoff_ms).await;
+            purge_runs(&node, cutoff_ms).await;
         }
         for prefix in EXPIRING_PREFIXES {
             match node
@@ -71,6 +72,24 @@ pub(crate) async fn sweep(node: Node) {
                 }
             }
         }
+    }
+}
+
+async fn purge_runs(node: &Node, cutoff_ms: u64) {
+    let runs = node.read(|s| s.expired_runs(cutoff_ms, PURGE_JOBS_MAX));
+    if runs.is_empty() {
+        return;
+    }
+    let command = Command::PurgeRuns {
+        finished_before_ms: cutoff_ms,
+        runs,
+    };
+    match node.propose(command).await {
+        Ok(Response::Purged { jobs: runs }) => {
+            tracing::info!(runs, "retention: purged finished runs")
+        }
+        Ok(other) => tracing::warn!(?other, "retention: unexpected answer to a purge"),
+        Err(e) => tracing::warn!(error = %e, "retention: could not purge finished runs"),
     }
 }
 

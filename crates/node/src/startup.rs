@@ -18,7 +18,7 @@
 //! bounded.
 
 use crate::{
-    internal, liveness, metrics, now_ms, retention, running, scheduling, storage_error,
+    internal, liveness, metrics, now_ms, retention, running, runs, scheduling, storage_error,
     unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE, CLUSTER_KEY_FILE,
     JOIN_WAIT,
 };
@@ -227,6 +227,7 @@ impl Node {
         tasks.spawn(liveness::scan(self.clone()));
         tasks.spawn(retention::sweep(self.clone()));
         tasks.spawn(webhook::deliver(self.clone()));
+        tasks.spawn(runs::drive(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

@@ -92,6 +92,11 @@ async fn the_api_matches_its_openapi_document() {
                 }
                 "setConfig" => serde_json::to_vec(&json!({ "value": "least-request" })).unwrap(),
                 "setFaults" => serde_json::to_vec(&json!({ "blocked_nodes": [] })).unwrap(),
+                "deployWorkflow" => {
+                    b"name = \"contract\"\n[[steps]]\nname = \"a\"\nfunction = \"noop\"\n".to_vec()
+                }
+                "startRun" => serde_json::to_vec(&json!({ "workflow": "contract" })).unwrap(),
+                "controlRun" => serde_json::to_vec(&json!({ "control": "abort" })).unwrap(),
                 _ => Vec::new(),
             };
             let public = op.get("security").is_none();
@@ -128,7 +133,7 @@ async fn the_api_matches_its_openapi_document() {
             called += 1;
         }
     }
-    assert_eq!(called, 30, "every documented operation was called");
+    assert_eq!(called, 38, "every documented operation was called");
     // An undocumented route does not exist.
     let (status, answer) = node
         .client
@@ -212,6 +217,40 @@ async fn every_error_answers_json_with_a_stable_code() {
         ),
         ("GET", "/v1/jobs?limit=many", vec![], 400, "invalid_input"),
         ("GET", "/v1/events?surprise=1", vec![], 400, "invalid_input"),
+        // The workflow routes: their own body limits, ids and queries.
+        (
+            "POST",
+            "/v1/workflows",
+            vec![b' '; 2 << 20],
+            413,
+            "too_large",
+        ),
+        ("POST", "/v1/runs", vec![b' '; 1 << 20], 413, "too_large"),
+        (
+            "POST",
+            "/v1/runs/1/control",
+            vec![b' '; 1 << 20],
+            413,
+            "too_large",
+        ),
+        ("GET", "/v1/runs/abc", vec![], 400, "invalid_input"),
+        ("GET", "/v1/runs?limit=0", vec![], 400, "invalid_input"),
+        ("GET", "/v1/runs?state=done", vec![], 400, "invalid_input"),
+        (
+            "GET",
+            "/v1/runs/1/wait?surprise=1",
+            vec![],
+            400,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            "/v1/runs/1/control",
+            br#"{"control":"pause"}"#.to_vec(),
+            400,
+            "invalid_input",
+        ),
+        ("GET", "/v1/runs/1", vec![], 404, "not_found"),
         // Object keys the store cannot hold.
         (
             "PUT",

@@ -12,7 +12,7 @@ impl State {
     /// the error. What holds:
     ///
     /// - the derived indexes (queue, delayed, running, idempotency keys) are exactly what the
-    ///   jobs imply, and no two jobs carry the same idempotency key;
+    ///   jobs imply, and no two jobs carry the same idempotency key; the same for runs;
     /// - job, attempt and node ids are at most the counters that hand them out; attempt ids
     ///   are unique and grow within a job; every job's function exists at a version at least
     ///   the job's; an attempt with an output or an error has ended;
@@ -128,6 +128,10 @@ impl State {
         let keyed = self.jobs.values().filter(|j| j.idempotency_key.is_some());
         if rebuilt.idempotency != self.idempotency || keyed.count() != self.idempotency.len() {
             return Err("idempotency keys are not one job each".into());
+        }
+        let keyed_runs = self.runs.values().filter(|r| r.idempotency_key.is_some());
+        if rebuilt.run_keys != self.run_keys || keyed_runs.count() != self.run_keys.len() {
+            return Err("run idempotency keys are not one run each".into());
         }
         Ok(())
     }

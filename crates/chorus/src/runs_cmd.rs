@@ -1,0 +1,311 @@
+//! Workflow and run commands: `chorus workflows deploy|list|get` and `chorus runs
+//! start|list|get|abort|retry|skip|restart`. Human output by default, `--json` for scripts.
+
+use crate::client_cmd::Conn;
+use anyhow::Context;
+use client::{Client, Run, RunFilter};
+use model::workflow::{Control, RunStatus, StepRun};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long one server-side wait lasts before `--wait` asks again.
+const WAIT_POLL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkflowsArgs {
+    #[command(subcommand)]
+    command: WorkflowsCmd,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum WorkflowsCmd {
+    /// Deploy a workflow from a TOML spec (e.g. examples/greet.workflow.toml); a changed spec gets
+    /// a new version.
+    Deploy {
+        file: PathBuf,
+    },
+    List,
+    /// A workflow's latest spec.
+    Get {
+        name: String,
+    },
+}
+
+pub(crate) async fn workflows(args: WorkflowsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let json = args.conn.json;
+    match args.command {
+        WorkflowsCmd::Deploy { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let spec = client.deploy_workflow(&text).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "name": spec.name, "version": spec.version })
+                );
+            } else {
+                println!("deployed workflow {} version {}", spec.name, spec.version);
+            }
+        }
+        WorkflowsCmd::List => {
+            let workflows = client.workflows().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workflows)?);
+            } else {
+                println!("{:<24} {:>7} {:>6}", "name", "version", "steps");
+                for w in workflows {
+                    println!(
+                        "{:<24} {:>7} {:>6}",
+                        w.name,
+                        w.version,
+                        w.all_steps().count()
+                    );
+                }
+            }
+        }
+        WorkflowsCmd::Get { name } => {
+            let spec = client.workflow(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&spec)?);
+            } else {
+                println!("{}", toml::to_string_pretty(&spec)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunsArgs {
+    #[command(subcommand)]
+    command: RunsCmd,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RunsCmd {
+    /// Start a run of a workflow's latest version.
+    Start {
+        workflow: String,
+        /// The run's input, as JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// The same key returns the same run.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Show progress until the run ends; the exit code tells whether it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Newest runs first.
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// running, succeeded, failed or aborted.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A run: each step's state, attempts (with their job ids), input, output and error.
+    Get { id: u64 },
+    /// Wait until the run ends.
+    Wait { id: u64 },
+    /// Cancel the running steps; the finally step runs.
+    Abort { id: u64 },
+    /// Run a failed step again (every failed step without --step), and what follows it.
+    Retry {
+        id: u64,
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Skip a waiting, running or failed step; the steps after it go on.
+    Skip {
+        id: u64,
+        #[arg(long)]
+        step: String,
+    },
+    /// Run a finished run again from a step (from the start without --from).
+    Restart {
+        id: u64,
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let json = args.conn.json;
+    let control = match args.command {
+        RunsCmd::Start {
+            workflow,
+            input,
+            idempotency_key,
+            wait,
+        } => {
+            let input: serde_json::Value =
+                serde_json::from_str(&input).context("--input is not valid JSON")?;
+            let run = client
+                .start_run(&workflow, &input, idempotency_key.as_deref())
+                .await?;
+            if !wait {
+                print_run(&run, json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let run = wait_with_progress(&client, run, json).await?;
+            print_run(&run, json);
+            return Ok(exit_code(&run));
+        }
+        RunsCmd::List {
+            workflow,
+            state,
+            limit,
+        } => {
+            let filter = RunFilter {
+                workflow,
+                state,
+                limit: Some(limit),
+            };
+            let runs = client.list_runs(&filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                println!(
+                    "{:>8}  {:<24} {:>7}  {:<10} steps",
+                    "id", "workflow", "version", "state"
+                );
+                for r in runs {
+                    let done = r.steps.iter().filter(|s| s.step.is_done()).count();
+                    println!(
+                        "{:>8}  {:<24} {:>7}  {:<10} {done}/{}",
+                        r.id,
+                        r.workflow,
+                        r.version,
+                        r.state.as_str(),
+                        r.steps.len()
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        RunsCmd::Get { id } => {
+            print_run(&client.run(id).await?, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        RunsCmd::Wait { id } => {
+            let run = client.run(id).await?;
+            let run = wait_with_progress(&client, run, json).await?;
+            print_run(&run, json);
+            return Ok(exit_code(&run));
+        }
+        RunsCmd::Abort { id } => (id, Control::Abort),
+        RunsCmd::Retry { id, step } => (id, Control::Retry { step }),
+        RunsCmd::Skip { id, step } => (id, Control::Skip { step }),
+        RunsCmd::Restart { id, from } => (id, Control::Restart { from }),
+    };
+    let (id, control) = control;
+    print_run(&client.control_run(id, &control).await?, json);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit_code(run: &Run) -> ExitCode {
+    if run.summary.state == RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Prints a line each time the run changes (steps done of all), until it ends.
+async fn wait_with_progress(client: &Client, mut run: Run, quiet: bool) -> anyhow::Result<Run> {
+    let mut last = None;
+    loop {
+        let (done, total) = run.progress();
+        if !quiet && last != Some(done) {
+            eprintln!("run {}: {done}/{total} steps done", run.summary.id);
+            last = Some(done);
+        }
+        if run.is_finished() {
+            return Ok(run);
+        }
+        run = client
+            .wait_run(run.summary.id, Some(run.revision), WAIT_POLL)
+            .await?;
+    }
+}
+
+fn print_run(run: &Run, json: bool) {
+    let s = &run.summary;
+    if json {
+        let mut value = serde_json::to_value(s).expect("runs serialize");
+        value["jobs"] = serde_json::json!(run.jobs);
+        value["revision"] = serde_json::json!(run.revision);
+        value["existing"] = serde_json::json!(run.existing);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON prints")
+        );
+        return;
+    }
+    let existing = if run.existing { "  (existing run)" } else { "" };
+    println!(
+        "run {}  {} v{}  {}{existing}",
+        s.id,
+        s.workflow,
+        s.version,
+        s.state.as_str()
+    );
+    if let Some(e) = &s.error {
+        println!("  error: {}: {}", e.code, e.message);
+    }
+    for step in &s.steps {
+        print_step(&step.name, &step.step, run);
+    }
+}
+
+fn print_step(name: &str, step: &StepRun, run: &Run) {
+    let round = if step.round > 0 {
+        format!(" (round {})", step.round)
+    } else {
+        String::new()
+    };
+    println!("  {name:<20} {}{round}", step.status.as_str());
+    for (i, element) in step.elements.iter().enumerate() {
+        let label = if step.items.is_some() {
+            format!("    [{i}] ")
+        } else {
+            "    ".to_string()
+        };
+        for a in &element.attempts {
+            let job = run
+                .jobs
+                .get(&a.job_key)
+                .map_or("-".to_string(), |id| id.to_string());
+            let how = a.error.as_ref().map_or_else(
+                || {
+                    if a.finished_at_ms.is_some() {
+                        "ok".into()
+                    } else {
+                        "running".into()
+                    }
+                },
+                |e| format!("{}: {}", e.code, e.message),
+            );
+            println!("{label}attempt {} job {job}: {how}", a.number);
+        }
+        if !element.input.is_null() {
+            println!("{label}input: {}", element.input);
+        }
+    }
+    if let Some(output) = &step.output {
+        println!("    output: {output}");
+    }
+    if let Some(e) = &step.error {
+        println!("    error: {}: {}", e.code, e.message);
+    }
+}

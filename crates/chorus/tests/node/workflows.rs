@@ -1,0 +1,492 @@
+//! Workflows end to end on real nodes: deploy (versions, bad specs), runs with `needs`,
+//! fan-out and fan-in, conditions, per-code retries, abort with the `finally` step,
+//! idempotency keys, and a run that outlives a `kill -9` of the leader.
+
+use crate::cluster::{cluster, leader, leader_index};
+use crate::harness::{TestNode, DEADLINE};
+use client::{Client, Run};
+use model::workflow::{Control, RunStatus, StepStatus};
+use model::{ErrorCode, FunctionKind, FunctionSpec};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Deploys a command function that answers each request with the request itself as output
+/// (so `output.input` is the step's rendered input). With `log`, it first appends the
+/// request line to that file, which tells how often each job ran.
+async fn deploy_echo(client: &Client, name: &str, log: Option<&Path>) {
+    let append = log.map_or(String::new(), |p| {
+        format!("printf '%s\\n' \"$line\" >> '{}'; ", p.display())
+    });
+    let mut spec = FunctionSpec::builtin(name);
+    spec.kind = FunctionKind::Command;
+    spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "while IFS= read -r line; do {append}printf '{{\"output\":%s}}\\n' \"$line\"; done"
+        ),
+    ];
+    client.deploy(&spec).await.unwrap();
+}
+
+/// A command function that fails with code `flaky` the first time it runs, then succeeds.
+async fn deploy_flaky(client: &Client, name: &str, marker: &Path) {
+    let m = marker.display();
+    let mut spec = FunctionSpec::builtin(name);
+    spec.kind = FunctionKind::Command;
+    spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "while IFS= read -r line; do if [ -e '{m}' ]; then echo '{{\"output\":{{\"ok\":true}}}}'; \
+             else touch '{m}'; echo '{{\"error\":{{\"code\":\"flaky\",\"message\":\"first try\"}}}}'; fi; done"
+        ),
+    ];
+    client.deploy(&spec).await.unwrap();
+}
+
+/// Waits until the run is finished and returns it; a read the cluster refuses for now
+/// (`unavailable`, during an election) is asked again.
+async fn must_end(client: &Client, id: u64) -> Run {
+    let started = Instant::now();
+    loop {
+        let last = match client.wait_run(id, None, Duration::from_secs(5)).await {
+            Ok(run) if run.is_finished() => return run,
+            Ok(run) => format!("{:?}", run.summary),
+            Err(e) if e.code() == Some(ErrorCode::Unavailable) => e.to_string(),
+            Err(e) if e.to_string().contains("cannot reach") => e.to_string(),
+            Err(e) => panic!("waiting for run {id}: {e}"),
+        };
+        assert!(
+            started.elapsed() < DEADLINE * 2,
+            "run {id} did not end: {last}"
+        );
+    }
+}
+
+fn step<'r>(run: &'r Run, name: &str) -> &'r model::workflow::StepRun {
+    &run.summary
+        .steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name} in {:?}", run.summary))
+        .step
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_with_needs_passes_outputs_along_and_deploys_are_versioned() {
+    let node = TestNode::start().await;
+    deploy_echo(&node.client, "echo", None).await;
+    let spec = r#"
+name = "chain"
+[[steps]]
+name = "a"
+function = "echo"
+input = { n = "{{ input.n }}" }
+[[steps]]
+name = "b"
+function = "echo"
+needs = ["a"]
+input = { from_a = "{{ steps.a.output.input.n }}" }
+[[steps]]
+name = "c"
+function = "echo"
+needs = ["b"]
+input = { text = "b saw {{ steps.b.output.input.from_a }}" }
+"#;
+    let first = node.client.deploy_workflow(spec).await.unwrap();
+    assert_eq!(first.version, 1);
+    let same = node.client.deploy_workflow(spec).await.unwrap();
+    assert_eq!(same.version, 1, "an unchanged spec keeps its version");
+    let run = node
+        .client
+        .start_run("chain", &json!({ "n": 7 }), None)
+        .await
+        .unwrap();
+    let changed = spec.replace("b saw", "b got");
+    assert_eq!(
+        node.client.deploy_workflow(&changed).await.unwrap().version,
+        2
+    );
+    let run = must_end(&node.client, run.summary.id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    assert_eq!(
+        run.summary.version, 1,
+        "a run keeps the version it started with"
+    );
+    assert_eq!(
+        step(&run, "b").output.as_ref().unwrap()["input"]["from_a"],
+        7
+    );
+    assert_eq!(
+        step(&run, "c").output.as_ref().unwrap()["input"]["text"],
+        "b saw 7"
+    );
+    // Every attempt's job is listed, so its log can be read.
+    assert_eq!(run.jobs.len(), 3, "{:?}", run.jobs);
+    for id in run.jobs.values() {
+        let job = node.client.job(*id).await.unwrap();
+        assert_eq!(job.state, model::JobState::Succeeded);
+    }
+    let listed = node
+        .client
+        .list_runs(&client::RunFilter {
+            workflow: Some("chain".into()),
+            state: Some("succeeded".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let workflows = node.client.workflows().await.unwrap();
+    assert_eq!((workflows.len(), workflows[0].version), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_spec_is_refused_at_deploy_with_its_field_path() {
+    let node = TestNode::start().await;
+    deploy_echo(&node.client, "echo", None).await;
+    let cases = [
+        (
+            "a cycle",
+            "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"echo\"\nneeds = [\"b\"]\n[[steps]]\nname = \"b\"\nfunction = \"echo\"\nneeds = [\"a\"]\n",
+            "cycle",
+            ErrorCode::InvalidInput,
+        ),
+        (
+            "an unknown function",
+            "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"nope\"\n",
+            "steps[0].function",
+            ErrorCode::NotFound,
+        ),
+        (
+            "a template naming nothing",
+            "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"echo\"\ninput = { x = \"{{ steps.zz.output }}\" }\n",
+            "steps[0].input",
+            ErrorCode::InvalidInput,
+        ),
+        ("malformed TOML", "name = ", "", ErrorCode::InvalidInput),
+        (
+            "a URL hook, which nothing delivers yet",
+            "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"echo\"\n[[steps.hooks.after]]\nurl = \"https://example.org/h\"\n",
+            "steps[0].hooks.after[0].url",
+            ErrorCode::InvalidInput,
+        ),
+    ];
+    // The answer's code is the first error's: a function that is not deployed is
+    // `not_found`, as it is for a job.
+    for (what, spec, path, code) in cases {
+        let err = node.client.deploy_workflow(spec).await.unwrap_err();
+        assert_eq!(err.code(), Some(code), "{what}: {err}");
+        assert!(err.to_string().contains(path), "{what}: {err}");
+    }
+    assert!(node.client.workflows().await.unwrap().is_empty());
+    let err = node
+        .client
+        .start_run("w", &json!({}), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_feeds_a_fan_in_and_a_false_condition_skips_what_follows() {
+    let node = TestNode::start().await;
+    deploy_echo(&node.client, "echo", None).await;
+    let spec = r#"
+name = "fan"
+[[steps]]
+name = "split"
+function = "echo"
+input = { items = "{{ input.items }}" }
+[[steps]]
+name = "each"
+function = "echo"
+needs = ["split"]
+for_each = "{{ steps.split.output.input.items }}"
+concurrency = 2
+input = { item = "{{ item }}", index = "{{ index }}" }
+[[steps]]
+name = "join"
+function = "echo"
+needs = ["each"]
+input = { all = "{{ steps.each.output }}" }
+[[steps]]
+name = "maybe"
+function = "echo"
+needs = ["join"]
+if = "input.flag"
+[[steps]]
+name = "after"
+function = "echo"
+needs = ["maybe"]
+"#;
+    node.client.deploy_workflow(spec).await.unwrap();
+    let items = json!(["x", "y", "z", "w", "v"]);
+    let run = node
+        .client
+        .start_run("fan", &json!({ "items": items, "flag": false }), None)
+        .await
+        .unwrap();
+    let run = must_end(&node.client, run.summary.id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    let all = &step(&run, "join").output.as_ref().unwrap()["input"]["all"];
+    let got: Vec<Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["input"]["item"].clone())
+        .collect();
+    assert_eq!(Value::from(got), items, "outputs in item order");
+    assert_eq!(step(&run, "maybe").status, StepStatus::Skipped);
+    assert_eq!(step(&run, "after").status, StepStatus::Skipped);
+    // The cap: never more than two elements' jobs at once.
+    let each = step(&run, "each");
+    let mut spans = Vec::new();
+    for element in &each.elements {
+        for a in &element.attempts {
+            let job = node.client.job(run.jobs[&a.job_key]).await.unwrap();
+            let at = &job.attempts[0];
+            spans.push((at.started_at_ms, at.finished_at_ms.unwrap()));
+        }
+    }
+    for &(start, _) in &spans {
+        let overlapping = spans
+            .iter()
+            .filter(|(s, e)| *s <= start && start < *e)
+            .count();
+        assert!(overlapping <= 2, "{overlapping} at once: {spans:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_code_is_tried_again_and_a_never_code_is_not() {
+    let node = TestNode::start().await;
+    deploy_flaky(&node.client, "flaky", &node.dir.path().join("flaky.marker")).await;
+    let spec = r#"
+name = "retries"
+[retry]
+max_attempts = 3
+retry_codes = ["flaky"]
+backoff = { initial_ms = 10, max_ms = 50 }
+[[steps]]
+name = "once-flaky"
+function = "flaky"
+"#;
+    node.client.deploy_workflow(spec).await.unwrap();
+    let run = node
+        .client
+        .start_run("retries", &json!({}), None)
+        .await
+        .unwrap();
+    let run = must_end(&node.client, run.summary.id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    let attempts = &step(&run, "once-flaky").elements[0].attempts;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].error.as_ref().unwrap().code, "flaky");
+
+    let never = r#"
+name = "never"
+[retry]
+max_attempts = 3
+never_codes = ["bad_thing"]
+[[steps]]
+name = "doomed"
+function = "fail"
+input = { code = "bad_thing" }
+"#;
+    node.client.deploy_workflow(never).await.unwrap();
+    let run = node
+        .client
+        .start_run("never", &json!({}), None)
+        .await
+        .unwrap();
+    let run = must_end(&node.client, run.summary.id).await;
+    assert_eq!(run.summary.state, RunStatus::Failed, "{:?}", run.summary);
+    let doomed = step(&run, "doomed");
+    assert_eq!(doomed.elements[0].attempts.len(), 1);
+    assert_eq!(doomed.error.as_ref().unwrap().code, "bad_thing");
+    // A control on a failed run's unknown step, and an abort of a finished run, are refused.
+    let err = node
+        .client
+        .control_run(run.summary.id, &Control::Skip { step: "zz".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let err = node
+        .client
+        .control_run(run.summary.id, &Control::Abort)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+    // Skipping the failed step lets the run go on, and end well.
+    node.client
+        .control_run(
+            run.summary.id,
+            &Control::Skip {
+                step: "doomed".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let run = must_end(&node.client, run.summary.id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    assert_eq!(step(&run, "doomed").status, StepStatus::Skipped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_cancels_the_running_step_and_runs_finally_and_a_key_returns_the_same_run() {
+    let node = TestNode::start().await;
+    deploy_echo(&node.client, "echo", None).await;
+    let spec = r#"
+name = "long"
+[[steps]]
+name = "wait"
+function = "sleep"
+input = { ms = 60000 }
+[finally]
+name = "clean"
+function = "echo"
+input = { state = "{{ run.state }}" }
+"#;
+    node.client.deploy_workflow(spec).await.unwrap();
+    let first = node
+        .client
+        .start_run("long", &json!({}), Some("once"))
+        .await
+        .unwrap();
+    assert!(!first.existing);
+    let again = node
+        .client
+        .start_run("long", &json!({}), Some("once"))
+        .await
+        .unwrap();
+    assert!(again.existing);
+    assert_eq!(again.summary.id, first.summary.id);
+    let id = first.summary.id;
+    crate::harness::wait_until("the step's job runs", || async {
+        let run = node.client.run(id).await.unwrap();
+        run.jobs
+            .values()
+            .next()
+            .is_some_and(|_| step(&run, "wait").status == StepStatus::Running)
+    })
+    .await;
+    node.client.control_run(id, &Control::Abort).await.unwrap();
+    let run = must_end(&node.client, id).await;
+    assert_eq!(run.summary.state, RunStatus::Aborted, "{:?}", run.summary);
+    assert_eq!(step(&run, "wait").status, StepStatus::Cancelled);
+    let clean = step(&run, "clean");
+    assert_eq!(clean.status, StepStatus::Succeeded, "{clean:?}");
+    assert_eq!(clean.output.as_ref().unwrap()["input"]["state"], "aborted");
+    let sleep_job = run.jobs.values().min().unwrap();
+    let job = node.client.job(*sleep_job).await.unwrap();
+    assert_eq!(job.state, model::JobState::Cancelled, "{job:?}");
+    // Restart from the start: a new round, a new job, and this time no abort.
+    node.client
+        .control_run(id, &Control::Restart { from: None })
+        .await
+        .unwrap();
+    let run = node.client.run(id).await.unwrap();
+    assert_eq!(run.summary.state, RunStatus::Running);
+    assert_eq!(step(&run, "wait").round, 1);
+    node.client.control_run(id, &Control::Abort).await.unwrap();
+    assert_eq!(
+        must_end(&node.client, id).await.summary.state,
+        RunStatus::Aborted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_outlives_a_kill_9_of_the_leader_and_no_job_runs_twice() {
+    let mut nodes = cluster().await;
+    let log = nodes[0].dir.path().join("ran.log");
+    deploy_echo(&nodes[0].client, "logged", Some(&log)).await;
+    let mut sleepy = FunctionSpec::builtin("nap");
+    sleepy.kind = FunctionKind::Command;
+    sleepy.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "while IFS= read -r line; do printf '%s\\n' \"$line\" >> '{}'; sleep 0.2; echo '{{\"output\":{{}}}}'; done",
+            log.display()
+        ),
+    ];
+    nodes[0].client.deploy(&sleepy).await.unwrap();
+    let spec = r#"
+name = "survivor"
+[retry]
+backoff = { initial_ms = 50, max_ms = 200 }
+[[steps]]
+name = "first"
+function = "logged"
+[[steps]]
+name = "wide"
+function = "nap"
+needs = ["first"]
+for_each = "{{ input.items }}"
+concurrency = 4
+input = { item = "{{ item }}" }
+[[steps]]
+name = "last"
+function = "logged"
+needs = ["wide"]
+input = { n = "{{ steps.wide.output }}" }
+"#;
+    nodes[0].client.deploy_workflow(spec).await.unwrap();
+    let items: Vec<u32> = (0..24).collect();
+    let run = nodes[0]
+        .client
+        .start_run("survivor", &json!({ "items": items }), Some("survive"))
+        .await
+        .unwrap();
+    let id = run.summary.id;
+    let old = leader(&nodes[0]).await;
+    let li = leader_index(&nodes, old);
+    let other = (li + 1) % 3;
+    crate::harness::wait_until("a few elements are done", || async {
+        let Ok(run) = nodes[other].client.run(id).await else {
+            return false;
+        };
+        step(&run, "wide")
+            .elements
+            .iter()
+            .filter(|e| e.output.is_some())
+            .count()
+            >= 4
+    })
+    .await;
+    nodes[li].kill_9();
+    let run = must_end(&nodes[other].client, id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    assert_eq!(
+        step(&run, "wide")
+            .output
+            .as_ref()
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        24
+    );
+    // The same key still names the same run after the leader change.
+    let again = nodes[other]
+        .client
+        .start_run("survivor", &json!({}), Some("survive"))
+        .await
+        .unwrap();
+    assert_eq!((again.summary.id, again.existing), (id, true));
+    // No job ran twice: every job id appears at most once in the functions' log.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let request: Value = serde_json::from_str(line).unwrap();
+        let job = request["job"].as_u64().unwrap();
+        assert!(seen.insert(job), "job {job} ran twice:\n{text}");
+    }
+    // Each element's last attempt succeeded; an attempt lost with the leader was tried anew.
+    for element in &step(&run, "wide").elements {
+        assert!(element.output.is_some(), "{element:?}");
+    }
+}

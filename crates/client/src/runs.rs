@@ -1,0 +1,158 @@
+//! The workflow and run calls of the client: deploy, list and get workflows; start, list,
+//! get, wait for and control runs.
+
+use crate::{Client, ClientError};
+use model::workflow::{Control, RunStatus, RunSummary, WorkflowSpec};
+use model::JobId;
+use reqwest::Method;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A run as `GET /v1/runs/{id}` answers it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Run {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Changes whenever the run does (a step starts or ends, a control).
+    pub revision: u64,
+    /// The job of each attempt, by job key: `jobs logs ID` finds an attempt's log.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobId>,
+    /// Set by a start: the idempotency key named an earlier run.
+    #[serde(default)]
+    pub existing: bool,
+}
+
+impl Run {
+    pub fn is_finished(&self) -> bool {
+        self.summary.state != RunStatus::Running
+    }
+
+    /// Steps done (succeeded, failed, skipped or cancelled) and steps in all.
+    pub fn progress(&self) -> (usize, usize) {
+        let steps = &self.summary.steps;
+        let done = steps.iter().filter(|s| s.step.is_done()).count();
+        (done, steps.len())
+    }
+}
+
+/// Filters for [`Client::list_runs`].
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl Client {
+    /// Deploys a workflow from its TOML text; answers the spec with its version.
+    pub async fn deploy_workflow(&self, toml: &str) -> Result<WorkflowSpec, ClientError> {
+        let bytes = self
+            .send(
+                Method::POST,
+                "/v1/workflows",
+                toml.as_bytes().to_vec(),
+                None,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn workflows(&self) -> Result<Vec<WorkflowSpec>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            workflows: Vec<WorkflowSpec>,
+        }
+        Ok(self
+            .json::<List>(Method::GET, "/v1/workflows", None)
+            .await?
+            .workflows)
+    }
+
+    pub async fn workflow(&self, name: &str) -> Result<WorkflowSpec, ClientError> {
+        let path = format!("/v1/workflows/{}", urlencoding(name));
+        self.json(Method::GET, &path, None).await
+    }
+
+    /// Starts a run; with an idempotency key seen before, answers that run (`existing`).
+    pub async fn start_run(
+        &self,
+        workflow: &str,
+        input: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Run, ClientError> {
+        let body = serde_json::json!({
+            "workflow": workflow,
+            "input": input,
+            "idempotency_key": idempotency_key,
+        });
+        self.json(Method::POST, "/v1/runs", Some(&body)).await
+    }
+
+    pub async fn run(&self, id: u64) -> Result<Run, ClientError> {
+        self.json(Method::GET, &format!("/v1/runs/{id}"), None)
+            .await
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            runs: Vec<RunSummary>,
+        }
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(w) = &filter.workflow {
+            query.append_pair("workflow", w);
+        }
+        if let Some(s) = &filter.state {
+            query.append_pair("state", s);
+        }
+        if let Some(l) = filter.limit {
+            query.append_pair("limit", &l.to_string());
+        }
+        let query = query.finish();
+        let path = if query.is_empty() {
+            "/v1/runs".to_string()
+        } else {
+            format!("/v1/runs?{query}")
+        };
+        Ok(self.json::<List>(Method::GET, &path, None).await?.runs)
+    }
+
+    /// Waits (server side) until the run changes from `revision` (any change if `None`:
+    /// until it finishes), or `timeout` passes; returns it as it is then.
+    pub async fn wait_run(
+        &self,
+        id: u64,
+        revision: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Run, ClientError> {
+        let mut path = format!("/v1/runs/{id}/wait?timeout_ms={}", timeout.as_millis());
+        if let Some(r) = revision {
+            path.push_str(&format!("&revision={r}"));
+        }
+        let bytes = self
+            .send(
+                Method::GET,
+                &path,
+                Vec::new(),
+                Some(timeout + Duration::from_secs(10)),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Retry, skip, abort or restart a run.
+    pub async fn control_run(&self, id: u64, control: &Control) -> Result<Run, ClientError> {
+        let body = serde_json::to_value(control).expect("controls serialize");
+        self.json(Method::POST, &format!("/v1/runs/{id}/control"), Some(&body))
+            .await
+    }
+}
+
+fn urlencoding(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}

@@ -1,0 +1,428 @@
+//! Workflows and their runs in the replicated state: deploying a spec, starting a run,
+//! applying what the leader's `workflow::advance` decided, operators' controls, and feeding a
+//! finished job's result to its run.
+//!
+//! The decisions (`workflow::RunCommand`s) are computed by the leader and logged, not computed
+//! here: replaying the log gives the same runs even after `advance` itself changes. What is
+//! done here is only what must happen in the same entry as a decision or a result:
+//!
+//! 1. a `StartAttempt` that the run takes submits its job, with the command's job key as the
+//!    idempotency key and a [`RunLink`] back to the element; a job that cannot be created
+//!    (its function is gone, its input too large) is recorded as a failed attempt at once;
+//! 2. a `CancelAttempt` cancels the job of that key; a function hook submits its job;
+//! 3. when a linked job ends (succeeded, failed or cancelled), its result is recorded in the
+//!    run (`workflow::record_attempt`, fenced by the job key) in the entry that ends it. So a
+//!    result can never be lost between the job's end and the run: there is no window in
+//!    which a leader change could drop it.
+//!
+//! Every change bumps the run's `revision`, which the leader's driver uses to pass over runs
+//! that have not changed since it last advanced them.
+
+use crate::command::{JobSpec, Response, SubmitResult};
+use crate::job::{JobState, RunLink};
+use crate::state::State;
+use crate::{ApiError, ErrorCode, JobId};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use workflow::{HookTarget, RunCommand, RunState, RunStatus, StepError, WorkflowSpec};
+
+/// Largest run input, as serialized JSON (the same as a job's).
+pub const RUN_INPUT_BYTES_MAX: usize = crate::INPUT_BYTES_MAX;
+/// Runs one list call returns at most.
+pub const RUNS_LIST_MAX: usize = 1_000;
+/// Longest idempotency key of a run.
+const RUN_KEY_LEN_MAX: usize = 256;
+
+/// A run as the registry holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub state: RunState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Bumped by every change to the run (a decision, a result, a control).
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// Which runs a list call wants.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub state: Option<RunStatus>,
+}
+
+/// A workflow error (a spec's or a control's) as the API answers it: the field path is in
+/// the message (`invalid_input: steps[2].needs[0]: ...`).
+pub fn workflow_error(e: &workflow::Error) -> ApiError {
+    let code = match e.code {
+        workflow::Code::InvalidInput => ErrorCode::InvalidInput,
+        workflow::Code::TooLarge => ErrorCode::TooLarge,
+        workflow::Code::NotFound => ErrorCode::NotFound,
+        workflow::Code::Conflict => ErrorCode::Conflict,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+impl State {
+    // --- reads ---
+
+    /// The latest version of a workflow.
+    pub fn workflow(&self, name: &str) -> Option<&WorkflowSpec> {
+        self.workflows
+            .get(name)
+            .and_then(|versions| versions.last())
+    }
+
+    /// One version of a workflow.
+    pub fn workflow_version(&self, name: &str, version: u32) -> Option<&WorkflowSpec> {
+        self.workflows
+            .get(name)?
+            .iter()
+            .find(|w| w.version == version)
+    }
+
+    /// The latest version of every workflow, by name.
+    pub fn workflows(&self) -> impl Iterator<Item = &WorkflowSpec> {
+        self.workflows
+            .values()
+            .filter_map(|versions| versions.last())
+    }
+
+    pub fn run(&self, id: u64) -> Option<&Run> {
+        self.runs.get(&id).map(|run| &**run)
+    }
+
+    /// The spec version a run follows.
+    pub fn run_spec(&self, run: &RunState) -> Option<&WorkflowSpec> {
+        self.workflow_version(&run.workflow, run.workflow_version)
+    }
+
+    pub fn run_by_idempotency_key(&self, key: &str) -> Option<u64> {
+        self.run_keys.get(key).copied()
+    }
+
+    /// Runs matching `filter`, newest first, at most `limit` (and [`RUNS_LIST_MAX`]).
+    pub fn runs(&self, filter: &RunFilter, limit: usize) -> Vec<&Run> {
+        self.runs
+            .values()
+            .rev()
+            .filter(|r| {
+                filter
+                    .workflow
+                    .as_ref()
+                    .is_none_or(|w| *w == r.state.workflow)
+            })
+            .filter(|r| filter.state.is_none_or(|s| s == r.state.status))
+            .take(limit.min(RUNS_LIST_MAX))
+            .map(|r| &**r)
+            .collect()
+    }
+
+    /// Runs that are not finished, with their revision: what the leader's driver advances.
+    pub fn running_runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs
+            .values()
+            .filter(|r| !r.state.is_finished())
+            .map(|r| &**r)
+    }
+
+    /// Finished runs that finished before `finished_before_ms`, lowest id first, at most
+    /// `limit`: what a retention sweep may purge.
+    pub fn expired_runs(&self, finished_before_ms: u64, limit: usize) -> Vec<u64> {
+        self.runs
+            .values()
+            .filter(|r| run_expired(r, finished_before_ms))
+            .map(|r| r.state.id)
+            .take(limit)
+            .collect()
+    }
+
+    /// Checks a run start against the limits; the node runs the same check before proposing.
+    pub fn check_run_start(
+        &self,
+        workflow: &str,
+        input: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if self.workflow(workflow).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no workflow {workflow:?}"),
+            ));
+        }
+        let input_len = serde_json::to_vec(input).map_or(usize::MAX, |v| v.len());
+        if input_len > RUN_INPUT_BYTES_MAX {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("input is {input_len} bytes; the limit is {RUN_INPUT_BYTES_MAX}"),
+            ));
+        }
+        if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > RUN_KEY_LEN_MAX) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("idempotency key must be 1 to {RUN_KEY_LEN_MAX} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    // --- transitions (called from `State::apply`) ---
+
+    pub(crate) fn deploy_workflow(&mut self, mut spec: WorkflowSpec) -> Response {
+        let versions = self.workflows.entry(spec.name.clone()).or_default();
+        let latest = versions.last().map_or(0, |w| w.version);
+        spec.version = latest;
+        if versions.last() == Some(&spec) {
+            return Response::Deployed { version: latest };
+        }
+        spec.version = latest + 1;
+        versions.push(spec);
+        Response::Deployed {
+            version: latest + 1,
+        }
+    }
+
+    pub(crate) fn start_run(
+        &mut self,
+        now_ms: u64,
+        workflow: String,
+        input: serde_json::Value,
+        idempotency_key: Option<String>,
+    ) -> Response {
+        if let Some(run) = idempotency_key
+            .as_deref()
+            .and_then(|k| self.run_keys.get(k))
+        {
+            return Response::RunStarted {
+                run: *run,
+                existing: true,
+            };
+        }
+        if let Err(e) = self.check_run_start(&workflow, &input, idempotency_key.as_deref()) {
+            return Response::Rejected(e);
+        }
+        let id = self.next_run_id + 1;
+        let spec = self.workflow(&workflow).expect("checked above");
+        let state = RunState::new(spec, id, input, now_ms);
+        self.next_run_id = id;
+        if let Some(key) = &idempotency_key {
+            self.run_keys.insert(key.clone(), id);
+        }
+        let run = Run {
+            state,
+            idempotency_key,
+            revision: 1,
+        };
+        self.runs.insert(id, Arc::new(run));
+        Response::RunStarted {
+            run: id,
+            existing: false,
+        }
+    }
+
+    pub(crate) fn run_commands(
+        &mut self,
+        now_ms: u64,
+        id: u64,
+        commands: Vec<RunCommand>,
+    ) -> Response {
+        if !self.runs.contains_key(&id) {
+            return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no run {id}")));
+        }
+        for command in commands {
+            let run = self.run_mut(id).expect("checked above");
+            workflow::apply(&mut run.state, &command, now_ms);
+            run.revision += 1;
+            match command {
+                RunCommand::StartAttempt {
+                    step,
+                    element,
+                    function,
+                    input,
+                    job_key,
+                    ..
+                } => {
+                    let taken = run
+                        .state
+                        .steps
+                        .get(&step)
+                        .and_then(|s| s.elements.get(element))
+                        .and_then(|e| e.live_attempt())
+                        .is_some_and(|a| a.job_key == job_key);
+                    if taken {
+                        let link = RunLink {
+                            run: id,
+                            step,
+                            element,
+                        };
+                        self.submit_attempt_job(now_ms, function, input, job_key, link);
+                    }
+                }
+                RunCommand::CancelAttempt { job_key, .. } => {
+                    if let Some(job) = self.job_by_idempotency_key(&job_key) {
+                        self.cancel_job(now_ms, job);
+                    }
+                }
+                RunCommand::FireHook(call) => {
+                    // Nothing delivers a URL hook yet: the node refuses specs that have one.
+                    if let HookTarget::Function {
+                        function,
+                        input,
+                        job_key,
+                    } = call.target
+                    {
+                        // A hook notifies, it never holds the run back: a hook job that cannot
+                        // be created (its function is gone) is passed over.
+                        let spec = job_spec(function, input, job_key);
+                        let _ = self.submit_job(now_ms, spec, None);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Response::Done
+    }
+
+    /// Submits the job of an attempt the run has taken. If the job cannot be created, or its
+    /// key names a job that has already ended, that is the attempt's result at once.
+    fn submit_attempt_job(
+        &mut self,
+        now_ms: u64,
+        function: String,
+        input: serde_json::Value,
+        job_key: String,
+        link: RunLink,
+    ) {
+        let spec = job_spec(function, input, job_key.clone());
+        match self.submit_job(now_ms, spec, Some(link.clone())) {
+            SubmitResult::Created(_) => {}
+            SubmitResult::Existing(job) => {
+                if self.job(job).is_some_and(|j| j.state.is_terminal()) {
+                    self.record_job_end(now_ms, job);
+                }
+            }
+            SubmitResult::Rejected(e) => {
+                let error = StepError::new(e.code.as_str(), e.message);
+                self.record_in_run(now_ms, &link, &job_key, Err(error));
+            }
+        }
+    }
+
+    /// Records the end of job `id` in its run, if it belongs to one. Called in the entry that
+    /// ends the job.
+    pub(crate) fn record_job_end(&mut self, now_ms: u64, id: JobId) {
+        let Some(job) = self.job(id) else { return };
+        let (Some(link), Some(key)) = (job.run.clone(), job.idempotency_key.clone()) else {
+            return;
+        };
+        let outcome = match (job.state, &job.output, &job.error) {
+            (JobState::Succeeded, Some(output), _) => Ok(output.clone()),
+            (JobState::Succeeded, None, _) => Ok(serde_json::Value::Null),
+            (JobState::Failed | JobState::Cancelled, _, Some(e)) => {
+                Err(StepError::new(e.code.clone(), e.message.clone()))
+            }
+            (JobState::Failed | JobState::Cancelled, _, None) => Err(StepError::new(
+                job.state.as_str(),
+                format!("job {id} ended {}", job.state.as_str()),
+            )),
+            (JobState::Queued | JobState::Running, ..) => return,
+        };
+        self.record_in_run(now_ms, &link, &key, outcome);
+    }
+
+    fn record_in_run(
+        &mut self,
+        now_ms: u64,
+        link: &RunLink,
+        job_key: &str,
+        outcome: Result<serde_json::Value, StepError>,
+    ) {
+        let Some(run) = self.runs.get(&link.run) else {
+            return;
+        };
+        let Some(spec) = self.run_spec(&run.state).cloned() else {
+            return;
+        };
+        let run = self.run_mut(link.run).expect("checked above");
+        let recorded = workflow::record_attempt(
+            &spec,
+            &mut run.state,
+            &link.step,
+            link.element,
+            job_key,
+            outcome,
+            now_ms,
+        );
+        if recorded == workflow::Recorded::Taken {
+            run.revision += 1;
+        }
+    }
+
+    pub(crate) fn control_run(
+        &mut self,
+        now_ms: u64,
+        id: u64,
+        control: workflow::Control,
+    ) -> Response {
+        let Some(run) = self.runs.get(&id) else {
+            return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no run {id}")));
+        };
+        let Some(spec) = self.run_spec(&run.state).cloned() else {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::Internal,
+                format!("run {id} follows a workflow version that is gone"),
+            ));
+        };
+        // `control` is all or nothing: on an error the run is as it was.
+        let mut state = run.state.clone();
+        match workflow::control(&spec, &mut state, &control, now_ms) {
+            Ok(()) => {
+                let run = self.run_mut(id).expect("checked above");
+                run.state = state;
+                run.revision += 1;
+                Response::Done
+            }
+            Err(e) => Response::Rejected(workflow_error(&e)),
+        }
+    }
+
+    pub(crate) fn purge_runs(&mut self, finished_before_ms: u64, runs: Vec<u64>) -> Response {
+        let mut purged = 0;
+        for id in runs {
+            if self
+                .runs
+                .get(&id)
+                .is_some_and(|r| run_expired(r, finished_before_ms))
+            {
+                let run = self.runs.remove(&id).expect("checked above");
+                if let Some(key) = &run.idempotency_key {
+                    self.run_keys.remove(key);
+                }
+                purged += 1;
+            }
+        }
+        Response::Purged { jobs: purged }
+    }
+
+    fn run_mut(&mut self, id: u64) -> Option<&mut Run> {
+        self.runs.get_mut(&id).map(Arc::make_mut)
+    }
+}
+
+fn run_expired(run: &Run, finished_before_ms: u64) -> bool {
+    run.state.is_finished()
+        && run
+            .state
+            .finished_at_ms
+            .is_some_and(|t| t < finished_before_ms)
+}
+
+fn job_spec(function: String, input: serde_json::Value, job_key: String) -> JobSpec {
+    JobSpec {
+        function,
+        input,
+        files: Vec::new(),
+        priority: 0,
+        idempotency_key: Some(job_key),
+    }
+}

@@ -1,0 +1,313 @@
+//! Workflows and runs on a node: the client-facing calls (deploy, start, list, get, wait,
+//! controls) and the leader's driver, which advances runs.
+//!
+//! # How the leader drives a run, step by step
+//!
+//! 1. `StartRun` puts a new run in the replicated state (every step `waiting`).
+//! 2. The driver ([`drive`], on the leader only) wakes on every applied entry and at the
+//!    earliest `wake_at_ms` of the runs it knows. For each unfinished run whose `revision`
+//!    changed since it last looked, or whose wake-up time has come, it calls the pure
+//!    `workflow::advance` and proposes the commands it returns as `RunCommands` (many runs in
+//!    one `Batch` entry).
+//! 3. Applying a `StartAttempt` submits the attempt's job in the same entry, with the job key
+//!    as its idempotency key; the scheduling loop places it like any job.
+//! 4. The entry that ends the job (`FinishAttempts`, `CancelJob`, `AbandonAttempts`) records
+//!    its result in the run (`workflow::record_attempt`), which bumps the run's revision: the
+//!    driver sees it at step 2.
+//!
+//! A new leader starts with an empty memory and advances every unfinished run once: a
+//! decision the old leader proposed but did not commit is decided again, with the same job
+//! keys, so no step starts twice; a decision it did commit is in the state already, and
+//! `advance` does not repeat it. The driver proposes one entry at a time and reads the state
+//! after it is applied, so it never proposes the same decision twice itself.
+
+use crate::{now_ms, rejected, unexpected, Node, WAIT_MAX};
+use model::workflow::{Control, RunStatus, RunSummary, WorkflowSpec};
+use model::{ApiError, Command, ErrorCode, JobId, Response, RunFilter, State};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// How often the driver looks even if nothing changed.
+const DRIVE_IDLE_TICK: Duration = Duration::from_secs(1);
+/// Runs advanced in one pass (one log entry) at most; the rest wait for the next pass.
+const RUNS_PER_PASS_MAX: usize = 256;
+
+/// A run as `runs get` shows it: the run and its steps in spec order, the jobs of its
+/// attempts (job key → job id, for `jobs logs`), and its revision (for waiting on a change).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub revision: u64,
+    pub jobs: BTreeMap<String, JobId>,
+}
+
+fn run_view(s: &State, id: u64) -> Result<RunView, ApiError> {
+    let run = s
+        .run(id)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no run {id}")))?;
+    let spec = s.run_spec(&run.state).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("run {id} follows a workflow version that is gone"),
+        )
+    })?;
+    let jobs = run
+        .state
+        .steps
+        .values()
+        .flat_map(|step| &step.elements)
+        .flat_map(|element| &element.attempts)
+        .filter_map(|a| Some((a.job_key.clone(), s.job_by_idempotency_key(&a.job_key)?)))
+        .collect();
+    Ok(RunView {
+        summary: run.state.summary(spec),
+        idempotency_key: run.idempotency_key.clone(),
+        revision: run.revision,
+        jobs,
+    })
+}
+
+impl Node {
+    /// Parses and validates a TOML spec (every function it names must be deployed) and
+    /// deploys it: a changed spec gets a new version, an unchanged one keeps its version.
+    pub async fn deploy_workflow(&self, toml: &str) -> Result<WorkflowSpec, ApiError> {
+        if toml.len() > model::workflow::SPEC_BYTES_MAX {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a spec is at most {} bytes",
+                    model::workflow::SPEC_BYTES_MAX
+                ),
+            ));
+        }
+        let spec = self
+            .read(|s| model::workflow::deploy(toml, &|name| s.function(name).is_some()))
+            .map_err(|errors| {
+                let code = errors
+                    .0
+                    .first()
+                    .map_or(ErrorCode::InvalidInput, |e| model::workflow_error(e).code);
+                ApiError::new(code, errors.to_string())
+            })?;
+        if let Some(path) = url_hook(&spec) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("{path}: URL hooks are not delivered yet; use a function hook"),
+            ));
+        }
+        let name = spec.name.clone();
+        match rejected(
+            self.propose(Command::DeployWorkflow {
+                spec: Box::new(spec),
+            })
+            .await?,
+        )? {
+            Response::Deployed { version } => self
+                .read(|s| s.workflow_version(&name, version).cloned())
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "deployed spec not found")),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The latest version of every workflow.
+    pub fn workflows(&self) -> Vec<WorkflowSpec> {
+        self.read(|s| s.workflows().cloned().collect())
+    }
+
+    pub fn workflow(&self, name: &str) -> Result<WorkflowSpec, ApiError> {
+        self.read(|s| s.workflow(name).cloned())
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no workflow {name:?}")))
+    }
+
+    /// Starts a run of the workflow's latest version, or returns the run its idempotency key
+    /// started before (`true`: it existed).
+    pub async fn start_run(
+        &self,
+        workflow: String,
+        input: serde_json::Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(RunView, bool), ApiError> {
+        let known = idempotency_key
+            .as_deref()
+            .is_some_and(|k| self.read(|s| s.run_by_idempotency_key(k).is_some()));
+        if !known {
+            self.read(|s| s.check_run_start(&workflow, &input, idempotency_key.as_deref()))?;
+        }
+        let start = Command::StartRun {
+            now_ms: now_ms(),
+            workflow,
+            input,
+            idempotency_key,
+        };
+        match rejected(self.propose(start).await?)? {
+            Response::RunStarted { run, existing } => Ok((self.get_run(run)?, existing)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn get_run(&self, id: u64) -> Result<RunView, ApiError> {
+        self.read(|s| run_view(s, id))
+    }
+
+    /// Runs matching `filter`, newest first.
+    pub fn runs(&self, filter: &RunFilter, limit: usize) -> Vec<RunSummary> {
+        self.read(|s| {
+            s.runs(filter, limit)
+                .into_iter()
+                .filter_map(|r| Some(r.state.summary(s.run_spec(&r.state)?)))
+                .collect()
+        })
+    }
+
+    /// Applies an operator's control; a control the run does not allow changes nothing and
+    /// answers `conflict` (`not_found` for an unknown step).
+    pub async fn control_run(&self, id: u64, control: Control) -> Result<RunView, ApiError> {
+        let command = Command::ControlRun {
+            now_ms: now_ms(),
+            run: id,
+            control,
+        };
+        rejected(self.propose(command).await?)?;
+        self.get_run(id)
+    }
+
+    /// Waits until the run's revision is not `revision` (it changed: a step started or
+    /// ended), it is finished, or `timeout` passes; returns it as it is then.
+    pub async fn wait_run(
+        &self,
+        id: u64,
+        revision: Option<u64>,
+        timeout: Duration,
+    ) -> Result<RunView, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout.min(WAIT_MAX);
+        let mut applied = self.inner.registry.applied();
+        loop {
+            let run = self.get_run(id)?;
+            let changed = revision.is_some_and(|r| r != run.revision);
+            if changed || run.summary.state != RunStatus::Running {
+                return Ok(run);
+            }
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return Ok(run) },
+                () = tokio::time::sleep_until(deadline) => return Ok(run),
+                () = self.inner.shutdown.cancelled() => return Ok(run),
+            }
+        }
+    }
+}
+
+/// The path of the first URL hook in `spec`, if it has one. Nothing delivers URL hooks yet
+/// (a function hook is a job like any other), so a spec with one is refused rather than
+/// deployed with a hook that would never be called.
+fn url_hook(spec: &WorkflowSpec) -> Option<String> {
+    let first = |hooks: &[model::workflow::Hook], at: &str| {
+        let i = hooks.iter().position(|h| h.url.is_some())?;
+        Some(format!("{at}[{i}].url"))
+    };
+    let run = &spec.hooks;
+    let steps = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| (format!("steps[{i}]"), step));
+    let finally = spec
+        .finally
+        .iter()
+        .map(|step| ("finally".to_string(), step));
+    first(&run.succeeded, "hooks.succeeded")
+        .or_else(|| first(&run.failed, "hooks.failed"))
+        .or_else(|| first(&run.aborted, "hooks.aborted"))
+        .or_else(|| {
+            steps.chain(finally).find_map(|(at, step)| {
+                first(&step.hooks.before, &format!("{at}.hooks.before"))
+                    .or_else(|| first(&step.hooks.after, &format!("{at}.hooks.after")))
+            })
+        })
+}
+
+/// What the driver knows of a run since it last advanced it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    revision: u64,
+    wake_at_ms: Option<u64>,
+}
+
+/// The leader's run driver (see the module doc).
+pub(crate) async fn drive(node: Node) {
+    let mut applied = node.inner.registry.applied();
+    let mut seen: HashMap<u64, Seen> = HashMap::new();
+    loop {
+        let next_wake = seen.values().filter_map(|s| s.wake_at_ms).min();
+        let wait = next_wake.map_or(DRIVE_IDLE_TICK, |at| {
+            Duration::from_millis(at.saturating_sub(now_ms())).min(DRIVE_IDLE_TICK)
+        });
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+        if !node.inner.registry.figures().is_leader {
+            // A new leader starts from nothing: it advances every unfinished run once.
+            seen.clear();
+            continue;
+        }
+        let now = now_ms();
+        let commands = node.read(|s| decide(s, &mut seen, now));
+        let command = match commands.len() {
+            0 => continue,
+            1 => commands.into_iter().next().expect("one command"),
+            _ => Command::Batch(commands),
+        };
+        if let Err(e) = node.propose(command).await {
+            // Nothing is lost: the runs are advanced again from what the state holds.
+            tracing::warn!(error = %e, "could not advance runs");
+            seen.clear();
+        }
+    }
+}
+
+/// Advances the runs that changed or whose wake-up time has come; forgets finished ones.
+fn decide(s: &State, seen: &mut HashMap<u64, Seen>, now: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
+    let mut live = Vec::new();
+    for run in s.running_runs() {
+        let id = run.state.id;
+        live.push(id);
+        if commands.len() >= RUNS_PER_PASS_MAX {
+            continue;
+        }
+        let due = seen.get(&id).is_none_or(|known| {
+            known.revision != run.revision || known.wake_at_ms.is_some_and(|at| at <= now)
+        });
+        if !due {
+            continue;
+        }
+        let Some(spec) = s.run_spec(&run.state) else {
+            continue;
+        };
+        let advance = model::workflow::advance(spec, &run.state, now);
+        seen.insert(
+            id,
+            Seen {
+                revision: run.revision,
+                wake_at_ms: advance.wake_at_ms,
+            },
+        );
+        if !advance.commands.is_empty() {
+            commands.push(Command::RunCommands {
+                now_ms: now,
+                run: id,
+                commands: advance.commands,
+            });
+        }
+    }
+    if seen.len() > live.len() {
+        let live: std::collections::HashSet<u64> = live.into_iter().collect();
+        seen.retain(|id, _| live.contains(id));
+    }
+    commands
+}
