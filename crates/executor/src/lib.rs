@@ -14,9 +14,11 @@
 //! subreaper and kills and reaps every process a worker leaves behind ([`tree`]).
 
 mod tree;
+mod usage;
 mod worker;
 
 pub use tree::{Swept, WORKER_ENV};
+pub use usage::Usage;
 
 use model::protocol::Request;
 use model::{ErrorCode, JobError};
@@ -53,6 +55,8 @@ pub struct Finished {
     /// Whether a worker had to be started for it.
     pub cold_start: bool,
     pub run_time: Duration,
+    /// The CPU time and peak memory of its worker while it ran, where `/proc` tells.
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Default)]
@@ -166,8 +170,9 @@ impl Executor {
                     }
                 }
             };
+            let meter = worker.pid().and_then(usage::Meter::start);
             match worker.send(&line).await {
-                Ok(()) => exchange = Some(worker),
+                Ok(()) => exchange = Some((worker, meter)),
                 Err(e) if cold_start => {
                     let message = format!("worker did not take the request: {e}");
                     self.end(worker).await;
@@ -177,9 +182,10 @@ impl Executor {
                 Err(_) => self.end(worker).await,
             }
         }
-        let mut worker = exchange.expect("set above");
+        let (mut worker, meter) = exchange.expect("set above");
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.timeout_ms);
         let outcome = worker.await_reply(deadline, cancel).await;
+        let usage = meter.as_ref().and_then(usage::Meter::read);
         let log = worker.take_log();
         let reply = match outcome {
             Exchange::Reply(reply) => {
@@ -202,7 +208,10 @@ impl Executor {
                 Err(error)
             }
         };
-        finished(reply, log, cold_start, started)
+        Finished {
+            usage,
+            ..finished(reply, log, cold_start, started)
+        }
     }
 
     /// Kills a worker that must not be reused and everything it started.
@@ -296,5 +305,6 @@ fn finished(
         log,
         cold_start,
         run_time: started.elapsed(),
+        usage: None,
     }
 }

@@ -51,6 +51,11 @@ pub(crate) enum Exchange {
 }
 
 impl Worker {
+    /// Its process id, while it has not been reaped.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub(crate) fn spawn(spec: &ProcessSpec) -> std::io::Result<Worker> {
         let mut command = Command::new(&spec.program);
         command

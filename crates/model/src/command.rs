@@ -36,6 +36,9 @@ pub struct AttemptResult {
     pub attempt: AttemptId,
     pub outcome: Outcome,
     pub log_bytes: u64,
+    /// What the attempt cost its worker, where the node could measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::ResourceUse>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

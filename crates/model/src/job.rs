@@ -92,6 +92,18 @@ pub struct Attempt {
     /// Bytes of stderr kept for this attempt (0: no log).
     #[serde(default)]
     pub log_bytes: u64,
+    /// What it cost its worker (recorded with its result, where measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ResourceUse>,
+}
+
+/// An attempt's resource use, measured on its worker process by the executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUse {
+    /// User and system CPU time.
+    pub cpu_ms: u64,
+    /// Peak resident memory while it ran.
+    pub peak_rss_bytes: u64,
 }
 
 /// One invocation of a function.

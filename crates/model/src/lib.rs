@@ -26,7 +26,9 @@ pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,
 };
 pub use ids::{AttemptId, JobId, KeyId, NodeId};
-pub use job::{Attempt, Job, JobDetail, JobError, JobState, RunLink, WaitCode, Waiting};
+pub use job::{
+    Attempt, Job, JobDetail, JobError, JobState, ResourceUse, RunLink, WaitCode, Waiting,
+};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
 pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};

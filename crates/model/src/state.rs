@@ -672,6 +672,7 @@ impl State {
                 objects: Vec::new(),
                 error: None,
                 log_bytes: 0,
+                usage: None,
             });
             self.index_insert(id);
             started.push((id, attempt));
@@ -769,6 +770,7 @@ impl State {
             .expect("checked live");
         attempt.finished_at_ms = Some(now_ms);
         attempt.log_bytes = result.log_bytes;
+        attempt.usage = result.usage;
         match result.outcome {
             Outcome::Succeeded { output, objects } if keep_all => {
                 attempt.output = Some(output.clone());
@@ -880,6 +882,7 @@ impl State {
                     message: format!("node {node} lost the attempt"),
                 }),
                 log_bytes: 0,
+                usage: None,
             })
             .collect();
         self.finish(now_ms, results);

@@ -29,6 +29,7 @@ fn failed(job: u64, attempt: u64, code: &str) -> AttemptResult {
             message: String::new(),
         }),
         log_bytes: 0,
+        usage: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn succeeded(job: u64, attempt: u64) -> AttemptResult {
             objects: vec![],
         },
         log_bytes: 12,
+        usage: None,
     }
 }
 
@@ -115,6 +117,7 @@ fn succeeded_with(job: u64, attempt: u64, object: &str) -> AttemptResult {
             objects: vec![object.into()],
         },
         log_bytes: 0,
+        usage: None,
     }
 }
 

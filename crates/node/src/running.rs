@@ -171,7 +171,7 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
                         tracing::error!(%job, %attempt, error = %e, "an attempt's task panicked");
                         local.remove(&job);
                         let error = JobError::new(ErrorCode::Internal, format!("the node failed running the attempt: {e}"));
-                        let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0 };
+                        let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0, usage: None };
                         let _ = results.send(result).await;
                     }
                 }
@@ -207,7 +207,7 @@ async fn run_attempt(
             .get_or_create(&labels)
             .observe(waited_ms as f64 / 1000.0);
     }
-    let (outcome, log) = match work_dirs.take() {
+    let (outcome, log, usage) = match work_dirs.take() {
         Ok(work_dir) => {
             // The watchdog: an attempt still busy long past its function's time-out is stuck
             // (an input download or output upload that hangs; the worker itself is killed at
@@ -238,7 +238,7 @@ async fn run_attempt(
                 code: storage_code(&e).into(),
                 message: format!("work dir: {e}"),
             };
-            (Outcome::Failed(error), Vec::new())
+            (Outcome::Failed(error), Vec::new(), None)
         }
     };
     if cancel.is_cancelled() {
@@ -273,6 +273,7 @@ async fn run_attempt(
         attempt: a.attempt,
         outcome,
         log_bytes,
+        usage,
     };
     let _ = results.send(result).await;
 }
@@ -283,12 +284,12 @@ async fn attempt_in(
     work_dir: &Path,
     cancel: &CancellationToken,
     labels: &FunctionLabels,
-) -> (Outcome, Vec<u8>) {
+) -> (Outcome, Vec<u8>, Option<model::ResourceUse>) {
     let in_dir = work_dir.join("in");
     let out_dir = work_dir.join("out");
     let files = match fetch_inputs(node, &a.job.files, &in_dir).await {
         Ok(files) => files,
-        Err(e) => return (Outcome::Failed(e), Vec::new()),
+        Err(e) => return (Outcome::Failed(e), Vec::new(), None),
     };
     let request = Request {
         job: a.job.id.0,
@@ -328,7 +329,11 @@ async fn attempt_in(
         },
         Err(e) => Outcome::Failed(e),
     };
-    (outcome, finished.log)
+    let usage = finished.usage.map(|u| model::ResourceUse {
+        cpu_ms: u.cpu_ms,
+        peak_rss_bytes: u.peak_rss_bytes,
+    });
+    (outcome, finished.log, usage)
 }
 
 fn process_spec(node: &Node, f: &FunctionSpec) -> ProcessSpec {

@@ -961,3 +961,43 @@ async fn the_cpu_breaker_raises_an_alert_when_it_opens_and_an_all_clear_when_it_
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_records_the_cpu_time_and_peak_memory_of_its_worker() {
+    let node = TestNode::start().await;
+    let mut spec = FunctionSpec::builtin("burn");
+    spec.kind = model::FunctionKind::Command;
+    let script = "import sys, json, time\n\
+                  for line in sys.stdin:\n\
+                  \x20   i = json.loads(line)['input']\n\
+                  \x20   block = b'x' * (i['mb'] << 20)\n\
+                  \x20   end = time.process_time() + i['cpu_ms'] / 1000\n\
+                  \x20   while time.process_time() < end: pass\n\
+                  \x20   del block\n\
+                  \x20   print(json.dumps({'output': {}}), flush=True)\n";
+    spec.command = vec!["python3".into(), "-c".into(), script.into()];
+    node.client.deploy(&spec).await.unwrap();
+    let usage = |job: &model::Job| job.attempts[0].usage.expect("usage recorded");
+    let heavy = node
+        .client
+        .submit(&job("burn", json!({ "mb": 64, "cpu_ms": 300 })))
+        .await
+        .unwrap();
+    let heavy = must_finish(&node.client, heavy.id).await;
+    assert_eq!(heavy.state, JobState::Succeeded, "{heavy:?}");
+    let used = usage(&heavy);
+    assert!(used.cpu_ms >= 250, "{used:?}");
+    assert!(used.peak_rss_bytes >= 64 << 20, "{used:?}");
+    // The same warm worker, a light attempt: its peak is its own, not the last one's.
+    let light = node
+        .client
+        .submit(&job("burn", json!({ "mb": 0, "cpu_ms": 0 })))
+        .await
+        .unwrap();
+    let light = must_finish(&node.client, light.id).await;
+    let light_used = usage(&light);
+    assert!(
+        light_used.peak_rss_bytes < 48 << 20 && light_used.cpu_ms < 200,
+        "{light_used:?} after {used:?}"
+    );
+}

@@ -345,6 +345,7 @@ fn result(job: JobId, attempt: AttemptId, outcome: Result<u8, u8>) -> AttemptRes
         attempt,
         outcome,
         log_bytes: 7,
+        usage: None,
     }
 }
 
