@@ -104,6 +104,10 @@ pub fn router(node: Node) -> Router {
         )
         .route("/v1/workflows/{name}", small(get(runs::get_workflow)))
         .route(
+            "/v1/workflows/{name}/stats",
+            small(get(runs::workflow_stats)),
+        )
+        .route(
             "/v1/runs",
             limited(
                 post(runs::start_run).get(runs::list_runs),

@@ -67,6 +67,42 @@ pub(crate) async fn get_workflow(
     Ok(Json(app.node.workflow(&name)?))
 }
 
+/// The longest window statistics look back over.
+const STATS_WINDOW_MAX: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+/// The window when a call names none.
+const STATS_WINDOW_DEFAULT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatsQuery {
+    /// A duration such as `1h` or `7d`.
+    window: Option<String>,
+    #[serde(default)]
+    stale: bool,
+}
+
+pub(crate) async fn workflow_stats(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Json<serde_json::Value>> {
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let window = match q.window.as_deref() {
+        None => STATS_WINDOW_DEFAULT,
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .filter(|w| !w.is_zero() && *w <= STATS_WINDOW_MAX)
+            .ok_or_else(|| {
+                fail(
+                    ErrorCode::InvalidInput,
+                    format!("window {text:?} is not a duration from 1s to 366d (e.g. 1h, 7d)"),
+                )
+            })?,
+    };
+    catch_up(&app, q.stale).await?;
+    Ok(Json(app.node.workflow_stats(&name, window)?))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StartRun {

@@ -32,6 +32,13 @@ enum WorkflowsCmd {
     Get {
         name: String,
     },
+    /// Runs by state, success rate, durations, and per step attempts, retries, errors, queue
+    /// wait, CPU time and peak memory, over the runs started within the window.
+    Stats {
+        name: String,
+        #[arg(long, default_value = "24h")]
+        window: String,
+    },
 }
 
 pub(crate) async fn workflows(args: WorkflowsArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +72,14 @@ pub(crate) async fn workflows(args: WorkflowsArgs) -> anyhow::Result<ExitCode> {
                         w.all_steps().count()
                     );
                 }
+            }
+        }
+        WorkflowsCmd::Stats { name, window } => {
+            let stats = client.workflow_stats(&name, &window).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_stats(&stats);
             }
         }
         WorkflowsCmd::Get { name } => {
@@ -307,5 +322,57 @@ fn print_step(name: &str, step: &StepRun, run: &Run) {
     }
     if let Some(e) = &step.error {
         println!("    error: {}: {}", e.code, e.message);
+    }
+}
+
+/// A workflow's statistics as a table: the runs, then a row per step.
+fn print_stats(stats: &serde_json::Value) {
+    let s = &stats["stats"];
+    let ms = |v: &serde_json::Value, k: &str| v[k].as_u64().map_or("-".into(), |n| n.to_string());
+    let rate = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("-".into(), |r| format!("{:.1}%", r * 100.0))
+    };
+    println!(
+        "workflow {}, runs started in the last {} s: {} ({}), success {}, duration p50 {} ms, p95 {} ms, max {} ms",
+        stats["workflow"].as_str().unwrap_or_default(),
+        stats["window_s"],
+        s["runs"],
+        s["by_status"],
+        rate(&s["success_rate"]),
+        ms(&s["duration_ms"], "p50_ms"),
+        ms(&s["duration_ms"], "p95_ms"),
+        ms(&s["duration_ms"], "max_ms"),
+    );
+    println!(
+        "{:<20} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "step",
+        "success",
+        "attempts",
+        "retries",
+        "p50 ms",
+        "p95 ms",
+        "wait p95",
+        "cpu ms",
+        "peak MB"
+    );
+    let empty = serde_json::Map::new();
+    for (step, st) in s["steps"].as_object().unwrap_or(&empty) {
+        let r = &stats["resources"][step];
+        let peak = r["peak_rss_bytes_max"]
+            .as_u64()
+            .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6));
+        println!(
+            "{:<20} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10}",
+            step,
+            rate(&st["success_rate"]),
+            st["attempts"],
+            st["retries"],
+            ms(&st["duration_ms"], "p50_ms"),
+            ms(&st["duration_ms"], "p95_ms"),
+            ms(&r["queue_wait_ms"], "p95_ms"),
+            ms(r, "cpu_ms_total"),
+            peak,
+        );
     }
 }

@@ -77,6 +77,20 @@ impl Client {
         self.json(Method::GET, &path, None).await
     }
 
+    /// Statistics of a workflow's runs that started within `window` (e.g. `24h`).
+    pub async fn workflow_stats(
+        &self,
+        name: &str,
+        window: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = format!(
+            "/v1/workflows/{}/stats?window={}",
+            urlencoding(name),
+            urlencoding(window)
+        );
+        self.json(Method::GET, &path, None).await
+    }
+
     /// Starts a run; with an idempotency key seen before, answers that run (`existing`).
     pub async fn start_run(
         &self,

@@ -118,6 +118,14 @@ impl State {
             .collect()
     }
 
+    /// Every run of `workflow`, oldest first (for statistics: no limit).
+    pub fn runs_of<'s>(&'s self, workflow: &'s str) -> impl Iterator<Item = &'s Run> + 's {
+        self.runs
+            .values()
+            .filter(move |r| r.state.workflow == workflow)
+            .map(|r| &**r)
+    }
+
     /// Runs that are not finished, with their revision: what the leader's driver advances.
     pub fn running_runs(&self) -> impl Iterator<Item = &Run> {
         self.runs

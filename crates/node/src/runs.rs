@@ -149,6 +149,75 @@ impl Node {
         }
     }
 
+    /// Statistics of the runs of `name` that started in the last `window`: runs by state,
+    /// success rate, durations per run and per step (`workflow::stats`), and per step what
+    /// its attempts cost: queue wait (submit to start), CPU time and peak memory of the
+    /// worker, from the jobs the steps ran.
+    pub fn workflow_stats(
+        &self,
+        name: &str,
+        window: std::time::Duration,
+    ) -> Result<serde_json::Value, ApiError> {
+        let now = now_ms();
+        let since = now.saturating_sub(window.as_millis() as u64);
+        self.read(|s| {
+            if s.workflow(name).is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no workflow {name:?}"),
+                ));
+            }
+            let in_window: Vec<&model::workflow::RunState> = s
+                .runs_of(name)
+                .map(|r| &r.state)
+                .filter(|r| r.started_at_ms >= since)
+                .collect();
+            let stats =
+                model::workflow::stats(in_window.iter().copied(), since, now.saturating_add(1));
+            let mut steps = serde_json::Map::new();
+            let mut costs: BTreeMap<&str, StepCost> = BTreeMap::new();
+            for run in &in_window {
+                for (step, state) in &run.steps {
+                    let cost = costs.entry(step.as_str()).or_default();
+                    let jobs = state
+                        .elements
+                        .iter()
+                        .flat_map(|e| &e.attempts)
+                        .filter_map(|a| s.job(s.job_by_idempotency_key(&a.job_key)?));
+                    for job in jobs {
+                        if let Some(first) = job.attempts.first() {
+                            cost.queue_wait_ms
+                                .push(first.started_at_ms.saturating_sub(job.submitted_at_ms));
+                        }
+                        for usage in job.attempts.iter().filter_map(|a| a.usage) {
+                            cost.measured += 1;
+                            cost.cpu_ms += usage.cpu_ms;
+                            cost.peak_rss_bytes = cost.peak_rss_bytes.max(usage.peak_rss_bytes);
+                        }
+                    }
+                }
+            }
+            for (step, cost) in costs {
+                steps.insert(
+                    step.to_string(),
+                    serde_json::json!({
+                        "queue_wait_ms": model::workflow::DurationStats::of(cost.queue_wait_ms),
+                        "attempts_measured": cost.measured,
+                        "cpu_ms_total": cost.cpu_ms,
+                        "cpu_ms_mean": (cost.measured > 0).then(|| cost.cpu_ms / cost.measured),
+                        "peak_rss_bytes_max": cost.peak_rss_bytes,
+                    }),
+                );
+            }
+            Ok(serde_json::json!({
+                "workflow": name,
+                "window_s": window.as_secs(),
+                "stats": stats,
+                "resources": steps,
+            }))
+        })
+    }
+
     pub fn get_run(&self, id: u64) -> Result<RunView, ApiError> {
         self.read(|s| run_view(s, id))
     }
@@ -310,4 +379,13 @@ fn decide(s: &State, seen: &mut HashMap<u64, Seen>, now: u64) -> Vec<Command> {
         seen.retain(|id, _| live.contains(id));
     }
     commands
+}
+
+/// What one step's attempts cost, summed over a window's runs.
+#[derive(Default)]
+struct StepCost {
+    queue_wait_ms: Vec<u64>,
+    measured: u64,
+    cpu_ms: u64,
+    peak_rss_bytes: u64,
 }

@@ -141,6 +141,33 @@ input = { text = "b saw {{ steps.b.output.input.from_a }}" }
     assert_eq!(listed.len(), 1);
     let workflows = node.client.workflows().await.unwrap();
     assert_eq!((workflows.len(), workflows[0].version), (1, 2));
+    // Statistics over the run: one run, succeeded; each step tried once, with what its
+    // attempt cost measured on its worker.
+    let stats = node.client.workflow_stats("chain", "1h").await.unwrap();
+    assert_eq!(stats["stats"]["runs"], 1, "{stats}");
+    assert_eq!(stats["stats"]["success_rate"], 1.0, "{stats}");
+    for name in ["a", "b", "c"] {
+        assert_eq!(stats["stats"]["steps"][name]["attempts"], 1, "{stats}");
+        assert_eq!(stats["resources"][name]["attempts_measured"], 1, "{stats}");
+        assert!(
+            stats["resources"][name]["peak_rss_bytes_max"].as_u64() > Some(0),
+            "{stats}"
+        );
+        assert_eq!(
+            stats["resources"][name]["queue_wait_ms"]["count"], 1,
+            "{stats}"
+        );
+    }
+    let (status, body) = node
+        .client
+        .raw(
+            "GET",
+            "/v1/workflows/chain/stats?window=forever",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
