@@ -18,6 +18,15 @@ const QUEUE_LEN_MAX: usize = 16_384;
 const BATCH_COMMANDS_MAX: usize = 4_096;
 /// Log writes in flight at once.
 const IN_FLIGHT_MAX: usize = 1;
+/// Longest the proposer waits for openraft to answer one write. openraft answers a write once
+/// it is applied, or with an error when this node stops leading; but a write that a paused or
+/// deposed leader had appended was seen never to be answered at all, and with one write in
+/// flight that stopped every later write of the node for good (the whole cluster, on the
+/// leader: found by the chaos suite, every node's log frozen at the same index while raft
+/// itself was healthy). Past this wait the write's callers are told it may still commit, and
+/// the proposer moves on. Longer than the callers' own wait (5 s), so a write that commits
+/// late after an election is still answered.
+const CLIENT_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Proposal {
     command: Command,
@@ -80,24 +89,27 @@ async fn run(raft: RaftInstance, mut rx: mpsc::Receiver<Proposal>) {
     while in_flight.next().await.is_some() {}
 }
 
+/// One `client_write`, bounded by [`CLIENT_WRITE_WAIT`].
+async fn client_write(raft: &RaftInstance, command: Command) -> Result<Response, RegistryError> {
+    match tokio::time::timeout(CLIENT_WRITE_WAIT, raft.client_write(command)).await {
+        Ok(answer) => answer.map(|r| r.data).map_err(map_err),
+        Err(_) => Err(RegistryError::Unavailable(format!(
+            "the log did not answer the write within {} s (it may still commit)",
+            CLIENT_WRITE_WAIT.as_secs()
+        ))),
+    }
+}
+
 async fn write(raft: RaftInstance, mut batch: Vec<Proposal>) {
     if batch.len() == 1 {
         let p = batch.pop().expect("one proposal");
-        let result = raft
-            .client_write(p.command)
-            .await
-            .map(|r| r.data)
-            .map_err(map_err);
+        let result = client_write(&raft, p.command).await;
         let _ = p.reply.send(result);
         return;
     }
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match raft
-        .client_write(Command::Batch(commands))
-        .await
-        .map(|r| r.data)
-    {
+    match client_write(&raft, Command::Batch(commands)).await {
         Ok(Response::Batch(responses)) => {
             assert_eq!(
                 responses.len(),
@@ -110,7 +122,6 @@ async fn write(raft: RaftInstance, mut batch: Vec<Proposal>) {
         }
         Ok(other) => unreachable!("a batch command answered {other:?}"),
         Err(e) => {
-            let e = map_err(e);
             for reply in replies {
                 let _ = reply.send(Err(clone_err(&e)));
             }
