@@ -11,6 +11,7 @@ mod faults;
 mod fuzz;
 mod harness;
 mod lifecycle;
+mod objects;
 
 use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
