@@ -23,8 +23,10 @@ pub const OBJECT_HOLDERS_MAX: usize = 8;
 pub const OBJECT_KEY_LEN_MAX: usize = 1024;
 /// Records in one `RecordObjects` command at most.
 pub const OBJECTS_PER_COMMAND_MAX: usize = 65_536;
-/// A copy between nodes may take this long whatever its size...
-const COPY_DEADLINE_BASE: Duration = Duration::from_secs(30);
+/// A copy between nodes may take this long whatever its size (as long as a forwarded write:
+/// a peer that stopped answering holds up the attempt whose output or log waits for it, and
+/// is marked down within seconds, after which no copy goes there)...
+const COPY_DEADLINE_BASE: Duration = Duration::from_secs(5);
 /// ...plus the time to move its bytes at this slowest rate we still wait for.
 const COPY_BYTES_PER_S_MIN: u64 = 8 * 1024 * 1024;
 
