@@ -5,7 +5,12 @@
 //! within [`CLOCK_SKEW_MAX_S`] of ours; the key exists and is not revoked; the signature
 //! matches; the nonce has not been seen in the window (replay); the scope allows the route.
 //! Then it buffers the body (up to the route's limit) and checks its hash against the signed
-//! one. Object uploads are streamed instead: their handler checks the hash at the end.
+//! one. Object uploads (and copies between nodes) are streamed instead: their handler checks
+//! the hash at the end.
+//!
+//! The cluster key (the cluster secret, [`node::CLUSTER_KEY_ID`]) is for nodes only, and only
+//! for what passes between them: raft traffic (`/v1/raft/…`) and object copies
+//! (`/v1/peer/…`). No API key, not even an admin's, may call `/v1/peer/…`.
 
 use crate::error::{fail, Failure};
 use crate::AppState;
@@ -79,7 +84,13 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
 }
 
 fn is_streamed_upload(method: &Method, path: &str) -> bool {
-    method == Method::PUT && path.starts_with("/v1/objects/")
+    method == Method::PUT
+        && (path.starts_with("/v1/objects/") || path.starts_with(node::PEER_OBJECTS_PATH))
+}
+
+/// Routes only nodes call, signed with the cluster key.
+fn is_between_nodes(path: &str) -> bool {
+    path.starts_with("/v1/raft/") || path.starts_with("/v1/peer/")
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Failure> {
@@ -146,11 +157,15 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
     };
     // Peers sign raft traffic with the cluster secret, which every member has from the
     // moment it joins (before it has replicated any API key).
+    let bytes_max = parts
+        .extensions
+        .get::<BodyLimit>()
+        .map_or(BODY_BYTES_MAX, |l| l.0);
     if key_id == registry_key_id() {
-        if !parts.uri.path().starts_with("/v1/raft/") {
+        if !is_between_nodes(parts.uri.path()) {
             return Err(fail(
                 ErrorCode::Forbidden,
-                "the cluster key is only for raft traffic",
+                "the cluster key is only for traffic between nodes",
             ));
         }
         if !app.node.verify_peer(&canonical, sig) {
@@ -160,7 +175,18 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             .insert(nonce, now_s)
             .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
         let body_hash = body_hash.to_string();
-        return buffered(parts, body, &body_hash, node::RAFT_BODY_BYTES_MAX).await;
+        if is_streamed_upload(&parts.method, parts.uri.path()) {
+            let mut request = Request::from_parts(parts, body);
+            request.extensions_mut().insert(SignedBodyHash(body_hash));
+            return Ok(request);
+        }
+        return buffered(parts, body, &body_hash, bytes_max).await;
+    }
+    if parts.uri.path().starts_with("/v1/peer/") {
+        return Err(fail(
+            ErrorCode::Forbidden,
+            "only the nodes of the cluster may call this route",
+        ));
     }
     let key = app
         .node
@@ -191,10 +217,6 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
         request.extensions_mut().insert(SignedBodyHash(body_hash));
         return Ok(request);
     }
-    let bytes_max = parts
-        .extensions
-        .get::<BodyLimit>()
-        .map_or(BODY_BYTES_MAX, |l| l.0);
     buffered(parts, body, &body_hash, bytes_max).await
 }
 

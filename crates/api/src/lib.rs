@@ -44,8 +44,8 @@ const WORKFLOW_BODY_BYTES_MAX: usize = model::workflow::SPEC_BYTES_MAX;
 const RUN_BODY_BYTES_MAX: usize = model::RUN_INPUT_BYTES_MAX + 64 * 1024;
 
 /// The whole router: public health routes plus the signed `/v1` API. Every signed route has
-/// its own body limit; uploads stream under [`routes::OBJECT_BYTES_MAX`] and the raft route
-/// takes the registry's limit.
+/// its own body limit; uploads stream under [`routes::OBJECT_BYTES_MAX`], copies between
+/// nodes under [`node::OBJECT_COPY_BYTES_MAX`], and the raft route takes the registry's limit.
 pub fn router(node: Node) -> Router {
     let app = AppState {
         node,
@@ -122,6 +122,15 @@ pub fn router(node: Node) -> Router {
         .route(
             "/v1/objects/{*key}",
             small(put(routes::put_object).get(routes::get_object)),
+        )
+        // Copies of objects between nodes (cluster key only), streamed under the largest
+        // object a node moves.
+        .route(
+            "/v1/peer/objects/{*key}",
+            limited(
+                get(routes::peer_get_object).put(routes::peer_put_object),
+                node::OBJECT_COPY_BYTES_MAX as usize,
+            ),
         )
         .route(
             "/v1/keys",

@@ -339,10 +339,27 @@ pub(crate) async fn put_object(
     body: Body,
 ) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
-    // Stream to a temporary file while hashing, so a bad hash or an oversized body never
-    // becomes an object. The file goes with its handle, also when the client goes away and
-    // this future is dropped half-way.
-    let tmp_dir = app.node.config().data_dir.join("tmp");
+    let tmp = receive(&app, body, &signed_hash, OBJECT_BYTES_MAX).await?;
+    let size = app
+        .node
+        .put_object(&key, tmp.path(), &signed_hash, OBJECT_BYTES_MAX)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": key, "size": size })),
+    ))
+}
+
+/// Streams a body to a temporary file while hashing it, so a bad hash or an oversized body
+/// never becomes an object. The file goes with its handle, also when the sender goes away and
+/// the handler's future is dropped half-way.
+async fn receive(
+    app: &AppState,
+    body: Body,
+    signed_hash: &str,
+    bytes_max: u64,
+) -> Answer<tempfile::NamedTempFile> {
+    let tmp_dir = app.node.receiving_dir();
     std::fs::create_dir_all(&tmp_dir).map_err(|e| io_failure(&e))?;
     let tmp = tempfile::Builder::new()
         .prefix("upload-")
@@ -352,70 +369,86 @@ pub(crate) async fn put_object(
     let mut hasher = model::signature::BodyHasher::default();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
-    let result = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| fail(ErrorCode::InvalidInput, format!("upload broke off: {e}")))?;
-            size += chunk.len() as u64;
-            if size > OBJECT_BYTES_MAX {
-                return Err(fail(
-                    ErrorCode::TooLarge,
-                    format!("objects are at most {OBJECT_BYTES_MAX} bytes"),
-                ));
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| io_failure(&e))?;
-        }
-        file.flush().await.map_err(|e| io_failure(&e))?;
-        if hasher.finish_hex() != signed_hash {
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| fail(ErrorCode::InvalidInput, format!("upload broke off: {e}")))?;
+        size += chunk.len() as u64;
+        if size > bytes_max {
             return Err(fail(
-                ErrorCode::Unauthorized,
-                "body does not match its signed hash",
+                ErrorCode::TooLarge,
+                format!("objects are at most {bytes_max} bytes"),
             ));
         }
-        app.node
-            .store()
-            .put_file(&key, tmp.path(), OBJECT_BYTES_MAX)
-            .await
-            .map_err(|e| Failure(node::storage_error(e)))
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(|e| io_failure(&e))?;
     }
-    .await;
-    drop(file);
-    drop(tmp);
-    let size = result?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "key": key, "size": size })),
-    ))
+    file.flush().await.map_err(|e| io_failure(&e))?;
+    if hasher.finish_hex() != signed_hash {
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            "body does not match its signed hash",
+        ));
+    }
+    Ok(tmp)
 }
 
+/// An IO failure of this node's own files: the message names no path (an `io::Error` from
+/// `tempfile` carries one), the node's log has the details.
 fn io_failure(e: &std::io::Error) -> Failure {
     if e.raw_os_error() == Some(28) {
-        fail(ErrorCode::StorageFull, e.to_string())
+        fail(ErrorCode::StorageFull, "storage is full")
     } else {
-        fail(ErrorCode::Internal, e.to_string())
+        tracing::warn!(error = %e, "receiving an object failed");
+        fail(
+            ErrorCode::Internal,
+            "receiving the object failed on the node",
+        )
     }
+}
+
+fn object_answer(len: u64, stream: node::ObjectStream) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 pub(crate) async fn get_object(
     State(app): State<AppState>,
     Path(key): Path<String>,
 ) -> Answer<Response> {
-    let (len, stream) = app
-        .node
-        .store()
-        .get_stream(&key)
-        .await
-        .map_err(|e| Failure(node::storage_error(e)))?;
-    let body = Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)));
+    let (len, stream) = app.node.object_stream(&key).await?;
+    Ok(object_answer(len, stream))
+}
+
+/// A peer fetches this node's copy of an object (cluster key only).
+pub(crate) async fn peer_get_object(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+) -> Answer<Response> {
+    storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+    let (len, stream) = app.node.peer_object_stream(&key).await?;
+    Ok(object_answer(len, stream))
+}
+
+/// A peer stores a copy of an object it wrote on this node (cluster key only), streamed.
+pub(crate) async fn peer_put_object(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    Extension(SignedBodyHash(signed_hash)): Extension<SignedBodyHash>,
+    body: Body,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+    let tmp = receive(&app, body, &signed_hash, node::OBJECT_COPY_BYTES_MAX).await?;
+    let size = app.node.peer_object_put(&key, tmp.path()).await?;
     Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+        StatusCode::CREATED,
+        Json(json!({ "key": key, "size": size })),
+    ))
 }
 
 // --- keys ---

@@ -9,6 +9,7 @@ use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{JobError, JobState};
 use crate::node::{NodeLoad, NodeStatus};
+use crate::object::ObjectRecord;
 use crate::state::ApiKey;
 use crate::ApiError;
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,14 @@ pub enum Command {
         finished_before_ms: u64,
         runs: Vec<u64>,
     },
+    /// Objects written to the nodes' own disks (the default local store), each with the
+    /// nodes that hold a copy (see [`crate::ObjectInfo`]). A record replaces the one of the
+    /// same key; holders the registry does not know are left out, and a record left with none
+    /// is dropped. The whole command is refused if a record is malformed.
+    RecordObjects {
+        now_ms: u64,
+        objects: Vec<ObjectRecord>,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -195,7 +204,8 @@ impl Command {
             | Command::RecordEvents { now_ms, .. }
             | Command::StartRun { now_ms, .. }
             | Command::RunCommands { now_ms, .. }
-            | Command::ControlRun { now_ms, .. } => Some(now_ms),
+            | Command::ControlRun { now_ms, .. }
+            | Command::RecordObjects { now_ms, .. } => Some(now_ms),
             Command::DeployFunction { .. }
             | Command::DeployWorkflow { .. }
             | Command::PurgeRuns { .. }
@@ -213,7 +223,8 @@ impl Command {
     /// Whether applying the command twice has the effect of applying it once, so a write
     /// whose fate is unknown (its leader died while it was in flight) may be proposed again:
     /// jobs that all carry an idempotency key, results (fenced by attempt ids), heartbeats,
-    /// a node's registration or status, and the webhook's progress.
+    /// a node's registration or status, the webhook's progress, and object records (a
+    /// record replaces the one of its key).
     pub fn is_idempotent(&self) -> bool {
         match self {
             Command::SubmitJobs { jobs, .. } => jobs.iter().all(|j| j.idempotency_key.is_some()),
@@ -221,7 +232,8 @@ impl Command {
             | Command::Heartbeat { .. }
             | Command::RegisterNode { .. }
             | Command::SetNodeStatus { .. }
-            | Command::EventsDelivered { .. } => true,
+            | Command::EventsDelivered { .. }
+            | Command::RecordObjects { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             _ => false,
         }

@@ -12,6 +12,7 @@ mod function;
 mod ids;
 mod job;
 mod node;
+mod object;
 pub mod protocol;
 mod runs;
 pub mod signature;
@@ -30,6 +31,10 @@ pub use job::{
     Attempt, Job, JobDetail, JobError, JobState, ResourceUse, RunLink, WaitCode, Waiting,
 };
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
+pub use object::{
+    copy_deadline, copy_targets, holds_copies, read_order, ObjectInfo, ObjectRecord,
+    OBJECTS_PER_COMMAND_MAX, OBJECT_COPIES, OBJECT_HOLDERS_MAX, OBJECT_KEY_LEN_MAX,
+};
 pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
 pub use strategy::{Strategy, UnknownStrategy};

@@ -13,6 +13,7 @@ use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{Attempt, Job, JobError, JobState};
 use crate::node::{NodeInfo, NodeLoad, NodeStatus};
+use crate::object::{ObjectInfo, ObjectRecord, OBJECTS_PER_COMMAND_MAX};
 use crate::{ApiError, ErrorCode, Event, EVENTS_MAX};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -113,6 +114,10 @@ pub struct State {
     pub(crate) runs: BTreeMap<u64, Arc<crate::Run>>,
     #[serde(default)]
     pub(crate) next_run_id: u64,
+    /// Objects on the nodes' own disks, by key (see [`crate::ObjectInfo`]); empty with an
+    /// S3-compatible store. Shared as the jobs are, so a snapshot's copy is cheap.
+    #[serde(default)]
+    objects: BTreeMap<String, Arc<ObjectInfo>>,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -154,6 +159,7 @@ impl State {
             workflows,
             runs,
             next_run_id,
+            objects,
             queue: _,
             delayed: _,
             running: _,
@@ -176,6 +182,7 @@ impl State {
             workflows: workflows.clone(),
             runs: runs.clone(),
             next_run_id: *next_run_id,
+            objects: objects.clone(),
             ..State::default()
         }
     }
@@ -248,6 +255,16 @@ impl State {
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.values()
+    }
+
+    /// What the registry knows of the object `key`, if it was recorded.
+    pub fn object(&self, key: &str) -> Option<&ObjectInfo> {
+        self.objects.get(key).map(|o| &**o)
+    }
+
+    /// Recorded objects, in key order.
+    pub fn objects(&self) -> impl Iterator<Item = (&str, &ObjectInfo)> {
+        self.objects.iter().map(|(k, o)| (k.as_str(), &**o))
     }
 
     /// The cluster config: typed through [`ClusterConfig::settings`].
@@ -446,7 +463,10 @@ impl State {
                 )),
             },
             Command::RemoveNode { node } => match self.nodes.remove(&node) {
-                Some(_) => Response::Done,
+                Some(_) => {
+                    self.forget_holder(node);
+                    Response::Done
+                }
                 None => Response::Rejected(ApiError::new(
                     ErrorCode::NotFound,
                     format!("no node {node}"),
@@ -521,8 +541,74 @@ impl State {
                 finished_before_ms,
                 runs,
             } => self.purge_runs(finished_before_ms, runs),
+            Command::RecordObjects { now_ms, objects } => self.record_objects(now_ms, objects),
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
+            }
+        }
+    }
+
+    fn record_objects(&mut self, now_ms: u64, objects: Vec<ObjectRecord>) -> Response {
+        if objects.len() > OBJECTS_PER_COMMAND_MAX {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("at most {OBJECTS_PER_COMMAND_MAX} objects per record"),
+            ));
+        }
+        if let Some(why) = objects.iter().find_map(|o| o.check().err()) {
+            return Response::Rejected(ApiError::new(ErrorCode::InvalidInput, why));
+        }
+        for record in objects {
+            let holders: BTreeSet<NodeId> = record
+                .holders
+                .into_iter()
+                .filter(|id| self.nodes.contains_key(id))
+                .collect();
+            if holders.is_empty() {
+                // Every node that held it was removed meanwhile: the object is gone.
+                self.objects.remove(&record.key);
+                continue;
+            }
+            let info = ObjectInfo {
+                size: record.size,
+                sha256: record.sha256,
+                holders,
+                recorded_at_ms: now_ms,
+            };
+            self.objects.insert(record.key, Arc::new(info));
+        }
+        Response::Done
+    }
+
+    /// A removed node holds nothing any more; an object it alone held is gone.
+    fn forget_holder(&mut self, node: NodeId) {
+        let held: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o.holders.contains(&node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in held {
+            let info = Arc::make_mut(self.objects.get_mut(&key).expect("listed above"));
+            info.holders.remove(&node);
+            if info.holders.is_empty() {
+                self.objects.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets the records of a purged job's outputs and logs (`jobs/{id}/…`,
+    /// `logs/{id}/…`): retention deletes their files on every node.
+    fn forget_job_objects(&mut self, id: JobId) {
+        for prefix in [format!("jobs/{id}/"), format!("logs/{id}/")] {
+            let keys: Vec<String> = self
+                .objects
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in keys {
+                self.objects.remove(&key);
             }
         }
     }
@@ -538,6 +624,7 @@ impl State {
                 if let Some(key) = &job.idempotency_key {
                     self.idempotency.remove(key);
                 }
+                self.forget_job_objects(id);
                 purged += 1;
             }
         }

@@ -704,3 +704,80 @@ fn a_node_from_an_older_snapshot_decodes_with_no_operator_drain() {
     let n = decoded.node(1).unwrap();
     assert_eq!((n.status, n.drained), (model::NodeStatus::Up, false));
 }
+
+fn record(key: &str, holders: &[u64]) -> model::ObjectRecord {
+    model::ObjectRecord {
+        key: key.into(),
+        size: 4,
+        sha256: "ab".repeat(32),
+        holders: holders.iter().copied().collect(),
+    }
+}
+
+#[test]
+fn objects_are_recorded_with_their_holders_and_forgotten_with_their_node_or_job() {
+    let mut state = State::default();
+    for id in 1..=3 {
+        state.apply(node(id));
+    }
+    for command in setup().into_iter().take(2) {
+        state.apply(command);
+    }
+    let record_objects = |objects| Command::RecordObjects { now_ms: 5, objects };
+    let answer = state.apply(record_objects(vec![
+        record("uploads/a", &[1, 2]),
+        // Node 9 is unknown: left out; a record with no known holder is dropped.
+        record("uploads/b", &[3, 9]),
+        record("uploads/c", &[9]),
+    ]));
+    assert_eq!(answer, Response::Done);
+    // A malformed record refuses the whole command.
+    let mut bad = record("uploads/d", &[1]);
+    bad.sha256 = "nope".into();
+    assert!(matches!(
+        state.apply(record_objects(vec![record("uploads/e", &[1]), bad])),
+        Response::Rejected(_)
+    ));
+    state.apply(Command::SubmitJobs {
+        now_ms: 6,
+        jobs: vec![job("noop", 0, None)],
+        place: vec![Some(1)],
+    });
+    state.apply(Command::FinishAttempts {
+        now_ms: 7,
+        results: vec![succeeded_with(1, 1, "jobs/1/1/out.txt")],
+    });
+    state.apply(record_objects(vec![
+        record("jobs/1/1/out.txt", &[1, 3]),
+        record("logs/1/1.log", &[1, 2]),
+        record("jobs/10/1/out.txt", &[2, 3]),
+    ]));
+    state.apply(Command::RemoveNode { node: 2 });
+    state.assert_invariants();
+    let reloaded = State::decode(&state.encode()).unwrap();
+    assert_eq!(reloaded.encode(), state.encode());
+    let render = |s: &State| {
+        s.objects()
+            .map(|(k, o)| format!("{k} {:?} @{}", o.holders, o.recorded_at_ms))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    expect![[r#"
+        jobs/1/1/out.txt {1, 3} @7
+        jobs/10/1/out.txt {3} @7
+        logs/1/1.log {1} @7
+        uploads/a {1} @5
+        uploads/b {3} @5"#]]
+    .assert_eq(&render(&state));
+    // Purging job 1 forgets its outputs and log, not job 10's.
+    state.apply(Command::PurgeJobs {
+        finished_before_ms: 100,
+        jobs: vec![JobId(1)],
+    });
+    state.assert_invariants();
+    expect![[r#"
+        jobs/10/1/out.txt {3} @7
+        uploads/a {1} @5
+        uploads/b {3} @5"#]]
+    .assert_eq(&render(&state));
+}

@@ -1,6 +1,6 @@
 //! The client-facing work calls: deploy, submit, cancel, wait, API keys and attempt logs.
 
-use crate::{now_ms, rejected, running, scheduling, storage_error, unexpected, Node, WAIT_MAX};
+use crate::{now_ms, rejected, running, scheduling, unexpected, Node, WAIT_MAX};
 use model::{
     ApiError, ApiKey, Command, ErrorCode, FunctionSpec, Job, JobDetail, JobId, JobSpec, KeyId,
     Response, Scope, SubmitResult,
@@ -135,10 +135,7 @@ impl Node {
             return Ok(bytes::Bytes::new());
         }
         let limit = executor::LOG_BYTES_MAX as u64 + 1024;
-        self.inner
-            .store
-            .get_bytes(&running::log_key(job, attempt), limit)
+        self.object_bytes(&running::log_key(job, attempt), limit)
             .await
-            .map_err(storage_error)
     }
 }

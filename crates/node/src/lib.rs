@@ -5,6 +5,7 @@ mod jobs;
 mod liveness;
 mod membership;
 mod metrics;
+mod objects;
 mod retention;
 mod running;
 mod runs;
@@ -21,6 +22,7 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use objects::{ObjectStream, OBJECT_COPY_BYTES_MAX, PEER_OBJECTS_PATH};
 pub use registry::{
     Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
@@ -116,6 +118,8 @@ struct Inner {
     /// scheduling loop and the placement of new jobs; `None` until this node leads.
     scheduler: std::sync::Mutex<Option<scheduler::SchedulerState>>,
     cluster_secret: String,
+    /// Signed calls to peers' object routes (see [`objects`]).
+    peer_http: reqwest::Client,
     /// Set once start-up has finished (the tasks run).
     running: std::sync::atomic::AtomicBool,
     /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).

@@ -6,19 +6,24 @@
 //! 2. the task waits for a free slot, fetches the input files, and hands the request to the
 //!    executor (a warm or new worker process);
 //! 3. on success, files the worker wrote become objects under `jobs/{job}/{attempt}/`; any
-//!    stderr becomes `logs/{job}/{attempt}.log`;
-//! 4. the result goes to [`report`], which batches results into `FinishAttempts` entries;
+//!    stderr becomes `logs/{job}/{attempt}.log`; with the local store each is copied to a
+//!    second node first (see [`crate::objects`]), and an output that finds no second node
+//!    while the cluster has one fails the attempt (`unavailable`, retried by policy);
+//! 4. the result goes to [`report`], which batches results into `FinishAttempts` entries,
+//!    each with a `RecordObjects` of the objects those attempts wrote (one entry: a job is
+//!    never seen succeeded before its outputs are recorded);
 //! 5. if the state stops showing the attempt as live on this node (cancelled, or superseded
 //!    by a hedge that succeeded first), its task is cancelled and the worker killed. A late
 //!    result from such an attempt is fenced off by the state machine.
 
 use crate::metrics::{FunctionLabels, OutcomeLabels};
+use crate::objects::{sha256_file, Source};
 use crate::{now_ms, Node};
 use executor::ProcessSpec;
 use model::protocol::Request;
 use model::{
     AttemptId, AttemptResult, Command, ErrorCode, FunctionKind, FunctionSpec, Job, JobError, JobId,
-    Outcome,
+    ObjectRecord, Outcome,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +38,7 @@ pub(crate) const RESULTS_QUEUE_LEN_MAX: usize = 16_384;
 /// Results per `FinishAttempts` entry at most.
 const RESULTS_PER_ENTRY_MAX: usize = 4_096;
 /// Largest input file fetched for an attempt, and largest output file kept.
-const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+const FILE_BYTES_MAX: u64 = crate::OBJECT_COPY_BYTES_MAX;
 /// How often idle workers are checked against their idle time-out.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long past its function's time-out an attempt may stay busy before it is stuck.
@@ -43,6 +48,13 @@ const REPORT_RETRY: Duration = Duration::from_millis(200);
 
 pub(crate) fn log_key(job: JobId, attempt: AttemptId) -> String {
     format!("logs/{job}/{attempt}.log")
+}
+
+/// An attempt's result, with the objects it wrote (their records go into the same entry).
+#[derive(Debug)]
+pub(crate) struct Finished {
+    result: AttemptResult,
+    objects: Vec<ObjectRecord>,
 }
 
 /// What an attempt task needs, copied out of the state.
@@ -105,7 +117,7 @@ impl WorkDirs {
     }
 }
 
-pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
+pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<Finished>) {
     let me = node.id();
     let slots = Arc::new(Semaphore::new(node.inner.config.slots as usize));
     let work_dirs = Arc::new(WorkDirs::new(node.inner.config.data_dir.join("work")));
@@ -172,7 +184,7 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<AttemptResult>) {
                         local.remove(&job);
                         let error = JobError::new(ErrorCode::Internal, format!("the node failed running the attempt: {e}"));
                         let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0, usage: None };
-                        let _ = results.send(result).await;
+                        let _ = results.send(Finished { result, objects: Vec::new() }).await;
                     }
                 }
             }
@@ -190,7 +202,7 @@ async fn run_attempt(
     cancel: CancellationToken,
     slots: Arc<Semaphore>,
     work_dirs: Arc<WorkDirs>,
-    results: mpsc::Sender<AttemptResult>,
+    results: mpsc::Sender<Finished>,
 ) {
     let _permit = tokio::select! {
         permit = slots.acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
@@ -207,7 +219,7 @@ async fn run_attempt(
             .get_or_create(&labels)
             .observe(waited_ms as f64 / 1000.0);
     }
-    let (outcome, log, usage) = match work_dirs.take() {
+    let (outcome, log, mut objects, usage) = match work_dirs.take() {
         Ok(work_dir) => {
             // The watchdog: an attempt still busy long past its function's time-out is stuck
             // (an input download or output upload that hangs; the worker itself is killed at
@@ -238,7 +250,7 @@ async fn run_attempt(
                 code: storage_code(&e).into(),
                 message: format!("work dir: {e}"),
             };
-            (Outcome::Failed(error), Vec::new(), None)
+            (Outcome::Failed(error), Vec::new(), Vec::new(), None)
         }
     };
     if cancel.is_cancelled() {
@@ -258,14 +270,12 @@ async fn run_attempt(
         .inc();
     let mut log_bytes = log.len() as u64;
     if !log.is_empty() {
-        if let Err(e) = node
-            .inner
-            .store
-            .put_bytes(&log_key(a.job.id, a.attempt), log.into())
-            .await
-        {
-            tracing::warn!(job = %a.job.id, error = %e, "could not keep an attempt's log");
-            log_bytes = 0;
+        match keep_log(&node, log_key(a.job.id, a.attempt), log.into()).await {
+            Ok(record) => objects.extend(record),
+            Err(e) => {
+                tracing::warn!(job = %a.job.id, error = %e, "could not keep an attempt's log");
+                log_bytes = 0;
+            }
         }
     }
     let result = AttemptResult {
@@ -275,7 +285,34 @@ async fn run_attempt(
         log_bytes,
         usage,
     };
-    let _ = results.send(result).await;
+    let _ = results.send(Finished { result, objects }).await;
+}
+
+/// Stores an attempt's log; with the local store, copies it to a second node if one takes
+/// it (a log is kept with one copy rather than not at all) and returns its record.
+async fn keep_log(
+    node: &Node,
+    key: String,
+    log: bytes::Bytes,
+) -> Result<Option<ObjectRecord>, storage::StorageError> {
+    node.inner.store.put_bytes(&key, log.clone()).await?;
+    if !node.inner.store.is_local() {
+        return Ok(None);
+    }
+    let size = log.len() as u64;
+    let sha256 = model::signature::body_sha256_hex(&log);
+    let copies = node
+        .copy_to_peers(&key, Source::Bytes(log), size, &sha256)
+        .await;
+    if copies.short(&key).is_some() {
+        tracing::warn!(key, "an attempt's log is kept on this node only");
+    }
+    Ok(Some(ObjectRecord {
+        key,
+        size,
+        sha256,
+        holders: copies.holders,
+    }))
 }
 
 async fn attempt_in(
@@ -284,12 +321,17 @@ async fn attempt_in(
     work_dir: &Path,
     cancel: &CancellationToken,
     labels: &FunctionLabels,
-) -> (Outcome, Vec<u8>, Option<model::ResourceUse>) {
+) -> (
+    Outcome,
+    Vec<u8>,
+    Vec<ObjectRecord>,
+    Option<model::ResourceUse>,
+) {
     let in_dir = work_dir.join("in");
     let out_dir = work_dir.join("out");
     let files = match fetch_inputs(node, &a.job.files, &in_dir).await {
         Ok(files) => files,
-        Err(e) => return (Outcome::Failed(e), Vec::new(), None),
+        Err(e) => return (Outcome::Failed(e), Vec::new(), Vec::new(), None),
     };
     let request = Request {
         job: a.job.id.0,
@@ -322,8 +364,9 @@ async fn attempt_in(
     if finished.cold_start {
         node.inner.metrics.cold_starts.get_or_create(labels).inc();
     }
+    let mut records = Vec::new();
     let outcome = match finished.reply {
-        Ok(output) => match keep_outputs(node, a, &out_dir).await {
+        Ok(output) => match keep_outputs(node, a, &out_dir, &mut records).await {
             Ok(objects) => Outcome::Succeeded { output, objects },
             Err(e) => Outcome::Failed(e),
         },
@@ -333,7 +376,7 @@ async fn attempt_in(
         cpu_ms: u.cpu_ms,
         peak_rss_bytes: u.peak_rss_bytes,
     });
-    (outcome, finished.log, usage)
+    (outcome, finished.log, records, usage)
 }
 
 fn process_spec(node: &Node, f: &FunctionSpec) -> ProcessSpec {
@@ -371,12 +414,9 @@ async fn fetch_inputs(node: &Node, keys: &[String], dir: &Path) -> Result<Vec<St
     for (i, key) in keys.iter().enumerate() {
         let name = key.rsplit('/').next().unwrap_or("input");
         let path = dir.join(format!("{i}-{name}"));
-        node.inner
-            .store
-            .get_file(key, &path, FILE_BYTES_MAX)
+        node.object_to_file(key, &path, FILE_BYTES_MAX)
             .await
-            .map_err(|e| {
-                let api = crate::storage_error(e);
+            .map_err(|api| {
                 let code = if api.code == model::ErrorCode::NotFound {
                     "invalid_input"
                 } else {
@@ -392,11 +432,13 @@ async fn fetch_inputs(node: &Node, keys: &[String], dir: &Path) -> Result<Vec<St
     Ok(paths)
 }
 
-/// Uploads every file the worker wrote under `out_dir`; returns their object keys.
+/// Uploads every file the worker wrote under `out_dir`; returns their object keys. With the
+/// local store each is copied to a second node, and its record added to `records`.
 async fn keep_outputs(
     node: &Node,
     a: &Assignment,
     out_dir: &Path,
+    records: &mut Vec<ObjectRecord>,
 ) -> Result<Vec<String>, JobError> {
     let mut objects = Vec::new();
     let mut pending = vec![out_dir.to_path_buf()];
@@ -421,17 +463,33 @@ async fn keep_outputs(
                 .to_string_lossy()
                 .replace('\\', "/");
             let key = format!("jobs/{}/{}/{rel}", a.job.id, a.attempt);
-            node.inner
+            let failed = |api: model::ApiError| JobError {
+                code: api.code.as_str().into(),
+                message: format!("output {rel:?}: {}", api.message),
+            };
+            let size = node
+                .inner
                 .store
                 .put_file(&key, &path, FILE_BYTES_MAX)
                 .await
-                .map_err(|e| {
-                    let api = crate::storage_error(e);
-                    JobError {
-                        code: api.code.as_str().into(),
-                        message: format!("output {rel:?}: {}", api.message),
-                    }
+                .map_err(|e| failed(crate::storage_error(e)))?;
+            if node.inner.store.is_local() {
+                let sha256 = sha256_file(&path).await.map_err(|e| {
+                    failed(model::ApiError::new(ErrorCode::Internal, e.to_string()))
                 })?;
+                let copies = node
+                    .copy_to_peers(&key, Source::File(&path), size, &sha256)
+                    .await;
+                if let Some(e) = copies.short(&key) {
+                    return Err(failed(e));
+                }
+                records.push(ObjectRecord {
+                    key: key.clone(),
+                    size,
+                    sha256,
+                    holders: copies.holders,
+                });
+            }
             objects.push(key);
         }
     }
@@ -441,7 +499,7 @@ async fn keep_outputs(
 
 /// Writes attempt results to the log in batches: whatever arrived while the previous write
 /// was in flight goes into the next entry.
-pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<AttemptResult>) {
+pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<Finished>) {
     loop {
         let first = tokio::select! {
             () = node.inner.shutdown.cancelled() => return,
@@ -455,10 +513,28 @@ pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<AttemptResult
             }
         }
         tracing::debug!(results = batch.len(), "recording results");
+        let objects: Vec<ObjectRecord> = batch
+            .iter_mut()
+            .flat_map(|f| std::mem::take(&mut f.objects))
+            .collect();
+        let batch: Vec<AttemptResult> = batch.into_iter().map(|f| f.result).collect();
         loop {
-            let command = Command::FinishAttempts {
+            let finish = Command::FinishAttempts {
                 now_ms: now_ms(),
                 results: batch.clone(),
+            };
+            // The objects first, in the same entry: whoever sees the job finished can read
+            // its outputs and logs.
+            let command = if objects.is_empty() {
+                finish
+            } else {
+                Command::Batch(vec![
+                    Command::RecordObjects {
+                        now_ms: now_ms(),
+                        objects: objects.clone(),
+                    },
+                    finish,
+                ])
             };
             match node.propose(command).await {
                 Ok(_) => break,

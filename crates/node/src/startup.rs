@@ -91,6 +91,10 @@ impl Node {
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
                 scheduler: std::sync::Mutex::new(None),
                 cluster_secret: secret,
+                peer_http: reqwest::Client::builder()
+                    .connect_timeout(crate::objects::PEER_CONNECT_TIMEOUT)
+                    .build()
+                    .map_err(|e| internal("HTTP client", &e))?,
                 running: std::sync::atomic::AtomicBool::new(false),
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
             }),

@@ -157,6 +157,12 @@ impl Store {
         })
     }
 
+    /// Whether this is a directory of this node's (each node has its own), not a store every
+    /// node shares.
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

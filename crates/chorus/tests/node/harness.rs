@@ -93,6 +93,15 @@ impl TestNode {
         node
     }
 
+    /// A node that joins the cluster `member` belongs to, started with more `chorus serve`
+    /// arguments (e.g. `--label`).
+    pub(crate) async fn join_with(member: &TestNode, args: &[&str]) -> TestNode {
+        let mut node = TestNode::joining(&member.addr, member.credentials());
+        node.args = args.iter().map(|a| a.to_string()).collect();
+        node.spawn().await;
+        node
+    }
+
     /// A node that will join the cluster of the member at `member_addr` when it is launched;
     /// not started yet.
     pub(crate) fn joining(member_addr: &str, credentials: Credentials) -> TestNode {

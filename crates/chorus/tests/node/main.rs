@@ -12,6 +12,7 @@ mod fuzz;
 mod harness;
 mod history;
 mod lifecycle;
+mod objects;
 mod workflows;
 
 use client::ClientError;

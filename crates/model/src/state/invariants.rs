@@ -24,7 +24,9 @@ impl State {
     ///   failed one an error, a cancelled one the error `cancelled`; it counts at least one
     ///   try if it ever had an attempt, and never more tries than attempts;
     /// - events are numbered consecutively up to the last number handed out, at most
-    ///   [`EVENTS_MAX`] of them.
+    ///   [`EVENTS_MAX`] of them;
+    /// - every recorded object has a well-formed record (key, hex SHA-256) and 1 to
+    ///   [`crate::OBJECT_HOLDERS_MAX`] holders, each a node the registry knows.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.check_indexes()?;
         let mut attempt_ids = BTreeSet::new();
@@ -107,7 +109,26 @@ impl State {
                 return Err(format!("node {id}: id out of place or past next_node_id"));
             }
         }
-        self.check_events()
+        self.check_events()?;
+        self.check_objects()
+    }
+
+    fn check_objects(&self) -> Result<(), String> {
+        for (key, info) in &self.objects {
+            let record = crate::ObjectRecord {
+                key: key.clone(),
+                size: info.size,
+                sha256: info.sha256.clone(),
+                holders: info.holders.clone(),
+            };
+            record.check()?;
+            if let Some(gone) = info.holders.iter().find(|id| !self.nodes.contains_key(id)) {
+                return Err(format!(
+                    "object {key:?}: held by node {gone}, which is unknown"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_indexes(&self) -> Result<(), String> {

@@ -9,8 +9,8 @@
 
 use model::{
     ApiKey, AttemptId, AttemptResult, BackupMode, Command, EventKind, FunctionSpec, JobError,
-    JobId, JobSpec, JobState, KeyId, NewEvent, NodeLoad, NodeStatus, Outcome, Response,
-    RetryPolicy, Scope, State,
+    JobId, JobSpec, JobState, KeyId, NewEvent, NodeLoad, NodeStatus, ObjectRecord, Outcome,
+    Response, RetryPolicy, Scope, State,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -92,6 +92,12 @@ enum Op {
     Delivered {
         seq: u64,
     },
+    /// Objects written: an upload, or a job's output or log (`pick` chooses the job), held by
+    /// the given nodes (some unknown); one in eight records is malformed.
+    Objects {
+        records: Vec<(u8, usize, Vec<u64>)>,
+        malformed: bool,
+    },
     Batch(Vec<Op>),
 }
 
@@ -132,6 +138,14 @@ fn leaf_op() -> impl Strategy<Value = Op> {
             .prop_map(|(age_ms, picks)| Op::Purge { age_ms, picks }),
         1 => (1..4usize).prop_map(|count| Op::Events { count }),
         1 => (0..20u64).prop_map(|seq| Op::Delivered { seq }),
+        2 => (
+            prop::collection::vec(
+                (0..3u8, any::<usize>(), prop::collection::vec(1..=NODE_ID_MAX, 0..4)),
+                1..4,
+            ),
+            prop::bool::weighted(0.125),
+        )
+            .prop_map(|(records, malformed)| Op::Objects { records, malformed }),
     ]
 }
 
@@ -324,6 +338,30 @@ fn resolve(state: &State, now_ms: u64, op: &Op) -> Command {
                 .collect(),
         },
         Op::Delivered { seq } => Command::EventsDelivered { seq: *seq },
+        Op::Objects { records, malformed } => Command::RecordObjects {
+            now_ms,
+            objects: records
+                .iter()
+                .map(|(kind, i, holders)| {
+                    let job = pick(&jobs, *i).unwrap_or(JobId(1));
+                    let key = match kind {
+                        0 => format!("uploads/{}", i % 5),
+                        1 => format!("jobs/{job}/7/out-{}", i % 2),
+                        _ => format!("logs/{job}/7.log"),
+                    };
+                    ObjectRecord {
+                        key,
+                        size: *i as u64 % 1000,
+                        sha256: if *malformed {
+                            "xyz".into()
+                        } else {
+                            "0f".repeat(32)
+                        },
+                        holders: holders.iter().copied().collect(),
+                    }
+                })
+                .collect(),
+        },
         Op::Batch(ops) => Command::Batch(ops.iter().map(|o| resolve(state, now_ms, o)).collect()),
     }
 }
@@ -385,6 +423,7 @@ fn the_generator_reaches_every_state_and_outcome() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut states = BTreeSet::new();
     let (mut started, mut taken, mut stale, mut purged, mut superseded) = (0, 0, 0, 0, 0);
+    let mut objects_kept = 0;
     for _ in 0..50 {
         let steps = ops().new_tree(&mut runner).expect("a sequence").current();
         let mut state = set_up();
@@ -405,6 +444,7 @@ fn the_generator_reaches_every_state_and_outcome() {
             }
             states.extend(state.jobs_after(None).map(|j| j.state));
         }
+        objects_kept += state.objects().count();
         superseded += state
             .jobs_after(None)
             .flat_map(|j| &j.attempts)
@@ -412,6 +452,7 @@ fn the_generator_reaches_every_state_and_outcome() {
             .count();
     }
     assert_eq!(states, JobState::ALL.into_iter().collect::<BTreeSet<_>>());
+    assert!(objects_kept > 10, "objects kept {objects_kept}");
     assert!(
         started > 100 && taken > 100 && stale > 10 && purged > 0 && superseded > 0,
         "started {started}, taken {taken}, stale {stale}, purged {purged}, superseded {superseded}"
