@@ -1,5 +1,5 @@
 //! History is given back (issue 11): a node that ran many jobs and then purged them all by
-//! retention returns its memory to near where it started. The purge and ingest rates are
+//! retention gives back at least 70 % of the memory the load took. The purge and ingest rates are
 //! printed for the closing figures, not asserted (speed belongs in benchmarks). CI runs 30,000 jobs; with `RUN_SLOW_TESTS`, the issue's 300,000. Prints the figures:
 //! resident memory at the start, at the peak and after the purge; ingest and purge rates;
 //! disk per finished job.
@@ -66,10 +66,12 @@ async fn memory_and_disk_follow_the_history_that_is_kept() {
     })
     .await;
     let purge_s = started.elapsed().as_secs_f64();
-    // The allocator gives memory back on its own schedule: a few seconds' grace.
+    // What the load took may stay at most 30 % (allocator caches, index capacity); the
+    // allocator gives memory back on its own schedule: a few seconds' grace.
+    let kept_at_most = baseline + (peak.saturating_sub(baseline)) * 3 / 10;
     let mut after = rss_bytes(&node);
     let settle = Instant::now();
-    while after > baseline + baseline / 2 && settle.elapsed() < Duration::from_secs(20) {
+    while after > kept_at_most && settle.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         after = rss_bytes(&node);
     }
@@ -92,8 +94,9 @@ async fn memory_and_disk_follow_the_history_that_is_kept() {
         "the load must have cost memory, or this proves nothing"
     );
     assert!(
-        after <= baseline + baseline / 2,
-        "RSS after the purge is {:.0} MB, over 1.5 times the {:.0} MB at the start (peak {:.0} MB)",
+        after <= kept_at_most,
+        "RSS after the purge is {:.0} MB: more than 30 % of what the load took stayed \
+         (start {:.0} MB, peak {:.0} MB)",
         after as f64 / MB,
         baseline as f64 / MB,
         peak as f64 / MB
