@@ -138,6 +138,31 @@ pub enum Command {
     EventsDelivered {
         seq: u64,
     },
+    /// A new trigger (refused if its spec is invalid, its function does not exist, its name
+    /// is taken or there are [`crate::TRIGGERS_MAX`]). A cron trigger's cursor starts at
+    /// `now_ms`: it fires the ticks after its creation.
+    CreateTrigger {
+        now_ms: u64,
+        spec: crate::TriggerSpec,
+    },
+    DeleteTrigger {
+        name: String,
+    },
+    /// Pauses or resumes a trigger. Resuming moves a cron trigger's cursor to `now_ms`: the
+    /// ticks of the pause are not missed ticks, and never fire.
+    PauseTrigger {
+        now_ms: u64,
+        name: String,
+        paused: bool,
+    },
+    /// A cron trigger fired `fired` ticks, the last at `cursor_ms`: proposed by the leader in
+    /// one `Batch` with the `SubmitJobs` of those ticks. Taken only if it moves the cursor
+    /// forward, so applying it twice changes nothing more.
+    AdvanceTrigger {
+        name: String,
+        cursor_ms: u64,
+        fired: u64,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -155,7 +180,9 @@ impl Command {
             | Command::RegisterNode { now_ms, .. }
             | Command::JoinNode { now_ms, .. }
             | Command::Heartbeat { now_ms, .. }
-            | Command::RecordEvents { now_ms, .. } => Some(now_ms),
+            | Command::RecordEvents { now_ms, .. }
+            | Command::CreateTrigger { now_ms, .. }
+            | Command::PauseTrigger { now_ms, .. } => Some(now_ms),
             Command::DeployFunction { .. }
             | Command::SetNodeStatus { .. }
             | Command::RemoveNode { .. }
@@ -164,6 +191,8 @@ impl Command {
             | Command::SetConfig { .. }
             | Command::PurgeJobs { .. }
             | Command::EventsDelivered { .. }
+            | Command::DeleteTrigger { .. }
+            | Command::AdvanceTrigger { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -180,6 +209,7 @@ impl Command {
             | Command::RegisterNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. } => true,
+            Command::AdvanceTrigger { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             _ => false,
         }

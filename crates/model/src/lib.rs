@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod signature;
 mod state;
 mod strategy;
+mod trigger;
 
 pub use code::{ApiError, ErrorCode};
 pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
@@ -29,3 +30,4 @@ pub use job::{Attempt, Job, JobDetail, JobError, JobState, WaitCode, Waiting};
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
 pub use strategy::{Strategy, UnknownStrategy};
+pub use trigger::{Trigger, TriggerSpec, TRIGGERS_MAX};

@@ -134,18 +134,11 @@ mod tests {
     fn check(filter: serde_json::Value, expected: Expect) {
         let filter: Filter = serde_json::from_value(filter).unwrap();
         filter.validate().unwrap();
-        let ids: Vec<&str> = events()
+        let events = events();
+        let ids: Vec<&str> = events
             .iter()
             .filter(|e| filter.matches(e))
             .map(|e| e.id())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|id| match id {
-                "1" => "1",
-                "2" => "2",
-                "3" => "3",
-                _ => "4",
-            })
             .collect();
         expected.assert_eq(&ids.join(","));
     }
