@@ -61,13 +61,22 @@ impl Nonces {
 
 /// The scope a route needs: the one table to audit.
 pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
+    // Invoking a function runs a job, as a submit does; deploying one is an admin's.
+    let invoke =
+        method == Method::POST && path.starts_with("/v1/functions/") && path.ends_with("/invoke");
+    if invoke {
+        return Scope::Submit;
+    }
     let admin = path.starts_with("/v1/keys")
         || path.starts_with("/v1/raft/")
         || path.starts_with("/v1/cluster/join")
         || path.starts_with("/v1/faults")
         || (path.starts_with("/v1/config") && method != Method::GET)
         || (path.starts_with("/v1/nodes/") && method != Method::GET)
-        || (path.starts_with("/v1/functions") && method != Method::GET);
+        || (path.starts_with("/v1/functions") && method != Method::GET)
+        // A trigger is standing work, started without anyone asking: an admin's, as a
+        // function is.
+        || (path.starts_with("/v1/triggers") && method != Method::GET);
     if admin {
         Scope::Admin
     } else if method == Method::GET || method == Method::HEAD {

@@ -18,6 +18,7 @@ mod demo_cmd;
 mod ingest_cmd;
 mod serve_cmd;
 mod synth;
+mod trigger_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -47,6 +48,10 @@ enum Cmd {
     Worker,
     /// Submit a job.
     Submit(client_cmd::SubmitArgs),
+    /// Run a job of a function and print its output (waits for it).
+    Invoke(trigger_cmd::InvokeArgs),
+    /// Cron schedules and event subscriptions that start jobs by themselves.
+    Triggers(trigger_cmd::TriggersArgs),
     /// List, inspect, cancel jobs and read their logs.
     Jobs(client_cmd::JobsArgs),
     /// Deploy and list functions.
@@ -79,6 +84,8 @@ fn main() -> ExitCode {
             served
         }),
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
+        Cmd::Invoke(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::invoke(args))),
+        Cmd::Triggers(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::triggers(args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
         Cmd::Keys(args) => runtime().and_then(|rt| rt.block_on(client_cmd::keys(args))),

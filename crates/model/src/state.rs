@@ -533,7 +533,13 @@ impl State {
 
     fn create_trigger(&mut self, now_ms: u64, spec: TriggerSpec) -> Response {
         if let Err(e) = spec.validate() {
-            return Response::Rejected(ApiError::new(ErrorCode::InvalidInput, e.message));
+            let code = match e.code {
+                triggers::Code::TooLarge => ErrorCode::TooLarge,
+                triggers::Code::InvalidInput | triggers::Code::InvalidEvent => {
+                    ErrorCode::InvalidInput
+                }
+            };
+            return Response::Rejected(ApiError::new(code, e.message));
         }
         if !self.functions.contains_key(&spec.function) {
             return Response::Rejected(ApiError::new(

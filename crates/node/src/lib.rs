@@ -9,6 +9,7 @@ mod retention;
 mod running;
 mod scheduling;
 mod startup;
+mod triggering;
 mod webhook;
 
 use model::{ApiError, Command, ErrorCode, NodeId, Response, State};
@@ -25,6 +26,7 @@ pub use registry::{
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
 pub use storage::Store as ObjectStore;
+pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
 
 /// Raft roles, for the API's node listing.
 pub mod registry_role {

@@ -26,5 +26,5 @@ pub use filter::{Filter, FILTER_DEPTH_MAX, FILTER_NODES_MAX};
 pub use job::{cron_idempotency_key, cron_input, event_idempotency_key, event_input};
 pub use spec::{
     CronSource, EventSource, Missed, TriggerSpec, CATCH_UP_DEFAULT, CRON_LEN_MAX,
-    TRIGGER_NAME_LEN_MAX,
+    TRIGGER_INPUT_BYTES_MAX, TRIGGER_NAME_LEN_MAX,
 };

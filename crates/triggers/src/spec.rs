@@ -13,6 +13,9 @@ pub const TRIGGER_NAME_LEN_MAX: usize = 64;
 pub const CRON_LEN_MAX: usize = 256;
 /// Ticks caught up after an outage when `catch_up_max` is not given.
 pub const CATCH_UP_DEFAULT: u32 = 10;
+/// Largest trigger input, as serialized JSON: with an event of at most
+/// [`crate::EVENT_BYTES_MAX`] it stays well within a job's input limit.
+pub const TRIGGER_INPUT_BYTES_MAX: usize = 64 * 1024;
 /// Longest time zone name (the longest in the tz database is 32 bytes).
 const TIMEZONE_LEN_MAX: usize = 64;
 
@@ -119,7 +122,15 @@ impl TriggerSpec {
                     "input must not have the key \"trigger\": the trigger adds it to every job's input",
                 ))
             }
-            serde_json::Value::Object(_) => {}
+            serde_json::Value::Object(_) => {
+                let len = serde_json::to_vec(&self.input).map_or(usize::MAX, |v| v.len());
+                if len > TRIGGER_INPUT_BYTES_MAX {
+                    return Err(Error::new(
+                        crate::Code::TooLarge,
+                        format!("input is {len} bytes; the limit is {TRIGGER_INPUT_BYTES_MAX}"),
+                    ));
+                }
+            }
             _ => return Err(Error::input("input must be a JSON object")),
         }
         match (&self.cron, &self.events) {
