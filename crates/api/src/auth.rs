@@ -231,3 +231,26 @@ async fn buffered(
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_and_ingest_need_submit_and_triggers_need_admin_to_change() {
+        let post = Method::POST;
+        assert_eq!(
+            required_scope(&post, "/v1/functions/f/invoke"),
+            Scope::Submit
+        );
+        assert_eq!(required_scope(&post, "/v1/functions"), Scope::Admin);
+        assert_eq!(required_scope(&post, "/v1/events/ingest"), Scope::Submit);
+        assert_eq!(required_scope(&post, "/v1/triggers"), Scope::Admin);
+        assert_eq!(required_scope(&post, "/v1/triggers/t/pause"), Scope::Admin);
+        assert_eq!(
+            required_scope(&Method::DELETE, "/v1/triggers/t"),
+            Scope::Admin
+        );
+        assert_eq!(required_scope(&Method::GET, "/v1/triggers"), Scope::Read);
+    }
+}

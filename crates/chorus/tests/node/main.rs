@@ -12,6 +12,7 @@ mod fuzz;
 mod harness;
 mod history;
 mod lifecycle;
+mod triggers;
 
 use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
