@@ -152,10 +152,15 @@ impl Node {
     }
 }
 
-/// The cron ticks due at `now` of every active cron trigger, as one command: the jobs and
-/// each trigger's new cursor (see the module's protocol). `None` if nothing is due; also
-/// returns when the next tick falls due.
-fn due(node: &Node, now: u64) -> (Option<(Vec<JobSpec>, Vec<Command>)>, Option<u64>) {
+/// What one pass fires: the jobs of the due ticks and each trigger's new cursor.
+struct Firing {
+    jobs: Vec<JobSpec>,
+    advances: Vec<Command>,
+}
+
+/// The cron ticks due at `now` of every active cron trigger (see the module's protocol).
+/// `None` if nothing is due; also returns when the next tick falls due.
+fn due(node: &Node, now: u64) -> (Option<Firing>, Option<u64>) {
     node.read(|s| {
         let mut jobs = Vec::new();
         let mut advances = Vec::new();
@@ -192,7 +197,7 @@ fn due(node: &Node, now: u64) -> (Option<(Vec<JobSpec>, Vec<Command>)>, Option<u
                 fired: ticks.len() as u64,
             });
         }
-        let fire = (!advances.is_empty()).then_some((jobs, advances));
+        let fire = (!advances.is_empty()).then_some(Firing { jobs, advances });
         (fire, next_ms)
     })
 }
@@ -214,7 +219,7 @@ pub(crate) async fn fire(node: Node) {
         if let Some(next) = next_ms {
             wait = wait.min(Duration::from_millis(next.saturating_sub(now_ms())));
         }
-        let Some((jobs, advances)) = fire else {
+        let Some(Firing { jobs, advances }) = fire else {
             continue;
         };
         let submit = node.placed_submit(now, jobs).await;

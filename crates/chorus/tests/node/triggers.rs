@@ -160,6 +160,9 @@ async fn a_cron_trigger_fires_each_tick_once_across_a_kill_9_of_the_leader() {
     }
 }
 
+/// A refused ingest call: content type, headers, body, and the status and code it answers.
+type MalformedCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 fn events_spec(name: &str, filters: Value) -> TriggerSpec {
     serde_json::from_value(json!({
         "name": name,
@@ -287,7 +290,7 @@ async fn cloud_events_start_one_job_per_matching_trigger_and_redeliveries_none()
     assert_eq!(total, 4, "two for e1, one for o1, one for e2");
 
     // Malformed events: a stable code each, and nothing started.
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<MalformedCase> = vec![
         ("application/json", headers[1..].to_vec(), b"{}".to_vec(), 400, "invalid_event"),
         ("application/json", vec![("ce-specversion", "0.3"), headers[1], headers[2], headers[3]], vec![], 400, "invalid_event"),
         ("application/json", vec![], b"{}".to_vec(), 400, "invalid_event"),
