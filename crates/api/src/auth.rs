@@ -66,6 +66,12 @@ impl Nonces {
 
 /// The scope a route needs: the one table to audit.
 pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
+    // Invoking a function runs a job, as a submit does; deploying one is an admin's.
+    let invoke =
+        method == Method::POST && path.starts_with("/v1/functions/") && path.ends_with("/invoke");
+    if invoke {
+        return Scope::Submit;
+    }
     let admin = path.starts_with("/v1/keys")
         || path.starts_with("/v1/raft/")
         || path.starts_with("/v1/cluster/join")
@@ -73,7 +79,10 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
         || (path.starts_with("/v1/config") && method != Method::GET)
         || (path.starts_with("/v1/nodes/") && method != Method::GET)
         || (path.starts_with("/v1/functions") && method != Method::GET)
-        || (path.starts_with("/v1/workflows") && method != Method::GET);
+        || (path.starts_with("/v1/workflows") && method != Method::GET)
+        // A trigger is standing work, started without anyone asking: an admin's, as a
+        // function is.
+        || (path.starts_with("/v1/triggers") && method != Method::GET);
     if admin {
         Scope::Admin
     } else if method == Method::GET || method == Method::HEAD {
@@ -244,4 +253,27 @@ async fn buffered(
         ));
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_and_ingest_need_submit_and_triggers_need_admin_to_change() {
+        let post = Method::POST;
+        assert_eq!(
+            required_scope(&post, "/v1/functions/f/invoke"),
+            Scope::Submit
+        );
+        assert_eq!(required_scope(&post, "/v1/functions"), Scope::Admin);
+        assert_eq!(required_scope(&post, "/v1/events/ingest"), Scope::Submit);
+        assert_eq!(required_scope(&post, "/v1/triggers"), Scope::Admin);
+        assert_eq!(required_scope(&post, "/v1/triggers/t/pause"), Scope::Admin);
+        assert_eq!(
+            required_scope(&Method::DELETE, "/v1/triggers/t"),
+            Scope::Admin
+        );
+        assert_eq!(required_scope(&Method::GET, "/v1/triggers"), Scope::Read);
+    }
 }

@@ -36,7 +36,9 @@ pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> Failure {
 /// The one place codes become statuses.
 pub(crate) fn status(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::InvalidInput | ErrorCode::UnsupportedFormat => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidInput | ErrorCode::UnsupportedFormat | ErrorCode::InvalidEvent => {
+            StatusCode::BAD_REQUEST
+        }
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -47,8 +49,10 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::Internal
-        | ErrorCode::WorkerCrashed
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // How a job ended, answered by a call that waited for it (invoke): the function
+        // failed, not the server.
+        ErrorCode::WorkerCrashed
         | ErrorCode::Cancelled
         | ErrorCode::FunctionFailed
         | ErrorCode::MemoryLimit
@@ -57,7 +61,7 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::NodeRestarted
         | ErrorCode::NodeRemoved
         | ErrorCode::Stuck
-        | ErrorCode::Superseded => StatusCode::INTERNAL_SERVER_ERROR,
+        | ErrorCode::Superseded => StatusCode::BAD_GATEWAY,
     }
 }
 

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod routes;
 mod runs;
+mod trigger_routes;
 
 use auth::Nonces;
 use axum::extract::DefaultBodyLimit;
@@ -42,6 +43,10 @@ const WORKFLOW_BODY_BYTES_MAX: usize = model::workflow::SPEC_BYTES_MAX;
 /// A run's start: its input of at most `model::RUN_INPUT_BYTES_MAX`, the workflow's name and
 /// an idempotency key.
 const RUN_BODY_BYTES_MAX: usize = model::RUN_INPUT_BYTES_MAX + 64 * 1024;
+/// A trigger spec around an input of at most `triggers::TRIGGER_INPUT_BYTES_MAX`.
+const TRIGGER_BODY_BYTES_MAX: usize = triggers::TRIGGER_INPUT_BYTES_MAX + 64 * 1024;
+/// CloudEvents posted to `/v1/events/ingest` (one, or a batch).
+const EVENTS_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The whole router: public health routes plus the signed `/v1` API. Every signed route has
 /// its own body limit; uploads stream under [`routes::OBJECT_BYTES_MAX`], copies between
@@ -80,6 +85,33 @@ pub fn router(node: Node) -> Router {
             ),
         )
         .route("/v1/functions/{name}", small(get(routes::get_function)))
+        .route(
+            "/v1/functions/{name}/invoke",
+            limited(post(trigger_routes::invoke), JOB_BODY_BYTES_MAX),
+        )
+        .route(
+            "/v1/triggers",
+            limited(
+                post(trigger_routes::create_trigger).get(trigger_routes::list_triggers),
+                TRIGGER_BODY_BYTES_MAX,
+            ),
+        )
+        .route(
+            "/v1/triggers/{name}",
+            small(get(trigger_routes::get_trigger).delete(trigger_routes::delete_trigger)),
+        )
+        .route(
+            "/v1/triggers/{name}/pause",
+            small(post(trigger_routes::pause_trigger)),
+        )
+        .route(
+            "/v1/triggers/{name}/resume",
+            small(post(trigger_routes::resume_trigger)),
+        )
+        .route(
+            "/v1/events/ingest",
+            limited(post(trigger_routes::ingest_events), EVENTS_BODY_BYTES_MAX),
+        )
         .route(
             "/v1/jobs",
             limited(

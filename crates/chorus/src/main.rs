@@ -19,6 +19,7 @@ mod ingest_cmd;
 mod runs_cmd;
 mod serve_cmd;
 mod synth;
+mod trigger_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -48,6 +49,10 @@ enum Cmd {
     Worker,
     /// Submit a job.
     Submit(client_cmd::SubmitArgs),
+    /// Run a job of a function and print its output (waits for it).
+    Invoke(trigger_cmd::InvokeArgs),
+    /// Cron schedules and event subscriptions that start jobs by themselves.
+    Triggers(trigger_cmd::TriggersArgs),
     /// List, inspect, cancel jobs and read their logs.
     Jobs(client_cmd::JobsArgs),
     /// Deploy and list functions.
@@ -84,6 +89,8 @@ fn main() -> ExitCode {
             served
         }),
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
+        Cmd::Invoke(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::invoke(args))),
+        Cmd::Triggers(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::triggers(args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
         Cmd::Workflows(args) => runtime().and_then(|rt| rt.block_on(runs_cmd::workflows(args))),

@@ -78,6 +78,23 @@ pub struct JobFilter {
     pub limit: Option<usize>,
 }
 
+/// What an invoke answered: the output of a job that succeeded, or the id of one still queued
+/// or running at the time-out (follow it with [`Client::wait`]).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Invoked {
+    Done {
+        id: JobId,
+        output: serde_json::Value,
+        #[serde(default)]
+        objects: Vec<String>,
+    },
+    Pending {
+        id: JobId,
+        state: model::JobState,
+    },
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct JoinAnswer {
     pub id: u64,
@@ -399,6 +416,107 @@ impl Client {
 
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
         self.json(Method::GET, "/v1/cluster", None).await
+    }
+
+    /// Runs a job of `function` and waits for it (server side) at most `timeout`: the job's
+    /// output once it succeeded, [`Invoked::Pending`] with its id if it still runs at the
+    /// time-out; a failed job is an error with its code.
+    pub async fn invoke(
+        &self,
+        function: &str,
+        input: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Invoked, ClientError> {
+        let path = format!(
+            "/v1/functions/{function}/invoke?timeout_ms={}",
+            timeout.as_millis()
+        );
+        let body = serde_json::to_vec(&serde_json::json!({ "input": input }))
+            .expect("JSON values serialize");
+        let bytes = self
+            .send(
+                Method::POST,
+                &path,
+                body,
+                Some(timeout + Duration::from_secs(10)),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Creates a trigger (a cron schedule or an event subscription).
+    pub async fn create_trigger(
+        &self,
+        spec: &model::TriggerSpec,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_value(spec).expect("specs serialize");
+        self.json(Method::POST, "/v1/triggers", Some(&body)).await
+    }
+
+    pub async fn triggers(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, "/v1/triggers", None).await
+    }
+
+    pub async fn trigger(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, &format!("/v1/triggers/{name}"), None)
+            .await
+    }
+
+    pub async fn delete_trigger(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("/v1/triggers/{name}"),
+            Vec::new(),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Pauses (`true`) or resumes a trigger.
+    pub async fn pause_trigger(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.json(Method::POST, &format!("/v1/triggers/{name}/{action}"), None)
+            .await
+    }
+
+    /// Posts CloudEvents to `/v1/events/ingest`: `content_type` picks the mode
+    /// (`application/cloudevents+json`, `application/cloudevents-batch+json`, or the data's
+    /// own type with `ce-*` headers for binary mode). Answers the status and the body, so
+    /// that tests see refusals as they are.
+    pub async fn ingest_events(
+        &self,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), ClientError> {
+        let path = "/v1/events/ingest";
+        let hash = signature::body_sha256_hex(&body);
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        for (name, value) in self.sign("POST", path, &hash, now_s()) {
+            request = request.header(name, value);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((status, value))
     }
 
     /// A raw signed call, for tests of the API contract.

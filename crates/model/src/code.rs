@@ -32,7 +32,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request's path and query are over their length limit.
     UriTooLong,
-    /// Attempt outcomes (never HTTP answers of their own).
+    /// A CloudEvent that is malformed, lacks a required attribute or is not version 1.0.
+    InvalidEvent,
+    /// Attempt outcomes (an HTTP answer only where a call waits for its job: invoke).
     Timeout,
     WorkerCrashed,
     Cancelled,
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::Timeout => "timeout",
             ErrorCode::WorkerCrashed => "worker_crashed",
             ErrorCode::Cancelled => "cancelled",
@@ -82,6 +85,41 @@ impl ErrorCode {
             ErrorCode::Stuck => "stuck",
             ErrorCode::Superseded => "superseded",
         }
+    }
+}
+
+impl ErrorCode {
+    /// Every code, for tests and for reading a code back from its spelling.
+    pub const ALL: [ErrorCode; 24] = [
+        ErrorCode::InvalidInput,
+        ErrorCode::TooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Unavailable,
+        ErrorCode::StorageFull,
+        ErrorCode::Internal,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UriTooLong,
+        ErrorCode::InvalidEvent,
+        ErrorCode::Timeout,
+        ErrorCode::WorkerCrashed,
+        ErrorCode::Cancelled,
+        ErrorCode::UnsupportedFormat,
+        ErrorCode::FunctionFailed,
+        ErrorCode::MemoryLimit,
+        ErrorCode::SpawnFailed,
+        ErrorCode::NodeLost,
+        ErrorCode::NodeRestarted,
+        ErrorCode::NodeRemoved,
+        ErrorCode::Stuck,
+        ErrorCode::Superseded,
+    ];
+
+    /// The code spelled `s`, if it is one of ours (a function may fail with codes of its own).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

@@ -184,6 +184,31 @@ pub enum Command {
         now_ms: u64,
         objects: Vec<ObjectRecord>,
     },
+    /// A new trigger (refused if its spec is invalid, its function does not exist, its name
+    /// is taken or there are [`crate::TRIGGERS_MAX`]). A cron trigger's cursor starts at
+    /// `now_ms`: it fires the ticks after its creation.
+    CreateTrigger {
+        now_ms: u64,
+        spec: crate::TriggerSpec,
+    },
+    DeleteTrigger {
+        name: String,
+    },
+    /// Pauses or resumes a trigger. Resuming moves a cron trigger's cursor to `now_ms`: the
+    /// ticks of the pause are not missed ticks, and never fire.
+    PauseTrigger {
+        now_ms: u64,
+        name: String,
+        paused: bool,
+    },
+    /// A cron trigger fired `fired` ticks, the last at `cursor_ms`: proposed by the leader in
+    /// one `Batch` with the `SubmitJobs` of those ticks. Taken only if it moves the cursor
+    /// forward, so applying it twice changes nothing more.
+    AdvanceTrigger {
+        name: String,
+        cursor_ms: u64,
+        fired: u64,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -205,7 +230,9 @@ impl Command {
             | Command::StartRun { now_ms, .. }
             | Command::RunCommands { now_ms, .. }
             | Command::ControlRun { now_ms, .. }
-            | Command::RecordObjects { now_ms, .. } => Some(now_ms),
+            | Command::RecordObjects { now_ms, .. }
+            | Command::CreateTrigger { now_ms, .. }
+            | Command::PauseTrigger { now_ms, .. } => Some(now_ms),
             Command::DeployFunction { .. }
             | Command::DeployWorkflow { .. }
             | Command::PurgeRuns { .. }
@@ -216,6 +243,8 @@ impl Command {
             | Command::SetConfig { .. }
             | Command::PurgeJobs { .. }
             | Command::EventsDelivered { .. }
+            | Command::DeleteTrigger { .. }
+            | Command::AdvanceTrigger { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -233,7 +262,8 @@ impl Command {
             | Command::RegisterNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. }
-            | Command::RecordObjects { .. } => true,
+            | Command::RecordObjects { .. }
+            | Command::AdvanceTrigger { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             _ => false,
         }

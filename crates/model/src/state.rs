@@ -14,6 +14,7 @@ use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{Attempt, Job, JobError, JobState};
 use crate::node::{NodeInfo, NodeLoad, NodeStatus};
 use crate::object::{ObjectInfo, ObjectRecord, OBJECTS_PER_COMMAND_MAX};
+use crate::trigger::{Trigger, TriggerSpec, TRIGGERS_MAX};
 use crate::{ApiError, ErrorCode, Event, EVENTS_MAX};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -118,6 +119,8 @@ pub struct State {
     /// S3-compatible store. Shared as the jobs are, so a snapshot's copy is cheap.
     #[serde(default)]
     objects: BTreeMap<String, Arc<ObjectInfo>>,
+    #[serde(default)]
+    triggers: BTreeMap<String, Trigger>,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -160,6 +163,7 @@ impl State {
             runs,
             next_run_id,
             objects,
+            triggers,
             queue: _,
             delayed: _,
             running: _,
@@ -183,6 +187,7 @@ impl State {
             runs: runs.clone(),
             next_run_id: *next_run_id,
             objects: objects.clone(),
+            triggers: triggers.clone(),
             ..State::default()
         }
     }
@@ -348,6 +353,15 @@ impl State {
         let first = self.events.front().map_or(0, |e| e.seq);
         let skip = (after + 1).saturating_sub(first) as usize;
         self.events.iter().skip(skip)
+    }
+
+    pub fn trigger(&self, name: &str) -> Option<&Trigger> {
+        self.triggers.get(name)
+    }
+
+    /// Every trigger, by name.
+    pub fn triggers(&self) -> impl Iterator<Item = &Trigger> {
+        self.triggers.values()
     }
 
     /// The earliest time a delayed job becomes due, if any.
@@ -542,6 +556,39 @@ impl State {
                 runs,
             } => self.purge_runs(finished_before_ms, runs),
             Command::RecordObjects { now_ms, objects } => self.record_objects(now_ms, objects),
+            Command::CreateTrigger { now_ms, spec } => self.create_trigger(now_ms, spec),
+            Command::DeleteTrigger { name } => match self.triggers.remove(&name) {
+                Some(_) => Response::Done,
+                None => no_trigger(&name),
+            },
+            Command::PauseTrigger {
+                now_ms,
+                name,
+                paused,
+            } => match self.triggers.get_mut(&name) {
+                Some(t) => {
+                    if t.paused && !paused {
+                        t.cursor_ms = t.cursor_ms.max(now_ms);
+                    }
+                    t.paused = paused;
+                    Response::Done
+                }
+                None => no_trigger(&name),
+            },
+            Command::AdvanceTrigger {
+                name,
+                cursor_ms,
+                fired,
+            } => match self.triggers.get_mut(&name) {
+                Some(t) => {
+                    if cursor_ms > t.cursor_ms {
+                        t.cursor_ms = cursor_ms;
+                        t.fired += fired;
+                    }
+                    Response::Done
+                }
+                None => no_trigger(&name),
+            },
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
@@ -611,6 +658,44 @@ impl State {
                 self.objects.remove(&key);
             }
         }
+    }
+    fn create_trigger(&mut self, now_ms: u64, spec: TriggerSpec) -> Response {
+        if let Err(e) = spec.validate() {
+            let code = match e.code {
+                triggers::Code::TooLarge => ErrorCode::TooLarge,
+                triggers::Code::InvalidInput | triggers::Code::InvalidEvent => {
+                    ErrorCode::InvalidInput
+                }
+            };
+            return Response::Rejected(ApiError::new(code, e.message));
+        }
+        if !self.functions.contains_key(&spec.function) {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no function {:?}", spec.function),
+            ));
+        }
+        if self.triggers.contains_key(&spec.name) {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::Conflict,
+                format!("trigger {} exists; delete it first", spec.name),
+            ));
+        }
+        if self.triggers.len() >= TRIGGERS_MAX {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("the cluster has {TRIGGERS_MAX} triggers, the most it takes"),
+            ));
+        }
+        let trigger = Trigger {
+            spec,
+            created_at_ms: now_ms,
+            paused: false,
+            cursor_ms: now_ms,
+            fired: 0,
+        };
+        self.triggers.insert(trigger.spec.name.clone(), trigger);
+        Response::Done
     }
 
     fn purge(&mut self, finished_before_ms: u64, jobs: Vec<JobId>) -> Response {
@@ -1020,4 +1105,11 @@ impl State {
             panic!("a state invariant is broken: {broken}");
         }
     }
+}
+
+fn no_trigger(name: &str) -> Response {
+    Response::Rejected(ApiError::new(
+        ErrorCode::NotFound,
+        format!("no trigger {name:?}"),
+    ))
 }

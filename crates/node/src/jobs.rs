@@ -97,6 +97,23 @@ impl Node {
         }
     }
 
+    /// Submits one job and waits for it to finish, at most `timeout` (and [`WAIT_MAX`]): the
+    /// synchronous call. The job is an ordinary one (same queue, placement and warm pools);
+    /// the caller tells a finished job from one still queued or running by its state.
+    pub async fn invoke(&self, spec: JobSpec, timeout: Duration) -> Result<Job, ApiError> {
+        let id = match self.submit(vec![spec]).await?.pop() {
+            Some(SubmitResult::Created(id) | SubmitResult::Existing(id)) => id,
+            Some(SubmitResult::Rejected(e)) => return Err(e),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "submit answered nothing",
+                ))
+            }
+        };
+        self.wait(id, timeout).await
+    }
+
     /// Creates an API key; the secret is returned once and only here.
     pub async fn create_key(&self, scopes: Vec<Scope>) -> Result<(KeyId, String), ApiError> {
         let mut bytes = [0u8; 40];

@@ -11,6 +11,7 @@ mod running;
 mod runs;
 mod scheduling;
 mod startup;
+mod triggering;
 mod webhook;
 
 use model::{ApiError, Command, ErrorCode, NodeId, Response, State};
@@ -29,6 +30,7 @@ pub use registry::{
 };
 pub use runs::RunView;
 pub use storage::Store as ObjectStore;
+pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
 
 /// Raft roles, for the API's node listing.
 pub mod registry_role {

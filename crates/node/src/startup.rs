@@ -10,7 +10,7 @@
 //! 3. register this node with its slots (which makes it `up` again, or `draining` if an
 //!    operator drained it), then fail over any attempt the registry still shows running
 //!    here (they died with the previous process; code `node_restarted`, retried by policy);
-//! 4. start the tasks: scheduling (acts while leader), running (this node's attempts),
+//! 4. start the tasks: scheduling and the cron triggers (act while leader), running (this node's attempts),
 //!    reporting (batches attempt results into the log) and the idle-worker reaper.
 //!
 //! The graceful stop ([`Node::drain_and_stop`]) marks the node `stopping`, lets its attempts
@@ -19,8 +19,8 @@
 
 use crate::{
     internal, liveness, metrics, now_ms, retention, running, runs, scheduling, storage_error,
-    unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE, CLUSTER_KEY_FILE,
-    JOIN_WAIT,
+    triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE,
+    CLUSTER_KEY_FILE, JOIN_WAIT,
 };
 use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
 use rand::RngCore;
@@ -232,6 +232,7 @@ impl Node {
         tasks.spawn(retention::sweep(self.clone()));
         tasks.spawn(webhook::deliver(self.clone()));
         tasks.spawn(runs::drive(self.clone()));
+        tasks.spawn(triggering::fire(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

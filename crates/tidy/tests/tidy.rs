@@ -76,7 +76,7 @@ fn pure_crates_do_no_io() {
         "libc",
         "tracing",
     ];
-    for pure in ["model", "scheduler", "workflow", "dsp"] {
+    for pure in ["model", "scheduler", "workflow", "triggers", "dsp"] {
         let Some(deps) = all.get(pure) else {
             panic!("crate {pure} is missing")
         };

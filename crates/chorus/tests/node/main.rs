@@ -13,6 +13,7 @@ mod harness;
 mod history;
 mod lifecycle;
 mod objects;
+mod triggers;
 mod workflows;
 
 use client::ClientError;

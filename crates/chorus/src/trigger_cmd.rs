@@ -1,0 +1,240 @@
+//! `chorus invoke` (run a job and wait for its output) and `chorus triggers` (cron schedules
+//! and event subscriptions that start jobs by themselves).
+
+use crate::client_cmd::Conn;
+use anyhow::{bail, Context};
+use client::Invoked;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InvokeArgs {
+    function: String,
+    /// Input as JSON.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// How long the server waits for the job (at most 300000); past it the job's id is
+    /// printed and the exit code is 3.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub(crate) async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let input: serde_json::Value =
+        serde_json::from_str(&args.input).context("--input is not valid JSON")?;
+    let answer = client
+        .invoke(
+            &args.function,
+            &input,
+            Duration::from_millis(args.timeout_ms),
+        )
+        .await?;
+    match answer {
+        Invoked::Done {
+            id,
+            output,
+            objects,
+        } => {
+            if args.conn.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "id": id, "output": output, "objects": objects })
+                )?;
+            } else {
+                outln!("{output}")?;
+                for o in objects {
+                    outln!("object: {o}")?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Invoked::Pending { id, state } => {
+            if args.conn.json {
+                outln!("{}", serde_json::json!({ "id": id, "state": state }))?;
+            } else {
+                outln!(
+                    "job {id} is still {}: follow it with `chorus jobs wait {id}`",
+                    state.as_str()
+                )?;
+            }
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TriggersArgs {
+    #[command(subcommand)]
+    command: TriggersCmd,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TriggersCmd {
+    /// Create a trigger: `--cron SCHEDULE` (five fields, or six with seconds first) or
+    /// `--events` with `--filter`s (CloudEvents Subscriptions API dialects: exact, prefix,
+    /// suffix, all, any, not).
+    Create {
+        name: String,
+        #[arg(long)]
+        function: String,
+        /// The input of every job (a JSON object); the trigger adds the key `trigger`.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long, conflicts_with = "events")]
+        cron: Option<String>,
+        /// A time zone of the tz database, e.g. Europe/Berlin.
+        #[arg(long, default_value = "UTC", requires = "cron")]
+        timezone: String,
+        /// Ticks missed while the cluster was down: skip (fire the latest) or catch-up.
+        #[arg(long, value_parser = ["skip", "catch-up"], default_value = "skip", requires = "cron")]
+        missed: String,
+        /// With --missed catch-up: the latest ticks fired at most.
+        #[arg(long, requires = "cron")]
+        catch_up_max: Option<u32>,
+        /// Subscribe to the events posted to /v1/events/ingest.
+        #[arg(long)]
+        events: bool,
+        /// A filter as JSON, e.g. '{"exact": {"type": "song.uploaded"}}' (repeatable; all
+        /// must match).
+        #[arg(long = "filter", requires = "events")]
+        filters: Vec<String>,
+    },
+    List,
+    Get {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Stop firing until resumed.
+    Pause {
+        name: String,
+    },
+    /// Fire again, from now on: the ticks of the pause never fire.
+    Resume {
+        name: String,
+    },
+}
+
+fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
+    let TriggersCmd::Create {
+        name,
+        function,
+        input,
+        cron,
+        timezone,
+        missed,
+        catch_up_max,
+        events,
+        filters,
+    } = command
+    else {
+        bail!("not a create command")
+    };
+    let input: serde_json::Value =
+        serde_json::from_str(&input).context("--input is not valid JSON")?;
+    let mut spec = serde_json::json!({ "name": name, "function": function, "input": input });
+    match (cron, events) {
+        (Some(schedule), false) => {
+            let missed = if missed == "catch-up" {
+                "catch_up"
+            } else {
+                "skip"
+            };
+            let mut cron = serde_json::json!({
+                "schedule": schedule,
+                "timezone": timezone,
+                "missed": missed,
+            });
+            if let Some(max) = catch_up_max {
+                cron["catch_up_max"] = max.into();
+            }
+            spec["cron"] = cron;
+        }
+        (None, true) => {
+            let mut parsed = Vec::new();
+            for f in &filters {
+                let value: serde_json::Value = serde_json::from_str(f)
+                    .with_context(|| format!("--filter {f:?} is not valid JSON"))?;
+                parsed.push(value);
+            }
+            spec["events"] = serde_json::json!({ "filters": parsed });
+        }
+        _ => bail!("a trigger takes --cron SCHEDULE or --events"),
+    }
+    Ok(spec)
+}
+
+fn print_trigger(t: &serde_json::Value) -> anyhow::Result<()> {
+    let spec = &t["spec"];
+    let what = if let Some(cron) = spec["cron"].as_object() {
+        format!(
+            "cron {:?} {} missed={}",
+            cron["schedule"].as_str().unwrap_or("?"),
+            cron["timezone"].as_str().unwrap_or("UTC"),
+            cron["missed"].as_str().unwrap_or("skip"),
+        )
+    } else {
+        format!("events filters={}", spec["events"]["filters"])
+    };
+    let state = if t["paused"] == true {
+        "paused"
+    } else {
+        "active"
+    };
+    outln!(
+        "{:<24} {:<20} {:<7} {what}",
+        spec["name"].as_str().unwrap_or("?"),
+        spec["function"].as_str().unwrap_or("?"),
+        state
+    )?;
+    Ok(())
+}
+
+pub(crate) async fn triggers(args: TriggersArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let json = args.conn.json;
+    let answer = match args.command {
+        command @ TriggersCmd::Create { .. } => {
+            let spec: model::TriggerSpec =
+                serde_json::from_value(spec(command)?).context("not a trigger spec")?;
+            client.create_trigger(&spec).await?
+        }
+        TriggersCmd::List => {
+            let list = client.triggers().await?;
+            if json {
+                outln!("{list}")?;
+            } else {
+                for t in list["triggers"].as_array().into_iter().flatten() {
+                    print_trigger(t)?;
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TriggersCmd::Get { name } => client.trigger(&name).await?,
+        TriggersCmd::Delete { name } => {
+            client.delete_trigger(&name).await?;
+            if !json {
+                outln!("deleted trigger {name}")?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TriggersCmd::Pause { name } => client.pause_trigger(&name, true).await?,
+        TriggersCmd::Resume { name } => client.pause_trigger(&name, false).await?,
+    };
+    if json {
+        outln!("{answer}")?;
+    } else {
+        print_trigger(&answer)?;
+        if let Some(next) = answer["next_tick_ms"].as_u64() {
+            outln!("  next tick at {next} ms (unix time)")?;
+        }
+        outln!("  ticks fired: {}", answer["fired"].as_u64().unwrap_or(0))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,126 @@
+//! Triggers as the replicated state keeps them: the spec (see the `triggers` crate), whether
+//! an operator paused it, and for a cron trigger its cursor, the latest tick it fired.
+
+use serde::{Deserialize, Serialize};
+pub use triggers::TriggerSpec;
+
+/// Triggers in the cluster at most.
+pub const TRIGGERS_MAX: usize = 1_000;
+
+/// One trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub spec: TriggerSpec,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub paused: bool,
+    /// A cron trigger's latest tick fired (its creation, or its latest resume, before the
+    /// first): the next pass fires only ticks after it. It moves in the same log entry as
+    /// the jobs of the ticks it passes, and never back.
+    pub cursor_ms: u64,
+    /// Ticks a cron trigger fired.
+    #[serde(default)]
+    pub fired: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ErrorCode;
+
+    /// The `triggers` crate spells its codes as `ErrorCode`'s: each must be one of them.
+    #[test]
+    fn trigger_codes_are_error_codes() {
+        for code in triggers::Code::ALL {
+            assert!(
+                ErrorCode::parse(code.as_str()).is_some(),
+                "{code} is not an ErrorCode"
+            );
+        }
+    }
+
+    fn cron(name: &str) -> crate::TriggerSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "function": "noop",
+            "cron": { "schedule": "* * * * * *" },
+        }))
+        .unwrap()
+    }
+
+    fn must_apply(state: &mut crate::State, command: crate::Command) -> crate::Response {
+        let answer = state.apply(command);
+        state.assert_invariants();
+        answer
+    }
+
+    /// Create, advance, pause, resume and delete, as every replica applies them: the cursor
+    /// never moves back, a repeated advance counts nothing twice, and a resume skips the ticks
+    /// of the pause. Triggers are in snapshots.
+    #[test]
+    fn a_trigger_lives_in_the_replicated_state() {
+        use crate::{Command, Response, State};
+        let mut s = State::default();
+        must_apply(
+            &mut s,
+            Command::DeployFunction {
+                spec: crate::FunctionSpec::builtin("noop"),
+            },
+        );
+        let create = |spec| Command::CreateTrigger {
+            now_ms: 1_000,
+            spec,
+        };
+        assert_eq!(must_apply(&mut s, create(cron("t"))), Response::Done);
+        let again = must_apply(&mut s, create(cron("t")));
+        assert!(
+            matches!(&again, Response::Rejected(e) if e.code == ErrorCode::Conflict),
+            "{again:?}"
+        );
+        let mut missing = cron("u");
+        missing.function = "nope".into();
+        let refused = must_apply(&mut s, create(missing));
+        assert!(
+            matches!(&refused, Response::Rejected(e) if e.code == ErrorCode::NotFound),
+            "{refused:?}"
+        );
+        let mut bad = cron("v");
+        bad.cron.as_mut().unwrap().schedule = "nonsense".into();
+        let refused = must_apply(&mut s, create(bad));
+        assert!(
+            matches!(&refused, Response::Rejected(e) if e.code == ErrorCode::InvalidInput),
+            "{refused:?}"
+        );
+        assert_eq!(s.trigger("t").unwrap().cursor_ms, 1_000);
+        let advance = |cursor_ms| Command::AdvanceTrigger {
+            name: "t".into(),
+            cursor_ms,
+            fired: 2,
+        };
+        must_apply(&mut s, advance(3_000));
+        must_apply(&mut s, advance(3_000));
+        must_apply(&mut s, advance(2_000));
+        let t = s.trigger("t").unwrap();
+        assert_eq!((t.cursor_ms, t.fired), (3_000, 2));
+        let pause = |now_ms, paused| Command::PauseTrigger {
+            now_ms,
+            name: "t".into(),
+            paused,
+        };
+        must_apply(&mut s, pause(4_000, true));
+        assert!(s.trigger("t").unwrap().paused);
+        must_apply(&mut s, pause(9_000, false));
+        let t = s.trigger("t").unwrap();
+        assert_eq!((t.paused, t.cursor_ms), (false, 9_000));
+        let copy = crate::State::decode(&s.snapshot_copy().encode()).unwrap();
+        assert_eq!(copy.trigger("t"), s.trigger("t"));
+        assert_eq!(
+            must_apply(&mut s, Command::DeleteTrigger { name: "t".into() }),
+            Response::Done
+        );
+        assert!(s.trigger("t").is_none());
+        assert!(matches!(
+            must_apply(&mut s, advance(10_000)),
+            Response::Rejected(e) if e.code == ErrorCode::NotFound
+        ));
+    }
+}

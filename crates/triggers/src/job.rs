@@ -1,0 +1,78 @@
+//! What a trigger's job looks like: its input (the trigger's input with the key `trigger`
+//! added) and its idempotency key, which makes a tick or an event start one job however often
+//! it is fired or delivered.
+
+use crate::event::Event;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn with_trigger(input: &Value, trigger: Value) -> Value {
+    let mut map = input.as_object().cloned().unwrap_or_default();
+    map.insert("trigger".into(), trigger);
+    Value::Object(map)
+}
+
+/// The input of the job a cron tick starts: `{..input, "trigger": {"name", "tick_ms"}}`.
+pub fn cron_input(input: &Value, name: &str, tick_ms: u64) -> Value {
+    with_trigger(input, json!({ "name": name, "tick_ms": tick_ms }))
+}
+
+/// `trigger:{name}:{tick_ms}`: one job per tick of a trigger, whichever leader fires it.
+pub fn cron_idempotency_key(name: &str, tick_ms: u64) -> String {
+    format!("trigger:{name}:{tick_ms}")
+}
+
+/// The input of the job an event starts: `{..input, "trigger": {"name", "event"}}`, the event
+/// in the JSON format (attributes and data).
+pub fn event_input(input: &Value, name: &str, event: &Event) -> Value {
+    with_trigger(input, json!({ "name": name, "event": event.to_json() }))
+}
+
+/// `event:{name}:{hash}`, the hash (SHA-256, hex) over the event's `source` and `id`, which
+/// identify an event: a redelivered event starts no second job of a trigger. Hashed so the
+/// key stays within the idempotency key's length limit whatever the source and id are.
+pub fn event_idempotency_key(name: &str, event: &Event) -> String {
+    let mut hash = Sha256::new();
+    // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+    hash.update((event.source().len() as u64).to_be_bytes());
+    hash.update(event.source().as_bytes());
+    hash.update(event.id().as_bytes());
+    format!("event:{name}:{}", hex::encode(hash.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    #[test]
+    fn inputs_carry_the_tick_or_the_event() {
+        let input = json!({ "bucket": "songs" });
+        expect![[r#"{"bucket":"songs","trigger":{"name":"nightly","tick_ms":1700000000000}}"#]]
+            .assert_eq(&cron_input(&input, "nightly", 1_700_000_000_000).to_string());
+        let event = crate::parse_structured(
+            br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","data":{"song":1}}"#,
+        )
+        .unwrap();
+        expect![[r#"{"bucket":"songs","trigger":{"event":{"data":{"song":1},"id":"e1","source":"/s","specversion":"1.0","type":"t"},"name":"on-upload"}}"#]]
+            .assert_eq(&event_input(&input, "on-upload", &event).to_string());
+        expect!["trigger:nightly:1700000000000"]
+            .assert_eq(&cron_idempotency_key("nightly", 1_700_000_000_000));
+    }
+
+    #[test]
+    fn event_keys_tell_source_and_id_apart() {
+        let event = |source: &str, id: &str| {
+            crate::parse_structured(
+                format!(r#"{{"specversion":"1.0","id":"{id}","source":"{source}","type":"t"}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        let a = event_idempotency_key("t", &event("ab", "c"));
+        assert_ne!(a, event_idempotency_key("t", &event("a", "bc")));
+        assert_ne!(a, event_idempotency_key("u", &event("ab", "c")));
+        assert_eq!(a, event_idempotency_key("t", &event("ab", "c")));
+        assert!(a.len() <= 6 + crate::TRIGGER_NAME_LEN_MAX + 1 + 64);
+    }
+}
