@@ -240,12 +240,44 @@ async fn buffered(
     body_hash: &str,
     bytes_max: usize,
 ) -> Result<Request, Failure> {
-    let bytes = axum::body::to_bytes(body, bytes_max).await.map_err(|_| {
-        fail(
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    let mut over = false;
+    let mut drained = 0usize;
+    let drain_until = tokio::time::Instant::now() + DRAIN_WAIT;
+    loop {
+        let next = if over {
+            // Read the rest (within bounds) before answering: a client still sending when
+            // the connection closes sees a broken pipe, not the 413.
+            match tokio::time::timeout_at(drain_until, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(chunk) = next else { break };
+        let chunk =
+            chunk.map_err(|e| fail(ErrorCode::InvalidInput, format!("reading the body: {e}")))?;
+        if over {
+            drained += chunk.len();
+            if drained > DRAIN_BYTES_MAX {
+                break;
+            }
+        } else if bytes.len() + chunk.len() > bytes_max {
+            over = true;
+        } else {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if over {
+        return Err(fail(
             ErrorCode::TooLarge,
             format!("the request body is over this route's limit of {bytes_max} bytes"),
-        )
-    })?;
+        ));
+    }
+    let bytes = bytes.freeze();
     if signature::body_sha256_hex(&bytes) != body_hash {
         return Err(fail(
             ErrorCode::Unauthorized,
@@ -254,6 +286,11 @@ async fn buffered(
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
+
+/// How much of a body over its limit is read and dropped before the 413 is answered, and for
+/// how long at most.
+const DRAIN_BYTES_MAX: usize = 64 * 1024 * 1024;
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -73,15 +73,23 @@ fn cron_spec(name: &str, schedule: &str) -> TriggerSpec {
 /// The ticks of trigger `name` that started a job, from every job's idempotency key, each
 /// with how many jobs carry it.
 async fn ticks(node: &TestNode, name: &str) -> BTreeMap<u64, usize> {
-    let page = node
-        .client
-        .list_jobs(&client::JobFilter {
-            function: Some("noop".into()),
-            limit: Some(1_000),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // A read during a leader change may answer `unavailable` ("try again"): a client retries.
+    let filter = client::JobFilter {
+        function: Some("noop".into()),
+        limit: Some(1_000),
+        ..Default::default()
+    };
+    let mut tries = 0;
+    let page = loop {
+        match node.client.list_jobs(&filter).await {
+            Ok(page) => break page,
+            Err(client::ClientError::Api { status: 503, .. }) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("listing jobs: {e}"),
+        }
+    };
     let prefix = format!("trigger:{name}:");
     let mut ticks = BTreeMap::new();
     for job in page.jobs {
