@@ -19,13 +19,12 @@ const BATCH_COMMANDS_MAX: usize = 4_096;
 /// Log writes in flight at once.
 const IN_FLIGHT_MAX: usize = 1;
 /// Longest the proposer waits for openraft to answer one write. openraft answers a write once
-/// it is applied, or with an error when this node stops leading; but a write that a paused or
-/// deposed leader had appended was seen never to be answered at all, and with one write in
-/// flight that stopped every later write of the node for good (the whole cluster, on the
-/// leader: found by the chaos suite, every node's log frozen at the same index while raft
-/// itself was healthy). Past this wait the write's callers are told it may still commit, and
-/// the proposer moves on. Longer than the callers' own wait (5 s), so a write that commits
-/// late after an election is still answered.
+/// it is applied, or with an error when this node stops leading; with one write in flight, a
+/// write it never answered would hold every later write of the node for good, so the wait is
+/// bounded: past it the write's callers are told it may still commit, and the proposer moves
+/// on. (Added while chasing a cluster-wide freeze the chaos suite's long run shows; the freeze
+/// outlived it, so it was not that freeze's cause, or not its only one.) Longer than the
+/// callers' own wait (5 s), so a write that commits late after an election is still answered.
 const CLIENT_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Proposal {
