@@ -79,12 +79,13 @@ async fn ticks(node: &TestNode, name: &str) -> BTreeMap<u64, usize> {
         limit: Some(1_000),
         ..Default::default()
     };
-    let mut tries = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let page = loop {
         match node.client.list_jobs(&filter).await {
             Ok(page) => break page,
-            Err(client::ClientError::Api { status: 503, .. }) if tries < 50 => {
-                tries += 1;
+            Err(client::ClientError::Api { status: 503, .. })
+                if std::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(e) => panic!("listing jobs: {e}"),
