@@ -30,10 +30,19 @@ const SNAPSHOT_FILE: &str = "snapshot.json";
 /// database: redb runs one write transaction at a time, and writing a snapshot of a large
 /// state (megabytes, then an fsync) there held every log append, and so every commit, for
 /// up to a few hundred milliseconds.
+///
+/// openraft builds a snapshot on a task of its own while the state machine may install one
+/// sent by the leader, so two writes can overlap: they are taken one at a time, and an older
+/// snapshot never replaces a newer one. A slow build finishing after an install would
+/// otherwise put back a state older than the log's purge point, and the node could not
+/// restart from its own disk; and two writers sharing the temporary file corrupted it, or
+/// failed the build, which stops openraft's core for good.
 #[derive(Debug)]
 pub(crate) struct SnapshotFile {
     dir: PathBuf,
     db: Arc<Database>,
+    /// The log index of the snapshot on disk (0: none), held while one is written.
+    on_disk: Mutex<u64>,
 }
 
 impl SnapshotFile {
@@ -46,6 +55,7 @@ impl SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),
             db,
+            on_disk: Mutex::new(0),
         }
     }
 
@@ -57,16 +67,28 @@ impl SnapshotFile {
         }
     }
 
-    /// Writes `bytes` as the latest snapshot: a temporary file, synced, renamed over the old
-    /// one, then the directory synced. Blocking.
-    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes`, the snapshot as of log `index`, as the latest one: a temporary file,
+    /// synced, renamed over the old one, then the directory synced. Blocking. False (and
+    /// nothing written) when the file already holds a snapshot at `index` or later.
+    fn write(&self, bytes: &[u8], index: u64) -> std::io::Result<bool> {
         use std::io::Write;
+        let mut on_disk = self.on_disk.lock().unwrap_or_else(|p| p.into_inner());
+        if *on_disk >= index && *on_disk > 0 {
+            return Ok(false);
+        }
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        *on_disk = index;
+        Ok(true)
+    }
+
+    /// Records the index of the snapshot found on disk at start-up.
+    fn loaded(&self, index: u64) {
+        *self.on_disk.lock().unwrap_or_else(|p| p.into_inner()) = index;
     }
 }
 
@@ -280,6 +302,7 @@ impl StateMachine {
         {
             let (header, state) =
                 decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
+            snapshots.loaded(header.meta.last_log_id.map_or(0, |l| l.index));
             inner = Inner {
                 state,
                 last_applied: header.meta.last_log_id,
@@ -390,11 +413,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let (_, state) = decode(&bytes).map_err(snap_err)?;
         let snapshots = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || snapshots.write(&bytes))
+        let last = meta.last_log_id.map_or(0, |l| l.index);
+        tokio::task::spawn_blocking(move || snapshots.write(&bytes, last))
             .await
             .map_err(sm_err)?
             .map_err(sm_err)?;
-        let last = meta.last_log_id.map_or(0, |l| l.index);
         let digest_input = {
             let mut inner = self.write_inner();
             *inner = Inner {
@@ -459,12 +482,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let copied = started.elapsed();
         let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
         let snapshots = self.snapshots.clone();
+        let meta_index = meta.last_log_id.map_or(0, |l| l.index);
         let encode_and_write = move || {
             let mut bytes = header;
             bytes.push(b'\n');
             bytes.extend_from_slice(&state.encode());
             let encoded = started.elapsed();
-            snapshots.write(&bytes).map(|()| (bytes, encoded))
+            snapshots
+                .write(&bytes, meta_index)
+                .map(|_| (bytes, encoded))
         };
         let (bytes, encoded) = in_background(encode_and_write).await?.map_err(sm_err)?;
         tracing::debug!(
@@ -510,6 +536,40 @@ mod tests {
             jobs: vec![job],
             place: vec![],
         });
+    }
+
+    /// A build and an install write at once, in any order: every write succeeds, and the file
+    /// ends with the newest snapshot whole, whichever finished last.
+    #[test]
+    fn overlapping_snapshot_writes_keep_the_newest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::log_store::open_db(&dir.path().join("raft.redb")).unwrap();
+        let file = Arc::new(SnapshotFile::new(dir.path(), db));
+        // Large enough that writes overlap: a few megabytes each, a distinct byte per index.
+        let writers: Vec<_> = (1..=8u64)
+            .rev()
+            .map(|index| {
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    let bytes = vec![b'0' + index as u8; 4 << 20];
+                    file.write(&bytes, index * 200)
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap().expect("no overlapping write fails");
+        }
+        let on_disk = file.read().unwrap().unwrap();
+        assert_eq!(on_disk.len(), 4 << 20);
+        assert!(
+            on_disk.iter().all(|b| *b == b'8'),
+            "the newest snapshot, whole"
+        );
+        // An older snapshot finishing late changes nothing.
+        assert!(!file.write(b"stale", 400).unwrap());
+        assert_eq!(file.read().unwrap().unwrap().len(), 4 << 20);
+        assert!(file.write(b"newer", 1_800).unwrap());
+        assert_eq!(file.read().unwrap().unwrap(), b"newer");
     }
 
     #[test]
