@@ -31,12 +31,23 @@ pub struct JobSpec {
 }
 
 /// How one attempt ended, as reported by the node that ran it.
+/// The largest attempt log kept in the log entry itself ([`AttemptResult::log`]); a larger
+/// one, or one that is not UTF-8, is stored as an object. At 1 KiB, the state of 300,000
+/// jobs with logs this size holds about 300 MB of them at most, which retention bounds;
+/// most logs of small jobs are a line or two.
+pub const LOG_INLINE_MAX: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttemptResult {
     pub job: JobId,
     pub attempt: AttemptId,
     pub outcome: Outcome,
     pub log_bytes: u64,
+    /// The log itself when it is small ([`crate::LOG_INLINE_MAX`] bytes of UTF-8 at most):
+    /// carried in the log entry rather than stored as an object, so a small log costs no
+    /// file, no directory and no copy to a peer (every node holds the state anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
     /// What the attempt cost its worker, where the node could measure it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::ResourceUse>,

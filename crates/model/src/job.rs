@@ -92,6 +92,10 @@ pub struct Attempt {
     /// Bytes of stderr kept for this attempt (0: no log).
     #[serde(default)]
     pub log_bytes: u64,
+    /// The log itself when it was small enough to travel in the log entry (see
+    /// [`crate::AttemptResult::log`]); otherwise it is the object `logs/{job}/{attempt}.log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
     /// What it cost its worker (recorded with its result, where measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<ResourceUse>,

@@ -21,7 +21,9 @@ mod strategy;
 mod trigger;
 
 pub use code::{ApiError, ErrorCode};
-pub use command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
+pub use command::{
+    AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult, LOG_INLINE_MAX,
+};
 pub use config::{ClusterConfig, ConfigKey, Setting, Settings, CONFIG_VALUE_LEN_MAX};
 pub use event::{Event, EventKind, NewEvent, EVENTS_MAX};
 pub use function::{

@@ -844,6 +844,7 @@ impl State {
                 objects: Vec::new(),
                 error: None,
                 log_bytes: 0,
+                log: None,
                 usage: None,
             });
             self.index_insert(id);
@@ -927,6 +928,7 @@ impl State {
             // Still record the log size of a superseded attempt, so its log can be read.
             if let Some(a) = self.attempt_mut(result.job, result.attempt) {
                 a.log_bytes = result.log_bytes;
+                a.log = result.log;
             }
             return false;
         }
@@ -942,6 +944,7 @@ impl State {
             .expect("checked live");
         attempt.finished_at_ms = Some(now_ms);
         attempt.log_bytes = result.log_bytes;
+        attempt.log = result.log;
         attempt.usage = result.usage;
         match result.outcome {
             Outcome::Succeeded { output, objects } if keep_all => {
@@ -1054,6 +1057,7 @@ impl State {
                     message: format!("node {node} lost the attempt"),
                 }),
                 log_bytes: 0,
+                log: None,
                 usage: None,
             })
             .collect();

@@ -29,6 +29,7 @@ fn failed(job: u64, attempt: u64, code: &str) -> AttemptResult {
             message: String::new(),
         }),
         log_bytes: 0,
+        log: None,
         usage: None,
     }
 }
@@ -42,6 +43,7 @@ fn succeeded(job: u64, attempt: u64) -> AttemptResult {
             objects: vec![],
         },
         log_bytes: 12,
+        log: None,
         usage: None,
     }
 }
@@ -117,6 +119,7 @@ fn succeeded_with(job: u64, attempt: u64, object: &str) -> AttemptResult {
             objects: vec![object.into()],
         },
         log_bytes: 0,
+        log: None,
         usage: None,
     }
 }

@@ -148,6 +148,9 @@ impl Node {
                 format!("job {job} has no attempt {attempt}"),
             )
         })?;
+        if let Some(text) = &a.log {
+            return Ok(bytes::Bytes::from(text.clone()));
+        }
         if a.log_bytes == 0 {
             return Ok(bytes::Bytes::new());
         }

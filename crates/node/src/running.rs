@@ -183,7 +183,7 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<Finished>) {
                         tracing::error!(%job, %attempt, error = %e, "an attempt's task panicked");
                         local.remove(&job);
                         let error = JobError::new(ErrorCode::Internal, format!("the node failed running the attempt: {e}"));
-                        let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0, usage: None };
+                        let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0, log: None, usage: None };
                         let _ = results.send(Finished { result, objects: Vec::new() }).await;
                     }
                 }
@@ -269,7 +269,12 @@ async fn run_attempt(
         })
         .inc();
     let mut log_bytes = log.len() as u64;
-    if !log.is_empty() {
+    // A small log travels in the log entry (no file, no directory, no copy); see
+    // `model::LOG_INLINE_MAX`.
+    let inline = (!log.is_empty() && log.len() <= model::LOG_INLINE_MAX)
+        .then(|| std::str::from_utf8(&log).ok().map(str::to_owned))
+        .flatten();
+    if !log.is_empty() && inline.is_none() {
         match keep_log(&node, log_key(a.job.id, a.attempt), log.into()).await {
             Ok(record) => objects.extend(record),
             Err(e) => {
@@ -283,6 +288,7 @@ async fn run_attempt(
         attempt: a.attempt,
         outcome,
         log_bytes,
+        log: inline,
         usage,
     };
     let _ = results.send(Finished { result, objects }).await;

@@ -541,7 +541,9 @@ async fn finished_jobs_outputs_and_logs_expire_after_the_retention() {
     spec.kind = model::FunctionKind::Command;
     let script = r#"while IFS= read -r line; do
         out=$(printf '%s' "$line" | sed 's/.*"out_dir":"\([^"]*\)".*/\1/')
-        echo kept > "$out/kept.txt"; echo "a log line" >&2
+        echo kept > "$out/kept.txt"
+        # A log over the inline limit, so it is an object with a directory of its own.
+        head -c 3000 /dev/zero | tr '\0' x >&2; echo >&2
         printf '{"output":{}}\n'
     done"#;
     spec.command = vec!["sh".into(), "-c".into(), script.into()];
@@ -571,7 +573,8 @@ async fn finished_jobs_outputs_and_logs_expire_after_the_retention() {
             .as_ref(),
         b"kept\n"
     );
-    assert!(done.attempts[0].log_bytes > 0);
+    assert_eq!(done.attempts[0].log_bytes, 3001);
+    assert_eq!(done.attempts[0].log, None, "over the inline limit");
 
     // The local store leaves no empty directories behind: `jobs/{job}/` and `logs/{job}/` go.
     let objects = node.dir.path().join("data/objects");
@@ -623,6 +626,34 @@ async fn finished_jobs_outputs_and_logs_expire_after_the_retention() {
     assert!(
         harness::metric(&metrics, "chorus_purged_jobs_total") >= Some(1.0),
         "{metrics}"
+    );
+}
+
+/// A small log travels in the log entry: readable as ever, and no file or directory for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_log_costs_no_file_and_no_directory() {
+    let node = TestNode::start().await;
+    let mut spec = FunctionSpec::builtin("chatty");
+    spec.kind = model::FunctionKind::Command;
+    let script = r#"while IFS= read -r line; do
+        echo "one line of log, é" >&2
+        printf '{"output":{}}\n'
+    done"#;
+    spec.command = vec!["sh".into(), "-c".into(), script.into()];
+    node.client.deploy(&spec).await.unwrap();
+    let submitted = node.client.submit(&job("chatty", json!({}))).await.unwrap();
+    let done = must_finish(&node.client, submitted.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let attempt = &done.attempts[0];
+    let expected = "one line of log, é\n";
+    assert_eq!(attempt.log.as_deref(), Some(expected));
+    assert_eq!(attempt.log_bytes, expected.len() as u64);
+    let read = node.client.logs(done.id, Some(attempt.id.0)).await.unwrap();
+    assert_eq!(read.as_ref(), expected.as_bytes());
+    let logs_dir = node.dir.path().join("data/objects/logs");
+    assert!(
+        !logs_dir.join(done.id.to_string()).exists(),
+        "a small log has no directory"
     );
 }
 

@@ -83,14 +83,15 @@ async fn an_input_uploaded_through_one_node_runs_on_the_others_and_outputs_and_l
     let held = holders(&nodes, key);
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(held.contains(&0), "{held:?}");
-    for (label, index) in [("n2", 1), ("n3", 2)] {
+    // A short name makes a log small enough to travel in the log entry; a long one makes it
+    // an object with copies of its own.
+    let long_name = "ada".repeat(500);
+    for (label, index, name) in [("n2", 1, "ada"), ("n3", 2, long_name.as_str())] {
         let function = format!("hello-{label}");
         deploy_hello_on(&nodes[0], &function, label).await;
-        let submitted = nodes[0]
-            .client
-            .submit(&hello(&function, key))
-            .await
-            .unwrap();
+        let mut job = hello(&function, key);
+        job.input = json!({ "name": name });
+        let submitted = nodes[0].client.submit(&job).await.unwrap();
         let done = must_finish(&nodes[0].client, submitted.id).await;
         assert_eq!(done.state, JobState::Succeeded, "{done:?}");
         assert_eq!(done.attempts.len(), 1, "{done:?}");
@@ -107,7 +108,18 @@ async fn an_input_uploaded_through_one_node_runs_on_the_others_and_outputs_and_l
                 node.addr
             );
             let log = node.client.logs(submitted.id, None).await.unwrap();
-            assert_eq!(String::from_utf8_lossy(&log), "greeting ada\n");
+            assert_eq!(String::from_utf8_lossy(&log), format!("greeting {name}\n"));
+        }
+        let log_key = format!("logs/{}/{}.log", done.id, done.attempts[0].id);
+        if name.len() > model::LOG_INLINE_MAX {
+            assert_eq!(done.attempts[0].log, None);
+            assert_eq!(holders(&nodes, &log_key).len(), 2, "the log has two copies");
+        } else {
+            assert!(done.attempts[0].log.is_some());
+            assert!(
+                holders(&nodes, &log_key).is_empty(),
+                "a small log is no file"
+            );
         }
         let output_held = holders(&nodes, &done.objects[0]);
         assert_eq!(output_held.len(), 2, "{output_held:?}");

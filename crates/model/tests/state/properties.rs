@@ -383,6 +383,7 @@ fn result(job: JobId, attempt: AttemptId, outcome: Result<u8, u8>) -> AttemptRes
         attempt,
         outcome,
         log_bytes: 7,
+        log: None,
         usage: None,
     }
 }
