@@ -195,6 +195,15 @@ pub enum Command {
         now_ms: u64,
         objects: Vec<ObjectRecord>,
     },
+    /// More nodes now hold a copy of an object (a node copied it again after holders were
+    /// lost; see [`crate::object_repairs`]). Taken only while the record still has this
+    /// SHA-256, so a repair of an old version never names holders of a newer one; applying
+    /// it twice changes nothing more.
+    AddObjectHolders {
+        key: String,
+        sha256: String,
+        holders: std::collections::BTreeSet<crate::NodeId>,
+    },
     /// A new trigger (refused if its spec is invalid, its function does not exist, its name
     /// is taken or there are [`crate::TRIGGERS_MAX`]). A cron trigger's cursor starts at
     /// `now_ms`: it fires the ticks after its creation.
@@ -256,6 +265,7 @@ impl Command {
             | Command::EventsDelivered { .. }
             | Command::DeleteTrigger { .. }
             | Command::AdvanceTrigger { .. }
+            | Command::AddObjectHolders { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -274,6 +284,7 @@ impl Command {
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. }
             | Command::RecordObjects { .. }
+            | Command::AddObjectHolders { .. }
             | Command::AdvanceTrigger { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             _ => false,

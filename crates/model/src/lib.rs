@@ -35,8 +35,9 @@ pub use job::{
 };
 pub use node::{NodeInfo, NodeLoad, NodeStatus};
 pub use object::{
-    copy_deadline, copy_targets, holds_copies, read_order, ObjectInfo, ObjectRecord,
-    OBJECTS_PER_COMMAND_MAX, OBJECT_COPIES, OBJECT_HOLDERS_MAX, OBJECT_KEY_LEN_MAX,
+    copy_deadline, copy_targets, holds_copies, object_repairs, read_order, ObjectInfo,
+    ObjectRecord, Repair, HOLDER_LOST_AFTER_MS, OBJECTS_PER_COMMAND_MAX, OBJECT_COPIES,
+    OBJECT_HOLDERS_MAX, OBJECT_KEY_LEN_MAX,
 };
 pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};

@@ -121,6 +121,78 @@ pub fn read_order(
     order
 }
 
+/// A holder marked down this long is counted as lost: its objects are copied again to
+/// another node. Shorter absences (a restart, a deploy) are waited out rather than paid for
+/// with a copy of everything the node held.
+pub const HOLDER_LOST_AFTER_MS: u64 = 60_000;
+
+/// An object a node should copy again, and where to, best first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repair {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Live nodes without a copy, in the key's rendezvous order; the node takes the first
+    /// ones that answer until the object has the copies the cluster wants.
+    pub targets: Vec<NodeId>,
+    /// Copies it still needs.
+    pub missing: usize,
+}
+
+/// The objects `me` holds that have fewer copies than the cluster wants ([`OBJECT_COPIES`],
+/// or every live node when fewer are live), counting a holder as kept while it is live or
+/// down for less than [`HOLDER_LOST_AFTER_MS`]; at most `max` of them. Each is `me`'s to
+/// repair only if `me` comes first, in the key's rendezvous order, among its live holders,
+/// so one node copies each object and the others leave it.
+pub fn object_repairs<'a>(
+    objects: impl IntoIterator<Item = (&'a str, &'a ObjectInfo)>,
+    nodes: &BTreeMap<NodeId, &NodeInfo>,
+    me: NodeId,
+    now_ms: u64,
+    max: usize,
+) -> Vec<Repair> {
+    let live: Vec<NodeId> = nodes
+        .values()
+        .filter(|n| holds_copies(n))
+        .map(|n| n.id)
+        .collect();
+    let wanted = OBJECT_COPIES.min(live.len());
+    let kept = |id: &NodeId| {
+        nodes.get(id).is_some_and(|n| {
+            holds_copies(n) || now_ms.saturating_sub(n.last_heartbeat_ms) < HOLDER_LOST_AFTER_MS
+        })
+    };
+    let mut repairs = Vec::new();
+    for (key, info) in objects {
+        if repairs.len() >= max {
+            break;
+        }
+        if !info.holders.contains(&me) {
+            continue;
+        }
+        let have = info.holders.iter().filter(|id| kept(id)).count();
+        if have >= wanted {
+            continue;
+        }
+        let live_holders = info.holders.iter().copied().filter(|id| live.contains(id));
+        if by_rendezvous(live_holders, key).first() != Some(&me) {
+            continue;
+        }
+        let targets = by_rendezvous(
+            live.iter().copied().filter(|id| !info.holders.contains(id)),
+            key,
+        );
+        repairs.push(Repair {
+            key: key.to_string(),
+            size: info.size,
+            sha256: info.sha256.clone(),
+            targets,
+            missing: wanted - have,
+        });
+    }
+    repairs
+}
+
 /// How long a copy of `size_bytes` between two nodes may take, sending or fetching.
 pub fn copy_deadline(size_bytes: u64) -> Duration {
     COPY_DEADLINE_BASE + Duration::from_secs(size_bytes / COPY_BYTES_PER_S_MIN)
@@ -209,6 +281,91 @@ mod tests {
             BTreeSet::from([2, 9])
         );
         assert!(!read_order(&info, &by_id, 3, "k").contains(&3));
+    }
+
+    #[test]
+    fn objects_whose_holders_are_lost_are_repaired_by_one_live_holder() {
+        let now = 1_000_000;
+        let mut nodes = vec![
+            node(1, NodeStatus::Up),
+            node(2, NodeStatus::Up),
+            node(3, NodeStatus::Up),
+            // Down for two minutes: lost. Down for ten seconds: waited for.
+            NodeInfo {
+                last_heartbeat_ms: now - 120_000,
+                ..node(4, NodeStatus::Down)
+            },
+            NodeInfo {
+                last_heartbeat_ms: now - 10_000,
+                ..node(5, NodeStatus::Down)
+            },
+        ];
+        nodes[0].last_heartbeat_ms = now;
+        let by_id: BTreeMap<NodeId, &NodeInfo> = nodes.iter().map(|n| (n.id, n)).collect();
+        let info = |holders: &[NodeId]| ObjectInfo {
+            size: 7,
+            sha256: "ab".repeat(32),
+            holders: holders.iter().copied().collect(),
+            recorded_at_ms: 0,
+        };
+        let objects: BTreeMap<String, ObjectInfo> = [
+            ("healthy".to_string(), info(&[1, 2])),
+            ("lost-one".to_string(), info(&[1, 4])),
+            ("restarting".to_string(), info(&[1, 5])),
+            ("removed-holder".to_string(), info(&[2, 9])),
+            ("lost-both-but-me".to_string(), info(&[3, 4])),
+        ]
+        .into_iter()
+        .collect();
+        let mine = |me| -> BTreeMap<String, Repair> {
+            object_repairs(pairs(&objects), &by_id, me, now, 100)
+                .into_iter()
+                .map(|r| (r.key.clone(), r))
+                .collect()
+        };
+        let one = mine(1);
+        assert_eq!(one.keys().collect::<Vec<_>>(), ["lost-one"]);
+        let repair = &one["lost-one"];
+        assert_eq!(repair.missing, 1);
+        assert_eq!(
+            repair.targets.iter().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([2, 3]),
+            "live nodes without a copy"
+        );
+        assert_eq!(mine(2).keys().collect::<Vec<_>>(), ["removed-holder"]);
+        assert_eq!(mine(3).keys().collect::<Vec<_>>(), ["lost-both-but-me"]);
+        // Two live holders short of copies: only the first in the key's order repairs.
+        let shared: BTreeMap<String, ObjectInfo> = [("k".to_string(), info(&[1, 2]))].into();
+        let three = [
+            node(1, NodeStatus::Up),
+            node(2, NodeStatus::Up),
+            node(3, NodeStatus::Up),
+        ];
+        let by_id: BTreeMap<NodeId, &NodeInfo> = three.iter().map(|n| (n.id, n)).collect();
+        let repairers: Vec<NodeId> = [1, 2]
+            .into_iter()
+            .filter(|&me| !object_repairs(pairs(&shared), &by_id, me, now, 100).is_empty())
+            .collect();
+        assert!(repairers.is_empty(), "two copies are enough: {repairers:?}");
+        let one_node = [node(1, NodeStatus::Up)];
+        let by_id: BTreeMap<NodeId, &NodeInfo> = one_node.iter().map(|n| (n.id, n)).collect();
+        let alone: BTreeMap<String, ObjectInfo> = [("k".to_string(), info(&[1]))].into();
+        assert!(
+            object_repairs(pairs(&alone), &by_id, 1, now, 100).is_empty(),
+            "one live node: one copy is all there is"
+        );
+        assert_eq!(
+            object_repairs(pairs(&objects), &by_id_all(&nodes), 1, now, 0),
+            vec![]
+        );
+    }
+
+    fn pairs(objects: &BTreeMap<String, ObjectInfo>) -> impl Iterator<Item = (&str, &ObjectInfo)> {
+        objects.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    fn by_id_all(nodes: &[NodeInfo]) -> BTreeMap<NodeId, &NodeInfo> {
+        nodes.iter().map(|n| (n.id, n)).collect()
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::function::FunctionSpec;
 use crate::ids::{AttemptId, JobId, KeyId, NodeId};
 use crate::job::{Attempt, Job, JobError, JobState};
 use crate::node::{NodeInfo, NodeLoad, NodeStatus};
-use crate::object::{ObjectInfo, ObjectRecord, OBJECTS_PER_COMMAND_MAX};
+use crate::object::{ObjectInfo, ObjectRecord, OBJECTS_PER_COMMAND_MAX, OBJECT_HOLDERS_MAX};
 use crate::trigger::{Trigger, TriggerSpec, TRIGGERS_MAX};
 use crate::{ApiError, ErrorCode, Event, EVENTS_MAX};
 use serde::{Deserialize, Serialize};
@@ -556,6 +556,28 @@ impl State {
                 runs,
             } => self.purge_runs(finished_before_ms, runs),
             Command::RecordObjects { now_ms, objects } => self.record_objects(now_ms, objects),
+            Command::AddObjectHolders {
+                key,
+                sha256,
+                holders,
+            } => {
+                let known: Vec<NodeId> = holders
+                    .into_iter()
+                    .filter(|id| self.nodes.contains_key(id))
+                    .collect();
+                if let Some(info) = self.objects.get_mut(&key) {
+                    if info.sha256 == sha256 {
+                        let info = Arc::make_mut(info);
+                        for id in known {
+                            if info.holders.len() >= OBJECT_HOLDERS_MAX {
+                                break;
+                            }
+                            info.holders.insert(id);
+                        }
+                    }
+                }
+                Response::Done
+            }
             Command::CreateTrigger { now_ms, spec } => self.create_trigger(now_ms, spec),
             Command::DeleteTrigger { name } => match self.triggers.remove(&name) {
                 Some(_) => Response::Done,

@@ -60,6 +60,8 @@ pub(crate) struct Metrics {
     pub(crate) purged_jobs: Counter,
     breaker_open: Family<NodeLabels, Gauge>,
     pub(crate) expired_objects: Counter,
+    pub(crate) object_repairs: Counter,
+    pub(crate) object_copy_failures: Counter,
     webhook_posts: Family<ResultLabels, Counter>,
 }
 
@@ -149,6 +151,18 @@ impl Metrics {
             "Outputs and logs deleted from this node's store (retention)",
             expired_objects.clone(),
         );
+        let object_repairs = Counter::default();
+        registry.register(
+            "object_repairs",
+            "Copies of objects this node made again after one of their holders was lost",
+            object_repairs.clone(),
+        );
+        let object_copy_failures = Counter::default();
+        registry.register(
+            "object_copy_failures",
+            "Copies of objects this node sent again that a peer did not take",
+            object_copy_failures.clone(),
+        );
         let breaker_open = Family::<NodeLabels, Gauge>::default();
         registry.register(
             "breaker_open",
@@ -167,6 +181,8 @@ impl Metrics {
             breaker_open,
             purged_jobs,
             expired_objects,
+            object_repairs,
+            object_copy_failures,
             jobs,
             queue_wait,
             run_time,

@@ -13,7 +13,12 @@
 //! 2. a read finds the record: a holder reads its own disk; any other node fetches the object
 //!    from a holder ([`model::read_order`]: live holders first), streaming it through and
 //!    checking its size and SHA-256 against the record on the way. An object with no record
-//!    (written before records existed) is read from this node's disk.
+//!    (written before records existed) is read from this node's disk;
+//! 3. a lost copy is made again ([`repair`]): every few seconds each node looks for objects
+//!    it holds whose other holders were removed or have been down for
+//!    [`model::HOLDER_LOST_AFTER_MS`], and the first live holder of each (in the key's
+//!    rendezvous order) copies it to another live node and adds that holder to the record
+//!    (`Command::AddObjectHolders`, taken only while the record has the same SHA-256).
 //!
 //! With an S3-compatible store none of this runs: every node reads and writes the one store.
 
@@ -47,7 +52,14 @@ pub type ObjectStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 pub(crate) enum Source<'a> {
     File(&'a Path),
     Bytes(Bytes),
+    /// This node's stored copy of the object.
+    Stored,
 }
+
+/// How often a node looks for objects it holds that lost copies.
+const REPAIR_EVERY: Duration = Duration::from_secs(5);
+/// Objects one node copies again per round at most.
+const REPAIRS_PER_ROUND_MAX: usize = 256;
 
 /// How far copying a new object got.
 #[derive(Debug)]
@@ -210,6 +222,10 @@ impl Node {
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file))
             }
             Source::Bytes(bytes) => reqwest::Body::from(bytes.clone()),
+            Source::Stored => {
+                let (_, stream) = self.local_stream(key).await.map_err(|e| e.message)?;
+                reqwest::Body::wrap_stream(stream)
+            }
         };
         let deadline = model::copy_deadline(size);
         let response = self
@@ -226,6 +242,69 @@ impl Node {
         let text = response.text().await.unwrap_or_default();
         let text: String = text.chars().take(PEER_ERROR_TEXT_BYTES_MAX).collect();
         Err(format!("{status}: {text}"))
+    }
+
+    /// Copies one object that lost holders to live nodes without a copy, until it has the
+    /// copies it is missing, and adds them to its record.
+    async fn repair_one(&self, repair: model::Repair) {
+        let targets: Vec<(NodeId, String)> = self.read(|s| {
+            repair
+                .targets
+                .iter()
+                .filter_map(|&id| s.node(id).map(|n| (id, n.addr.clone())))
+                .collect()
+        });
+        let mut added = BTreeSet::new();
+        for (id, addr) in targets {
+            if added.len() >= repair.missing {
+                break;
+            }
+            let sent = self
+                .send_copy(
+                    &addr,
+                    &repair.key,
+                    &Source::Stored,
+                    repair.size,
+                    &repair.sha256,
+                )
+                .await;
+            match sent {
+                Ok(()) => {
+                    added.insert(id);
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        key = repair.key,
+                        node = id,
+                        why,
+                        "copying an object again failed"
+                    );
+                    self.inner.metrics.object_copy_failures.inc();
+                }
+            }
+        }
+        if added.is_empty() {
+            return;
+        }
+        let copies = added.len() as u64;
+        let command = Command::AddObjectHolders {
+            key: repair.key.clone(),
+            sha256: repair.sha256,
+            holders: added,
+        };
+        match self.propose(command).await {
+            Ok(_) => {
+                tracing::info!(
+                    key = repair.key,
+                    copies,
+                    "an object that lost a holder was copied again"
+                );
+                self.inner.metrics.object_repairs.inc_by(copies);
+            }
+            Err(e) => {
+                tracing::warn!(key = repair.key, error = %e, "recording a repaired object failed")
+            }
+        }
     }
 
     /// Records objects written here (and copied) in the log.
@@ -494,6 +573,36 @@ fn checked(key: &str, info: &ObjectInfo, inner: ObjectStream) -> ObjectStream {
         }
     })
     .boxed()
+}
+
+/// Makes lost copies again, for as long as the node runs (see the module documentation).
+pub(crate) async fn repair(node: Node) {
+    if !node.objects_are_local() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => return,
+            () = tokio::time::sleep(REPAIR_EVERY) => {}
+        }
+        let me = node.id();
+        let repairs = node.read(|s| {
+            let nodes: BTreeMap<NodeId, &model::NodeInfo> = s.nodes().map(|n| (n.id, n)).collect();
+            model::object_repairs(
+                s.objects(),
+                &nodes,
+                me,
+                crate::now_ms(),
+                REPAIRS_PER_ROUND_MAX,
+            )
+        });
+        for repair in repairs {
+            if node.inner.shutdown.is_cancelled() {
+                return;
+            }
+            node.repair_one(repair).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -233,6 +233,7 @@ impl Node {
         tasks.spawn(webhook::deliver(self.clone()));
         tasks.spawn(runs::drive(self.clone()));
         tasks.spawn(triggering::fire(self.clone()));
+        tasks.spawn(crate::objects::repair(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

@@ -198,3 +198,47 @@ async fn only_nodes_may_copy_objects() {
     let (status, _) = forged.raw("GET", "/v1/jobs", Vec::new()).await.unwrap();
     assert_eq!(status, 403);
 }
+
+/// A node that held a copy is lost for good (killed, then removed): the object's other holder
+/// copies it to the node that had none, so a second loss still loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_lost_with_its_node_is_made_again_on_another() {
+    let mut nodes = labelled_cluster().await;
+    let key = "uploads/twice-lost.bin";
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    upload(&nodes[0], key, &data).await;
+    let held = holders(&nodes, key);
+    assert_eq!(held.len(), 2, "{held:?}");
+    let lost = *held.iter().find(|&&i| i != 0).unwrap();
+    let spare = (0..3).find(|i| !held.contains(i)).unwrap();
+    nodes[lost].kill_9();
+    let lost_id = nodes[lost].id();
+    crate::harness::must_find("the lost node is removed", || async {
+        nodes[0].client.node_action(lost_id, "remove").await.ok()
+    })
+    .await;
+    wait_until("the object is copied to the node that had none", || async {
+        holders(&nodes, key).contains(&spare)
+    })
+    .await;
+    // Recorded once committed: the writer's metric counts it then.
+    wait_until("the repair is recorded", || async {
+        let Ok((_, body)) = nodes[0].client.get_public("/metrics").await else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&body);
+        crate::harness::metric(&text, "chorus_object_repairs_total") == Some(1.0)
+    })
+    .await;
+    // With the writer gone too, the spare reads its own copy: its record names it a holder
+    // (one voter of two is left: no quorum and no write, but what a node holds reads).
+    nodes[0].kill_9();
+    wait_until("the spare reads the object alone", || async {
+        nodes[spare]
+            .client
+            .get_object(key)
+            .await
+            .is_ok_and(|b| b.to_vec() == data)
+    })
+    .await;
+}
