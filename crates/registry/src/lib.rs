@@ -191,6 +191,20 @@ impl Registry {
         ));
         let snapshots = state_machine::SnapshotFile::new(dir, db);
         let (sm, shared) = state_machine::StateMachine::open(snapshots)?;
+        // The state must reach the log: a snapshot older than the log's purge point leaves a
+        // hole no replay can fill, and openraft would stop at the first entry it cannot read.
+        // Said at start-up, where an operator sees it, rather than as a node that never
+        // applies again.
+        let applied = shared.applied().borrow().to_owned();
+        if let Some(purged) = log_store.last_purged_index()? {
+            if applied < purged {
+                return Err(RegistryError::Storage(format!(
+                    "the snapshot (log index {applied}) is older than the log's purge point \
+                     (index {purged}): this registry cannot be restored; remove its data dir and \
+                     join the cluster again"
+                )));
+            }
+        }
         let config = Config {
             cluster_name: "chorus".into(),
             // A new leader within a second of losing one: heartbeats every 50 ms, elections

@@ -64,6 +64,14 @@ impl LogStore {
         LogStore { db }
     }
 
+    /// The index of the last entry purged from the log (after a snapshot), if any.
+    pub(crate) fn last_purged_index(&self) -> Result<Option<u64>, RegistryError> {
+        let purged: Option<LogId<NodeId>> = self
+            .read_meta(META_LAST_PURGED)
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        Ok(purged.map(|l| l.index))
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
