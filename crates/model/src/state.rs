@@ -478,6 +478,10 @@ impl State {
             },
             Command::RemoveNode { node } => match self.nodes.remove(&node) {
                 Some(_) => {
+                    // Its attempts end with it (`node_lost`, retried by policy): nothing
+                    // would ever fail them over once it is gone, and its jobs would stay
+                    // running for good. At the state's clock: the command carries none.
+                    self.abandon(self.clock_ms, node, ErrorCode::NodeLost.as_str().into());
                     self.forget_holder(node);
                     Response::Done
                 }

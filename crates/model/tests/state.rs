@@ -784,3 +784,34 @@ fn objects_are_recorded_with_their_holders_and_forgotten_with_their_node_or_job(
         uploads/b {3} @5"#]]
     .assert_eq(&render(&state));
 }
+
+/// Found by the chaos suite's long run: jobs running on a node that was then removed stayed
+/// running for good. Removal fails them over like a lost node.
+#[test]
+fn removing_a_node_fails_its_attempts_over() {
+    let mut state = State::default();
+    for command in [
+        Command::DeployFunction {
+            spec: FunctionSpec::builtin("noop"),
+        },
+        node(1),
+        node(2),
+    ] {
+        state.apply(command);
+    }
+    state.apply(Command::SubmitJobs {
+        now_ms: 100,
+        jobs: vec![job("noop", 0, None), job("noop", 0, None)],
+        place: vec![Some(1), Some(2)],
+    });
+    assert_eq!(state.running_count(1), 1);
+    state.apply(Command::RemoveNode { node: 1 });
+    assert_eq!(state.running_count(1), 0, "nothing runs on a removed node");
+    let job = state.job(JobId(1)).unwrap();
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+    let error = job.attempts[0].error.as_ref().unwrap();
+    assert_eq!(error.code, "node_lost");
+    assert!(job.attempts[0].finished_at_ms.is_some_and(|t| t >= 100));
+    assert_eq!(state.job(JobId(2)).unwrap().state, JobState::Running);
+    state.assert_invariants();
+}

@@ -1189,6 +1189,39 @@ async fn check(
                 };
                 println!("chaos: node {} sees {view}", chaos.members[at].id);
             }
+            // Why the first unfinished jobs wait, as the leader explains them, and the nodes
+            // as it lists them.
+            if let Some(leader) = chaos.leader().await {
+                let client = chaos.client_for(&chaos.members[leader].node);
+                let running = pending
+                    .iter()
+                    .filter(|id| {
+                        leader_jobs
+                            .get(id)
+                            .is_some_and(|j| j.state == model::JobState::Running)
+                    })
+                    .take(3);
+                let queued = pending
+                    .iter()
+                    .filter(|id| {
+                        leader_jobs
+                            .get(id)
+                            .is_some_and(|j| j.state == model::JobState::Queued)
+                    })
+                    .take(3);
+                for id in running.chain(queued) {
+                    let path = format!("/v1/jobs/{id}");
+                    if let Some(Ok((_, body))) = bounded(client.raw("GET", &path, Vec::new())).await
+                    {
+                        println!("chaos: job {id}: {}", String::from_utf8_lossy(&body));
+                    }
+                }
+                if let Some(Ok((_, body))) =
+                    bounded(client.raw("GET", "/v1/nodes", Vec::new())).await
+                {
+                    println!("chaos: nodes: {}", String::from_utf8_lossy(&body));
+                }
+            }
             if leader_jobs.is_empty() {
                 found.violations.push(format!(
                     "the cluster did not heal: no leader answered a listing of jobs ({read:?})"
