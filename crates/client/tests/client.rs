@@ -75,6 +75,7 @@ fn job(id: u64, function: &str) -> Job {
         objects: vec![],
         error: None,
         run: None,
+        submitted_by: None,
     }
 }
 

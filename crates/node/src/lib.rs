@@ -1,11 +1,14 @@
 //! A chorus node: wires the registry, the scheduler loop, the executor and storage, and owns
 //! every background task. The API crate calls the methods here; nothing here knows HTTP.
 
+mod at_rest;
 mod jobs;
 mod liveness;
 mod membership;
 mod metrics;
 mod objects;
+mod peer_rpc;
+mod requests;
 mod retention;
 mod running;
 mod runs;
@@ -23,11 +26,13 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use jobs::NewKey;
 pub use objects::{ObjectStream, OBJECT_COPY_BYTES_MAX, PEER_OBJECTS_PATH};
 pub use registry::{
     Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
+pub use requests::{serve as serve_signed, SignedRequest};
 pub use runs::RunView;
 pub use storage::Store as ObjectStore;
 pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
@@ -126,6 +131,7 @@ struct Inner {
     running: std::sync::atomic::AtomicBool,
     /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).
     run_time_ewma_us: std::sync::atomic::AtomicU64,
+    key_uses: requests::KeyUses,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.
@@ -255,6 +261,7 @@ impl Node {
         // Without a quorum (a partition, most voters down) a write waits forever: answer in
         // bounded time instead. The entry may still commit if the cluster heals while this
         // node leads; idempotency keys make a retry safe.
+        let command = requests::wrap(command);
         match tokio::time::timeout(PROPOSE_TIMEOUT, self.inner.registry.propose(command)).await {
             Ok(answer) => answer.map_err(unavailable),
             Err(_) => Err(ApiError::new(
@@ -310,28 +317,4 @@ fn unexpected(response: Response) -> ApiError {
         ErrorCode::Internal,
         format!("unexpected registry response {response:?}"),
     )
-}
-
-impl Node {
-    /// Serves a raft RPC from the peer at `from` (as signed in the request).
-    pub async fn raft_rpc(
-        &self,
-        kind: &str,
-        from: Option<&str>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, registry::RaftRpcError> {
-        self.inner.registry.admit_peer(from).await?;
-        if kind != "propose" {
-            return self.inner.registry.handle_rpc(kind, body).await;
-        }
-        let command = match serde_json::from_slice(body)? {
-            Command::SubmitJobs {
-                now_ms,
-                jobs,
-                place,
-            } if place.is_empty() => self.placed_submit(now_ms, jobs).await,
-            other => other,
-        };
-        self.inner.registry.serve_propose(command).await
-    }
 }

@@ -70,7 +70,9 @@ async fn the_demo_shows_songs_on_the_dashboard() {
     let started = Instant::now();
     let mut printed = String::new();
     let mut url = None;
-    for line in BufReader::new(stdout).lines() {
+    // Kept open to the end: a demo that writes to a closed pipe stops (as `| head` wants).
+    let mut lines = BufReader::new(stdout).lines();
+    for line in &mut lines {
         let line = line.unwrap();
         printed.push_str(&line);
         printed.push('\n');

@@ -314,6 +314,8 @@ fn resolve(state: &State, now_ms: u64, op: &Op) -> Command {
                 scopes: vec![Scope::Submit],
                 created_at_ms: now_ms,
                 revoked: false,
+                expires_at_ms: None,
+                last_used_ms: None,
             },
         },
         Op::RevokeKey { key } => Command::RevokeKey {
