@@ -3,7 +3,10 @@
 //!
 //! The middleware checks, in order: the headers are present and well-formed; the timestamp is
 //! within [`CLOCK_SKEW_MAX_S`] of ours; the key exists and is not revoked; the signature
-//! matches; the nonce has not been seen in the window (replay); the scope allows the route.
+//! matches (it covers the host); the key has not expired; the scope allows the route; the
+//! nonce has not been seen here in the window (replay). A request that may change the state
+//! is then served inside `node::serve_signed`, so what it proposes carries its nonce into the
+//! log, where a replay through any node, or after a restart, is refused.
 //! Then it buffers the body (up to the route's limit) and checks its hash against the signed
 //! one. Object uploads (and copies between nodes) are streamed instead: their handler checks
 //! the hash at the end.
@@ -247,8 +250,21 @@ async fn verify(
             ),
         ));
     }
+    // The host the client addressed: a request signed for one node does not verify when
+    // sent to another under its own name.
+    let host = h
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::Unauthorized,
+                "missing Host header, which the signature covers",
+            )
+        })?;
     let canonical = Canonical {
         method: parts.method.as_str(),
+        host,
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
         timestamp_s,
@@ -293,7 +309,8 @@ async fn verify(
                 format!("unknown or revoked key {key_id:?}"),
             )
         })?;
-    if !canonical.verify(&key.secret, sig) {
+    let verified = signature::signing_key(&key.secret).is_some_and(|k| canonical.verify(&k, sig));
+    if !verified {
         return Err(fail(ErrorCode::Unauthorized, "bad signature"));
     }
     if key.expired(node::now_ms()) {

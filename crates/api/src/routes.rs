@@ -671,9 +671,15 @@ pub(crate) async fn node_action(
 
 pub(crate) async fn get_config(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
-    Ok(Json(
-        json!({ "config": app.node.read(|s| s.config().raw().clone()) }),
-    ))
+    let mut config = app.node.read(|s| s.config().raw().clone());
+    // The webhook URL often carries a token: only whether one is set, and its host.
+    if let Some(url) = config.get_mut(model::ConfigKey::AlertsWebhook.to_string().as_str()) {
+        if !url.is_empty() {
+            let host = url_host(url);
+            *url = format!("(set: {host})");
+        }
+    }
+    Ok(Json(json!({ "config": config })))
 }
 
 #[derive(Deserialize)]
@@ -688,8 +694,13 @@ pub(crate) async fn set_config(
     body: Bytes,
 ) -> Answer<Json<serde_json::Value>> {
     let v: ConfigValue = parse_json(&body)?;
-    app.node.set_config(key.clone(), v.value.clone()).await?;
-    Ok(Json(json!({ "key": key, "value": v.value })))
+    match app.node.set_config(key.clone(), v.value.clone()).await? {
+        // Shown here only: the webhook's posts are signed with it.
+        Some(secret) => Ok(Json(
+            json!({ "key": key, "value": v.value, "signing_secret": secret }),
+        )),
+        None => Ok(Json(json!({ "key": key, "value": v.value }))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -763,4 +774,12 @@ pub(crate) async fn raft_rpc(
         fail(code, e.to_string())
     })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
+}
+
+/// The host of a URL, without what follows it (a path may carry a token).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Credentials before an `@` are secrets too.
+    authority.rsplit('@').next().unwrap_or_default()
 }

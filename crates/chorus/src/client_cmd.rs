@@ -592,9 +592,15 @@ pub(crate) async fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             }
         }
         ConfigCmd::Set { key, value } => {
-            client.set_config(&key, &value).await?;
-            if !args.conn.json {
+            let answer = client.set_config(&key, &value).await?;
+            if args.conn.json {
+                outln!("{answer}")?;
+            } else {
                 outln!("{key} = {value}")?;
+                if let Some(secret) = answer["signing_secret"].as_str() {
+                    outln!("# posts carry x-chorus-webhook-signature: t=TIME,v1=HMAC-SHA256(secret, \"TIME.BODY\")")?;
+                    outln!("# signing secret (shown when the webhook is set): {secret}")?;
+                }
             }
         }
     }

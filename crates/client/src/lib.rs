@@ -48,6 +48,8 @@ pub struct Credentials {
 #[derive(Clone, Debug)]
 pub struct Client {
     base: String,
+    /// The `Host` header requests go with (`host:port`), which the signature covers.
+    host: String,
     credentials: Credentials,
     http: reqwest::Client,
 }
@@ -135,7 +137,19 @@ impl Client {
             .pool_max_idle_per_host(64)
             .build()
             .unwrap_or_default();
+        // As the HTTP client will send it: the default port of the scheme is left out.
+        let host = reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_string();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_default();
         Client {
+            host,
             base: base.trim_end_matches('/').to_string(),
             credentials,
             http,
@@ -156,6 +170,7 @@ impl Client {
         let nonce = nonce();
         let canonical = Canonical {
             method,
+            host: &self.host,
             path,
             query,
             timestamp_s,
@@ -415,14 +430,18 @@ impl Client {
         self.json(Method::GET, "/v1/config", None).await
     }
 
-    pub async fn set_config(&self, key: &str, value: &str) -> Result<(), ClientError> {
-        self.json::<serde_json::Value>(
+    /// Sets a config key; the answer carries `signing_secret` for `alerts.webhook`.
+    pub async fn set_config(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
             Method::PUT,
             &format!("/v1/config/{key}"),
             Some(&serde_json::json!({ "value": value })),
         )
         .await
-        .map(|_| ())
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {

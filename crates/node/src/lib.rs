@@ -186,10 +186,12 @@ fn internal(what: &str, e: &dyn std::fmt::Display) -> ApiError {
 impl Node {
     /// Changes cluster config through the log; every node reads it live. The key and value
     /// are checked by [`model::Setting::parse`] before anything is proposed.
-    pub async fn set_config(&self, key: String, value: String) -> Result<(), ApiError> {
+    /// Setting the alert webhook answers the secret its posts are signed with.
+    pub async fn set_config(&self, key: String, value: String) -> Result<Option<String>, ApiError> {
         let setting = model::Setting::parse(&key, &value)?;
         let key = setting.key().to_string();
-        if let model::Setting::AlertsWebhook(Some(_)) = setting {
+        if let model::Setting::AlertsWebhook(Some(url)) = setting {
+            let secret = webhook::secret(self, url.as_str());
             // A new webhook hears of what happens from now on, not of the whole history.
             let from_now = self.read(|s| s.last_event_seq());
             let set = Command::Batch(vec![
@@ -199,11 +201,12 @@ impl Node {
             return match self.propose(set).await? {
                 Response::Batch(answers) => answers
                     .into_iter()
-                    .try_for_each(|answer| rejected(answer).map(|_| ())),
+                    .try_for_each(|answer| rejected(answer).map(|_| ()))
+                    .map(|()| Some(secret)),
                 other => Err(unexpected(other)),
             };
         }
-        rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| ())
+        rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| None)
     }
 
     /// Raft roles of the members.
@@ -262,7 +265,10 @@ impl Node {
         // bounded time instead. The entry may still commit if the cluster heals while this
         // node leads; idempotency keys make a retry safe.
         let command = requests::wrap(command);
+        let signed = matches!(command, Command::Signed { .. });
         match tokio::time::timeout(PROPOSE_TIMEOUT, self.inner.registry.propose(command)).await {
+            // A signed request refused as a whole (a replayed nonce) is an error to any caller.
+            Ok(Ok(Response::Rejected(e))) if signed => Err(e),
             Ok(answer) => answer.map_err(unavailable),
             Err(_) => Err(ApiError::new(
                 ErrorCode::Unavailable,

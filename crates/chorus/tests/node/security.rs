@@ -7,6 +7,7 @@ use model::{ErrorCode, JobState, Scope};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -313,4 +314,131 @@ async fn keys_expire_and_the_listing_shows_their_last_use() {
         }
     })
     .await;
+}
+
+/// A `POST /v1/jobs` signed for `signed_for` (its host), sent to the node at `to` as it was
+/// captured: same headers, same Host, same body. The status and the error code, if any.
+async fn send_captured(
+    headers: &[(&'static str, String)],
+    signed_for: &str,
+    to: &str,
+    body: &[u8],
+) -> (u16, Option<ErrorCode>) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{to}/v1/jobs"))
+        .header("host", signed_for)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let answer = request.send().await.unwrap();
+    let status = answer.status().as_u16();
+    let bytes = answer.bytes().await.unwrap();
+    let code = serde_json::from_slice::<model::ApiError>(&bytes)
+        .ok()
+        .map(|e| e.code);
+    (status, code)
+}
+
+fn captured_submit(node: &TestNode) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let body = serde_json::to_vec(&json!({ "function": "noop" })).unwrap();
+    let hash = model::signature::body_sha256_hex(&body);
+    let now_s = crate::harness::now_ms() / 1000;
+    (node.client.sign("POST", "/v1/jobs", &hash, now_s), body)
+}
+
+async fn job_count(node: &TestNode) -> usize {
+    let filter = client::JobFilter::default();
+    node.client.list_jobs(&filter).await.unwrap().jobs.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_replayed_to_the_other_node_of_a_two_node_cluster_is_refused() {
+    let first = TestNode::start().await;
+    let second = TestNode::join(&first).await;
+    let (headers, body) = captured_submit(&first);
+    let taken = send_captured(&headers, &first.addr, &first.addr, &body).await;
+    assert_eq!(taken.0, 201, "{taken:?}");
+    let replayed = send_captured(&headers, &first.addr, &second.addr, &body).await;
+    assert_eq!(replayed, (401, Some(ErrorCode::Unauthorized)));
+    // Under the second node's own name the signature does not verify: it covers the host.
+    let renamed = send_captured(&headers, &second.addr, &second.addr, &body).await;
+    assert_eq!(renamed, (401, Some(ErrorCode::Unauthorized)));
+    assert_eq!(job_count(&first).await, 1, "no duplicate job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_replayed_to_the_same_node_after_a_restart_is_refused() {
+    let mut node = TestNode::start().await;
+    let (headers, body) = captured_submit(&node);
+    let taken = send_captured(&headers, &node.addr, &node.addr, &body).await;
+    assert_eq!(taken.0, 201, "{taken:?}");
+    node.restart().await;
+    let replayed = send_captured(&headers, &node.addr, &node.addr, &body).await;
+    assert_eq!(replayed, (401, Some(ErrorCode::Unauthorized)));
+    assert_eq!(job_count(&node).await, 1, "no duplicate job");
+}
+
+/// An endpoint that keeps the head and body of every post it is sent (answered 200).
+async fn header_keeping_receiver() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/T0KEN", listener.local_addr().unwrap());
+    let posts = Arc::new(Mutex::new(Vec::new()));
+    let kept = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let post = crate::read_post(&mut socket).await;
+            kept.lock().unwrap().push(post);
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    (url, posts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_posts_are_signed_and_the_config_never_shows_the_webhook_url() {
+    use hmac::{Hmac, Mac};
+    let node = TestNode::start().await;
+    let (url, posts) = header_keeping_receiver().await;
+    let answer = node
+        .client
+        .set_config("alerts.webhook", &url)
+        .await
+        .unwrap();
+    let secret = answer["signing_secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string();
+    let reader = node.client.create_key(&[Scope::Read]).await.unwrap();
+    let reader = node.client_with(&reader.id, &reader.secret);
+    for client in [&node.client, &reader] {
+        let config = client.config().await.unwrap().to_string();
+        assert!(!config.contains("T0KEN"), "{config}");
+        assert!(config.contains("alerts.webhook"), "{config}");
+    }
+    crate::queue_a_job_no_node_can_take(&node, "unplaceable", "gpu").await;
+    let (head, body) = crate::harness::must_find("a signed post", || async {
+        posts.lock().unwrap().first().cloned()
+    })
+    .await;
+    let header = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-chorus-webhook-signature:"))
+        .unwrap_or_else(|| panic!("no signature header in {head}"))
+        .trim()
+        .to_string();
+    let (t, v1) = header
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+        .unwrap_or_else(|| panic!("{header}"));
+    let t: u64 = t.parse().unwrap();
+    assert!(crate::harness::now_ms() / 1000 - t < 300, "{header}");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    assert_eq!(hex::encode(mac.finalize().into_bytes()), v1, "{header}");
+    assert!(String::from_utf8_lossy(&body).contains("unplaceable"));
 }
