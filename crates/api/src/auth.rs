@@ -309,7 +309,10 @@ async fn verify(
                 format!("unknown or revoked key {key_id:?}"),
             )
         })?;
-    let verified = signature::signing_key(&key.secret).is_some_and(|k| canonical.verify(&k, sig));
+    let verified = app
+        .node
+        .signing_key(&key)
+        .is_some_and(|k| canonical.verify(&k, sig));
     if !verified {
         return Err(fail(ErrorCode::Unauthorized, "bad signature"));
     }

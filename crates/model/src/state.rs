@@ -55,12 +55,18 @@ impl Scope {
     }
 }
 
-/// An API key. The secret is held by the registry because HMAC verification needs it.
+/// An API key. The registry holds what verifies its signatures, sealed: the signing key
+/// derived from the secret (`signature::signing_key`), encrypted under the cluster's
+/// key-encryption key (`node::sealing`), so a leaked log or snapshot leaks no key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: KeyId,
-    /// Hex-encoded secret.
+    /// The hex secret itself, in the clear: only keys created before sealing (empty since).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
+    /// The sealed signing key (hex: nonce, then ciphertext and tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     pub scopes: Vec<Scope>,
     pub created_at_ms: u64,
     #[serde(default)]

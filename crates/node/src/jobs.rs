@@ -136,9 +136,12 @@ impl Node {
         let secret = hex::encode(&bytes[8..]);
         let now = now_ms();
         let expires_at_ms = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+        let signing_key = model::signature::signing_key(&secret)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a new key's secret is not hex"))?;
         let key = ApiKey {
+            sealed: Some(crate::sealing::seal(&self.inner.kek, &id, &signing_key)),
             id: id.clone(),
-            secret: secret.clone(),
+            secret: String::new(),
             scopes,
             created_at_ms: now,
             revoked: false,

@@ -13,6 +13,7 @@ mod retention;
 mod running;
 mod runs;
 mod scheduling;
+mod sealing;
 mod startup;
 mod triggering;
 mod webhook;
@@ -125,6 +126,8 @@ struct Inner {
     /// scheduling loop and the placement of new jobs; `None` until this node leads.
     scheduler: std::sync::Mutex<Option<scheduler::SchedulerState>>,
     cluster_secret: String,
+    /// Seals and opens API keys' signing keys (see [`sealing`]).
+    kek: sealing::Kek,
     /// Signed calls to peers' object routes (see [`objects`]).
     peer_http: reqwest::Client,
     /// Set once start-up has finished (the tasks run).

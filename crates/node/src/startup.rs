@@ -90,6 +90,8 @@ impl Node {
                 shutdown: CancellationToken::new(),
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
                 scheduler: std::sync::Mutex::new(None),
+                kek: crate::sealing::Kek::of_cluster(&secret)
+                    .map_err(|e| internal(CLUSTER_KEY_FILE, &e))?,
                 cluster_secret: secret,
                 peer_http: reqwest::Client::builder()
                     .connect_timeout(crate::objects::PEER_CONNECT_TIMEOUT)

@@ -442,3 +442,31 @@ async fn webhook_posts_are_signed_and_the_config_never_shows_the_webhook_url() {
     assert_eq!(hex::encode(mac.finalize().into_bytes()), v1, "{header}");
     assert!(String::from_utf8_lossy(&body).contains("unplaceable"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_snapshot_or_log_does_not_leak_key_secrets() {
+    let mut node = TestNode::start().await;
+    let key = node.client.create_key(&[Scope::Submit]).await.unwrap();
+    let admin = node.credentials();
+    let raft = must_snapshot(&node).await;
+    let mut needles = Vec::new();
+    for secret in [&key.secret, &admin.secret] {
+        needles.push(secret.clone());
+        needles.push(hex::encode(model::signature::signing_key(secret).unwrap()));
+    }
+    for file in ["raft.redb", "snapshot.json"] {
+        let bytes = std::fs::read(raft.join(file)).unwrap();
+        for needle in &needles {
+            let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!found, "{file} holds a key's secret or signing key");
+        }
+    }
+    // The keys still work from the sealed values, after a restart too.
+    node.restart().await;
+    let submitter = node.client_with(&key.id, &key.secret);
+    let done = submitter.submit(&job("noop", json!({}))).await.unwrap();
+    assert_eq!(
+        must_finish(&submitter, done.id).await.state,
+        JobState::Succeeded
+    );
+}

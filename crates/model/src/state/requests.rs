@@ -157,6 +157,7 @@ mod tests {
             key: ApiKey {
                 id: KeyId(id.into()),
                 secret: "00".repeat(32),
+                sealed: None,
                 scopes: scopes.to_vec(),
                 created_at_ms: 0,
                 revoked: false,
