@@ -674,6 +674,9 @@ mod tests {
             host: "127.0.0.1:2",
             ..canonical("/v1/jobs", "stale=true")
         };
-        assert!(!elsewhere.verify(&key, sig), "the signature covers the host");
+        assert!(
+            !elsewhere.verify(&key, sig),
+            "the signature covers the host"
+        );
     }
 }
