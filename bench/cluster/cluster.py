@@ -75,8 +75,10 @@ def call(addr, key, method, path, body=None, timeout=5):
     data = json.dumps(body).encode() if body is not None else b""
     ts, nonce, digest = str(int(time.time())), secrets.token_hex(16), hashlib.sha256(data).hexdigest()
     p, _, q = path.partition("?")
-    canonical = "\n".join([method, p, q, ts, nonce, digest]).encode()
-    sig = hmac.new(bytes.fromhex(key["secret"]), canonical, "sha256").hexdigest()
+    canonical = "\n".join([method, addr, p, q, ts, nonce, digest]).encode()
+    # The signing key is derived from the secret (crates/model/src/signature.rs).
+    signing_key = hmac.new(bytes.fromhex(key["secret"]), b"chorus signing key v1", "sha256").digest()
+    sig = hmac.new(signing_key, canonical, "sha256").hexdigest()
     headers = {"x-chorus-key": key["id"], "x-chorus-timestamp": ts, "x-chorus-nonce": nonce,
                "x-chorus-content-sha256": digest, "x-chorus-signature": sig, "content-type": "application/json"}
     req = urllib.request.Request(f"http://{addr}{path}", data=data or None, method=method, headers=headers)

@@ -384,7 +384,8 @@ class ChorusClient:
     def __init__(self, port: int, key_id: str, secret_hex: str):
         self.port = port
         self.key_id = key_id
-        self.secret = bytes.fromhex(secret_hex)
+        # The signing key is derived from the secret (crates/model/src/signature.rs).
+        self.secret = hmac.new(bytes.fromhex(secret_hex), b"chorus signing key v1", hashlib.sha256).digest()
         self.local = threading.local()
 
     def _conn(self) -> http.client.HTTPConnection:
@@ -399,7 +400,8 @@ class ChorusClient:
             ts = str(int(time.time()))
             nonce = uuid.uuid4().hex
             digest = hashlib.sha256(body).hexdigest()
-            canonical = "\n".join([method, path, query, ts, nonce, digest])
+            host = f"127.0.0.1:{self.port}"
+            canonical = "\n".join([method, host, path, query, ts, nonce, digest])
             headers.update({
                 "x-chorus-key": self.key_id,
                 "x-chorus-timestamp": ts,

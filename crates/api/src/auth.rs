@@ -3,7 +3,10 @@
 //!
 //! The middleware checks, in order: the headers are present and well-formed; the timestamp is
 //! within [`CLOCK_SKEW_MAX_S`] of ours; the key exists and is not revoked; the signature
-//! matches; the nonce has not been seen in the window (replay); the scope allows the route.
+//! matches (it covers the host); the key has not expired; the scope allows the route; the
+//! nonce has not been seen here in the window (replay). A request that may change the state
+//! is then served inside `node::serve_signed`, so what it proposes carries its nonce into the
+//! log, where a replay through any node, or after a restart, is refused.
 //! Then it buffers the body (up to the route's limit) and checks its hash against the signed
 //! one. Object uploads (and copies between nodes) are streamed instead: their handler checks
 //! the hash at the end.
@@ -64,6 +67,92 @@ impl Nonces {
     }
 }
 
+/// Who signed the request being served, for the handlers that narrow what a key may do by
+/// what the call names: a job (a key with `submit` but not `read` sees only the jobs it
+/// submitted) or an object key (`submit` uploads under `uploads/` only; no key writes
+/// under `jobs/` or `logs/`, which only nodes write).
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub(crate) key: KeyId,
+    /// May read anything (`read` or `admin`).
+    pub(crate) reads_all: bool,
+    pub(crate) admin: bool,
+}
+
+/// Object keys under these prefixes are written by nodes only (outputs and logs of
+/// attempts); inputs are uploaded under [`UPLOADS_PREFIX`].
+const NODE_WRITTEN_PREFIXES: [&str; 2] = ["jobs/", "logs/"];
+const UPLOADS_PREFIX: &str = "uploads/";
+
+impl Caller {
+    /// Whether this caller may upload `key` (already decoded): never under `jobs/` or
+    /// `logs/`; a key without `admin` only under `uploads/`.
+    pub(crate) fn may_upload(&self, key: &str) -> Result<(), Failure> {
+        if NODE_WRITTEN_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return Err(fail(
+                ErrorCode::Forbidden,
+                format!("{key:?}: only the nodes write outputs and logs (jobs/, logs/)"),
+            ));
+        }
+        if !self.admin && !key.starts_with(UPLOADS_PREFIX) {
+            return Err(fail(
+                ErrorCode::Forbidden,
+                format!(
+                    "key {} may upload under {UPLOADS_PREFIX} only, not {key:?}",
+                    self.key
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The job whose output or log the object `key` is, if it is one (`jobs/{id}/...`,
+    /// `logs/{id}/...`).
+    pub(crate) fn job_of_object(key: &str) -> Option<model::JobId> {
+        let rest = NODE_WRITTEN_PREFIXES
+            .iter()
+            .find_map(|p| key.strip_prefix(p))?;
+        rest.split('/').next()?.parse().ok().map(model::JobId)
+    }
+}
+
+/// Whether `key` may read `job`: it reads everything, or it submitted the job. A job this
+/// node has not applied yet is looked for again after catching up with the leader.
+pub(crate) async fn may_read_job(
+    app: &AppState,
+    caller: &Caller,
+    job: model::JobId,
+) -> Result<(), Failure> {
+    if caller.reads_all {
+        return Ok(());
+    }
+    let owns = |app: &AppState| app.node.read(|s| s.submitted_by(job, &caller.key));
+    if owns(app) {
+        return Ok(());
+    }
+    if app.node.read(|s| s.job(job).is_none()) {
+        app.node.sync().await?;
+        if owns(app) {
+            return Ok(());
+        }
+    }
+    Err(fail(
+        ErrorCode::Forbidden,
+        format!(
+            "key {} has no read scope and may read only the jobs it submitted",
+            caller.key
+        ),
+    ))
+}
+
+/// Reads a key without `read` may still make, of the jobs it submitted (checked by the
+/// handler, which knows the job): a job, its wait and log, its outputs.
+fn reads_own_jobs(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && ((path.starts_with("/v1/jobs/") && path != "/v1/jobs/batch")
+            || path.starts_with("/v1/objects/"))
+}
+
 /// The scope a route needs: the one table to audit.
 pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
     // Invoking a function runs a job, as a submit does; deploying one is an admin's.
@@ -73,7 +162,6 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
         return Scope::Submit;
     }
     let admin = path.starts_with("/v1/keys")
-        || path.starts_with("/v1/raft/")
         || path.starts_with("/v1/cluster/join")
         || path.starts_with("/v1/faults")
         || (path.starts_with("/v1/config") && method != Method::GET)
@@ -120,12 +208,18 @@ pub(crate) async fn require_signature(
     next: Next,
 ) -> Response {
     match verify(&app, request).await {
-        Ok(request) => next.run(request).await,
+        // What a signed request that may change the state proposes carries its nonce into
+        // the log, where a replay through any node is refused.
+        Ok((request, Some(signed))) => node::serve_signed(signed, next.run(request)).await,
+        Ok((request, None)) => next.run(request).await,
         Err(failure) => failure.into_response(),
     }
 }
 
-async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
+async fn verify(
+    app: &AppState,
+    request: Request,
+) -> Result<(Request, Option<node::SignedRequest>), Failure> {
     let (parts, body) = request.into_parts();
     let h = &parts.headers;
     let key_id = header(h, signature::HEADER_KEY)?;
@@ -156,8 +250,21 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             ),
         ));
     }
+    // The host the client addressed: a request signed for one node does not verify when
+    // sent to another under its own name.
+    let host = h
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::Unauthorized,
+                "missing Host header, which the signature covers",
+            )
+        })?;
     let canonical = Canonical {
         method: parts.method.as_str(),
+        host,
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
         timestamp_s,
@@ -184,17 +291,12 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
             .insert(nonce, now_s)
             .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
         let body_hash = body_hash.to_string();
-        if is_streamed_upload(&parts.method, parts.uri.path()) {
-            let mut request = Request::from_parts(parts, body);
-            request.extensions_mut().insert(SignedBodyHash(body_hash));
-            return Ok(request);
-        }
-        return buffered(parts, body, &body_hash, bytes_max).await;
+        return Ok((with_body(parts, body, &body_hash, bytes_max).await?, None));
     }
-    if parts.uri.path().starts_with("/v1/peer/") {
+    if is_between_nodes(parts.uri.path()) {
         return Err(fail(
             ErrorCode::Forbidden,
-            "only the nodes of the cluster may call this route",
+            "only the nodes of the cluster may call this route; API keys never may",
         ));
     }
     let key = app
@@ -207,26 +309,61 @@ async fn verify(app: &AppState, request: Request) -> Result<Request, Failure> {
                 format!("unknown or revoked key {key_id:?}"),
             )
         })?;
-    if !canonical.verify(&key.secret, sig) {
+    let verified = app
+        .node
+        .signing_key(&key)
+        .is_some_and(|k| canonical.verify(&k, sig));
+    if !verified {
         return Err(fail(ErrorCode::Unauthorized, "bad signature"));
     }
-    app.nonces
-        .insert(nonce, now_s)
-        .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
+    if key.expired(node::now_ms()) {
+        return Err(fail(
+            ErrorCode::Unauthorized,
+            format!("key {key_id} has expired"),
+        ));
+    }
+    // The scope before anything is recorded or read: a refused call costs nothing more.
     let scope = required_scope(&parts.method, parts.uri.path());
-    if !key.allows(scope) {
+    let own_jobs = reads_own_jobs(&parts.method, parts.uri.path()) && key.allows(Scope::Submit);
+    if !key.allows(scope) && !own_jobs {
         return Err(fail(
             ErrorCode::Forbidden,
             format!("key {key_id} lacks the {scope:?} scope for this call"),
         ));
     }
+    app.nonces
+        .insert(nonce, now_s)
+        .map_err(|why| fail(ErrorCode::Unauthorized, why))?;
+    app.node.key_used(&key.id);
+    let caller = Caller {
+        key: key.id.clone(),
+        reads_all: key.allows(Scope::Read),
+        admin: key.allows(Scope::Admin),
+    };
+    let signed = (parts.method != Method::GET && parts.method != Method::HEAD)
+        .then(|| node::SignedRequest::new(key.id.clone(), nonce, timestamp_s));
     let body_hash = body_hash.to_string();
+    let mut request = with_body(parts, body, &body_hash, bytes_max).await?;
+    request.extensions_mut().insert(caller);
+    Ok((request, signed))
+}
+
+/// The request with its body: streamed (the handler checks the hash at the end) for
+/// uploads, otherwise buffered up to `bytes_max` and checked here.
+async fn with_body(
+    parts: axum::http::request::Parts,
+    body: Body,
+    body_hash: &str,
+    bytes_max: usize,
+) -> Result<Request, Failure> {
     if is_streamed_upload(&parts.method, parts.uri.path()) {
         let mut request = Request::from_parts(parts, body);
-        request.extensions_mut().insert(SignedBodyHash(body_hash));
+        request
+            .extensions_mut()
+            .insert(SignedBodyHash(body_hash.to_string()));
         return Ok(request);
     }
-    buffered(parts, body, &body_hash, bytes_max).await
+    buffered(parts, body, body_hash, bytes_max).await
 }
 
 fn registry_key_id() -> &'static str {

@@ -1,6 +1,6 @@
 //! Route handlers: parse, call the node, shape the answer. No logic of their own beyond that.
 
-use crate::auth::SignedBodyHash;
+use crate::auth::{may_read_job, Caller, SignedBodyHash};
 use crate::error::{fail, parse_json, Failure};
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -200,14 +200,17 @@ pub(crate) struct ReadQuery {
 
 pub(crate) async fn get_job(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<model::JobDetail>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let id = job_id(&id)?;
+    may_read_job(&app, &caller, id).await?;
     if !q.stale {
         app.node.sync().await?;
     }
-    Ok(Json(app.node.job_detail(job_id(&id)?)?))
+    Ok(Json(app.node.job_detail(id)?))
 }
 
 #[derive(Deserialize)]
@@ -288,6 +291,7 @@ pub(crate) struct WaitQuery {
 
 pub(crate) async fn wait_job(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Job>> {
@@ -300,8 +304,10 @@ pub(crate) async fn wait_job(
         ));
     }
     let timeout = Duration::from_millis(timeout_ms);
+    let id = job_id(&id)?;
+    may_read_job(&app, &caller, id).await?;
     app.node.sync().await?;
-    Ok(Json(app.node.wait(job_id(&id)?, timeout).await?))
+    Ok(Json(app.node.wait(id, timeout).await?))
 }
 
 #[derive(Deserialize)]
@@ -312,11 +318,13 @@ pub(crate) struct LogQuery {
 
 pub(crate) async fn job_logs(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Response> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
     let id = job_id(&id)?;
+    may_read_job(&app, &caller, id).await?;
     let job = app.node.job(id)?;
     let attempt = match q.attempt {
         Some(a) => model::AttemptId(a),
@@ -334,11 +342,13 @@ pub(crate) async fn job_logs(
 
 pub(crate) async fn put_object(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     Extension(SignedBodyHash(signed_hash)): Extension<SignedBodyHash>,
     body: Body,
 ) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     storage::parse_key(&key).map_err(|e| fail(ErrorCode::InvalidInput, e.to_string()))?;
+    caller.may_upload(&key)?;
     let tmp = receive(&app, body, &signed_hash, OBJECT_BYTES_MAX).await?;
     let size = app
         .node
@@ -419,8 +429,21 @@ fn object_answer(len: u64, stream: node::ObjectStream) -> Response {
 
 pub(crate) async fn get_object(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Answer<Response> {
+    if !caller.reads_all {
+        let job = Caller::job_of_object(&key).ok_or_else(|| {
+            fail(
+                ErrorCode::Forbidden,
+                format!(
+                    "key {} has no read scope and may read only its own jobs' outputs and logs",
+                    caller.key
+                ),
+            )
+        })?;
+        may_read_job(&app, &caller, job).await?;
+    }
     let (len, stream) = app.node.object_stream(&key).await?;
     Ok(object_answer(len, stream))
 }
@@ -457,7 +480,13 @@ pub(crate) async fn peer_put_object(
 #[serde(deny_unknown_fields)]
 struct NewKey {
     scopes: Vec<Scope>,
+    /// The key expires this many seconds after it is created (at most [`KEY_TTL_S_MAX`]).
+    #[serde(default)]
+    ttl_s: Option<u64>,
 }
+
+/// The longest time-to-live a key may be given: ten years (beyond it, give none).
+const KEY_TTL_S_MAX: u64 = 10 * 365 * 24 * 3600;
 
 pub(crate) async fn create_key(
     State(app): State<AppState>,
@@ -470,20 +499,45 @@ pub(crate) async fn create_key(
             "a key needs at least one scope: admin, submit or read",
         ));
     }
-    let (id, secret) = app.node.create_key(new.scopes.clone()).await?;
+    let ttl = match new.ttl_s {
+        Some(0) => return Err(fail(ErrorCode::InvalidInput, "ttl_s must be at least 1")),
+        Some(s) if s > KEY_TTL_S_MAX => {
+            return Err(fail(
+                ErrorCode::InvalidInput,
+                format!("ttl_s is at most {KEY_TTL_S_MAX} (ten years); give none for a key that never expires"),
+            ))
+        }
+        other => other.map(Duration::from_secs),
+    };
+    let key = app.node.create_key(new.scopes.clone(), ttl).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "secret": secret, "scopes": new.scopes })),
+        Json(json!({
+            "id": key.id,
+            "secret": key.secret,
+            "scopes": new.scopes,
+            "expires_at_ms": key.expires_at_ms,
+        })),
     ))
 }
 
-pub(crate) async fn list_keys(State(app): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn list_keys(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
+    app.node.sync().await?;
     let keys: Vec<serde_json::Value> = app.node.read(|s| {
         s.keys()
-            .map(|k| json!({ "id": k.id, "scopes": k.scopes, "created_at_ms": k.created_at_ms, "revoked": k.revoked }))
+            .map(|k| {
+                json!({
+                    "id": k.id,
+                    "scopes": k.scopes,
+                    "created_at_ms": k.created_at_ms,
+                    "revoked": k.revoked,
+                    "expires_at_ms": k.expires_at_ms,
+                    "last_used_ms": k.last_used_ms,
+                })
+            })
             .collect()
     });
-    Json(json!({ "keys": keys }))
+    Ok(Json(json!({ "keys": keys })))
 }
 
 pub(crate) async fn revoke_key(
@@ -617,9 +671,15 @@ pub(crate) async fn node_action(
 
 pub(crate) async fn get_config(State(app): State<AppState>) -> Answer<Json<serde_json::Value>> {
     app.node.sync().await?;
-    Ok(Json(
-        json!({ "config": app.node.read(|s| s.config().raw().clone()) }),
-    ))
+    let mut config = app.node.read(|s| s.config().raw().clone());
+    // The webhook URL often carries a token: only whether one is set, and its host.
+    if let Some(url) = config.get_mut(model::ConfigKey::AlertsWebhook.to_string().as_str()) {
+        if !url.is_empty() {
+            let host = url_host(url);
+            *url = format!("(set: {host})");
+        }
+    }
+    Ok(Json(json!({ "config": config })))
 }
 
 #[derive(Deserialize)]
@@ -634,8 +694,13 @@ pub(crate) async fn set_config(
     body: Bytes,
 ) -> Answer<Json<serde_json::Value>> {
     let v: ConfigValue = parse_json(&body)?;
-    app.node.set_config(key.clone(), v.value.clone()).await?;
-    Ok(Json(json!({ "key": key, "value": v.value })))
+    match app.node.set_config(key.clone(), v.value.clone()).await? {
+        // Shown here only: the webhook's posts are signed with it.
+        Some(secret) => Ok(Json(
+            json!({ "key": key, "value": v.value, "signing_secret": secret }),
+        )),
+        None => Ok(Json(json!({ "key": key, "value": v.value }))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -709,4 +774,12 @@ pub(crate) async fn raft_rpc(
         fail(code, e.to_string())
     })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
+}
+
+/// The host of a URL, without what follows it (a path may carry a token).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Credentials before an `@` are secrets too.
+    authority.rsplit('@').next().unwrap_or_default()
 }

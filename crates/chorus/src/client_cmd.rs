@@ -402,6 +402,9 @@ enum KeysCmd {
         /// admin, submit or read (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// The key stops working this long after it is created (e.g. 1h, 30d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     List,
     Revoke {
@@ -412,7 +415,7 @@ enum KeysCmd {
 pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     match args.command {
-        KeysCmd::Create { scopes } => {
+        KeysCmd::Create { scopes, ttl } => {
             let mut parsed = Vec::new();
             for s in &scopes {
                 match Scope::parse(s) {
@@ -420,14 +423,22 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
                     None => bail!("unknown scope {s:?}: use admin, submit or read"),
                 }
             }
-            let key = client.create_key(&parsed).await?;
+            let key = client.create_key_expiring(&parsed, ttl).await?;
             if args.conn.json {
                 outln!(
                     "{}",
-                    serde_json::json!({ "id": key.id, "secret": key.secret, "scopes": key.scopes })
+                    serde_json::json!({
+                        "id": key.id,
+                        "secret": key.secret,
+                        "scopes": key.scopes,
+                        "expires_at_ms": key.expires_at_ms,
+                    })
                 )?;
             } else {
                 outln!("CHORUS_KEY_ID={}\nCHORUS_KEY_SECRET={}", key.id, key.secret)?;
+                if let Some(at) = key.expires_at_ms {
+                    outln!("# expires {}", time_of(at))?;
+                }
             }
         }
         KeysCmd::List => {
@@ -441,8 +452,14 @@ pub(crate) async fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         ""
                     };
+                    let last_used = k["last_used_ms"]
+                        .as_u64()
+                        .map_or_else(|| "never".to_string(), time_of);
+                    let expires = k["expires_at_ms"]
+                        .as_u64()
+                        .map_or_else(String::new, |at| format!("  expires {}", time_of(at)));
                     outln!(
-                        "{}  {}{revoked}",
+                        "{}  {}  last used {last_used}{expires}{revoked}",
                         k["id"].as_str().unwrap_or("?"),
                         k["scopes"]
                     )?;
@@ -575,11 +592,23 @@ pub(crate) async fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             }
         }
         ConfigCmd::Set { key, value } => {
-            client.set_config(&key, &value).await?;
-            if !args.conn.json {
+            let answer = client.set_config(&key, &value).await?;
+            if args.conn.json {
+                outln!("{answer}")?;
+            } else {
                 outln!("{key} = {value}")?;
+                if let Some(secret) = answer["signing_secret"].as_str() {
+                    outln!("# posts carry x-chorus-webhook-signature: t=TIME,v1=HMAC-SHA256(secret, \"TIME.BODY\")")?;
+                    outln!("# signing secret (shown when the webhook is set): {secret}")?;
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A time from the API (ms since the epoch) as people read it, in UTC.
+fn time_of(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }

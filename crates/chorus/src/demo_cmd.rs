@@ -112,7 +112,19 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "\noutputs (manifest, waveform.png, transcodes): {}",
         data_dir.join("objects").join("jobs").display()
     )?;
-    outln!("dashboard: {}", dashboard_url(&addr, &credentials))?;
+    // The page only reads: it gets a read key of its own that expires, never the admin key.
+    let viewer = client
+        .create_key_expiring(&[model::Scope::Read], Some(DASHBOARD_KEY_TTL))
+        .await?;
+    let viewer = Credentials {
+        key_id: viewer.id,
+        secret: viewer.secret,
+    };
+    outln!(
+        "the dashboard's key reads only and is valid for {} h (`chorus keys create --scope read --ttl 1h` makes another)",
+        DASHBOARD_KEY_TTL.as_secs() / 3600
+    )?;
+    outln!("dashboard: {}", dashboard_url(&addr, &viewer))?;
     if args.keep_running {
         outln!("the node keeps running; Ctrl-C stops it")?;
         let _ = tokio::signal::ctrl_c().await;
@@ -128,8 +140,12 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// How long the dashboard's read key works.
+const DASHBOARD_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The dashboard signs its requests in the browser; the key travels in the URL fragment,
-/// which browsers never send to the server.
+/// which browsers never send to the server, and the page keeps it in `sessionStorage` only
+/// (gone when the tab closes).
 fn dashboard_url(addr: &str, key: &Credentials) -> String {
     format!("http://{addr}/#key={}:{}", key.key_id, key.secret)
 }

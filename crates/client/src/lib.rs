@@ -48,6 +48,8 @@ pub struct Credentials {
 #[derive(Clone, Debug)]
 pub struct Client {
     base: String,
+    /// The `Host` header requests go with (`host:port`), which the signature covers.
+    host: String,
     credentials: Credentials,
     http: reqwest::Client,
 }
@@ -106,6 +108,9 @@ pub struct NewKey {
     pub id: String,
     pub secret: String,
     pub scopes: Vec<Scope>,
+    /// When the key stops working, if it was given a time-to-live.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 fn now_s() -> u64 {
@@ -132,7 +137,19 @@ impl Client {
             .pool_max_idle_per_host(64)
             .build()
             .unwrap_or_default();
+        // As the HTTP client will send it: the default port of the scheme is left out.
+        let host = reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_string();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_default();
         Client {
+            host,
             base: base.trim_end_matches('/').to_string(),
             credentials,
             http,
@@ -153,6 +170,7 @@ impl Client {
         let nonce = nonce();
         let canonical = Canonical {
             method,
+            host: &self.host,
             path,
             query,
             timestamp_s,
@@ -355,12 +373,20 @@ impl Client {
     }
 
     pub async fn create_key(&self, scopes: &[Scope]) -> Result<NewKey, ClientError> {
-        self.json(
-            Method::POST,
-            "/v1/keys",
-            Some(&serde_json::json!({ "scopes": scopes })),
-        )
-        .await
+        self.create_key_expiring(scopes, None).await
+    }
+
+    /// Creates a key that stops working `ttl` after its creation (`None`: never).
+    pub async fn create_key_expiring(
+        &self,
+        scopes: &[Scope],
+        ttl: Option<std::time::Duration>,
+    ) -> Result<NewKey, ClientError> {
+        let mut body = serde_json::json!({ "scopes": scopes });
+        if let Some(ttl) = ttl {
+            body["ttl_s"] = ttl.as_secs().max(1).into();
+        }
+        self.json(Method::POST, "/v1/keys", Some(&body)).await
     }
 
     pub async fn list_keys(&self) -> Result<serde_json::Value, ClientError> {
@@ -404,14 +430,18 @@ impl Client {
         self.json(Method::GET, "/v1/config", None).await
     }
 
-    pub async fn set_config(&self, key: &str, value: &str) -> Result<(), ClientError> {
-        self.json::<serde_json::Value>(
+    /// Sets a config key; the answer carries `signing_secret` for `alerts.webhook`.
+    pub async fn set_config(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
             Method::PUT,
             &format!("/v1/config/{key}"),
             Some(&serde_json::json!({ "value": value })),
         )
         .await
-        .map(|_| ())
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
@@ -627,6 +657,7 @@ mod tests {
         assert_eq!(headers[signature::HEADER_KEY], "ck_test");
         let canonical = |path: &'static str, query: &'static str| Canonical {
             method: "POST",
+            host: "127.0.0.1:1",
             path,
             query,
             timestamp_s: 1_700_000_000,
@@ -634,9 +665,18 @@ mod tests {
             body_sha256_hex: &headers[signature::HEADER_CONTENT_SHA256],
         };
         let sig = &headers[signature::HEADER_SIGNATURE];
-        assert!(canonical("/v1/jobs", "stale=true").verify(secret, sig));
-        assert!(!canonical("/v1/jobs", "stale=false").verify(secret, sig));
-        assert!(!canonical("/v1/keys", "stale=true").verify(secret, sig));
-        assert!(!canonical("/v1/jobs", "stale=true").verify("ff", sig));
+        let key = signature::signing_key(secret).unwrap();
+        assert!(canonical("/v1/jobs", "stale=true").verify(&key, sig));
+        assert!(!canonical("/v1/jobs", "stale=false").verify(&key, sig));
+        assert!(!canonical("/v1/keys", "stale=true").verify(&key, sig));
+        assert!(!canonical("/v1/jobs", "stale=true").verify(&[0xff], sig));
+        let elsewhere = Canonical {
+            host: "127.0.0.1:2",
+            ..canonical("/v1/jobs", "stale=true")
+        };
+        assert!(
+            !elsewhere.verify(&key, sig),
+            "the signature covers the host"
+        );
     }
 }

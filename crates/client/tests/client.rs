@@ -38,6 +38,7 @@ fn must_be_signed(
     let hash = header(headers, signature::HEADER_CONTENT_SHA256);
     let canonical = Canonical {
         method: method.as_str(),
+        host: header(headers, "host"),
         path: uri.path(),
         query: uri.query().unwrap_or_default(),
         timestamp_s: header(headers, signature::HEADER_TIMESTAMP)
@@ -48,7 +49,10 @@ fn must_be_signed(
     };
     let signed = header(headers, signature::HEADER_KEY) == KEY_ID
         && hash == signature::body_sha256_hex(body)
-        && canonical.verify(SECRET, header(headers, signature::HEADER_SIGNATURE));
+        && canonical.verify(
+            &signature::signing_key(SECRET).unwrap(),
+            header(headers, signature::HEADER_SIGNATURE),
+        );
     if signed {
         return Ok(());
     }
@@ -75,6 +79,7 @@ fn job(id: u64, function: &str) -> Job {
         objects: vec![],
         error: None,
         run: None,
+        submitted_by: None,
     }
 }
 

@@ -231,6 +231,26 @@ pub enum Command {
     },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
+    /// A command proposed while serving a client's signed request: the log orders the
+    /// requests' nonces, so a nonce accepted anywhere in the cluster is refused everywhere
+    /// (and after a restart) until it leaves the replay window at `expires_ms`. `request` is
+    /// chosen at random by the node that accepted the request: the commands of one request
+    /// (and the same command sent again after a leader change) share it, a replay through
+    /// any node has another one and is refused. The inner command is applied on behalf of
+    /// `key` (a job records who submitted it; a key without the `admin` scope cancels only
+    /// its own jobs).
+    Signed {
+        key: KeyId,
+        nonce: String,
+        request: u64,
+        expires_ms: u64,
+        command: Box<Command>,
+    },
+    /// The latest use of each key that nodes saw (see `ApiKey::last_used_ms`); a use never
+    /// moves back.
+    KeysUsed {
+        uses: Vec<(KeyId, u64)>,
+    },
 }
 
 impl Command {
@@ -253,6 +273,7 @@ impl Command {
             | Command::RecordObjects { now_ms, .. }
             | Command::CreateTrigger { now_ms, .. }
             | Command::PauseTrigger { now_ms, .. } => Some(now_ms),
+            Command::Signed { command, .. } => command.now_ms_mut(),
             Command::DeployFunction { .. }
             | Command::DeployWorkflow { .. }
             | Command::PurgeRuns { .. }
@@ -266,6 +287,7 @@ impl Command {
             | Command::DeleteTrigger { .. }
             | Command::AdvanceTrigger { .. }
             | Command::AddObjectHolders { .. }
+            | Command::KeysUsed { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -285,8 +307,11 @@ impl Command {
             | Command::EventsDelivered { .. }
             | Command::RecordObjects { .. }
             | Command::AddObjectHolders { .. }
-            | Command::AdvanceTrigger { .. } => true,
+            | Command::AdvanceTrigger { .. }
+            | Command::KeysUsed { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
+            // Sent again, it carries the same request: its nonce is not taken for a replay.
+            Command::Signed { command, .. } => command.is_idempotent(),
             _ => false,
         }
     }

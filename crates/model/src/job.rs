@@ -146,6 +146,10 @@ pub struct Job {
     /// the run in the entry that ends it (see [`crate::State`]'s runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunLink>,
+    /// The API key whose request submitted it (`None`: the cluster's own, e.g. a trigger's
+    /// or a run's): a key with only the `submit` scope may read and cancel its own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<crate::KeyId>,
 }
 
 /// Which element of which run a job is an attempt of.

@@ -40,7 +40,13 @@ pub use object::{
     OBJECT_HOLDERS_MAX, OBJECT_KEY_LEN_MAX,
 };
 pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
-pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
+pub use state::{
+    ApiKey, JobCounts, Scope, SeenNonce, State, INPUT_BYTES_MAX, NONCES_MAX, OUTPUT_BYTES_MAX,
+};
+
+/// A key's last use is recorded to within this: a node proposes a use only when the one
+/// the log holds is older, so a busy key costs one log entry a minute, not one a request.
+pub const KEY_USE_RESOLUTION_MS: u64 = 60_000;
 pub use strategy::{Strategy, UnknownStrategy};
 pub use trigger::{Trigger, TriggerSpec, TRIGGERS_MAX};
 /// The workflow crate, so that the node, the API and the client name its types through the

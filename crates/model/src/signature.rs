@@ -1,15 +1,21 @@
-//! Request signing: HMAC-SHA256 with an API key's secret over a canonical string.
+//! Request signing: HMAC-SHA256 with a key derived from an API key's secret over a canonical
+//! string.
 //!
 //! The client sends five headers; the server rebuilds the canonical string from the request it
 //! received and compares signatures in constant time:
 //!
 //! ```text
-//! canonical = METHOD "\n" PATH "\n" QUERY "\n" TIMESTAMP "\n" NONCE "\n" hex(SHA256(BODY))
-//! x-chorus-signature = hex(HMAC-SHA256(hex_decode(secret), canonical))
+//! signing key = HMAC-SHA256(hex_decode(secret), "chorus signing key v1")
+//! canonical = METHOD "\n" HOST "\n" PATH "\n" QUERY "\n" TIMESTAMP "\n" NONCE "\n" hex(SHA256(BODY))
+//! x-chorus-signature = hex(HMAC-SHA256(signing key, canonical))
 //! ```
 //!
+//! HOST is the request's `Host` header as sent (`host:port`): a request signed for one node
+//! does not verify at another name. The server needs only the signing key, never the
+//! secret itself, so the registry stores that (sealed; see `node::sealing`).
+//!
 //! The server then rejects timestamps more than [`CLOCK_SKEW_MAX_S`] away from its clock and
-//! nonces it has seen within that window (replays).
+//! nonces seen within that window (replays; see `model::Command::Signed`).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -24,11 +30,23 @@ pub const HEADER_SIGNATURE: &str = "x-chorus-signature";
 pub const CLOCK_SKEW_MAX_S: u64 = 300;
 /// Nonces are 16 to this many characters.
 pub const NONCE_LEN_MAX: usize = 64;
+/// What the signing key is derived with (see the module's doc).
+pub const SIGNING_KEY_LABEL: &[u8] = b"chorus signing key v1";
+
+/// The key requests are signed with, derived from a key's hex secret; `None` if the secret
+/// is not hex.
+pub fn signing_key(secret_hex: &str) -> Option<[u8; 32]> {
+    let mut mac = mac(&hex::decode(secret_hex).ok()?)?;
+    mac.update(SIGNING_KEY_LABEL);
+    Some(mac.finalize().into_bytes().into())
+}
 
 /// The parts of a request that the signature covers.
 #[derive(Clone, Copy, Debug)]
 pub struct Canonical<'a> {
     pub method: &'a str,
+    /// The `Host` header (`host:port`) the request is sent with.
+    pub host: &'a str,
     pub path: &'a str,
     pub query: &'a str,
     pub timestamp_s: u64,
@@ -39,22 +57,29 @@ pub struct Canonical<'a> {
 impl Canonical<'_> {
     fn text(&self) -> String {
         format!(
-            "{}\n{}\n{}\n{}\n{}\n{}",
-            self.method, self.path, self.query, self.timestamp_s, self.nonce, self.body_sha256_hex
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.method,
+            self.host,
+            self.path,
+            self.query,
+            self.timestamp_s,
+            self.nonce,
+            self.body_sha256_hex
         )
     }
 
-    /// The hex signature of this request under `secret_hex`; `None` if the secret is not hex.
+    /// The hex signature of this request by the key of `secret_hex`; `None` if the secret
+    /// is not hex.
     pub fn sign(&self, secret_hex: &str) -> Option<String> {
-        let mut mac = mac(secret_hex)?;
+        let mut mac = mac(&signing_key(secret_hex)?)?;
         mac.update(self.text().as_bytes());
         Some(hex::encode(mac.finalize().into_bytes()))
     }
 
-    /// Whether `signature_hex` is this request's signature under `secret_hex`, compared in
-    /// constant time.
-    pub fn verify(&self, secret_hex: &str, signature_hex: &str) -> bool {
-        let (Some(mut mac), Ok(signature)) = (mac(secret_hex), hex::decode(signature_hex)) else {
+    /// Whether `signature_hex` is this request's signature under `signing_key` (see
+    /// [`signing_key`]), compared in constant time.
+    pub fn verify(&self, signing_key: &[u8], signature_hex: &str) -> bool {
+        let (Some(mut mac), Ok(signature)) = (mac(signing_key), hex::decode(signature_hex)) else {
             return false;
         };
         mac.update(self.text().as_bytes());
@@ -62,10 +87,34 @@ impl Canonical<'_> {
     }
 }
 
-fn mac(secret_hex: &str) -> Option<Hmac<Sha256>> {
-    let secret = hex::decode(secret_hex).ok()?;
-    Hmac::<Sha256>::new_from_slice(&secret).ok()
+fn mac(key: &[u8]) -> Option<Hmac<Sha256>> {
+    Hmac::<Sha256>::new_from_slice(key).ok()
 }
+
+/// The signature header of a webhook post: `t=TIMESTAMP,v1=hex(HMAC-SHA256(secret,
+/// "TIMESTAMP.BODY"))`, as Stripe signs its webhooks. The receiver recomputes it with the
+/// secret it was given when the webhook was set, and refuses an old timestamp.
+pub fn webhook_signature(secret: &[u8], timestamp_s: u64, body: &[u8]) -> String {
+    let mac = mac(secret).map(|mut mac| {
+        mac.update(format!("{timestamp_s}.").as_bytes());
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    });
+    format!("t={timestamp_s},v1={}", mac.unwrap_or_default())
+}
+
+/// The secret alert webhook posts to `url` are signed with, derived from the cluster secret
+/// (so every node, whichever leads, signs with the same one and none is stored); shown to
+/// the operator once, when the webhook is set. `None` if the cluster secret is not hex.
+pub fn webhook_secret(cluster_secret_hex: &str, url: &str) -> Option<String> {
+    let mut mac = mac(&hex::decode(cluster_secret_hex).ok()?)?;
+    mac.update(b"chorus alerts.webhook signing secret\n");
+    mac.update(url.as_bytes());
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The header webhook posts carry their signature in.
+pub const HEADER_WEBHOOK_SIGNATURE: &str = "x-chorus-webhook-signature";
 
 /// Hex SHA-256 of a body.
 pub fn body_sha256_hex(body: &[u8]) -> String {

@@ -22,6 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 mod invariants;
+mod requests;
+
+pub use requests::{SeenNonce, NONCES_MAX};
 
 /// Largest job input, as serialized JSON.
 pub const INPUT_BYTES_MAX: usize = 256 * 1024;
@@ -52,19 +55,36 @@ impl Scope {
     }
 }
 
-/// An API key. The secret is held by the registry because HMAC verification needs it.
+/// An API key. The registry holds what verifies its signatures, sealed: the signing key
+/// derived from the secret (`signature::signing_key`), encrypted under the cluster's
+/// key-encryption key (`node::sealing`), so a leaked log or snapshot leaks no key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: KeyId,
-    /// Hex-encoded secret.
+    /// The hex secret itself, in the clear: only keys created before sealing (empty since).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
+    /// The sealed signing key (hex: nonce, then ciphertext and tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     pub scopes: Vec<Scope>,
     pub created_at_ms: u64,
     #[serde(default)]
     pub revoked: bool,
+    /// After this time the key is refused (`--ttl`); `None`: it never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// The latest use the nodes recorded (to within [`crate::KEY_USE_RESOLUTION_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ms: Option<u64>,
 }
 
 impl ApiKey {
+    /// Whether the key has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+
     pub fn allows(&self, scope: Scope) -> bool {
         !self.revoked
             && self
@@ -121,6 +141,10 @@ pub struct State {
     objects: BTreeMap<String, Arc<ObjectInfo>>,
     #[serde(default)]
     triggers: BTreeMap<String, Trigger>,
+    /// Nonces of signed requests that changed the state, until they leave the replay window
+    /// (see [`Command::Signed`]), by `"{key} {nonce}"`.
+    #[serde(default)]
+    nonces: BTreeMap<String, SeenNonce>,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -132,6 +156,13 @@ pub struct State {
     idempotency: HashMap<String, JobId>,
     #[serde(skip)]
     pub(crate) run_keys: HashMap<String, u64>,
+    /// `nonces` by expiry, to forget them in order.
+    #[serde(skip)]
+    nonce_expiry: BTreeSet<(u64, String)>,
+    /// The key whose signed request is being applied (see [`Command::Signed`]); `None`
+    /// between commands and for the nodes' own.
+    #[serde(skip)]
+    requester: Option<KeyId>,
 }
 
 impl State {
@@ -164,11 +195,14 @@ impl State {
             next_run_id,
             objects,
             triggers,
+            nonces,
             queue: _,
             delayed: _,
             running: _,
             idempotency: _,
             run_keys: _,
+            nonce_expiry: _,
+            requester: _,
         } = self;
         State {
             functions: functions.clone(),
@@ -188,6 +222,7 @@ impl State {
             next_run_id: *next_run_id,
             objects: objects.clone(),
             triggers: triggers.clone(),
+            nonces: nonces.clone(),
             ..State::default()
         }
     }
@@ -201,6 +236,11 @@ impl State {
         self.delayed.clear();
         self.running.clear();
         self.idempotency.clear();
+        self.nonce_expiry = self
+            .nonces
+            .iter()
+            .map(|(id, seen)| (seen.expires_ms, id.clone()))
+            .collect();
         self.run_keys = self
             .runs
             .values()
@@ -418,7 +458,10 @@ impl State {
             }
             Command::StartAttempts { now_ms, node, jobs } => self.start(now_ms, node, jobs),
             Command::FinishAttempts { now_ms, results } => self.finish(now_ms, results),
-            Command::CancelJob { now_ms, job } => self.cancel_job(now_ms, job),
+            Command::CancelJob { now_ms, job } => match self.may_change(job) {
+                Ok(()) => self.cancel_job(now_ms, job),
+                Err(e) => Response::Rejected(e),
+            },
             Command::AbandonAttempts { now_ms, node, code } => self.abandon(now_ms, node, code),
             Command::RegisterNode {
                 id,
@@ -618,6 +661,14 @@ impl State {
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
+            Command::Signed {
+                key,
+                nonce,
+                request,
+                expires_ms,
+                command,
+            } => self.apply_signed(key, nonce, request, expires_ms, *command),
+            Command::KeysUsed { uses } => self.keys_used(uses),
         }
     }
 
@@ -840,6 +891,7 @@ impl State {
             error: None,
             tries: 0,
             run,
+            submitted_by: self.requester.clone(),
         };
         self.jobs.insert(id, Arc::new(job));
         self.index_insert(id);

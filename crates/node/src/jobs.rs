@@ -8,6 +8,15 @@ use model::{
 use rand::RngCore;
 use std::time::Duration;
 
+/// A key just created: the only time its secret is known outside the client.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    pub id: KeyId,
+    /// Hex.
+    pub secret: String,
+    pub expires_at_ms: Option<u64>,
+}
+
 impl Node {
     pub async fn deploy(&self, spec: FunctionSpec) -> Result<u32, ApiError> {
         if spec.kind == model::FunctionKind::Builtin
@@ -114,21 +123,37 @@ impl Node {
         self.wait(id, timeout).await
     }
 
-    /// Creates an API key; the secret is returned once and only here.
-    pub async fn create_key(&self, scopes: Vec<Scope>) -> Result<(KeyId, String), ApiError> {
+    /// Creates an API key, valid for `ttl` if given; the secret is returned once and only
+    /// here.
+    pub async fn create_key(
+        &self,
+        scopes: Vec<Scope>,
+        ttl: Option<Duration>,
+    ) -> Result<NewKey, ApiError> {
         let mut bytes = [0u8; 40];
         rand::rng().fill_bytes(&mut bytes);
         let id = KeyId(format!("ck_{}", hex::encode(&bytes[..8])));
         let secret = hex::encode(&bytes[8..]);
+        let now = now_ms();
+        let expires_at_ms = ttl.map(|t| now.saturating_add(t.as_millis() as u64));
+        let signing_key = model::signature::signing_key(&secret)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a new key's secret is not hex"))?;
         let key = ApiKey {
+            sealed: Some(crate::sealing::seal(&self.inner.kek, &id, &signing_key)),
             id: id.clone(),
-            secret: secret.clone(),
+            secret: String::new(),
             scopes,
-            created_at_ms: now_ms(),
+            created_at_ms: now,
             revoked: false,
+            expires_at_ms,
+            last_used_ms: None,
         };
         rejected(self.propose(Command::CreateKey { key }).await?)?;
-        Ok((id, secret))
+        Ok(NewKey {
+            id,
+            secret,
+            expires_at_ms,
+        })
     }
 
     pub async fn revoke_key(&self, id: KeyId) -> Result<(), ApiError> {

@@ -1,15 +1,19 @@
 //! A chorus node: wires the registry, the scheduler loop, the executor and storage, and owns
 //! every background task. The API crate calls the methods here; nothing here knows HTTP.
 
+mod at_rest;
 mod jobs;
 mod liveness;
 mod membership;
 mod metrics;
 mod objects;
+mod peer_rpc;
+mod requests;
 mod retention;
 mod running;
 mod runs;
 mod scheduling;
+mod sealing;
 mod startup;
 mod triggering;
 mod webhook;
@@ -23,11 +27,13 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use jobs::NewKey;
 pub use objects::{ObjectStream, OBJECT_COPY_BYTES_MAX, PEER_OBJECTS_PATH};
 pub use registry::{
     Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
+pub use requests::{serve as serve_signed, SignedRequest};
 pub use runs::RunView;
 pub use storage::Store as ObjectStore;
 pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
@@ -120,12 +126,15 @@ struct Inner {
     /// scheduling loop and the placement of new jobs; `None` until this node leads.
     scheduler: std::sync::Mutex<Option<scheduler::SchedulerState>>,
     cluster_secret: String,
+    /// Seals and opens API keys' signing keys (see [`sealing`]).
+    kek: sealing::Kek,
     /// Signed calls to peers' object routes (see [`objects`]).
     peer_http: reqwest::Client,
     /// Set once start-up has finished (the tasks run).
     running: std::sync::atomic::AtomicBool,
     /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).
     run_time_ewma_us: std::sync::atomic::AtomicU64,
+    key_uses: requests::KeyUses,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.
@@ -180,10 +189,12 @@ fn internal(what: &str, e: &dyn std::fmt::Display) -> ApiError {
 impl Node {
     /// Changes cluster config through the log; every node reads it live. The key and value
     /// are checked by [`model::Setting::parse`] before anything is proposed.
-    pub async fn set_config(&self, key: String, value: String) -> Result<(), ApiError> {
+    /// Setting the alert webhook answers the secret its posts are signed with.
+    pub async fn set_config(&self, key: String, value: String) -> Result<Option<String>, ApiError> {
         let setting = model::Setting::parse(&key, &value)?;
         let key = setting.key().to_string();
-        if let model::Setting::AlertsWebhook(Some(_)) = setting {
+        if let model::Setting::AlertsWebhook(Some(url)) = setting {
+            let secret = webhook::secret(self, url.as_str());
             // A new webhook hears of what happens from now on, not of the whole history.
             let from_now = self.read(|s| s.last_event_seq());
             let set = Command::Batch(vec![
@@ -193,11 +204,12 @@ impl Node {
             return match self.propose(set).await? {
                 Response::Batch(answers) => answers
                     .into_iter()
-                    .try_for_each(|answer| rejected(answer).map(|_| ())),
+                    .try_for_each(|answer| rejected(answer).map(|_| ()))
+                    .map(|()| Some(secret)),
                 other => Err(unexpected(other)),
             };
         }
-        rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| ())
+        rejected(self.propose(Command::SetConfig { key, value }).await?).map(|_| None)
     }
 
     /// Raft roles of the members.
@@ -255,7 +267,11 @@ impl Node {
         // Without a quorum (a partition, most voters down) a write waits forever: answer in
         // bounded time instead. The entry may still commit if the cluster heals while this
         // node leads; idempotency keys make a retry safe.
+        let command = requests::wrap(command);
+        let signed = matches!(command, Command::Signed { .. });
         match tokio::time::timeout(PROPOSE_TIMEOUT, self.inner.registry.propose(command)).await {
+            // A signed request refused as a whole (a replayed nonce) is an error to any caller.
+            Ok(Ok(Response::Rejected(e))) if signed => Err(e),
             Ok(answer) => answer.map_err(unavailable),
             Err(_) => Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -310,28 +326,4 @@ fn unexpected(response: Response) -> ApiError {
         ErrorCode::Internal,
         format!("unexpected registry response {response:?}"),
     )
-}
-
-impl Node {
-    /// Serves a raft RPC from the peer at `from` (as signed in the request).
-    pub async fn raft_rpc(
-        &self,
-        kind: &str,
-        from: Option<&str>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, registry::RaftRpcError> {
-        self.inner.registry.admit_peer(from).await?;
-        if kind != "propose" {
-            return self.inner.registry.handle_rpc(kind, body).await;
-        }
-        let command = match serde_json::from_slice(body)? {
-            Command::SubmitJobs {
-                now_ms,
-                jobs,
-                place,
-            } if place.is_empty() => self.placed_submit(now_ms, jobs).await,
-            other => other,
-        };
-        self.inner.registry.serve_propose(command).await
-    }
 }

@@ -151,6 +151,7 @@ impl Node {
         let timestamp_s = crate::now_ms() / 1000;
         let canonical = Canonical {
             method: method.as_str(),
+            host: addr,
             path: &path,
             query: "",
             timestamp_s,

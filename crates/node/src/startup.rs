@@ -18,9 +18,9 @@
 //! bounded.
 
 use crate::{
-    internal, liveness, metrics, now_ms, retention, running, runs, scheduling, storage_error,
-    triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE,
-    CLUSTER_KEY_FILE, JOIN_WAIT,
+    at_rest, internal, liveness, metrics, now_ms, requests, retention, running, runs, scheduling,
+    storage_error, triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig,
+    ADMIN_KEY_FILE, CLUSTER_KEY_FILE, JOIN_WAIT,
 };
 use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
 use rand::RngCore;
@@ -60,7 +60,7 @@ impl Node {
     /// through `config.join`) and open the registry. From here on the API can serve raft RPC,
     /// which a joining node needs before phase two.
     pub async fn open(config: NodeConfig) -> Result<Node, ApiError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| internal("data dir", &e))?;
+        at_rest::private_dir(&config.data_dir).map_err(|e| internal("data dir", &e))?;
         let (id, secret, founding) = identity(&config).await?;
         let registry = Registry::open(
             &config.data_dir.join("raft"),
@@ -90,6 +90,8 @@ impl Node {
                 shutdown: CancellationToken::new(),
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
                 scheduler: std::sync::Mutex::new(None),
+                kek: crate::sealing::Kek::of_cluster(&secret)
+                    .map_err(|e| internal(CLUSTER_KEY_FILE, &e))?,
                 cluster_secret: secret,
                 peer_http: reqwest::Client::builder()
                     .connect_timeout(crate::objects::PEER_CONNECT_TIMEOUT)
@@ -97,6 +99,7 @@ impl Node {
                     .map_err(|e| internal("HTTP client", &e))?,
                 running: std::sync::atomic::AtomicBool::new(false),
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
+                key_uses: Default::default(),
             }),
         })
     }
@@ -186,8 +189,11 @@ impl Node {
                     secret: join.secret.clone(),
                 },
                 None => {
-                    let (id, secret) = self.create_key(vec![Scope::Admin]).await?;
-                    KeyFile { id: id.0, secret }
+                    let key = self.create_key(vec![Scope::Admin], None).await?;
+                    KeyFile {
+                        id: key.id.0,
+                        secret: key.secret,
+                    }
                 }
             };
             write_key_file(&key_path, &key)
@@ -234,6 +240,7 @@ impl Node {
         tasks.spawn(runs::drive(self.clone()));
         tasks.spawn(triggering::fire(self.clone()));
         tasks.spawn(crate::objects::repair(self.clone()));
+        tasks.spawn(requests::flush_key_uses(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:
@@ -339,6 +346,9 @@ async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Foun
             .map_err(|e| internal(&p.display().to_string(), &e))
     };
     if id_path.exists() {
+        for file in [&id_path, &secret_path, &dir.join(ADMIN_KEY_FILE)] {
+            at_rest::tighten(file).map_err(|e| internal(&file.display().to_string(), &e))?;
+        }
         let id = read(&id_path)?
             .parse()
             .map_err(|e| internal(&id_path.display().to_string(), &e))?;
@@ -384,22 +394,14 @@ async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Foun
             (answer.id, answer.cluster_secret, registry::Founding::Join)
         }
     };
-    std::fs::write(&secret_path, format!("{secret}\n"))
+    at_rest::write_file(&secret_path, format!("{secret}\n").as_bytes())
         .map_err(|e| internal(&secret_path.display().to_string(), &e))?;
-    std::fs::write(&id_path, format!("{id}\n"))
+    at_rest::write_file(&id_path, format!("{id}\n").as_bytes())
         .map_err(|e| internal(&id_path.display().to_string(), &e))?;
     Ok((id, secret, founding))
 }
 
 fn write_key_file(path: &Path, key: &KeyFile) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::to_string_pretty(key).map_err(std::io::Error::other)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
+    at_rest::write_file(path, text.as_bytes())
 }

@@ -12,8 +12,15 @@
 //! with back-off; `chorus_webhook_posts_total{result}` counts posts. Setting the URL starts
 //! from the events after that moment, not from the whole history; an empty value switches
 //! the webhook off.
+//!
+//! Every post is signed as Stripe signs its webhooks: the header `x-chorus-webhook-signature:
+//! t=TIMESTAMP,v1=HEX` carries HMAC-SHA256 over `TIMESTAMP.BODY` with a secret derived from
+//! the cluster secret and the URL (`model::signature::webhook_secret`), which `chorus config
+//! set alerts.webhook URL` shows once. A receiver recomputes it and refuses an old timestamp,
+//! so a forged or replayed post is told apart.
 
-use crate::Node;
+use crate::{now_ms, Node};
+use model::signature::{webhook_signature, HEADER_WEBHOOK_SIGNATURE};
 use model::Command;
 use std::time::Duration;
 
@@ -56,10 +63,23 @@ pub(crate) async fn deliver(node: Node) {
         let (Some(url), Some(last)) = (url, events.last().map(|e| e.seq)) else {
             continue;
         };
-        let body = serde_json::json!({ "events": events });
+        let body = match serde_json::to_vec(&serde_json::json!({ "events": events })) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "alert webhook: events not encodable");
+                continue;
+            }
+        };
+        let signed = webhook_signature(
+            secret(&node, url.as_str()).as_bytes(),
+            now_ms() / 1000,
+            &body,
+        );
         let posted = client
             .post(url.clone())
-            .json(&body)
+            .header("content-type", "application/json")
+            .header(HEADER_WEBHOOK_SIGNATURE, signed)
+            .body(body)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status);
@@ -84,4 +104,9 @@ pub(crate) async fn deliver(node: Node) {
             }
         }
     }
+}
+
+/// The secret posts to `url` are signed with (hex; the receiver uses the text as given).
+pub(crate) fn secret(node: &Node, url: &str) -> String {
+    model::signature::webhook_secret(&node.inner.cluster_secret, url).unwrap_or_default()
 }

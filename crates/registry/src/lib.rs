@@ -181,9 +181,11 @@ impl Registry {
         cluster_secret: &str,
         snapshot_logs: u64,
     ) -> Result<Registry, RegistryError> {
-        std::fs::create_dir_all(dir)
+        private_files(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let db = log_store::open_db(&dir.join("raft.redb"))?;
+        private_files(dir)
+            .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let log_store = log_store::LogStore::new(db.clone());
         let disk = Arc::new(disk::Disk::new(
             dir.to_path_buf(),
@@ -392,6 +394,20 @@ impl Registry {
             // Said as an answer, not an error, so the follower knows the write was not taken.
             Err(RegistryError::NotLeader { .. }) => ProposeAnswer::NotLeader,
             Err(e) => return Err(rpc_error(e)),
+        };
+        Ok(serde_json::to_vec(&answer)?)
+    }
+
+    /// Answers a forwarded `propose` that the leader's checks refused, without appending it
+    /// (a node that does not lead says so, and the follower asks the leader).
+    pub fn refuse_forwarded(&self, refused: model::ApiError) -> Result<Vec<u8>, RaftRpcError> {
+        let answer = if self.figures().is_leader {
+            ProposeAnswer::Applied(network::Forwarded {
+                index: 0,
+                value: Response::Rejected(refused),
+            })
+        } else {
+            ProposeAnswer::NotLeader
         };
         Ok(serde_json::to_vec(&answer)?)
     }
@@ -679,4 +695,20 @@ fn rpc_error(e: RegistryError) -> RaftRpcError {
         RegistryError::StorageFull(why) => RaftRpcError::StorageFull(why),
         other => RaftRpcError::Unavailable(other.to_string()),
     }
+}
+
+/// Makes the registry's directory private to this user (0700) and its files too (0600): the
+/// log and the snapshot hold the whole replicated state. Files an older version wrote with
+/// the default mode are tightened here; new snapshots are created private.
+fn private_files(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }

@@ -223,6 +223,7 @@ impl Peers {
             .map_or(0, |d| d.as_secs());
         let canonical = Canonical {
             method: "POST",
+            host: addr,
             path: &path,
             query: &query,
             timestamp_s,
@@ -306,7 +307,8 @@ impl Peers {
         canonical: &model::signature::Canonical<'_>,
         signature_hex: &str,
     ) -> bool {
-        canonical.verify(&self.secret, signature_hex)
+        model::signature::signing_key(&self.secret)
+            .is_some_and(|key| canonical.verify(&key, signature_hex))
     }
 }
 

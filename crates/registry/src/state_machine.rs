@@ -72,12 +72,19 @@ impl SnapshotFile {
     /// nothing written) when the file already holds a snapshot at `index` or later.
     fn write(&self, bytes: &[u8], index: u64) -> std::io::Result<bool> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut on_disk = self.on_disk.lock().unwrap_or_else(|p| p.into_inner());
         if *on_disk >= index && *on_disk > 0 {
             return Ok(false);
         }
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
+        // Private from the start: the snapshot holds the whole replicated state.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;

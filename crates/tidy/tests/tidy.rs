@@ -61,6 +61,8 @@ fn each_outside_concern_has_one_owner() {
     // registry.
     must_be_owned(&all, "libc", &["executor", "audio", "registry"]);
     must_be_owned(&all, "symphonia", &["audio"]);
+    // The AEAD that seals API keys' signing keys in the replicated state.
+    must_be_owned(&all, "ring", &["node"]);
 }
 
 #[test]

@@ -2,9 +2,10 @@
 
 The canonical form is model::signature's (crates/model/src/signature.rs):
 
-    METHOD \n PATH \n QUERY \n TIMESTAMP \n NONCE \n hex(SHA256(BODY))
+    METHOD \n HOST \n PATH \n QUERY \n TIMESTAMP \n NONCE \n hex(SHA256(BODY))
 
-signed with HMAC-SHA256 under the hex-decoded key secret. The signature is computed on the
+signed with HMAC-SHA256 under the signing key, HMAC-SHA256(hex-decoded secret,
+"chorus signing key v1"). The signature is computed on the
 request as `requests` prepared it (path and query exactly as sent, body bytes exactly as
 sent), so every generated case is signed, malformed ones included. The key comes from
 CHORUS_KEY_ID and CHORUS_KEY_SECRET.
@@ -24,7 +25,9 @@ import schemathesis
 class ChorusSignature(requests.auth.AuthBase):
     def __init__(self, key_id, secret_hex):
         self.key_id = key_id
-        self.secret = bytes.fromhex(secret_hex)
+        self.secret = hmac.new(
+            bytes.fromhex(secret_hex), b"chorus signing key v1", hashlib.sha256
+        ).digest()
 
     def __call__(self, request):
         url = urllib.parse.urlsplit(request.url)
@@ -35,7 +38,7 @@ class ChorusSignature(requests.auth.AuthBase):
         nonce = secrets.token_hex(16)
         body_hash = hashlib.sha256(body).hexdigest()
         canonical = "\n".join(
-            [request.method, url.path, url.query, timestamp, nonce, body_hash]
+            [request.method, url.netloc, url.path, url.query, timestamp, nonce, body_hash]
         )
         signature = hmac.new(self.secret, canonical.encode("utf-8"), hashlib.sha256)
         request.headers["x-chorus-key"] = self.key_id

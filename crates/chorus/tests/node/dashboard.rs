@@ -70,7 +70,9 @@ async fn the_demo_shows_songs_on_the_dashboard() {
     let started = Instant::now();
     let mut printed = String::new();
     let mut url = None;
-    for line in BufReader::new(stdout).lines() {
+    // Kept open to the end: a demo that writes to a closed pipe stops (as `| head` wants).
+    let mut lines = BufReader::new(stdout).lines();
+    for line in &mut lines {
         let line = line.unwrap();
         printed.push_str(&line);
         printed.push('\n');
@@ -84,6 +86,7 @@ async fn the_demo_shows_songs_on_the_dashboard() {
         );
     }
     let url = url.unwrap_or_else(|| panic!("the demo printed no dashboard link:\n{printed}"));
+    must_carry_a_short_lived_read_key(&url, &dir.path().join("data")).await;
     // The table: three songs, each with loudness, tempo, key and a chorus that overlaps the truth.
     assert_eq!(printed.matches("-> found a chorus").count(), 3, "{printed}");
     assert!(printed.contains("mp3,opus"), "{printed}");
@@ -136,4 +139,48 @@ async fn the_demo_shows_songs_on_the_dashboard() {
     if let Some(path) = keep {
         std::fs::copy(&shot, path).unwrap();
     }
+}
+
+/// The link's key reads and nothing more, and expires within a few hours: never the admin
+/// key. The page keeps it for the tab only.
+async fn must_carry_a_short_lived_read_key(url: &str, data: &std::path::Path) {
+    let (id, _secret) = url
+        .split_once("#key=")
+        .and_then(|(_, key)| key.split_once(':'))
+        .unwrap_or_else(|| panic!("no key in {url}"));
+    let text = std::fs::read_to_string(data.join(node::ADMIN_KEY_FILE)).unwrap();
+    let admin: node::KeyFile = serde_json::from_str(&text).unwrap();
+    assert_ne!(id, admin.id, "the dashboard got the admin key");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let client = client::Client::new(
+        addr,
+        client::Credentials {
+            key_id: admin.id,
+            secret: admin.secret,
+        },
+    );
+    let keys = client.list_keys().await.unwrap();
+    let key = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("{keys}"));
+    assert_eq!(key["scopes"], serde_json::json!(["read"]), "{key}");
+    let expires_in_ms = key["expires_at_ms"].as_u64().unwrap() - crate::harness::now_ms();
+    assert!(expires_in_ms <= 4 * 3600 * 1000, "{key}");
+    let (status, page) = client.get_public("/").await.unwrap();
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("sessionStorage.setItem"),
+        "the page keeps the key for the tab"
+    );
+    assert!(
+        !page.contains("localStorage.setItem"),
+        "the page keeps the key for good"
+    );
 }

@@ -386,3 +386,11 @@ pub(crate) fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
 }
+
+/// Milliseconds since the epoch, as the nodes stamp times.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

@@ -13,6 +13,7 @@ mod harness;
 mod history;
 mod lifecycle;
 mod objects;
+mod security;
 mod triggers;
 mod workflows;
 
@@ -810,41 +811,48 @@ async fn jobs_no_node_can_take_wait_without_holding_back_the_queue_and_raise_an_
     );
 }
 
+/// One HTTP request read from `socket`: its head (lower-cased) and its body.
+async fn read_post(socket: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let body_start = loop {
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the post ended early");
+        request.extend_from_slice(&chunk[..n]);
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    while request.len() < body_start + length {
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the post ended early");
+        request.extend_from_slice(&chunk[..n]);
+    }
+    (head, request[body_start..].to_vec())
+}
+
 /// An HTTP endpoint for the alert webhook: answers the first post with 500 and the others
 /// with 200, and keeps every body it was sent.
 async fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hooks/chorus", listener.local_addr().unwrap());
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let kept = bodies.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let mut request = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body_start = loop {
-                let n = socket.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "the post ended early");
-                request.extend_from_slice(&chunk[..n]);
-                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break end + 4;
-                }
-            };
-            let head = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
+            let (head, body) = read_post(&mut socket).await;
             assert!(head.starts_with("post /hooks/chorus "), "{head}");
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            while request.len() < body_start + length {
-                let n = socket.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "the post ended early");
-                request.extend_from_slice(&chunk[..n]);
-            }
-            let body = serde_json::from_slice(&request[body_start..]).unwrap();
+            let body = serde_json::from_slice(&body).unwrap();
             let posts = {
                 let mut bodies = kept.lock().unwrap();
                 bodies.push(body);

@@ -311,9 +311,12 @@ fn resolve(state: &State, now_ms: u64, op: &Op) -> Command {
             key: ApiKey {
                 id: KeyId(format!("k{key}")),
                 secret: "00".into(),
+                sealed: None,
                 scopes: vec![Scope::Submit],
                 created_at_ms: now_ms,
                 revoked: false,
+                expires_at_ms: None,
+                last_used_ms: None,
             },
         },
         Op::RevokeKey { key } => Command::RevokeKey {
