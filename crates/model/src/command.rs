@@ -209,6 +209,22 @@ pub enum Command {
         cursor_ms: u64,
         fired: u64,
     },
+    /// A bucket trigger started jobs for these object versions: proposed by the leader in
+    /// one `Batch` with their `SubmitJobs`. At most `triggers::BUCKET_OBJECTS_PER_PASS_MAX`;
+    /// a version already seen counts once.
+    AdvanceBucket {
+        name: String,
+        seen: Vec<triggers::Seen>,
+    },
+    /// A Kafka trigger started jobs for `records` records of `partition`, up to (not
+    /// including) `next_offset`: proposed in one `Batch` with their `SubmitJobs`. Taken only
+    /// if it moves the partition's cursor forward.
+    AdvanceKafka {
+        name: String,
+        partition: i32,
+        next_offset: i64,
+        records: u64,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
 }
@@ -245,6 +261,8 @@ impl Command {
             | Command::EventsDelivered { .. }
             | Command::DeleteTrigger { .. }
             | Command::AdvanceTrigger { .. }
+            | Command::AdvanceBucket { .. }
+            | Command::AdvanceKafka { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -263,7 +281,9 @@ impl Command {
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. }
             | Command::RecordObjects { .. }
-            | Command::AdvanceTrigger { .. } => true,
+            | Command::AdvanceTrigger { .. }
+            | Command::AdvanceBucket { .. }
+            | Command::AdvanceKafka { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             _ => false,
         }

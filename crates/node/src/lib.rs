@@ -10,6 +10,7 @@ mod retention;
 mod running;
 mod runs;
 mod scheduling;
+mod sources;
 mod startup;
 mod triggering;
 mod webhook;
@@ -29,6 +30,7 @@ pub use registry::{
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
 pub use runs::RunView;
+pub use sources::SourceStatus;
 pub use storage::Store as ObjectStore;
 pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
 
@@ -126,6 +128,8 @@ struct Inner {
     running: std::sync::atomic::AtomicBool,
     /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).
     run_time_ewma_us: std::sync::atomic::AtomicU64,
+    /// How the sources of bucket and Kafka triggers fare, while this node reads them.
+    sources: sources::Statuses,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.

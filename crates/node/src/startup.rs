@@ -18,9 +18,9 @@
 //! bounded.
 
 use crate::{
-    internal, liveness, metrics, now_ms, retention, running, runs, scheduling, storage_error,
-    triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig, ADMIN_KEY_FILE,
-    CLUSTER_KEY_FILE, JOIN_WAIT,
+    internal, liveness, metrics, now_ms, retention, running, runs, scheduling, sources,
+    storage_error, triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig,
+    ADMIN_KEY_FILE, CLUSTER_KEY_FILE, JOIN_WAIT,
 };
 use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
 use rand::RngCore;
@@ -97,6 +97,7 @@ impl Node {
                     .map_err(|e| internal("HTTP client", &e))?,
                 running: std::sync::atomic::AtomicBool::new(false),
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
+                sources: Default::default(),
             }),
         })
     }
@@ -233,6 +234,7 @@ impl Node {
         tasks.spawn(webhook::deliver(self.clone()));
         tasks.spawn(runs::drive(self.clone()));
         tasks.spawn(triggering::fire(self.clone()));
+        tasks.spawn(sources::watch(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

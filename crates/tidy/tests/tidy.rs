@@ -61,6 +61,7 @@ fn each_outside_concern_has_one_owner() {
     // registry.
     must_be_owned(&all, "libc", &["executor", "audio", "registry"]);
     must_be_owned(&all, "symphonia", &["audio"]);
+    must_be_owned(&all, "rdkafka", &["events"]);
 }
 
 #[test]
@@ -75,6 +76,8 @@ fn pure_crates_do_no_io() {
         "object_store",
         "libc",
         "tracing",
+        "rdkafka",
+        "events",
     ];
     for pure in ["model", "scheduler", "workflow", "triggers", "dsp"] {
         let Some(deps) = all.get(pure) else {

@@ -13,6 +13,7 @@ mod harness;
 mod history;
 mod lifecycle;
 mod objects;
+mod sources;
 mod triggers;
 mod workflows;
 
