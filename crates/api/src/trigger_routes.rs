@@ -133,8 +133,9 @@ pub(crate) async fn invoke(
 // --- triggers ---
 
 /// A trigger as the API shows it: the stored record and, for an active cron trigger, when
-/// it fires next.
-fn view(trigger: &Trigger) -> serde_json::Value {
+/// it fires next; for a bucket or Kafka trigger, how its source fares (`status`) when the
+/// node that answers reads it (the leader does).
+fn view(node: &node::Node, trigger: &Trigger) -> serde_json::Value {
     let mut value = json!(trigger);
     let next = trigger
         .spec
@@ -145,6 +146,12 @@ fn view(trigger: &Trigger) -> serde_json::Value {
         .and_then(|s| s.next_after(trigger.cursor_ms.max(node::now_ms())));
     if let (Some(next), Some(map)) = (next, value.as_object_mut()) {
         map.insert("next_tick_ms".into(), json!(next));
+    }
+    if let (Some(status), Some(map)) = (
+        node.source_status(&trigger.spec.name),
+        value.as_object_mut(),
+    ) {
+        map.insert("status".into(), json!(status));
     }
     value
 }
@@ -157,7 +164,7 @@ pub(crate) async fn create_trigger(
     // Checked here too, so a bad spec costs no log entry.
     spec.validate().map_err(trigger_failure)?;
     let trigger = app.node.create_trigger(spec).await?;
-    Ok((StatusCode::CREATED, Json(view(&trigger))))
+    Ok((StatusCode::CREATED, Json(view(&app.node, &trigger))))
 }
 
 #[derive(Deserialize)]
@@ -174,7 +181,9 @@ pub(crate) async fn list_triggers(
     if !query(q)?.stale {
         app.node.sync().await?;
     }
-    let triggers: Vec<serde_json::Value> = app.node.read(|s| s.triggers().map(view).collect());
+    let triggers: Vec<serde_json::Value> = app
+        .node
+        .read(|s| s.triggers().map(|t| view(&app.node, t)).collect());
     Ok(Json(json!({ "triggers": triggers })))
 }
 
@@ -186,7 +195,7 @@ pub(crate) async fn get_trigger(
     if !query(q)?.stale {
         app.node.sync().await?;
     }
-    Ok(Json(view(&app.node.trigger(&name)?)))
+    Ok(Json(view(&app.node, &app.node.trigger(&name)?)))
 }
 
 pub(crate) async fn delete_trigger(
@@ -201,14 +210,16 @@ pub(crate) async fn pause_trigger(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Answer<Json<serde_json::Value>> {
-    Ok(Json(view(&app.node.pause_trigger(name, true).await?)))
+    let trigger = app.node.pause_trigger(name, true).await?;
+    Ok(Json(view(&app.node, &trigger)))
 }
 
 pub(crate) async fn resume_trigger(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Answer<Json<serde_json::Value>> {
-    Ok(Json(view(&app.node.pause_trigger(name, false).await?)))
+    let trigger = app.node.pause_trigger(name, false).await?;
+    Ok(Json(view(&app.node, &trigger)))
 }
 
 // --- events ---

@@ -73,11 +73,14 @@ pub(crate) struct TriggersArgs {
     conn: Conn,
 }
 
+// Parsed once per process: the size of `Create` beside the other variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 enum TriggersCmd {
-    /// Create a trigger: `--cron SCHEDULE` (five fields, or six with seconds first) or
+    /// Create a trigger: `--cron SCHEDULE` (five fields, or six with seconds first),
     /// `--events` with `--filter`s (CloudEvents Subscriptions API dialects: exact, prefix,
-    /// suffix, all, any, not).
+    /// suffix, all, any, not), `--bucket PREFIX` with `--suffix`es (new or changed objects of
+    /// the object store), or `--kafka-brokers HOST:PORT --topic TOPIC` (records of a topic).
     Create {
         name: String,
         #[arg(long)]
@@ -103,6 +106,23 @@ enum TriggersCmd {
         /// must match).
         #[arg(long = "filter", requires = "events")]
         filters: Vec<String>,
+        /// Start a job for each new or changed object whose key starts with PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        bucket: Option<String>,
+        /// With --bucket: only keys that end with it, e.g. .flac (repeatable).
+        #[arg(long = "suffix", requires = "bucket")]
+        suffixes: Vec<String>,
+        /// Start jobs for the records of --topic on these Kafka brokers (host:port,...).
+        #[arg(long, requires = "topic")]
+        kafka_brokers: Option<String>,
+        #[arg(long, requires = "kafka_brokers")]
+        topic: Option<String>,
+        /// The consumer group (chorus-NAME if not given).
+        #[arg(long, requires = "kafka_brokers")]
+        group: Option<String>,
+        /// Records per job (1 to 100).
+        #[arg(long, default_value_t = 1, requires = "kafka_brokers")]
+        batch: u32,
     },
     List,
     Get {
@@ -132,6 +152,12 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         catch_up_max,
         events,
         filters,
+        bucket,
+        suffixes,
+        kafka_brokers,
+        topic,
+        group,
+        batch,
     } = command
     else {
         bail!("not a create command")
@@ -139,6 +165,27 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
     let input: serde_json::Value =
         serde_json::from_str(&input).context("--input is not valid JSON")?;
     let mut spec = serde_json::json!({ "name": name, "function": function, "input": input });
+    let sources = usize::from(cron.is_some())
+        + usize::from(events)
+        + usize::from(bucket.is_some())
+        + usize::from(kafka_brokers.is_some());
+    if sources != 1 {
+        bail!(
+            "a trigger takes one of --cron SCHEDULE, --events, --bucket PREFIX and --kafka-brokers"
+        );
+    }
+    if let Some(prefix) = bucket {
+        spec["bucket"] = serde_json::json!({ "prefix": prefix, "suffixes": suffixes });
+        return Ok(spec);
+    }
+    if let Some(brokers) = kafka_brokers {
+        let mut kafka = serde_json::json!({ "brokers": brokers, "topic": topic, "batch": batch });
+        if let Some(group) = group {
+            kafka["group"] = group.into();
+        }
+        spec["kafka"] = kafka;
+        return Ok(spec);
+    }
     match (cron, events) {
         (Some(schedule), false) => {
             let missed = if missed == "catch-up" {
@@ -178,6 +225,19 @@ fn print_trigger(t: &serde_json::Value) -> anyhow::Result<()> {
             cron["schedule"].as_str().unwrap_or("?"),
             cron["timezone"].as_str().unwrap_or("UTC"),
             cron["missed"].as_str().unwrap_or("skip"),
+        )
+    } else if let Some(bucket) = spec["bucket"].as_object() {
+        format!(
+            "bucket {:?} suffixes={}",
+            bucket["prefix"].as_str().unwrap_or(""),
+            spec["bucket"]["suffixes"]
+        )
+    } else if let Some(kafka) = spec["kafka"].as_object() {
+        format!(
+            "kafka {} topic={} batch={}",
+            kafka["brokers"].as_str().unwrap_or("?"),
+            kafka["topic"].as_str().unwrap_or("?"),
+            kafka["batch"]
         )
     } else {
         format!("events filters={}", spec["events"]["filters"])
@@ -234,7 +294,14 @@ pub(crate) async fn triggers(args: TriggersArgs) -> anyhow::Result<ExitCode> {
         if let Some(next) = answer["next_tick_ms"].as_u64() {
             outln!("  next tick at {next} ms (unix time)")?;
         }
-        outln!("  ticks fired: {}", answer["fired"].as_u64().unwrap_or(0))?;
+        outln!("  fired: {}", answer["fired"].as_u64().unwrap_or(0))?;
+        if let Some(status) = answer["status"].as_object() {
+            outln!(
+                "  source: {} {}",
+                status["state"].as_str().unwrap_or("?"),
+                status.get("error").and_then(|e| e.as_str()).unwrap_or("")
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

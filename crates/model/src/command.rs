@@ -229,6 +229,22 @@ pub enum Command {
         cursor_ms: u64,
         fired: u64,
     },
+    /// A bucket trigger started jobs for these object versions: proposed by the leader in
+    /// one `Batch` with their `SubmitJobs`. At most `triggers::BUCKET_OBJECTS_PER_PASS_MAX`;
+    /// a version already seen counts once.
+    AdvanceBucket {
+        name: String,
+        seen: Vec<triggers::Seen>,
+    },
+    /// A Kafka trigger started jobs for `records` records of `partition`, up to (not
+    /// including) `next_offset`: proposed in one `Batch` with their `SubmitJobs`. Taken only
+    /// if it moves the partition's cursor forward.
+    AdvanceKafka {
+        name: String,
+        partition: i32,
+        next_offset: i64,
+        records: u64,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
     /// A command proposed while serving a client's signed request: the log orders the
@@ -288,6 +304,8 @@ impl Command {
             | Command::AdvanceTrigger { .. }
             | Command::AddObjectHolders { .. }
             | Command::KeysUsed { .. }
+            | Command::AdvanceBucket { .. }
+            | Command::AdvanceKafka { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -308,6 +326,8 @@ impl Command {
             | Command::RecordObjects { .. }
             | Command::AddObjectHolders { .. }
             | Command::AdvanceTrigger { .. }
+            | Command::AdvanceBucket { .. }
+            | Command::AdvanceKafka { .. }
             | Command::KeysUsed { .. } => true,
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             // Sent again, it carries the same request: its nonce is not taken for a replay.

@@ -28,6 +28,11 @@ pub enum EventKind {
     /// A node admitted to the cluster did not catch up in time and was removed again (an
     /// alert).
     JoinFailed,
+    /// A bucket or Kafka trigger cannot read its source (store unreachable, brokers down,
+    /// topic unknown): it retries with back-off and catches up (an alert).
+    SourceFailed,
+    /// A trigger whose source had failed reads it again.
+    SourceRecovered,
 }
 
 impl EventKind {
@@ -39,6 +44,7 @@ impl EventKind {
                 | EventKind::NodeLost
                 | EventKind::JobsWaiting
                 | EventKind::JoinFailed
+                | EventKind::SourceFailed
         )
     }
 }

@@ -658,6 +658,13 @@ impl State {
                 }
                 None => no_trigger(&name),
             },
+            Command::AdvanceBucket { name, seen } => self.advance_bucket(&name, &seen),
+            Command::AdvanceKafka {
+                name,
+                partition,
+                next_offset,
+                records,
+            } => self.advance_kafka(&name, partition, next_offset, records),
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
@@ -765,6 +772,14 @@ impl State {
             ));
         }
         let trigger = Trigger {
+            bucket: spec
+                .bucket
+                .as_ref()
+                .map(|_| triggers::BucketCursor::default()),
+            kafka: spec
+                .kafka
+                .as_ref()
+                .map(|_| triggers::KafkaCursor::default()),
             spec,
             created_at_ms: now_ms,
             paused: false,
@@ -772,6 +787,45 @@ impl State {
             fired: 0,
         };
         self.triggers.insert(trigger.spec.name.clone(), trigger);
+        Response::Done
+    }
+
+    fn advance_bucket(&mut self, name: &str, seen: &[triggers::Seen]) -> Response {
+        if seen.len() > triggers::BUCKET_OBJECTS_PER_PASS_MAX {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a bucket trigger takes at most {} objects per entry",
+                    triggers::BUCKET_OBJECTS_PER_PASS_MAX
+                ),
+            ));
+        }
+        let Some(t) = self.triggers.get_mut(name) else {
+            return no_trigger(name);
+        };
+        let Some(cursor) = t.bucket.as_mut() else {
+            return not_a(name, "bucket");
+        };
+        let new = seen
+            .iter()
+            .filter(|s| !cursor.seen.contains_key(&s.id))
+            .count();
+        cursor.advance(seen);
+        t.fired += new as u64;
+        Response::Done
+    }
+
+    fn advance_kafka(&mut self, name: &str, partition: i32, next: i64, records: u64) -> Response {
+        let Some(t) = self.triggers.get_mut(name) else {
+            return no_trigger(name);
+        };
+        let Some(cursor) = t.kafka.as_mut() else {
+            return not_a(name, "Kafka");
+        };
+        if next > cursor.next_offset(partition) {
+            cursor.advance(partition, next);
+            t.fired += records;
+        }
         Response::Done
     }
 
@@ -1187,6 +1241,13 @@ impl State {
             panic!("a state invariant is broken: {broken}");
         }
     }
+}
+
+fn not_a(name: &str, kind: &str) -> Response {
+    Response::Rejected(ApiError::new(
+        ErrorCode::InvalidInput,
+        format!("trigger {name:?} is not a {kind} trigger"),
+    ))
 }
 
 fn no_trigger(name: &str) -> Response {

@@ -1,8 +1,10 @@
 //! Triggers as the replicated state keeps them: the spec (see the `triggers` crate), whether
-//! an operator paused it, and for a cron trigger its cursor, the latest tick it fired.
+//! an operator paused it, and its cursor: for a cron trigger the latest tick it fired, for a
+//! bucket trigger the object versions it has seen, for a Kafka trigger the next offset of
+//! each partition.
 
 use serde::{Deserialize, Serialize};
-pub use triggers::TriggerSpec;
+pub use triggers::{BucketCursor, KafkaCursor, TriggerSpec};
 
 /// Triggers in the cluster at most.
 pub const TRIGGERS_MAX: usize = 1_000;
@@ -18,9 +20,16 @@ pub struct Trigger {
     /// first): the next pass fires only ticks after it. It moves in the same log entry as
     /// the jobs of the ticks it passes, and never back.
     pub cursor_ms: u64,
-    /// Ticks a cron trigger fired.
+    /// Ticks a cron trigger fired; objects or records a bucket or Kafka trigger started
+    /// jobs for.
     #[serde(default)]
     pub fired: u64,
+    /// A bucket trigger's cursor; it lists objects modified from `created_at_ms` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketCursor>,
+    /// A Kafka trigger's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaCursor>,
 }
 
 #[cfg(test)]
@@ -122,5 +131,70 @@ mod tests {
             must_apply(&mut s, advance(10_000)),
             Response::Rejected(e) if e.code == ErrorCode::NotFound
         ));
+    }
+
+    /// A bucket trigger's seen versions and a Kafka trigger's offsets move with their
+    /// commands, on every replica the same, and taking one twice counts nothing twice.
+    #[test]
+    fn bucket_and_kafka_cursors_move_forward_once() {
+        use crate::{Command, Response, State};
+        use serde_json::json;
+        let mut s = State::default();
+        must_apply(
+            &mut s,
+            Command::DeployFunction {
+                spec: crate::FunctionSpec::builtin("noop"),
+            },
+        );
+        let spec = |v| serde_json::from_value(v).unwrap();
+        for spec in [
+            spec(json!({ "name": "b", "function": "noop", "bucket": { "prefix": "in/" } })),
+            spec(json!({ "name": "k", "function": "noop",
+                         "kafka": { "brokers": "h:9092", "topic": "songs" } })),
+        ] {
+            let created = must_apply(&mut s, Command::CreateTrigger { now_ms: 5, spec });
+            assert_eq!(created, Response::Done);
+        }
+        let seen = vec![triggers::Seen {
+            id: "a".repeat(64),
+            modified_ms: 7,
+        }];
+        let advance = Command::AdvanceBucket {
+            name: "b".into(),
+            seen: seen.clone(),
+        };
+        must_apply(&mut s, advance.clone());
+        must_apply(&mut s, advance);
+        let b = s.trigger("b").unwrap();
+        assert_eq!(b.fired, 1);
+        assert_eq!(b.bucket.as_ref().unwrap().watermark_ms, 7);
+        let offsets = |next_offset| Command::AdvanceKafka {
+            name: "k".into(),
+            partition: 0,
+            next_offset,
+            records: 3,
+        };
+        must_apply(&mut s, offsets(3));
+        must_apply(&mut s, offsets(3));
+        must_apply(&mut s, offsets(1));
+        let k = s.trigger("k").unwrap();
+        assert_eq!(k.fired, 3);
+        assert!(!k.kafka.as_ref().unwrap().is_new(0, 2));
+        let wrong = must_apply(
+            &mut s,
+            Command::AdvanceKafka {
+                name: "b".into(),
+                partition: 0,
+                next_offset: 1,
+                records: 1,
+            },
+        );
+        assert!(
+            matches!(&wrong, Response::Rejected(e) if e.code == ErrorCode::InvalidInput),
+            "{wrong:?}"
+        );
+        let copy = State::decode(&s.snapshot_copy().encode()).unwrap();
+        assert_eq!(copy.trigger("b"), s.trigger("b"));
+        assert_eq!(copy.trigger("k"), s.trigger("k"));
     }
 }

@@ -14,6 +14,7 @@ mod running;
 mod runs;
 mod scheduling;
 mod sealing;
+mod sources;
 mod startup;
 mod triggering;
 mod webhook;
@@ -35,6 +36,7 @@ pub use registry::{
 };
 pub use requests::{serve as serve_signed, SignedRequest};
 pub use runs::RunView;
+pub use sources::SourceStatus;
 pub use storage::Store as ObjectStore;
 pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
 
@@ -135,6 +137,8 @@ struct Inner {
     /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).
     run_time_ewma_us: std::sync::atomic::AtomicU64,
     key_uses: requests::KeyUses,
+    /// How the sources of bucket and Kafka triggers fare, while this node reads them.
+    sources: sources::Statuses,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.

@@ -43,6 +43,17 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    trigger: String,
+    partition: i32,
+}
+
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
@@ -63,6 +74,10 @@ pub(crate) struct Metrics {
     pub(crate) object_repairs: Counter,
     pub(crate) object_copy_failures: Counter,
     webhook_posts: Family<ResultLabels, Counter>,
+    source_records: Family<SourceLabels, Counter>,
+    source_bytes: Family<SourceLabels, Counter>,
+    source_rejected: Family<SourceLabels, Counter>,
+    source_lag: Family<PartitionLabels, Gauge>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -175,8 +190,36 @@ impl Metrics {
             "Posts of events to the alert webhook by this node as leader, by result (ok, failed)",
             webhook_posts.clone(),
         );
+        let source_records = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_records",
+            "Records (Kafka) or objects (bucket) a trigger read on this node as leader",
+            source_records.clone(),
+        );
+        let source_bytes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_bytes",
+            "Bytes of the records or objects a trigger read on this node as leader",
+            source_bytes.clone(),
+        );
+        let source_rejected = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_rejected",
+            "Records a trigger refused (over the size limit) on this node as leader",
+            source_rejected.clone(),
+        );
+        let source_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "source_lag",
+            "A Kafka trigger's consumer group lag per partition (high watermark minus committed offset), as kafka_exporter's kafka_consumergroup_lag",
+            source_lag.clone(),
+        );
         Metrics {
             registry,
+            source_records,
+            source_bytes,
+            source_rejected,
+            source_lag,
             webhook_posts,
             breaker_open,
             purged_jobs,
@@ -205,6 +248,27 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts what a trigger's source delivered.
+    pub(crate) fn source_records(&self, trigger: &str, records: u64, bytes: u64, rejected: u64) {
+        let labels = SourceLabels {
+            trigger: trigger.to_string(),
+        };
+        self.source_records.get_or_create(&labels).inc_by(records);
+        self.source_bytes.get_or_create(&labels).inc_by(bytes);
+        self.source_rejected.get_or_create(&labels).inc_by(rejected);
+    }
+
+    /// Sets a Kafka trigger's lag per partition.
+    pub(crate) fn source_lag(&self, trigger: &str, lag: &BTreeMap<i32, i64>) {
+        for (&partition, &lag) in lag {
+            let labels = PartitionLabels {
+                trigger: trigger.to_string(),
+                partition,
+            };
+            self.source_lag.get_or_create(&labels).set(lag);
+        }
     }
 
     pub(crate) fn render(

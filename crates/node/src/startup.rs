@@ -19,7 +19,7 @@
 
 use crate::{
     at_rest, internal, liveness, metrics, now_ms, requests, retention, running, runs, scheduling,
-    storage_error, triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig,
+    sources, storage_error, triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig,
     ADMIN_KEY_FILE, CLUSTER_KEY_FILE, JOIN_WAIT,
 };
 use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
@@ -100,6 +100,7 @@ impl Node {
                 running: std::sync::atomic::AtomicBool::new(false),
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
                 key_uses: Default::default(),
+                sources: Default::default(),
             }),
         })
     }
@@ -241,6 +242,7 @@ impl Node {
         tasks.spawn(triggering::fire(self.clone()));
         tasks.spawn(crate::objects::repair(self.clone()));
         tasks.spawn(requests::flush_key_uses(self.clone()));
+        tasks.spawn(sources::watch(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

@@ -92,6 +92,25 @@ fn classify_io(key: &str, detail: String) -> StorageError {
     }
 }
 
+/// One object of a [`Store::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// When the store says the object was last written, in Unix milliseconds.
+    pub modified_ms: u64,
+    /// The store's tag of the object's content (empty if it gives none).
+    pub etag: String,
+}
+
+/// What a [`Store::list`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub objects: Vec<Listed>,
+    /// More objects matched than the listing's limit.
+    pub truncated: bool,
+}
+
 /// A handle on the object store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -320,6 +339,40 @@ impl Store {
         Ok(deleted)
     }
 
+    /// The objects whose keys start with `prefix` (any string, not only a folder), at most
+    /// `limit`; the listing says whether more were left out. Names no store's own files (a
+    /// local store's writes in progress).
+    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Listing, StorageError> {
+        let store = |e| StorageError::store(prefix, e);
+        // object_store lists folders: list the prefix's folder and keep what starts with it.
+        let folder = prefix.rsplit_once('/').map_or("", |(folder, _)| folder);
+        let location = if folder.is_empty() {
+            None
+        } else {
+            Some(parse_key(folder)?)
+        };
+        let mut listed = self.inner.list(location.as_ref());
+        let mut listing = Listing::default();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(store)?;
+            let key = meta.location.to_string();
+            if !key.starts_with(prefix) || parse_key(&key).is_err() {
+                continue;
+            }
+            if listing.objects.len() >= limit {
+                listing.truncated = true;
+                break;
+            }
+            listing.objects.push(Listed {
+                size: meta.size,
+                modified_ms: u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0),
+                etag: meta.e_tag.unwrap_or_default(),
+                key,
+            });
+        }
+        Ok(listing)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.inner.delete(&parse_key(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -431,5 +484,39 @@ mod tests {
             store.size("uploads/a.bin").await,
             Err(StorageError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_listing_takes_any_prefix_and_keeps_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(&dir.path().join("objects")).unwrap();
+        for key in ["in/a.flac", "in/b.wav", "in/sub/c.flac", "inbox/d", "out/e"] {
+            store
+                .put_bytes(key, Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let keys = |l: &Listing| {
+            let mut keys: Vec<String> = l.objects.iter().map(|o| o.key.clone()).collect();
+            keys.sort();
+            keys.join(" ")
+        };
+        let all = store.list("in", 100).await.unwrap();
+        assert_eq!(keys(&all), "in/a.flac in/b.wav in/sub/c.flac inbox/d");
+        assert!(!all.truncated);
+        assert_eq!(
+            keys(&store.list("in/", 100).await.unwrap()),
+            "in/a.flac in/b.wav in/sub/c.flac"
+        );
+        assert_eq!(
+            keys(&store.list("in/sub/", 100).await.unwrap()),
+            "in/sub/c.flac"
+        );
+        let capped = store.list("", 2).await.unwrap();
+        assert_eq!((capped.objects.len(), capped.truncated), (2, true));
+        assert!(capped
+            .objects
+            .iter()
+            .all(|o| o.size == 1 && o.modified_ms > 0));
     }
 }

@@ -63,6 +63,7 @@ fn each_outside_concern_has_one_owner() {
     must_be_owned(&all, "symphonia", &["audio"]);
     // The AEAD that seals API keys' signing keys in the replicated state.
     must_be_owned(&all, "ring", &["node"]);
+    must_be_owned(&all, "rdkafka", &["events"]);
 }
 
 #[test]
@@ -77,6 +78,8 @@ fn pure_crates_do_no_io() {
         "object_store",
         "libc",
         "tracing",
+        "rdkafka",
+        "events",
     ];
     for pure in ["model", "scheduler", "workflow", "triggers", "dsp"] {
         let Some(deps) = all.get(pure) else {

@@ -2,7 +2,9 @@
 //! added) and its idempotency key, which makes a tick or an event start one job however often
 //! it is fired or delivered.
 
+use crate::bucket::ObjectVersion;
 use crate::event::Event;
+use crate::kafka::Record;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +40,34 @@ pub fn event_idempotency_key(name: &str, event: &Event) -> String {
     hash.update(event.source().as_bytes());
     hash.update(event.id().as_bytes());
     format!("event:{name}:{}", hex::encode(hash.finalize()))
+}
+
+/// The input of the job an object version starts: `{..input, "trigger": {"name", "object":
+/// {"key", "size", "modified_ms", "version"}}}`; the object is also the job's input file.
+pub fn bucket_input(input: &Value, name: &str, object: &ObjectVersion) -> Value {
+    with_trigger(input, json!({ "name": name, "object": object }))
+}
+
+/// `bucket:{name}:{id}`, the id a hash of the object's key and version (see
+/// [`ObjectVersion::id`]): one job per version of an object, whichever leader lists it.
+pub fn bucket_idempotency_key(name: &str, object: &ObjectVersion) -> String {
+    format!("bucket:{name}:{}", object.id())
+}
+
+/// The input of the job a batch of Kafka records starts: `{..input, "trigger": {"name",
+/// "records": [...]}}`, each record as [`Record::to_json`] shows it.
+pub fn kafka_input(input: &Value, name: &str, records: &[Record]) -> Value {
+    let records: Vec<Value> = records.iter().map(Record::to_json).collect();
+    with_trigger(input, json!({ "name": name, "records": records }))
+}
+
+/// `kafka:{name}:{topic}:{partition}:{offset}`, the offset the batch's first: a record
+/// delivered again starts no second job.
+pub fn kafka_idempotency_key(name: &str, first: &Record) -> String {
+    format!(
+        "kafka:{name}:{}:{}:{}",
+        first.topic, first.partition, first.offset
+    )
 }
 
 #[cfg(test)]

@@ -16,11 +16,22 @@ pub const CATCH_UP_DEFAULT: u32 = 10;
 /// Largest trigger input, as serialized JSON: with an event of at most
 /// [`crate::EVENT_BYTES_MAX`] it stays well within a job's input limit.
 pub const TRIGGER_INPUT_BYTES_MAX: usize = 64 * 1024;
+/// Longest bucket prefix (an object key is at most 1,024 bytes).
+pub const BUCKET_PREFIX_LEN_MAX: usize = 512;
+/// Longest suffix of a bucket trigger.
+const SUFFIX_LEN_MAX: usize = 64;
+/// Longest list of Kafka bootstrap servers.
+const BROKERS_LEN_MAX: usize = 1_024;
+/// Longest topic or consumer group name (Kafka allows 249; a job key names the topic).
+pub const TOPIC_LEN_MAX: usize = 128;
+/// Records one job of a Kafka trigger takes at most.
+pub const KAFKA_BATCH_MAX: u32 = 100;
 /// Longest time zone name (the longest in the tz database is 32 bytes).
 const TIMEZONE_LEN_MAX: usize = 64;
 
-/// What starts jobs of `function` by itself: a cron schedule or a CloudEvents subscription
-/// (exactly one of `cron` and `events`).
+/// What starts jobs of `function` by itself: a cron schedule, a CloudEvents subscription,
+/// new objects in the object store or records of a Kafka topic (exactly one of `cron`,
+/// `events`, `bucket` and `kafka`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -34,6 +45,10 @@ pub struct TriggerSpec {
     pub cron: Option<CronSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<EventSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSource>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -79,6 +94,123 @@ pub enum Missed {
 pub struct EventSource {
     #[serde(default)]
     pub filters: Vec<Filter>,
+}
+
+/// New or changed objects under a prefix of the cluster's object store (see
+/// [`crate::BucketCursor`]): each version starts one job with the object as its input file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSource {
+    /// Keys that start with it (a folder ends with `/`).
+    pub prefix: String,
+    /// Keys that end with one of them, e.g. `.flac` (none: every key under the prefix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suffixes: Vec<String>,
+}
+
+impl BucketSource {
+    /// Whether an object of this key starts a job.
+    pub fn matches(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+            && (self.suffixes.is_empty() || self.suffixes.iter().any(|s| key.ends_with(s)))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.prefix.len() > BUCKET_PREFIX_LEN_MAX {
+            return Err(Error::input(format!(
+                "a bucket prefix is at most {BUCKET_PREFIX_LEN_MAX} bytes"
+            )));
+        }
+        if self.prefix.starts_with('/') || self.prefix.starts_with('.') {
+            return Err(Error::input(
+                "a bucket prefix is relative to the store: it does not start with '/' or '.'",
+            ));
+        }
+        if self.suffixes.len() > crate::BUCKET_SUFFIXES_MAX {
+            return Err(Error::input(format!(
+                "at most {} suffixes",
+                crate::BUCKET_SUFFIXES_MAX
+            )));
+        }
+        if self
+            .suffixes
+            .iter()
+            .any(|s| s.is_empty() || s.len() > SUFFIX_LEN_MAX)
+        {
+            return Err(Error::input(format!(
+                "a suffix is 1 to {SUFFIX_LEN_MAX} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Records of a Kafka topic, read in a consumer group: each record (or each `batch` of
+/// records of one partition) starts one job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Bootstrap servers, `host:port` separated by commas.
+    pub brokers: String,
+    pub topic: String,
+    /// The consumer group (`chorus-{trigger}` if not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Records per job, 1 to [`KAFKA_BATCH_MAX`].
+    #[serde(default = "one")]
+    pub batch: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl KafkaSource {
+    /// The consumer group the trigger reads in.
+    pub fn group(&self, trigger: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("chorus-{trigger}"))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let brokers_ok = !self.brokers.is_empty()
+            && self.brokers.len() <= BROKERS_LEN_MAX
+            && self.brokers.split(',').all(|b| {
+                b.rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            });
+        if !brokers_ok {
+            return Err(Error::input(format!(
+                "brokers {:?} must be host:port, separated by commas (at most {BROKERS_LEN_MAX} bytes)",
+                self.brokers
+            )));
+        }
+        // Kafka's own rule, with a shorter limit so the job key stays within bounds.
+        let topic_ok = !self.topic.is_empty()
+            && self.topic.len() <= TOPIC_LEN_MAX
+            && self
+                .topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !topic_ok {
+            return Err(Error::input(format!(
+                "topic {:?} must be 1 to {TOPIC_LEN_MAX} characters of a-z, A-Z, 0-9, '.', '_' and '-'",
+                self.topic
+            )));
+        }
+        if let Some(group) = &self.group {
+            if group.is_empty() || group.len() > TOPIC_LEN_MAX {
+                return Err(Error::input(format!(
+                    "a consumer group is 1 to {TOPIC_LEN_MAX} bytes"
+                )));
+            }
+        }
+        if self.batch == 0 || self.batch > KAFKA_BATCH_MAX {
+            return Err(Error::input(format!("batch is 1 to {KAFKA_BATCH_MAX}")));
+        }
+        Ok(())
+    }
 }
 
 impl CronSource {
@@ -133,9 +265,9 @@ impl TriggerSpec {
             }
             _ => return Err(Error::input("input must be a JSON object")),
         }
-        match (&self.cron, &self.events) {
-            (Some(cron), None) => cron.validate(),
-            (None, Some(events)) => {
+        match (&self.cron, &self.events, &self.bucket, &self.kafka) {
+            (Some(cron), None, None, None) => cron.validate(),
+            (None, Some(events), None, None) => {
                 for (i, filter) in events.filters.iter().enumerate() {
                     filter
                         .validate()
@@ -143,8 +275,10 @@ impl TriggerSpec {
                 }
                 Ok(())
             }
+            (None, None, Some(bucket), None) => bucket.validate(),
+            (None, None, None, Some(kafka)) => kafka.validate(),
             _ => Err(Error::input(
-                "a trigger has exactly one of \"cron\" (a schedule) and \"events\" (a subscription)",
+                "a trigger has exactly one of \"cron\" (a schedule), \"events\" (a subscription), \"bucket\" (objects under a prefix) and \"kafka\" (records of a topic)",
             )),
         }
     }
@@ -228,8 +362,40 @@ mod tests {
         check(
             json!({ "name": "t", "function": "f" }),
             expect![[
-                r#"invalid_input: a trigger has exactly one of "cron" (a schedule) and "events" (a subscription)"#
+                r#"invalid_input: a trigger has exactly one of "cron" (a schedule), "events" (a subscription), "bucket" (objects under a prefix) and "kafka" (records of a topic)"#
             ]],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "bucket": { "prefix": "in/", "suffixes": [".flac"] } }),
+            expect!["ok"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "bucket": { "prefix": "/abs" } }),
+            expect!["invalid_input: a bucket prefix is relative to the store: it does not start with '/' or '.'"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "bucket": { "prefix": "", "suffixes": [""] } }),
+            expect!["invalid_input: a suffix is 1 to 64 bytes"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "127.0.0.1:9092", "topic": "songs", "batch": 10 } }),
+            expect!["ok"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "nowhere", "topic": "songs" } }),
+            expect![[
+                r#"invalid_input: brokers "nowhere" must be host:port, separated by commas (at most 1024 bytes)"#
+            ]],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "h:1", "topic": "a/b" } }),
+            expect![[
+                r#"invalid_input: topic "a/b" must be 1 to 128 characters of a-z, A-Z, 0-9, '.', '_' and '-'"#
+            ]],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "h:1", "topic": "t", "batch": 0 } }),
+            expect!["invalid_input: batch is 1 to 100"],
         );
         check(
             json!({ "name": "Bad Name", "function": "f", "events": {} }),

@@ -163,19 +163,9 @@ async fn the_jobs_of_a_killed_node_finish_elsewhere() {
         "{status:?}"
     );
     // The loss is an alert in the cluster's events.
-    let (code, body) = nodes[li]
-        .client
-        .raw("GET", "/v1/events", Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
-    let events: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let lost = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "node_lost");
-    let lost = lost.unwrap_or_else(|| panic!("no node_lost event: {events}"));
+    let events = crate::harness::must_read_events(&nodes[li]).await;
+    let lost = events.iter().find(|e| e["kind"] == "node_lost");
+    let lost = lost.unwrap_or_else(|| panic!("no node_lost event: {events:?}"));
     assert_eq!(
         (lost["node"].as_u64(), lost["alert"].as_bool()),
         (Some(victim_id), Some(true))

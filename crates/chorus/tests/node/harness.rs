@@ -29,6 +29,8 @@ pub(crate) struct TestNode {
     join: Option<(String, Credentials)>,
     /// More `chorus serve` arguments, e.g. a short `--drain-timeout-s`.
     args: Vec<String>,
+    /// More environment variables of the process, e.g. an S3 endpoint's.
+    env: Vec<(String, String)>,
 }
 
 /// The `chorus` binary the nodes run: the one cargo built for these tests, or `CHORUS_BIN`
@@ -37,7 +39,7 @@ fn binary() -> std::ffi::OsString {
     std::env::var_os("CHORUS_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_chorus").into())
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -64,7 +66,24 @@ impl TestNode {
         TestNode::start_in_with(tempfile::tempdir().unwrap(), slots, args).await
     }
 
+    /// A founding node started with more `chorus serve` arguments and environment variables.
+    pub(crate) async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestNode {
+        let mut node = TestNode::unstarted(tempfile::tempdir().unwrap(), 2, args);
+        node.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        node.spawn().await;
+        node
+    }
+
     async fn start_in_with(dir: tempfile::TempDir, slots: u32, args: &[&str]) -> TestNode {
+        let mut node = TestNode::unstarted(dir, slots, args);
+        node.spawn().await;
+        node
+    }
+
+    fn unstarted(dir: tempfile::TempDir, slots: u32, args: &[&str]) -> TestNode {
         let addr = format!("127.0.0.1:{}", free_port());
         let placeholder = Client::new(
             &addr,
@@ -73,7 +92,7 @@ impl TestNode {
                 secret: String::new(),
             },
         );
-        let mut node = TestNode {
+        TestNode {
             dir,
             client: placeholder,
             addr,
@@ -81,9 +100,8 @@ impl TestNode {
             child: None,
             join: None,
             args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        node.spawn().await;
-        node
+            env: Vec::new(),
+        }
     }
 
     /// A node that joins the cluster `member` belongs to.
@@ -115,6 +133,7 @@ impl TestNode {
             child: None,
             join: Some((member_addr.to_string(), credentials)),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -163,7 +182,8 @@ impl TestNode {
                 "--data-dir",
             ])
             .arg(self.dir.path().join("data"))
-            .args(&self.args);
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some((member, credentials)) = &self.join {
             command
                 .args(["--join", member])
@@ -393,4 +413,16 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// The cluster's events (`GET /v1/events`) as the node answers them.
+pub(crate) async fn must_read_events(node: &TestNode) -> Vec<serde_json::Value> {
+    let (code, body) = node
+        .client
+        .raw("GET", "/v1/events", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let events: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    events["events"].as_array().cloned().unwrap_or_default()
 }

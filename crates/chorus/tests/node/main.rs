@@ -14,6 +14,7 @@ mod history;
 mod lifecycle;
 mod objects;
 mod security;
+mod sources;
 mod triggers;
 mod workflows;
 

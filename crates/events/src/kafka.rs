@@ -1,0 +1,284 @@
+//! Consuming a Kafka topic for a trigger, through librdkafka (`rdkafka`).
+//!
+//! A [`Consumer`] joins the trigger's consumer group with automatic commits off: the node
+//! commits a partition's offset itself ([`Consumer::commit`]) once the jobs of the records
+//! before it are in the log. The client reconnects to brokers by itself; what it reports
+//! meanwhile (all brokers down, an unknown topic) is kept as the consumer's latest error
+//! ([`Consumer::error`]) so the trigger can say so, and cleared when records flow again.
+
+use crate::EventsError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use triggers::{KafkaSource, Record};
+
+/// Records one [`Consumer::poll`] returns at most.
+pub const POLL_RECORDS_MAX: usize = 1_000;
+/// How long a call that waits on the brokers (commit, watermarks) may take.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest error text kept.
+const ERROR_LEN_MAX: usize = 512;
+
+/// Keeps what librdkafka reports outside the calls that fail (its error callback).
+#[derive(Debug, Default)]
+struct Context {
+    error: Mutex<Option<String>>,
+}
+
+impl Context {
+    fn set(&self, error: Option<String>) {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = error.map(|mut e| {
+            e.truncate(ERROR_LEN_MAX);
+            e
+        });
+    }
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka client error");
+        self.set(Some(format!("{error}: {reason}")));
+    }
+}
+
+impl ConsumerContext for Context {}
+
+/// One trigger's consumer of its topic.
+pub struct Consumer {
+    inner: Arc<StreamConsumer<Context>>,
+    topic: String,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+fn kafka(e: KafkaError) -> EventsError {
+    EventsError::Kafka(e.to_string())
+}
+
+impl Consumer {
+    /// Joins `group` and subscribes to the source's topic; a new group starts at the
+    /// earliest offset. Fails only on a configuration librdkafka refuses: brokers that do not
+    /// answer are reported later, by [`Consumer::error`].
+    pub fn new(source: &KafkaSource, group: &str) -> Result<Consumer, EventsError> {
+        let consumer: StreamConsumer<Context> = ClientConfig::new()
+            .set("bootstrap.servers", &source.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // A trigger reads a topic that exists; it does not create one by reading it.
+            .set("allow.auto.create.topics", "false")
+            // A consumer killed with its node holds its partitions until its session times
+            // out: short, so that the next leader's consumer takes over within seconds.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // A topic created after the trigger is seen within seconds (the default: 5 min).
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "5000")
+            .create_with_context(Context::default())
+            .map_err(kafka)?;
+        consumer
+            .subscribe(&[source.topic.as_str()])
+            .map_err(kafka)?;
+        Ok(Consumer {
+            inner: Arc::new(consumer),
+            topic: source.topic.clone(),
+        })
+    }
+
+    /// Waits up to `wait` for a record, then takes those already fetched, up to `max`
+    /// (at most [`POLL_RECORDS_MAX`]). An empty answer is no error: nothing came.
+    pub async fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Record>, EventsError> {
+        let max = max.clamp(1, POLL_RECORDS_MAX);
+        let mut records = Vec::new();
+        let first = match tokio::time::timeout(wait, self.inner.recv()).await {
+            Err(_) => return Ok(records),
+            Ok(message) => message.map_err(kafka)?,
+        };
+        records.push(record(&first));
+        drop(first);
+        while records.len() < max {
+            // Fetched records are answered at once; an empty queue ends the poll.
+            match tokio::time::timeout(Duration::from_millis(1), self.inner.recv()).await {
+                Ok(Ok(m)) => records.push(record(&m)),
+                Ok(Err(e)) => {
+                    // Records taken so far are answered; the error shows on the next poll.
+                    self.inner.context().set(Some(e.to_string()));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.inner.context().set(None);
+        Ok(records)
+    }
+
+    /// The latest error the client reported and has not got past (brokers down, ...).
+    pub fn error(&self) -> Option<String> {
+        self.inner
+            .context()
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Commits, per partition, the next offset to read, and waits for the group's answer.
+    pub async fn commit(&self, next: &[(i32, i64)]) -> Result<(), EventsError> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for &(partition, offset) in next {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka)?;
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|e| EventsError::Kafka(e.to_string()))?
+            .map_err(kafka)
+    }
+
+    /// Per partition of the topic: the group's committed offset and the high watermark.
+    pub async fn positions(&self) -> Result<Vec<Position>, EventsError> {
+        let inner = Arc::clone(&self.inner);
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || positions(&*inner, &topic))
+            .await
+            .map_err(|e| EventsError::Kafka(e.to_string()))?
+    }
+}
+
+/// The group's committed offset and the high watermark of every partition of `topic`, as
+/// the consumer's group sees them (blocking: at most a few broker calls' deadlines).
+fn positions<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+) -> Result<Vec<Position>, EventsError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), BROKER_CALL_TIMEOUT)
+        .map_err(kafka)?;
+    let mut list = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            list.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(list, BROKER_CALL_TIMEOUT)
+        .map_err(kafka)?;
+    let mut out = Vec::new();
+    for e in committed.elements_for_topic(topic) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, e.partition(), BROKER_CALL_TIMEOUT)
+            .map_err(kafka)?;
+        out.push(Position {
+            partition: e.partition(),
+            committed: match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            },
+            high_watermark: high,
+        });
+    }
+    Ok(out)
+}
+
+/// Where `group` stands on each partition of `topic`, read without joining the group.
+pub async fn group_positions(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<Position>, EventsError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(kafka)?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || positions(&consumer, &topic))
+        .await
+        .map_err(|e| EventsError::Kafka(e.to_string()))?
+}
+
+/// Writes records to a topic, each acknowledged by the broker before `send` returns (no
+/// batching: `linger.ms` is 0).
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub fn new(brokers: &str) -> Result<Producer, EventsError> {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "0")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka)?;
+        Ok(Producer { inner })
+    }
+
+    /// Sends one record to `partition` (or the partitioner's choice) and waits for the
+    /// broker's acknowledgement; returns its partition and offset.
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(i32, i64), EventsError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        let delivered = self
+            .inner
+            .send(record, BROKER_CALL_TIMEOUT * 6)
+            .await
+            .map_err(|(e, _)| kafka(e))?;
+        Ok((delivered.partition, delivered.offset))
+    }
+}
+
+/// Where a consumer group stands on one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub high_watermark: i64,
+}
+
+fn record<M: Message>(m: &M) -> Record {
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+    }
+}

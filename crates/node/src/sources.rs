@@ -1,0 +1,367 @@
+//! Bucket and Kafka triggers in the cluster: the leader reads each active trigger's source
+//! through the `events` crate, asks the pure `triggers` crate what is new, and proposes the
+//! jobs and the trigger's cursor in one log entry.
+//!
+//! Bucket triggers, exactly once per object version:
+//! 1. every [`SOURCE_PASS`] the leader lists the prefix (an S3-compatible store), or reads the
+//!    replicated object records (local stores: each node's directory holds its own copies);
+//! 2. `BucketCursor::due` picks the versions not seen yet, oldest first;
+//! 3. one entry, `Batch[SubmitJobs, AdvanceBucket]`, starts their jobs (keyed
+//!    `bucket:{trigger}:{hash of key and version}`, the object as the input file) and adds
+//!    them to the cursor. A new leader lists again and finds them seen; an entry whose fate
+//!    was unknown finds its jobs by their keys.
+//!
+//! Kafka triggers, at-least-once delivery and exactly-once job creation:
+//! 1. while a node leads, it runs one consumer per active Kafka trigger (the group's only
+//!    member, so it is assigned every partition); it stops them when it stops leading or the
+//!    trigger is paused or deleted (a resumed trigger goes on from the group's offsets);
+//! 2. each poll's records past the trigger's cursor (`KafkaCursor::is_new`) are batched into
+//!    jobs keyed `kafka:{trigger}:{topic}:{partition}:{first offset}`, proposed with an
+//!    `AdvanceKafka` per partition in one entry; an entry that fails is proposed again, the
+//!    same records in the same batches, until it commits or the node stops leading;
+//! 3. only then are the group's offsets committed. A crash before the commit hands the next
+//!    consumer records the cursor has passed: they are dropped.
+//!
+//! A source that fails (store unreachable, brokers down, topic unknown) is retried with
+//! back-off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]; the first failure records a
+//! `source_failed` event and the recovery a `source_recovered` one; meanwhile the trigger's
+//! status says what failed ([`Node::source_status`]).
+
+use crate::{now_ms, Node};
+use model::{Command, EventKind, JobSpec, NewEvent, Response, SubmitResult, Trigger};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use triggers::{BucketSource, ObjectVersion, Seen};
+
+/// How often the leader looks at its sources (lists buckets, starts or stops consumers).
+const SOURCE_PASS: Duration = Duration::from_secs(1);
+/// The first wait after a source failed; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a Kafka poll waits for a first record.
+#[cfg(feature = "kafka")]
+const POLL_WAIT: Duration = Duration::from_millis(500);
+/// Records a Kafka trigger takes per entry at most.
+#[cfg(feature = "kafka")]
+const RECORDS_PER_ENTRY_MAX: usize = 1_000;
+
+/// How a trigger's source fares, as the leader sees it (kept in memory, not in the log).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SourceStatus {
+    /// `ok`, or `failing` with `error` saying why.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub since_ms: u64,
+    /// Records (or objects) read, their bytes, and those refused.
+    pub records_in: u64,
+    pub bytes_in: u64,
+    pub rejected: u64,
+    /// Kafka: per partition, the high watermark minus the group's committed offset.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lag: BTreeMap<i32, i64>,
+}
+
+/// Every trigger's source status on this node.
+#[derive(Debug, Default)]
+pub(crate) struct Statuses(Mutex<BTreeMap<String, SourceStatus>>);
+
+impl Statuses {
+    fn with<R>(&self, name: &str, f: impl FnOnce(&mut SourceStatus) -> R) -> R {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let status = all.entry(name.to_string()).or_insert_with(|| SourceStatus {
+            state: "ok",
+            since_ms: now_ms(),
+            ..SourceStatus::default()
+        });
+        f(status)
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|name, _| keep(name));
+    }
+
+    fn get(&self, name: &str) -> Option<SourceStatus> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+impl Node {
+    /// How the trigger's source fares, if this node reads it (the leader does).
+    pub fn source_status(&self, name: &str) -> Option<SourceStatus> {
+        self.inner.sources.get(name)
+    }
+
+    /// Records a source's health: the change from ok to failing (or back) is an event.
+    async fn report(&self, name: &str, error: Option<String>) {
+        let changed = self.inner.sources.with(name, |s| {
+            let failing = error.is_some();
+            let was_failing = s.state == "failing";
+            s.error.clone_from(&error);
+            if failing != was_failing {
+                s.state = if failing { "failing" } else { "ok" };
+                s.since_ms = now_ms();
+                true
+            } else {
+                false
+            }
+        });
+        if !changed {
+            return;
+        }
+        let (kind, message) = match error {
+            Some(e) => (
+                EventKind::SourceFailed,
+                format!("trigger {name} cannot read its source, retrying: {e}"),
+            ),
+            None => (
+                EventKind::SourceRecovered,
+                format!("trigger {name} reads its source again"),
+            ),
+        };
+        self.record_events(vec![NewEvent {
+            kind,
+            node: Some(self.id()),
+            message,
+        }])
+        .await;
+    }
+
+    /// Proposes a trigger's jobs with its cursor's move, in one entry; `Ok` once committed.
+    async fn propose_with_jobs(
+        &self,
+        jobs: Vec<JobSpec>,
+        advances: Vec<Command>,
+    ) -> Result<(), String> {
+        let mut batch = vec![self.placed_submit(now_ms(), jobs).await];
+        batch.extend(advances);
+        match self.propose(Command::Batch(batch)).await {
+            Ok(Response::Batch(answers)) => {
+                for answer in answers {
+                    match answer {
+                        Response::Submitted(results) => {
+                            for r in results {
+                                if let SubmitResult::Rejected(e) = r {
+                                    tracing::warn!(error = %e, "a trigger's job was refused");
+                                }
+                            }
+                        }
+                        Response::Rejected(e) => return Err(e.to_string()),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Ok(other) => Err(crate::unexpected(other).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// One trigger's back-off: when it may be tried again, and the next wait.
+#[derive(Debug)]
+struct Backoff {
+    until: Instant,
+    wait: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            until: Instant::now(),
+            wait: BACKOFF_MIN,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        Instant::now() >= self.until
+    }
+
+    fn failed(&mut self) {
+        self.until = Instant::now() + self.wait;
+        self.wait = (self.wait * 2).min(BACKOFF_MAX);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+/// The leader's loop over bucket and Kafka triggers (see the module's protocol); owned by
+/// `Node`, its consumers are owned by it and stop with it.
+pub(crate) async fn watch(node: Node) {
+    let mut backoffs: BTreeMap<String, Backoff> = BTreeMap::new();
+    let mut consumers = Consumers::default();
+    loop {
+        tokio::select! {
+            () = node.inner.shutdown.cancelled() => break,
+            () = tokio::time::sleep(SOURCE_PASS) => {}
+        }
+        let leading = node.inner.registry.figures().is_leader;
+        let active: Vec<Trigger> = if leading {
+            node.read(|s| s.triggers().filter(|t| !t.paused).cloned().collect())
+        } else {
+            Vec::new()
+        };
+        consumers.keep(&node, &active);
+        for t in active.iter().filter(|t| t.spec.bucket.is_some()) {
+            let backoff = backoffs
+                .entry(t.spec.name.clone())
+                .or_insert_with(Backoff::new);
+            if !backoff.ready() {
+                continue;
+            }
+            match bucket_pass(&node, t).await {
+                Ok(()) => {
+                    backoff.succeeded();
+                    node.report(&t.spec.name, None).await;
+                }
+                Err(e) => {
+                    backoff.failed();
+                    tracing::warn!(trigger = %t.spec.name, error = %e, "bucket trigger");
+                    node.report(&t.spec.name, Some(e)).await;
+                }
+            }
+        }
+        backoffs.retain(|name, _| active.iter().any(|t| &t.spec.name == name));
+        // Only the node that reads a source tells how it fares.
+        node.inner
+            .sources
+            .retain(|name| active.iter().any(|t| t.spec.name == name));
+    }
+    consumers.stop_all().await;
+}
+
+/// The versions to list for a bucket trigger: the store's listing, or the object records of
+/// a cluster on local stores.
+async fn bucket_listing(node: &Node, source: &BucketSource) -> Result<Vec<ObjectVersion>, String> {
+    if node.store().is_local() {
+        return node
+            .read(|s| {
+                let records = s.objects().map(|(key, o)| events::bucket::Recorded {
+                    key,
+                    size: o.size,
+                    sha256: &o.sha256,
+                    recorded_at_ms: o.recorded_at_ms,
+                });
+                events::bucket::from_records(source, records)
+            })
+            .map_err(|e| e.to_string());
+    }
+    events::bucket::list(node.store(), source)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One pass of a bucket trigger: the new versions' jobs and the cursor's move, in one entry.
+async fn bucket_pass(node: &Node, t: &Trigger) -> Result<(), String> {
+    let Some(source) = &t.spec.bucket else {
+        return Ok(());
+    };
+    let listing = bucket_listing(node, source).await?;
+    let name = &t.spec.name;
+    // The cursor as applied now, not as the pass began: a pass never repeats the one before.
+    let planned = node.read(|s| {
+        let t = s.trigger(name)?;
+        let due = t.bucket.as_ref()?.due(source, t.created_at_ms, &listing);
+        let jobs: Vec<JobSpec> = due
+            .iter()
+            .map(|o| JobSpec {
+                function: t.spec.function.clone(),
+                input: triggers::bucket_input(&t.spec.input, name, o),
+                files: vec![o.key.clone()],
+                priority: 0,
+                idempotency_key: Some(triggers::bucket_idempotency_key(name, o)),
+            })
+            .collect();
+        let bytes: u64 = due.iter().map(|o| o.size).sum();
+        Some((jobs, Seen::of(&due), bytes))
+    });
+    let Some((jobs, seen, bytes)) = planned.filter(|(jobs, _, _)| !jobs.is_empty()) else {
+        return Ok(());
+    };
+    let count = jobs.len() as u64;
+    let advance = Command::AdvanceBucket {
+        name: name.clone(),
+        seen,
+    };
+    node.propose_with_jobs(jobs, vec![advance]).await?;
+    node.inner.sources.with(name, |s| {
+        s.records_in += count;
+        s.bytes_in += bytes;
+    });
+    node.inner.metrics.source_records(name, count, bytes, 0);
+    Ok(())
+}
+
+/// The Kafka consumers this node runs while it leads, one task per trigger.
+#[derive(Default)]
+struct Consumers {
+    tasks: JoinSet<()>,
+    running: BTreeMap<String, (triggers::KafkaSource, CancellationToken)>,
+}
+
+impl std::fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.running.keys()).finish()
+    }
+}
+
+impl Consumers {
+    /// Runs a consumer for each active Kafka trigger and stops the others (all of them when
+    /// `active` is empty: the node does not lead).
+    fn keep(&mut self, node: &Node, active: &[Trigger]) {
+        let wanted: BTreeMap<&str, &triggers::KafkaSource> = active
+            .iter()
+            .filter_map(|t| Some((t.spec.name.as_str(), t.spec.kafka.as_ref()?)))
+            .collect();
+        self.running.retain(|name, (source, stop)| {
+            let keep = wanted.get(name.as_str()) == Some(&&*source) && !stop.is_cancelled();
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        // Reap the tasks that ended (stopped, or gave up on a client that could not start).
+        while let Some(ended) = self.tasks.try_join_next() {
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "a Kafka consumer task failed");
+            }
+        }
+        #[cfg(feature = "kafka")]
+        for (name, source) in wanted {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            let stop = node.inner.shutdown.child_token();
+            self.running
+                .insert(name.to_string(), (source.clone(), stop.clone()));
+            self.tasks.spawn(kafka::consume(
+                node.clone(),
+                name.to_string(),
+                source.clone(),
+                stop,
+            ));
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = (node, wanted);
+    }
+
+    async fn stop_all(&mut self) {
+        for (_, stop) in self.running.values() {
+            stop.cancel();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka;

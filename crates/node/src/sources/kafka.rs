@@ -1,0 +1,219 @@
+//! One Kafka trigger's consumer task on the leader (see the parent module's protocol): poll,
+//! drop what the cursor has passed, propose the jobs and the cursor's move in one entry
+//! (again, unchanged, until it commits), then commit the group's offsets.
+
+use super::{Backoff, POLL_WAIT, RECORDS_PER_ENTRY_MAX};
+use crate::Node;
+use events::kafka::Consumer;
+use model::{Command, JobSpec};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use triggers::{KafkaSource, Record};
+
+/// How often the group's lag is read while records flow or not.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// What one poll's records become: the jobs, the cursor's moves, the offsets to commit, and
+/// the records refused.
+#[derive(Debug, Default)]
+struct Planned {
+    jobs: Vec<JobSpec>,
+    advances: Vec<Command>,
+    commits: Vec<(i32, i64)>,
+    rejected: Vec<Record>,
+    bytes: u64,
+    records: u64,
+}
+
+/// Sleeps `wait`, or less if the task is stopped; false if it was.
+async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+pub(super) async fn consume(
+    node: Node,
+    name: String,
+    source: KafkaSource,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new();
+    let consumer = loop {
+        match Consumer::new(&source, &source.group(&name)) {
+            Ok(c) => break c,
+            Err(e) => {
+                node.report(&name, Some(e.to_string())).await;
+                backoff.failed();
+                if !pause(&stop, backoff.wait).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut lag_at = tokio::time::Instant::now();
+    while !stop.is_cancelled() {
+        if lag_at.elapsed() >= LAG_EVERY {
+            lag_at = tokio::time::Instant::now();
+            read_lag(&node, &name, &consumer).await;
+        }
+        let polled = tokio::select! {
+            () = stop.cancelled() => return,
+            polled = consumer.poll(RECORDS_PER_ENTRY_MAX, POLL_WAIT) => polled,
+        };
+        let records = match polled {
+            Ok(records) => records,
+            Err(e) => {
+                node.report(&name, Some(e.to_string())).await;
+                backoff.failed();
+                if !pause(&stop, backoff.wait).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if records.is_empty() {
+            // Brokers down or the topic missing show here: the client retries by itself.
+            node.report(&name, consumer.error()).await;
+            continue;
+        }
+        backoff.succeeded();
+        node.report(&name, None).await;
+        let Some(planned) = plan(&node, &name, records) else {
+            return; // The trigger is gone.
+        };
+        if !take(&node, &name, planned, &consumer, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Proposes a poll's jobs until they commit, then commits the group's offsets; false if the
+/// task was stopped first.
+async fn take(
+    node: &Node,
+    name: &str,
+    planned: Planned,
+    consumer: &Consumer,
+    stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new();
+    for r in &planned.rejected {
+        tracing::warn!(
+            trigger = name,
+            topic = %r.topic,
+            partition = r.partition,
+            offset = r.offset,
+            bytes = r.len(),
+            "a record over the size limit starts no job"
+        );
+    }
+    if !planned.advances.is_empty() {
+        loop {
+            let jobs = planned.jobs.clone();
+            match node.propose_with_jobs(jobs, planned.advances.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(trigger = name, error = %e, "could not start a Kafka trigger's jobs; trying again");
+                    backoff.failed();
+                    if !pause(stop, backoff.wait).await {
+                        return false;
+                    }
+                    if !node.inner.registry.figures().is_leader {
+                        // The next leader's consumer takes these records from the group's
+                        // offsets; its cursor says which it has.
+                        stop.cancel();
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    node.inner.sources.with(name, |s| {
+        s.records_in += planned.records;
+        s.bytes_in += planned.bytes;
+        s.rejected += planned.rejected.len() as u64;
+    });
+    node.inner.metrics.source_records(
+        name,
+        planned.records,
+        planned.bytes,
+        planned.rejected.len() as u64,
+    );
+    if let Err(e) = consumer.commit(&planned.commits).await {
+        // The cursor in the log holds: the records come again and are dropped.
+        tracing::warn!(trigger = name, error = %e, "could not commit offsets");
+    }
+    true
+}
+
+/// The jobs and cursor moves for a poll's records, against the cursor as applied now.
+fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
+    node.read(|s| {
+        let t = s.trigger(name)?;
+        let cursor = t.kafka.as_ref()?;
+        let batch_max = t.spec.kafka.as_ref().map_or(1, |k| k.batch) as usize;
+        let mut planned = Planned::default();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut fresh = Vec::new();
+        for r in records {
+            let at = next.entry(r.partition).or_insert(0);
+            *at = (*at).max(r.offset + 1);
+            if !cursor.is_new(r.partition, r.offset) {
+                continue;
+            }
+            *counts.entry(r.partition).or_insert(0) += 1;
+            planned.records += 1;
+            planned.bytes += r.len() as u64;
+            let oversized = r.key.as_ref().map_or(0, Vec::len) > triggers::RECORD_BYTES_MAX
+                || r.value.as_ref().map_or(0, Vec::len) > triggers::RECORD_BYTES_MAX;
+            if oversized {
+                planned.rejected.push(r);
+            } else {
+                fresh.push(r);
+            }
+        }
+        for batch in triggers::batches(fresh, batch_max) {
+            planned.jobs.push(JobSpec {
+                function: t.spec.function.clone(),
+                input: triggers::kafka_input(&t.spec.input, name, &batch),
+                files: Vec::new(),
+                priority: 0,
+                idempotency_key: Some(triggers::kafka_idempotency_key(name, &batch[0])),
+            });
+        }
+        for (&partition, &next_offset) in &next {
+            planned.commits.push((partition, next_offset));
+            if let Some(&records) = counts.get(&partition) {
+                planned.advances.push(Command::AdvanceKafka {
+                    name: name.to_string(),
+                    partition,
+                    next_offset,
+                    records,
+                });
+            }
+        }
+        Some(planned)
+    })
+}
+
+/// Reads the group's lag per partition into the status and the metrics.
+async fn read_lag(node: &Node, name: &str, consumer: &Consumer) {
+    match consumer.positions().await {
+        Ok(positions) => {
+            let lag: BTreeMap<i32, i64> = positions
+                .iter()
+                .map(|p| {
+                    let committed = p.committed.unwrap_or(0);
+                    (p.partition, (p.high_watermark - committed).max(0))
+                })
+                .collect();
+            node.inner.metrics.source_lag(name, &lag);
+            node.inner.sources.with(name, |s| s.lag = lag);
+        }
+        Err(e) => tracing::debug!(trigger = name, error = %e, "could not read the group's lag"),
+    }
+}
