@@ -39,6 +39,8 @@ pub use object::{
 pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
 pub use state::{ApiKey, JobCounts, Scope, State, INPUT_BYTES_MAX, OUTPUT_BYTES_MAX};
 pub use strategy::{Strategy, UnknownStrategy};
+/// Cluster-wide throttles (a function's `[throttle]`, a step's `throttle`).
+pub use throttle;
 pub use trigger::{Trigger, TriggerSpec, TRIGGERS_MAX};
 /// The workflow crate, so that the node, the API and the client name its types through the
 /// vocabulary crate they already use.

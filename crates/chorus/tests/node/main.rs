@@ -13,6 +13,7 @@ mod harness;
 mod history;
 mod lifecycle;
 mod objects;
+mod throttles;
 mod triggers;
 mod workflows;
 
