@@ -36,9 +36,10 @@ pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> Failure {
 /// The one place codes become statuses.
 pub(crate) fn status(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::InvalidInput | ErrorCode::UnsupportedFormat | ErrorCode::InvalidEvent => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorCode::InvalidInput
+        | ErrorCode::UnsupportedFormat
+        | ErrorCode::InvalidEvent
+        | ErrorCode::SchemaMismatch => StatusCode::BAD_REQUEST,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     UriTooLong,
     /// A CloudEvent that is malformed, lacks a required attribute or is not version 1.0.
     InvalidEvent,
+    /// A run's input does not match its workflow's declared input schema.
+    SchemaMismatch,
     /// Attempt outcomes (an HTTP answer only where a call waits for its job: invoke).
     Timeout,
     WorkerCrashed,
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UriTooLong => "uri_too_long",
             ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::SchemaMismatch => "schema_mismatch",
             ErrorCode::Timeout => "timeout",
             ErrorCode::WorkerCrashed => "worker_crashed",
             ErrorCode::Cancelled => "cancelled",
@@ -90,7 +93,7 @@ impl ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and for reading a code back from its spelling.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidInput,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
@@ -103,6 +106,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::UriTooLong,
         ErrorCode::InvalidEvent,
+        ErrorCode::SchemaMismatch,
         ErrorCode::Timeout,
         ErrorCode::WorkerCrashed,
         ErrorCode::Cancelled,

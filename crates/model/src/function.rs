@@ -51,6 +51,11 @@ pub struct FunctionSpec {
     /// backup starts.
     #[serde(default = "default_hedge_delay_ms")]
     pub hedge_delay_ms: u64,
+    /// A cluster-wide limit on this function's jobs (running at once, starts per second),
+    /// per key of the input if it names one. A job keeps the limits of the version it was
+    /// submitted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<throttle::ThrottleSpec>,
 }
 
 /// What a function's backups are for.
@@ -188,6 +193,7 @@ impl FunctionSpec {
             backups: 0,
             backup_mode: BackupMode::All,
             hedge_delay_ms: default_hedge_delay_ms(),
+            throttle: None,
         }
     }
 
@@ -231,6 +237,9 @@ impl FunctionSpec {
         }
         if self.backups > BACKUPS_MAX {
             return Err(format!("backups must be 0 to {BACKUPS_MAX}"));
+        }
+        if let Some(throttle) = &self.throttle {
+            throttle.validate()?;
         }
         Ok(())
     }

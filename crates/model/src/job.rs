@@ -150,6 +150,10 @@ pub struct Job {
     /// or a run's): a key with only the `submit` scope may read and cancel its own jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<crate::KeyId>,
+    /// The cluster-wide limits it starts under (its function's, its step's), resolved
+    /// against its input when it was submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttles: Vec<throttle::Throttle>,
 }
 
 /// Which element of which run a job is an attempt of.
@@ -199,6 +203,9 @@ pub enum WaitCode {
     NoCapacity,
     /// Nodes can take it: it waits behind the jobs ahead of it for the scheduler's next pass.
     InQueue,
+    /// A cluster-wide throttle of its function or step holds it: as many of its jobs run as
+    /// the throttle allows, or it started as many as its rate allows in the current window.
+    Throttled,
 }
 
 /// A job as `GET /v1/jobs/{id}` answers it: the job, and why it waits if it is queued.

@@ -48,6 +48,8 @@ pub use state::{
 /// the log holds is older, so a busy key costs one log entry a minute, not one a request.
 pub const KEY_USE_RESOLUTION_MS: u64 = 60_000;
 pub use strategy::{Strategy, UnknownStrategy};
+/// Cluster-wide throttles (a function's `[throttle]`, a step's `throttle`).
+pub use throttle;
 pub use trigger::{BucketCursor, KafkaCursor, Trigger, TriggerSpec, TRIGGERS_MAX};
 /// The workflow crate, so that the node, the API and the client name its types through the
 /// vocabulary crate they already use.

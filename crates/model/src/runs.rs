@@ -59,6 +59,7 @@ pub fn workflow_error(e: &workflow::Error) -> ApiError {
         workflow::Code::TooLarge => ErrorCode::TooLarge,
         workflow::Code::NotFound => ErrorCode::NotFound,
         workflow::Code::Conflict => ErrorCode::Conflict,
+        workflow::Code::SchemaMismatch => ErrorCode::SchemaMismatch,
     };
     ApiError::new(code, e.to_string())
 }
@@ -171,7 +172,8 @@ impl State {
                 format!("idempotency key must be 1 to {RUN_KEY_LEN_MAX} bytes"),
             ));
         }
-        Ok(())
+        let spec = self.workflow(workflow).expect("checked above");
+        workflow::check_input(spec, input).map_err(|e| workflow_error(&e))
     }
 
     // --- transitions (called from `State::apply`) ---

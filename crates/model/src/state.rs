@@ -145,6 +145,13 @@ pub struct State {
     /// (see [`Command::Signed`]), by `"{key} {nonce}"`.
     #[serde(default)]
     nonces: BTreeMap<String, SeenNonce>,
+    /// Each throttle bucket's latest starts (oldest first; only as many as its rate looks at),
+    /// for the rate limits (see the `throttle` crate).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    throttle_starts: BTreeMap<String, VecDeque<u64>>,
+    /// When buckets whose latest start left every window were last dropped.
+    #[serde(default)]
+    throttle_pruned_ms: u64,
     // Derived indexes, rebuilt after a snapshot is loaded.
     #[serde(skip)]
     queue: BTreeSet<(Reverse<i32>, JobId)>,
@@ -163,6 +170,9 @@ pub struct State {
     /// between commands and for the nodes' own.
     #[serde(skip)]
     requester: Option<KeyId>,
+    /// Running jobs per throttle bucket (a job counts once, whatever its backups).
+    #[serde(skip)]
+    throttle_running: HashMap<String, u32>,
 }
 
 impl State {
@@ -196,6 +206,8 @@ impl State {
             objects,
             triggers,
             nonces,
+            throttle_starts,
+            throttle_pruned_ms,
             queue: _,
             delayed: _,
             running: _,
@@ -203,6 +215,7 @@ impl State {
             run_keys: _,
             nonce_expiry: _,
             requester: _,
+            throttle_running: _,
         } = self;
         State {
             functions: functions.clone(),
@@ -223,6 +236,8 @@ impl State {
             objects: objects.clone(),
             triggers: triggers.clone(),
             nonces: nonces.clone(),
+            throttle_starts: throttle_starts.clone(),
+            throttle_pruned_ms: *throttle_pruned_ms,
             ..State::default()
         }
     }
@@ -241,6 +256,7 @@ impl State {
             .iter()
             .map(|(id, seen)| (seen.expires_ms, id.clone()))
             .collect();
+        self.throttle_running.clear();
         self.run_keys = self
             .runs
             .values()
@@ -924,6 +940,7 @@ impl State {
         self.next_job_id += 1;
         let id = JobId(self.next_job_id);
         let version = self.functions[&spec.function].version;
+        let throttles = self.throttles(&spec, run.as_ref());
         if let Some(key) = &spec.idempotency_key {
             self.idempotency.insert(key.clone(), id);
         }
@@ -946,6 +963,7 @@ impl State {
             tries: 0,
             run,
             submitted_by: self.requester.clone(),
+            throttles,
         };
         self.jobs.insert(id, Arc::new(job));
         self.index_insert(id);
@@ -958,6 +976,16 @@ impl State {
             // A job may have been cancelled, finished or started here since the leader chose it.
             if !self.startable(id, node) {
                 continue;
+            }
+            let job = &self.jobs[&id];
+            let new_try = job.state == JobState::Queued;
+            // The scheduler placed it within its throttles, but another proposer (a submit
+            // placed at once, an old leader) may have started one of its bucket since.
+            if new_try && self.throttled(job, now_ms).is_some() {
+                continue;
+            }
+            if new_try {
+                self.record_throttled_start(id, now_ms);
             }
             self.index_remove(id);
             self.next_attempt_id += 1;
@@ -988,6 +1016,11 @@ impl State {
     /// A queued job may start anywhere; a running one may get a backup on a node it does not
     /// run on yet, while it has fewer live attempts than its function allows.
     fn startable(&self, id: JobId, node: NodeId) -> bool {
+        // A placement proposed before its node was removed and committed after it would start
+        // an attempt nothing runs and nothing fails over (found by the chaos suite).
+        if !self.nodes.contains_key(&node) {
+            return false;
+        }
         let Some(job) = self.jobs.get(&id) else {
             return false;
         };
@@ -1212,6 +1245,9 @@ impl State {
                 for attempt in job.live_attempts() {
                     self.running.entry(attempt.node).or_default().insert(id);
                 }
+                for t in &job.throttles {
+                    *self.throttle_running.entry(t.bucket.clone()).or_default() += 1;
+                }
             }
             _ => {}
         }
@@ -1228,6 +1264,14 @@ impl State {
                 for attempt in job.live_attempts() {
                     if let Some(set) = self.running.get_mut(&attempt.node) {
                         set.remove(&id);
+                    }
+                }
+                for t in &job.throttles {
+                    if let Some(n) = self.throttle_running.get_mut(&t.bucket) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.throttle_running.remove(&t.bucket);
+                        }
                     }
                 }
             }
@@ -1255,4 +1299,79 @@ fn no_trigger(name: &str) -> Response {
         ErrorCode::NotFound,
         format!("no trigger {name:?}"),
     ))
+}
+
+// --- throttles ---
+
+/// How often buckets whose latest start has left every window are dropped.
+const THROTTLE_PRUNE_EVERY_MS: u64 = 60_000;
+
+impl State {
+    /// A throttle bucket's usage: its jobs running now and its latest starts.
+    pub fn throttle_usage(&self, bucket: &str) -> throttle::Usage<'_> {
+        static NONE: VecDeque<u64> = VecDeque::new();
+        throttle::Usage {
+            running: self.throttle_running.get(bucket).copied().unwrap_or(0),
+            starts_ms: self.throttle_starts.get(bucket).unwrap_or(&NONE),
+        }
+    }
+
+    /// The first of `job`'s throttles that holds it back at `now_ms`, if one does.
+    pub fn throttled(&self, job: &Job, now_ms: u64) -> Option<throttle::Held> {
+        job.throttles
+            .iter()
+            .find_map(|t| throttle::admits(t, self.throttle_usage(&t.bucket), now_ms).err())
+    }
+
+    /// The throttles a new job starts under: its function's, then its step's, each resolved
+    /// against its input.
+    fn throttles(&self, spec: &JobSpec, run: Option<&crate::RunLink>) -> Vec<throttle::Throttle> {
+        let mut throttles = Vec::new();
+        if let Some(t) = self
+            .functions
+            .get(&spec.function)
+            .and_then(|f| f.throttle.as_ref())
+        {
+            throttles.push(t.resolve(&format!("function:{}", spec.function), &spec.input));
+        }
+        let step = run.and_then(|link| {
+            let run = self.run(link.run)?;
+            let spec = self.run_spec(&run.state)?;
+            let step = spec
+                .steps
+                .iter()
+                .chain(spec.finally.as_ref())
+                .find(|s| s.name == link.step)?;
+            Some((spec.name.as_str(), step))
+        });
+        if let Some((workflow, step)) = step {
+            if let Some(t) = &step.throttle {
+                let scope = format!("step:{workflow}/{}", step.name);
+                throttles.push(t.resolve(&scope, &spec.input));
+            }
+        }
+        throttles
+    }
+
+    /// Records a new try's start in its rate-limited buckets; now and then drops the buckets
+    /// whose latest start has left every window, so the map stays as small as recent work.
+    fn record_throttled_start(&mut self, id: JobId, now_ms: u64) {
+        let job = &self.jobs[&id];
+        for t in job.throttles.iter().filter(|t| t.rate.is_some()) {
+            let starts = self.throttle_starts.entry(t.bucket.clone()).or_default();
+            throttle::record_start(t, starts, now_ms);
+        }
+        if now_ms
+            >= self
+                .throttle_pruned_ms
+                .saturating_add(THROTTLE_PRUNE_EVERY_MS)
+        {
+            self.throttle_starts.retain(|_, starts| {
+                starts
+                    .back()
+                    .is_some_and(|t| t.saturating_add(throttle::WINDOW_MS_MAX) > now_ms)
+            });
+            self.throttle_pruned_ms = now_ms;
+        }
+    }
 }

@@ -813,5 +813,14 @@ fn removing_a_node_fails_its_attempts_over() {
     assert_eq!(error.code, "node_lost");
     assert!(job.attempts[0].finished_at_ms.is_some_and(|t| t >= 100));
     assert_eq!(state.job(JobId(2)).unwrap().state, JobState::Running);
+    // A placement on the removed node, proposed before its removal and committed after,
+    // starts nothing.
+    state.apply(Command::StartAttempts {
+        now_ms: 200,
+        node: 1,
+        jobs: vec![JobId(1)],
+    });
+    assert_eq!(state.job(JobId(1)).unwrap().state, JobState::Queued);
+    assert_eq!(state.running_count(1), 0);
     state.assert_invariants();
 }

@@ -10,13 +10,21 @@
 //! entry starts hundreds of them; long jobs get a shallow one, so they spread over the
 //! cluster instead of piling up on one node.
 //!
+//! Cluster-wide throttles (a function's or a step's) are held here, in the one place that
+//! starts jobs: each pass builds the usage of the buckets its due jobs name from the applied
+//! state ([`model::State::throttle_usage`]), passes over the jobs a throttle holds (so they
+//! never hold back the jobs behind them), and lets [`scheduler::place_throttled`] count what
+//! it places. The loop wakes when a rate's window lets the next job start. Applying the
+//! start checks again (`model::State`), so a submit placed at once or an old leader cannot
+//! start a job over a limit either; such a submit is not placed at once anyway.
+//!
 //! Cluster config read live on every pass (set with `chorus config set`):
 //! `scheduler.strategy` (default `least-request`), `scheduler.cpu_threshold` (default 85) and
 //! `node.{id}.weight` (default 1; a node's share under weighted round-robin, 0 for none).
 
 use crate::{now_ms, Node};
 use model::{Command, NodeStatus, State, WaitCode, Waiting};
-use scheduler::{Config, NodeView, PendingJob, Reason, SchedulerState};
+use scheduler::{Config, NodeView, PendingJob, Reason, SchedulerState, Throttles};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -78,7 +86,7 @@ pub(crate) fn place_new(
     }
     node.read(|s| {
         let nodes = view(s);
-        if !due_placeable(s, &nodes, now_ms(), 1).0.is_empty() {
+        if !due_placeable(s, &nodes, now_ms(), 1).jobs.is_empty() {
             return (Vec::new(), Vec::new());
         }
         let config = config(s);
@@ -86,12 +94,15 @@ pub(crate) fn place_new(
         let state = state.get_or_insert_with(|| SchedulerState::new(&config));
         // Placeholder ids: the real ones are assigned when the entry is applied.
         // Jobs whose backups start together are left to the loop: one node per job here.
+        // Throttled jobs too: their buckets are known once they exist, and the loop, which
+        // counts every start of a pass, is the one place that starts them.
         let pending: Vec<PendingJob> = specs
             .iter()
             .enumerate()
             .filter_map(|(i, spec)| {
                 let f = s.function(&spec.function)?;
-                (!f.keeps_all_attempts()).then(|| pending_job(model::JobId(u64::MAX - i as u64), f))
+                (!f.keeps_all_attempts() && f.throttle.is_none())
+                    .then(|| pending_job(model::JobId(u64::MAX - i as u64), f))
             })
             .collect();
         let placement = scheduler::place(&config, state, &nodes, &pending);
@@ -119,8 +130,13 @@ pub(crate) async fn run(node: Node) {
     let mut next_hedge_ms: Option<u64> = None;
     // Functions whose queued jobs wait for the cluster to change, as last reported.
     let mut reported_waiting: BTreeMap<String, Reason> = BTreeMap::new();
+    // When a rate throttle lets the next held job start, as of the last pass.
+    let mut next_throttle_ms: Option<u64> = None;
     loop {
-        let next_due = node.read(|s| s.next_due_ms().into_iter().chain(next_hedge_ms).min());
+        let next_due = node.read(|s| {
+            let due = s.next_due_ms().into_iter().chain(next_hedge_ms);
+            due.chain(next_throttle_ms).min()
+        });
         let wait = next_due.map_or(IDLE_TICK, |due| {
             Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_TICK)
         });
@@ -133,6 +149,7 @@ pub(crate) async fn run(node: Node) {
             // A new leader starts from a fresh scheduler state.
             *scheduler_state(&node) = None;
             next_hedge_ms = None;
+            next_throttle_ms = None;
             reported_waiting.clear();
             continue;
         }
@@ -153,7 +170,7 @@ pub(crate) async fn run(node: Node) {
             if free == 0 {
                 // Nothing can start, but jobs that wait for the cluster (every node with
                 // their labels draining, say) are still reported.
-                verdicts = due_placeable(s, &nodes, now, 1).1;
+                verdicts = due_placeable(s, &nodes, now, 1).verdicts;
                 return None;
             }
             // Hedges first: they are few, and each is a job already late.
@@ -166,17 +183,24 @@ pub(crate) async fn run(node: Node) {
                     Some(p)
                 })
                 .collect();
-            let (placeable, seen) = due_placeable(s, &nodes, now, free as usize);
-            verdicts = seen;
+            let mut pass = due_placeable(s, &nodes, now, free as usize);
+            verdicts = pass.verdicts;
+            next_throttle_ms = pass.next_throttle_ms;
             due.extend(
-                placeable
+                pass.jobs
                     .iter()
-                    .filter_map(|j| Some(pending_job(j.id, s.function(&j.function)?))),
+                    .filter_map(|j| Some(job_pending(j, s.function(&j.function)?))),
             );
             if due.is_empty() {
                 return None;
             }
-            Some(scheduler::place(&config, state, &nodes, &due))
+            Some(scheduler::place_throttled(
+                &config,
+                state,
+                &nodes,
+                &due,
+                &mut pass.throttles,
+            ))
         });
         let waiting = report_waiting(&mut reported_waiting, verdicts);
         if !waiting.is_empty() {
@@ -216,21 +240,55 @@ pub(crate) async fn run(node: Node) {
 /// waiting (`None`: they can be placed).
 type Verdicts = BTreeMap<String, Option<(Reason, String)>>;
 
+/// What one look at the queue finds: see [`due_placeable`].
+struct Pass<'s> {
+    /// Due jobs the scheduler may place now, highest priority first.
+    jobs: Vec<&'s model::Job>,
+    /// Per function looked at, why its jobs wait for the cluster.
+    verdicts: Verdicts,
+    /// The usage of every throttle bucket the jobs name, as the state holds it.
+    throttles: Throttles,
+    /// When a rate throttle lets the first job it holds start.
+    next_throttle_ms: Option<u64>,
+}
+
+/// The usage of `job`'s throttle buckets, read from the state into `throttles` (each bucket
+/// once).
+fn read_usage(s: &State, job: &model::Job, throttles: &mut Throttles) {
+    for t in &job.throttles {
+        if !throttles.has(&t.bucket) {
+            let usage = s.throttle_usage(&t.bucket);
+            throttles.set(&t.bucket, usage.running, usage.starts_ms);
+        }
+    }
+}
+
 /// Due jobs the scheduler may place now, at most `limit`, highest priority first, passing
 /// over jobs that wait for the cluster to change ([`scheduler::waits_for_cluster`]: no node
-/// with their labels, too few usable nodes for their backups) or whose function is gone.
-/// Without that, `limit` such jobs at the head of the queue would hold back every job behind
-/// them. Also returns, for each function looked at, the reason its jobs wait (`None`: they
-/// can be placed) with the nodes that keep them waiting. Each function is judged once per
-/// call.
-fn due_placeable<'s>(
-    s: &'s State,
-    nodes: &[NodeView],
-    now: u64,
-    limit: usize,
-) -> (Vec<&'s model::Job>, Verdicts) {
+/// with their labels, too few usable nodes for their backups), whose function is gone, or
+/// that a throttle holds (counting the jobs taken before them). Without that, `limit` such
+/// jobs at the head of the queue would hold back every job behind them. Also returns, for
+/// each function looked at, the reason its jobs wait (`None`: they can be placed) with the
+/// nodes that keep them waiting. Each function is judged once per call.
+fn due_placeable<'s>(s: &'s State, nodes: &[NodeView], now: u64, limit: usize) -> Pass<'s> {
     let mut verdicts: BTreeMap<&'s str, Option<Option<(Reason, String)>>> = BTreeMap::new();
+    let mut throttles = Throttles::new(now);
+    // What the jobs taken so far would use: a bucket full after them holds the rest.
+    let mut taken = Throttles::new(now);
+    let mut next_throttle_ms: Option<u64> = None;
     let due = s.due_jobs_where(now, limit, |job| {
+        if !job.throttles.is_empty() {
+            read_usage(s, job, &mut throttles);
+            read_usage(s, job, &mut taken);
+            let pending = job_throttles(job);
+            if let Err(held) = taken.check(&pending) {
+                if let scheduler::Limit::Rate { until_ms, .. } = held.limit {
+                    next_throttle_ms = Some(next_throttle_ms.map_or(until_ms, |t| t.min(until_ms)));
+                }
+                return false;
+            }
+            taken.take(&pending);
+        }
         let verdict = verdicts.entry(job.function.as_str()).or_insert_with(|| {
             let f = s.function(&job.function)?;
             let pending = pending_job(job.id, f);
@@ -239,7 +297,7 @@ fn due_placeable<'s>(
             };
             // Breakers play no part in a wait for the cluster: judged with none open.
             let state = SchedulerState::new(&Config::default());
-            let bars = match scheduler::explain(&pending, nodes, &state) {
+            let bars = match scheduler::explain(&pending, nodes, &state, &Throttles::new(now)) {
                 scheduler::Explanation::TooFewNodes { bars, .. } => barred(s, &bars),
                 _ => String::new(),
             };
@@ -247,11 +305,16 @@ fn due_placeable<'s>(
         });
         matches!(verdict, Some(None))
     });
-    let seen = verdicts
+    let verdicts = verdicts
         .into_iter()
         .filter_map(|(f, verdict)| Some((f.to_string(), verdict?)))
         .collect();
-    (due, seen)
+    Pass {
+        jobs: due,
+        verdicts,
+        throttles,
+        next_throttle_ms,
+    }
 }
 
 /// The `jobs_waiting` alerts to raise: one per function whose jobs newly wait for the
@@ -295,8 +358,23 @@ pub(crate) fn scheduler_state(node: &Node) -> std::sync::MutexGuard<'_, Option<S
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// A queued job as the scheduler sees it: [`pending_job`] with the job's throttles.
+fn job_pending(job: &model::Job, f: &model::FunctionSpec) -> PendingJob {
+    let mut p = pending_job(job.id, f);
+    p.throttles.clone_from(&job.throttles);
+    p
+}
+
+/// Only a job's throttles, for checking them.
+fn job_throttles(job: &model::Job) -> PendingJob {
+    let mut p = PendingJob::new(job.id);
+    p.throttles.clone_from(&job.throttles);
+    p
+}
+
 /// A job as the scheduler sees it: its function's strategy, labels and backups (started
-/// together in mode `all`; a hedge is placed on its own, later).
+/// together in mode `all`; a hedge is placed on its own, later). No throttles: a hedge is
+/// no new start, and a queued job's come from the job ([`job_pending`]).
 fn pending_job(id: model::JobId, f: &model::FunctionSpec) -> PendingJob {
     let mut p = PendingJob::new(id);
     p.strategy = f.strategy.as_deref().and_then(|v| v.parse().ok());
@@ -355,11 +433,13 @@ pub(crate) fn waiting(node: &Node, s: &State, job: &model::Job, now: u64) -> Opt
     let state = scheduler_state(node)
         .clone()
         .unwrap_or_else(|| SchedulerState::new(&config));
+    let mut throttles = Throttles::new(now);
+    read_usage(s, job, &mut throttles);
     let labels = || {
         let list: Vec<&str> = f.labels.iter().map(String::as_str).collect();
         format!("[{}]", list.join(", "))
     };
-    match scheduler::explain(&pending_job(job.id, f), &view(s), &state) {
+    match scheduler::explain(&job_pending(job, f), &view(s), &state, &throttles) {
         scheduler::Explanation::NoNodeWithLabels => wait(
             WaitCode::NoNodeWithLabels,
             format!(
@@ -391,6 +471,7 @@ pub(crate) fn waiting(node: &Node, s: &State, job: &model::Job, now: u64) -> Opt
                 barred(s, &bars)
             ),
         ),
+        scheduler::Explanation::Throttled(held) => wait(WaitCode::Throttled, throttled(&held, now)),
         scheduler::Explanation::Placeable => {
             let ahead = s.queued_ahead(job.id).unwrap_or(0);
             wait(
@@ -418,4 +499,21 @@ fn barred(s: &State, bars: &[(model::NodeId, scheduler::Bar)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What a throttle holding a job says: the bucket, its limit, and when the next start may be.
+fn throttled(held: &scheduler::Held, now: u64) -> String {
+    match held.limit {
+        scheduler::Limit::Concurrency { limit, running } => format!(
+            "throttle {} allows {limit} of its jobs running at once across the cluster; {running} run",
+            held.bucket
+        ),
+        scheduler::Limit::Rate { rate, until_ms } => format!(
+            "throttle {} allows {} start(s) per {:.3} s across the cluster; the next may start in {:.1} s",
+            held.bucket,
+            rate.starts,
+            rate.window_ms as f64 / 1000.0,
+            until_ms.saturating_sub(now) as f64 / 1000.0
+        ),
+    }
 }

@@ -4,7 +4,8 @@
 //! closed breaker.
 
 use crate::breaker::Breaker;
-use crate::place::{in_group, NodeView, PendingJob, SchedulerState};
+use crate::place::{in_group, NodeView, PendingJob, SchedulerState, Throttles};
+use model::throttle::Held;
 use model::NodeId;
 
 /// Why one node that carries a job's labels does not take it now.
@@ -33,6 +34,9 @@ pub enum Explanation {
         wanted: u32,
         bars: Vec<(NodeId, Bar)>,
     },
+    /// A cluster-wide throttle holds it (checked once the cluster has the nodes it needs, as
+    /// `place` does).
+    Throttled(Held),
     /// Enough nodes exist, but fewer than `wanted` have room and a closed breaker now.
     Busy {
         wanted: u32,
@@ -42,9 +46,15 @@ pub enum Explanation {
     Placeable,
 }
 
-/// Why `job` has not started on `views`, judged as [`crate::place`] would judge it now with
-/// the breakers in `state`. Nodes come out in id order.
-pub fn explain(job: &PendingJob, views: &[NodeView], state: &SchedulerState) -> Explanation {
+/// Why `job` has not started on `views`, judged as [`crate::place_throttled`] would judge it
+/// now with the breakers in `state` and the buckets' usage in `throttles`. Nodes come out in
+/// id order.
+pub fn explain(
+    job: &PendingJob,
+    views: &[NodeView],
+    state: &SchedulerState,
+    throttles: &Throttles,
+) -> Explanation {
     let mut members: Vec<&NodeView> = views.iter().filter(|v| in_group(v, job)).collect();
     members.sort_by_key(|v| v.id);
     if members.is_empty() {
@@ -69,6 +79,9 @@ pub fn explain(job: &PendingJob, views: &[NodeView], state: &SchedulerState) -> 
             .filter_map(|v| Some((v.id, structural(v)?)))
             .collect();
         return Explanation::TooFewNodes { wanted, bars };
+    }
+    if let Err(held) = throttles.check(job) {
+        return Explanation::Throttled(held);
     }
     // `place` ignores open breakers when every usable node's is open (refusing all work
     // would stall the cluster), so an open breaker bars a node only while another is closed.

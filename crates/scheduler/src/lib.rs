@@ -18,7 +18,11 @@
 //!       draining, of non-zero weight, with a closed breaker and assigned below capacity;
 //!    2. it wants `1 + backups` attempts on distinct nodes; if there are not enough nodes it
 //!       is left queued with a [`Reason`], and it never gets only some of them;
-//!    3. each attempt picks one candidate with the job's strategy (its function's own, or
+//!    3. a cluster-wide throttle it carries (its function's or step's: at most N of a bucket
+//!       running, at most N starts per window) that its bucket's usage in [`Throttles`]
+//!       has reached leaves it queued ([`Reason::Throttled`]); a placed job counts in its
+//!       buckets at once, so one call never goes past a limit;
+//!    4. each attempt picks one candidate with the job's strategy (its function's own, or
 //!       [`Config::default_strategy`]); the node's assigned count goes up by one and it is no
 //!       longer a candidate for this job.
 //! 4. The PRNG and round-robin state go back into the [`SchedulerState`].
@@ -62,6 +66,8 @@
 //! - No node gets more than `capacity - assigned` new attempts, and none while it is down,
 //!   draining, of weight 0 or with an open breaker.
 //! - A job's attempts are on distinct nodes, and it gets either `1 + backups` or none.
+//! - No throttle bucket gets more running jobs than its concurrency, nor more starts in a
+//!   window than its rate, counting what the state held and what the call placed.
 //! - The same arguments and state give the same placement and the same new state.
 
 mod breaker;
@@ -74,8 +80,9 @@ pub use breaker::{
     smooth, Breaker, BreakerChange, CPU_HYSTERESIS_PERCENT_DEFAULT, CPU_THRESHOLD_PERCENT_DEFAULT,
 };
 pub use explain::{explain, Bar, Explanation};
+pub use model::throttle::{Held, Limit};
 pub use model::{Strategy, UnknownStrategy};
 pub use place::{
-    place, waits_for_cluster, Config, NodeView, PendingJob, Placement, Reason, SchedulerState,
-    Unplaced,
+    place, place_throttled, waits_for_cluster, Config, NodeView, PendingJob, Placement, Reason,
+    SchedulerState, Throttles, Unplaced,
 };

@@ -6,8 +6,9 @@ use crate::breaker::{
 };
 use crate::splitmix::SplitMix64;
 use crate::Strategy;
+use model::throttle::{Held, Throttle};
 use model::{JobId, NodeId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 /// A node as the scheduler sees it.
@@ -62,6 +63,9 @@ pub struct PendingJob {
     /// Nodes it must not go to: a running job getting a hedge goes to a node it does not
     /// run on yet.
     pub excluded: BTreeSet<NodeId>,
+    /// Cluster-wide limits it starts under (see [`Throttles`]); a hedge, which is no new
+    /// start, carries none.
+    pub throttles: Vec<Throttle>,
 }
 
 impl PendingJob {
@@ -73,6 +77,7 @@ impl PendingJob {
             required_labels: BTreeSet::new(),
             backups: 0,
             excluded: BTreeSet::new(),
+            throttles: Vec::new(),
         }
     }
 }
@@ -148,7 +153,7 @@ pub struct Unplaced {
 
 /// Why a job got no attempt. A job is placed whole or not at all: it never gets fewer
 /// attempts than `1 + backups`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// No node in the view carries every required label: it waits for the cluster to change.
     NoNodeWithLabels,
@@ -160,6 +165,9 @@ pub enum Reason {
     /// Enough such nodes, but fewer of them than it asks for have a free slot and a closed
     /// breaker now: it waits for the next call.
     Busy { wanted: u32, available: u32 },
+    /// A cluster-wide throttle of its function or step holds it: it waits for one of the
+    /// bucket's jobs to end, or for the rate's window to move on.
+    Throttled(Held),
 }
 
 impl fmt::Display for Reason {
@@ -173,6 +181,62 @@ impl fmt::Display for Reason {
             Reason::Busy { wanted, available } => {
                 write!(f, "needs {wanted} distinct nodes with room and a closed breaker; there are {available} now")
             }
+            Reason::Throttled(held) => held.fmt(f),
+        }
+    }
+}
+
+/// The usage of every throttle bucket the due jobs name, at one instant: what the state holds
+/// (jobs running per bucket, latest starts), then what the call places. Built by the caller
+/// for each call; [`place_throttled`] counts each job it places, so a call never goes past a
+/// limit however many jobs of a bucket are due.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Throttles {
+    now_ms: u64,
+    buckets: BTreeMap<String, (u32, VecDeque<u64>)>,
+}
+
+impl Throttles {
+    /// No bucket used yet, at `now_ms`.
+    pub fn new(now_ms: u64) -> Throttles {
+        Throttles {
+            now_ms,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a bucket's usage: `running` jobs of it run, its latest starts were at
+    /// `starts_ms` (oldest first). A bucket never set is unused.
+    pub fn set(&mut self, bucket: &str, running: u32, starts_ms: &VecDeque<u64>) {
+        self.buckets
+            .insert(bucket.to_string(), (running, starts_ms.clone()));
+    }
+
+    /// Whether `bucket`'s usage was set.
+    pub fn has(&self, bucket: &str) -> bool {
+        self.buckets.contains_key(bucket)
+    }
+
+    /// The first of `job`'s throttles that holds it back now, if any.
+    pub fn check(&self, job: &PendingJob) -> Result<(), Held> {
+        static NONE: VecDeque<u64> = VecDeque::new();
+        for t in &job.throttles {
+            let (running, starts_ms) = self
+                .buckets
+                .get(&t.bucket)
+                .map_or((0, &NONE), |(r, s)| (*r, s));
+            let usage = model::throttle::Usage { running, starts_ms };
+            model::throttle::admits(t, usage, self.now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `job` as started now in each of its buckets.
+    pub fn take(&mut self, job: &PendingJob) {
+        for t in &job.throttles {
+            let (running, starts) = self.buckets.entry(t.bucket.clone()).or_default();
+            *running += 1;
+            model::throttle::record_start(t, starts, self.now_ms);
         }
     }
 }
@@ -209,7 +273,8 @@ struct LabelGroup {
 
 /// Places `jobs` (in priority order) on `nodes`; see the crate docs for the steps, the
 /// strategies and the breaker. Deterministic: the same arguments and `state` give the same
-/// placement and the same new `state`. The order of `nodes` does not matter.
+/// placement and the same new `state`. The order of `nodes` does not matter. Jobs that
+/// carry throttles are judged as if no bucket were used: see [`place_throttled`].
 ///
 /// # Panics
 ///
@@ -219,6 +284,18 @@ pub fn place(
     state: &mut SchedulerState,
     nodes: &[NodeView],
     jobs: &[PendingJob],
+) -> Placement {
+    place_throttled(config, state, nodes, jobs, &mut Throttles::default())
+}
+
+/// [`place`], holding every job to its throttles given the buckets' usage in `throttles`,
+/// which counts each job placed.
+pub fn place_throttled(
+    config: &Config,
+    state: &mut SchedulerState,
+    nodes: &[NodeView],
+    jobs: &[PendingJob],
+    throttles: &mut Throttles,
 ) -> Placement {
     let mut views: Vec<&NodeView> = nodes.iter().collect();
     views.sort_by_key(|n| n.id);
@@ -246,6 +323,7 @@ pub fn place(
             strategy,
             job,
             group,
+            throttles,
             &mut slots,
             &mut rng,
             &mut candidates,
@@ -376,17 +454,21 @@ fn label_group(views: &[&NodeView], slots: &[Slot], job: &PendingJob) -> LabelGr
     LabelGroup { members, usable }
 }
 
-/// Places `1 + backups` attempts of one job on distinct nodes, or none.
+/// Places `1 + backups` attempts of one job on distinct nodes, or none. The order of the
+/// checks is [`crate::explain`]'s: the cluster's shape, the throttles, then free room.
+#[allow(clippy::too_many_arguments)] // the call's scratch buffers, passed to be reused
 fn place_job(
     strategy: Strategy,
     job: &PendingJob,
     group: &LabelGroup,
+    throttles: &mut Throttles,
     slots: &mut [Slot],
     rng: &mut SplitMix64,
     candidates: &mut Vec<usize>,
     chosen: &mut Vec<usize>,
 ) -> Result<(), Reason> {
     structural(job, group.members.len(), group.usable)?;
+    throttles.check(job).map_err(Reason::Throttled)?;
     let wanted = job.backups.saturating_add(1);
     chosen.clear();
     for round in 0..wanted {
@@ -417,5 +499,6 @@ fn place_job(
     for &i in chosen.iter() {
         slots[i].placed.push(job.id);
     }
+    throttles.take(job);
     Ok(())
 }

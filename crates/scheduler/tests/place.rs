@@ -5,9 +5,13 @@
 mod properties;
 
 use expect_test::{expect, Expect};
+use model::throttle::{self, Rate, Throttle};
 use model::{JobId, NodeId};
-use scheduler::{place, smooth, Config, NodeView, PendingJob, Placement, SchedulerState, Strategy};
-use std::collections::{BTreeMap, BTreeSet};
+use scheduler::{
+    place, place_throttled, smooth, Config, NodeView, PendingJob, Placement, SchedulerState,
+    Strategy, Throttles,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 const SEED: u64 = 42;
 
@@ -874,7 +878,11 @@ fn when_every_node_is_hot_work_still_flows_but_cool_nodes_win() {
 
 /// What `explain` says of a job on a small cluster, node by node.
 fn check_explain(nodes: &[NodeView], job: &PendingJob, state: &SchedulerState, expect: Expect) {
-    expect.assert_eq(&format!("{:?}", scheduler::explain(job, nodes, state)));
+    let throttles = scheduler::Throttles::new(0);
+    expect.assert_eq(&format!(
+        "{:?}",
+        scheduler::explain(job, nodes, state, &throttles)
+    ));
 }
 
 #[test]
@@ -926,4 +934,183 @@ fn explain_names_each_node_that_cannot_take_a_queued_job() {
         &state,
         expect![[r#"TooFewNodes { wanted: 2, bars: [] }"#]],
     );
+}
+
+// --- cluster-wide throttles ---------------------------------------------------------------
+
+fn throttle(bucket: &str, concurrency: Option<u32>, rate_per_s: Option<f64>) -> Throttle {
+    Throttle {
+        bucket: bucket.into(),
+        concurrency,
+        rate: rate_per_s.map(Rate::per_s),
+    }
+}
+
+fn throttled(id: u64, throttles: &[&Throttle]) -> PendingJob {
+    PendingJob {
+        throttles: throttles.iter().map(|t| (*t).clone()).collect(),
+        ..PendingJob::new(JobId(id))
+    }
+}
+
+/// One call per entry of `calls` (time, jobs ending since the previous call), each placing
+/// whatever of `jobs` is still queued; the state's usage is kept between calls as the
+/// replicated state keeps it. One line per call: what started, what waits and why.
+fn check_throttles(
+    nodes: &[NodeView],
+    jobs: &[PendingJob],
+    calls: &[(u64, &[u64])],
+    expected: Expect,
+) {
+    let config = config(Strategy::Concurrency);
+    let mut state = SchedulerState::new(&config);
+    let mut queued: Vec<PendingJob> = jobs.to_vec();
+    let mut running: Vec<PendingJob> = Vec::new();
+    let mut starts: BTreeMap<String, VecDeque<u64>> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for &(now_ms, ended) in calls {
+        running.retain(|j| !ended.contains(&j.id.0));
+        let mut throttles = Throttles::new(now_ms);
+        let mut usage: BTreeMap<&str, u32> = BTreeMap::new();
+        for t in running.iter().flat_map(|j| &j.throttles) {
+            *usage.entry(&t.bucket).or_default() += 1;
+        }
+        let none = VecDeque::new();
+        for t in queued.iter().chain(&running).flat_map(|j| &j.throttles) {
+            let count = usage.get(t.bucket.as_str()).copied().unwrap_or(0);
+            throttles.set(&t.bucket, count, starts.get(&t.bucket).unwrap_or(&none));
+        }
+        let placement = place_throttled(&config, &mut state, nodes, &queued, &mut throttles);
+        must_be_consistent(nodes, &queued, &placement);
+        let placed: BTreeSet<JobId> = placement
+            .attempts
+            .iter()
+            .flat_map(|(_, jobs)| jobs.iter().copied())
+            .collect();
+        for job in queued.iter().filter(|j| placed.contains(&j.id)) {
+            for t in &job.throttles {
+                throttle::record_start(t, starts.entry(t.bucket.clone()).or_default(), now_ms);
+            }
+            running.push(job.clone());
+        }
+        queued.retain(|j| !placed.contains(&j.id));
+        let mut line = format!(
+            "t={now_ms}: started {:?}",
+            placed.iter().map(|j| j.0).collect::<Vec<_>>()
+        );
+        for u in &placement.unplaced {
+            line.push_str(&format!("\n  job {}: {}", u.job, u.reason));
+        }
+        lines.push(line);
+    }
+    expected.assert_eq(&lines.join("\n"));
+}
+
+#[test]
+fn a_concurrency_throttle_holds_across_every_node() {
+    // Three idle nodes with room for all, but at most two of the bucket at once: jobs start
+    // as others end, and the job outside the bucket is never held back.
+    let nodes = [
+        NodeView::new(1, 10, 0),
+        NodeView::new(2, 10, 0),
+        NodeView::new(3, 10, 0),
+    ];
+    let t = throttle("function:f", Some(2), None);
+    let mut jobs: Vec<PendingJob> = (1..=4).map(|id| throttled(id, &[&t])).collect();
+    jobs.push(PendingJob::new(JobId(5)));
+    check_throttles(
+        &nodes,
+        &jobs,
+        &[(0, &[]), (100, &[]), (200, &[1]), (300, &[2, 3])],
+        expect![[r#"
+            t=0: started [1, 2, 5]
+              job 3: throttle function:f allows 2 running at once across the cluster; 2 run
+              job 4: throttle function:f allows 2 running at once across the cluster; 2 run
+            t=100: started []
+              job 3: throttle function:f allows 2 running at once across the cluster; 2 run
+              job 4: throttle function:f allows 2 running at once across the cluster; 2 run
+            t=200: started [3]
+              job 4: throttle function:f allows 2 running at once across the cluster; 2 run
+            t=300: started [4]"#]],
+    );
+}
+
+#[test]
+fn a_rate_throttle_spaces_starts_by_its_window() {
+    let nodes = [NodeView::new(1, 100, 0), NodeView::new(2, 100, 0)];
+    let t = throttle("step:w/a", None, Some(2.0));
+    let jobs: Vec<PendingJob> = (1..=5).map(|id| throttled(id, &[&t])).collect();
+    check_throttles(
+        &nodes,
+        &jobs,
+        &[(0, &[]), (999, &[]), (1000, &[]), (2000, &[])],
+        expect![[r#"
+            t=0: started [1, 2]
+              job 3: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 1000 ms
+              job 4: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 1000 ms
+              job 5: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 1000 ms
+            t=999: started []
+              job 3: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 1000 ms
+              job 4: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 1000 ms
+              job 5: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 1000 ms
+            t=1000: started [3, 4]
+              job 5: throttle step:w/a allows 2 start(s) per 1000 ms across the cluster; the next may start at 2000 ms
+            t=2000: started [5]"#]],
+    );
+}
+
+#[test]
+fn keyed_buckets_and_both_throttles_of_a_step_hold_each() {
+    // A step's job carries its function's throttle and its step's, one bucket per key: acme's
+    // jobs are held by the step's limit of one per customer, globex's by the function's two.
+    let nodes = [NodeView::new(1, 100, 0)];
+    let function = throttle("function:f", Some(2), None);
+    let acme = throttle("step:w/a:acme", Some(1), None);
+    let globex = throttle("step:w/a:globex", Some(1), None);
+    let jobs = [
+        throttled(1, &[&function, &acme]),
+        throttled(2, &[&function, &acme]),
+        throttled(3, &[&function, &globex]),
+        throttled(4, &[&function, &globex]),
+    ];
+    check_throttles(
+        &nodes,
+        &jobs,
+        &[(0, &[]), (10, &[1])],
+        expect![[r#"
+            t=0: started [1, 3]
+              job 2: throttle step:w/a:acme allows 1 running at once across the cluster; 1 run
+              job 4: throttle function:f allows 2 running at once across the cluster; 2 run
+            t=10: started [2]
+              job 4: throttle function:f allows 2 running at once across the cluster; 2 run"#]],
+    );
+}
+
+#[test]
+fn a_throttle_is_checked_after_the_shape_of_the_cluster_and_before_room() {
+    // A job that needs a label nobody has waits for the cluster, not for its throttle, and
+    // takes no room in the bucket; a throttled job says so even when every node is full.
+    let t = throttle("function:f", Some(1), None);
+    let full = [NodeView::new(1, 1, 1)];
+    let mut gpu = throttled(1, &[&t]);
+    gpu.required_labels = labels(&["gpu"]);
+    check_throttles(
+        &[NodeView::new(1, 10, 0)],
+        &[gpu, throttled(2, &[&t])],
+        &[(0, &[])],
+        expect![[r#"
+            t=0: started [2]
+              job 1: no node carries the required labels"#]],
+    );
+    let config = config(Strategy::Concurrency);
+    let state = SchedulerState::new(&config);
+    let mut usage = Throttles::new(0);
+    usage.set("function:f", 1, &VecDeque::new());
+    expect![[
+        r#"Throttled(Held { bucket: "function:f", limit: Concurrency { limit: 1, running: 1 } })"#
+    ]]
+    .assert_eq(&format!(
+        "{:?}",
+        scheduler::explain(&throttled(3, &[&t]), &full, &state, &usage)
+    ));
 }

@@ -81,7 +81,14 @@ fn pure_crates_do_no_io() {
         "rdkafka",
         "events",
     ];
-    for pure in ["model", "scheduler", "workflow", "triggers", "dsp"] {
+    for pure in [
+        "model",
+        "scheduler",
+        "workflow",
+        "triggers",
+        "throttle",
+        "dsp",
+    ] {
         let Some(deps) = all.get(pure) else {
             panic!("crate {pure} is missing")
         };

@@ -18,6 +18,8 @@ pub enum Code {
     NotFound,
     /// A control that the run's state does not allow (e.g. abort a finished run).
     Conflict,
+    /// A run's input does not match the workflow's `input_schema`.
+    SchemaMismatch,
 }
 
 impl Code {
@@ -28,6 +30,7 @@ impl Code {
             Code::TooLarge => "too_large",
             Code::NotFound => "not_found",
             Code::Conflict => "conflict",
+            Code::SchemaMismatch => "schema_mismatch",
         }
     }
 }

@@ -33,6 +33,10 @@ pub const HOOKS_PER_STAGE_MAX: usize = 8;
 pub const URL_LEN_MAX: usize = 2_048;
 /// Errors one validation reports at most; the rest are counted in the last one.
 pub const SPEC_ERRORS_MAX: usize = 50;
+/// Bytes of an input schema (as JSON) at most.
+pub const INPUT_SCHEMA_BYTES_MAX: usize = 64 * 1024;
+/// Schema errors one refused run input reports at most.
+pub const SCHEMA_ERRORS_MAX: usize = 5;
 /// Bytes of a TOML spec at most.
 pub const SPEC_BYTES_MAX: usize = 1024 * 1024;
 
@@ -51,6 +55,11 @@ pub struct WorkflowSpec {
     /// still run after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A JSON Schema (draft 2020-12 unless it says `$schema`) a run's input must match: a
+    /// run whose input does not is refused (`schema_mismatch`) and nothing starts. Only
+    /// references within the schema resolve; nothing is fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
     /// Retry policy of every step that has none of its own.
     #[serde(default)]
     pub retry: RetrySpec,
@@ -97,6 +106,10 @@ pub struct StepSpec {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "StepHooks::is_empty")]
     pub hooks: StepHooks,
+    /// A cluster-wide limit on this step's jobs, across every run of the workflow (per key of
+    /// the step's rendered input if it names one); the function's own throttle holds too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<throttle::ThrottleSpec>,
 }
 
 /// Which failed attempts are tried again, and after how long.

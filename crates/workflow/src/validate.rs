@@ -107,6 +107,13 @@ impl<'a> Validator<'a> {
             );
         }
         self.timeout("timeout_ms", spec.timeout_ms);
+        if let Some(e) = spec
+            .input_schema
+            .as_ref()
+            .and_then(crate::schema::schema_error)
+        {
+            self.error(e.code, e.path, e.message);
+        }
         self.retry("retry", &spec.retry);
         let count = spec.all_steps().count();
         if spec.steps.is_empty() {
@@ -282,6 +289,9 @@ impl<'a> Validator<'a> {
             self.retry(&format!("{at}.retry"), retry);
         }
         self.timeout(&format!("{at}.timeout_ms"), step.timeout_ms);
+        if let Some(Err(message)) = step.throttle.as_ref().map(throttle::ThrottleSpec::validate) {
+            self.error(Code::InvalidInput, format!("{at}.throttle"), message);
+        }
         let mut with_self = visible.clone();
         with_self.insert(&step.name);
         self.hooks(&format!("{at}.hooks.before"), &step.hooks.before, visible);

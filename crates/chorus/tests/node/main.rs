@@ -15,6 +15,7 @@ mod lifecycle;
 mod objects;
 mod security;
 mod sources;
+mod throttles;
 mod triggers;
 mod workflows;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Deploys a command function that answers each request with the request itself as output
 /// (so `output.input` is the step's rendered input). With `log`, it first appends the
 /// request line to that file, which tells how often each job ran.
-async fn deploy_echo(client: &Client, name: &str, log: Option<&Path>) {
+pub(crate) async fn deploy_echo(client: &Client, name: &str, log: Option<&Path>) {
     let append = log.map_or(String::new(), |p| {
         format!("printf '%s\\n' \"$line\" >> '{}'; ", p.display())
     });
@@ -48,7 +48,7 @@ async fn deploy_flaky(client: &Client, name: &str, marker: &Path) {
 
 /// Waits until the run is finished and returns it; a read the cluster refuses for now
 /// (`unavailable`, during an election) is asked again.
-async fn must_end(client: &Client, id: u64) -> Run {
+pub(crate) async fn must_end(client: &Client, id: u64) -> Run {
     let started = Instant::now();
     loop {
         let last = match client.wait_run(id, None, Duration::from_secs(5)).await {

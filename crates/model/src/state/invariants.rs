@@ -11,7 +11,8 @@ impl State {
     /// Checks every invariant of the state and its derived indexes; the first one broken is
     /// the error. What holds:
     ///
-    /// - the derived indexes (queue, delayed, running, idempotency keys) are exactly what the
+    /// - the derived indexes (queue, delayed, running, running per throttle bucket,
+    ///   idempotency keys) are exactly what the
     ///   jobs imply, and no two jobs carry the same idempotency key; the same for runs;
     /// - job, attempt and node ids are at most the counters that hand them out; attempt ids
     ///   are unique and grow within a job; every job's function exists at a version at least
@@ -149,6 +150,9 @@ impl State {
         let keyed = self.jobs.values().filter(|j| j.idempotency_key.is_some());
         if rebuilt.idempotency != self.idempotency || keyed.count() != self.idempotency.len() {
             return Err("idempotency keys are not one job each".into());
+        }
+        if rebuilt.throttle_running != self.throttle_running {
+            return Err("the running jobs per throttle bucket disagree with the jobs".into());
         }
         let keyed_runs = self.runs.values().filter(|r| r.idempotency_key.is_some());
         if rebuilt.run_keys != self.run_keys || keyed_runs.count() != self.run_keys.len() {

@@ -75,6 +75,7 @@ fn jobs() -> impl Strategy<Value = Vec<PendingJob>> {
                     backups,
                     // Only a hedge excludes nodes: the ones its job runs on.
                     excluded: if hedge { excluded } else { BTreeSet::new() },
+                    throttles: Vec::new(),
                 },
             )
             .collect()
@@ -139,7 +140,7 @@ fn check_placement(
     let unplaced: BTreeMap<JobId, Reason> = placement
         .unplaced
         .iter()
-        .map(|u| (u.job, u.reason))
+        .map(|u| (u.job, u.reason.clone()))
         .collect();
     prop_assert_eq!(
         unplaced.len(),
@@ -154,7 +155,7 @@ fn check_placement(
                 prop_assert!(on.is_empty(), "job {} both placed and unplaced", job.id);
                 // The reasons that no free slot can cure are exactly waits_for_cluster's.
                 let structural = !matches!(reason, Reason::Busy { .. });
-                prop_assert_eq!(cluster_reason, structural.then_some(*reason));
+                prop_assert_eq!(cluster_reason, structural.then(|| reason.clone()));
             }
             None => {
                 prop_assert_eq!(
@@ -262,7 +263,7 @@ proptest! {
             let placement = place(&config, &mut state, &nodes, std::slice::from_ref(job));
             let placed = placement.unplaced.is_empty();
             // `place` stepped the breakers before placing: explain with the state it used.
-            let explanation = scheduler::explain(job, &nodes, &state);
+            let explanation = scheduler::explain(job, &nodes, &state, &scheduler::Throttles::new(0));
             prop_assert_eq!(
                 matches!(explanation, scheduler::Explanation::Placeable),
                 placed,
@@ -291,6 +292,99 @@ proptest! {
                     };
                     prop_assert!(holds, "node {} barred as {:?}: {:?}", id, bar, view);
                 }
+            }
+        }
+    }
+}
+
+/// Buckets the throttled jobs share, each with a fixed limit (as one spec gives them).
+fn bucket_throttle(i: usize) -> model::throttle::Throttle {
+    let (concurrency, rate) = [
+        (Some(1), None),
+        (Some(3), Some(model::throttle::Rate::per_s(2.0))),
+        (None, Some(model::throttle::Rate::per_s(0.5))),
+    ][i];
+    model::throttle::Throttle {
+        bucket: format!("b{i}"),
+        concurrency,
+        rate,
+    }
+}
+
+proptest! {
+    /// Whatever the usage the state holds and however many jobs of a bucket are due, one call
+    /// places no more of a bucket than its concurrency leaves, nor more starts than its rate
+    /// leaves in the window; and `explain` calls a lone job placeable exactly when `place`
+    /// places it.
+    #[test]
+    fn throttles_hold_within_one_call(
+        config in config(),
+        nodes in nodes(),
+        jobs in jobs(),
+        per_job in prop::collection::vec(prop::collection::btree_set(0..3usize, 0..=2), 30),
+        usage in prop::collection::vec((0..4u32, prop::collection::vec(0..3_000u64, 0..3)), 3),
+        now_ms in 0..3_000u64,
+    ) {
+        let jobs: Vec<PendingJob> = jobs
+            .into_iter()
+            .zip(per_job)
+            .map(|(mut job, buckets)| {
+                job.throttles = buckets.into_iter().map(bucket_throttle).collect();
+                job
+            })
+            .collect();
+        let mut throttles = scheduler::Throttles::new(now_ms);
+        for (i, (running, mut starts)) in usage.iter().cloned().enumerate() {
+            starts.sort_unstable();
+            starts.retain(|t| *t <= now_ms);
+            throttles.set(&format!("b{i}"), running, &starts.into_iter().collect());
+        }
+        let before = throttles.clone();
+        let mut state = SchedulerState::new(&config);
+        let placement =
+            scheduler::place_throttled(&config, &mut state, &nodes, &jobs, &mut throttles);
+        let placed: BTreeSet<JobId> =
+            placement.attempts.iter().flat_map(|(_, j)| j.iter().copied()).collect();
+        for (i, (running, starts)) in usage.iter().enumerate() {
+            let t = bucket_throttle(i);
+            let count = jobs
+                .iter()
+                .filter(|j| placed.contains(&j.id) && j.throttles.contains(&t))
+                .count() as u32;
+            if let Some(limit) = t.concurrency {
+                prop_assert!(
+                    count == 0 || running + count <= limit,
+                    "bucket {}: {} running, {} placed, limit {}", i, running, count, limit
+                );
+            }
+            if let Some(rate) = t.rate {
+                let in_window = starts
+                    .iter()
+                    .filter(|s| **s <= now_ms && **s + rate.window_ms > now_ms)
+                    .count() as u32;
+                prop_assert!(
+                    count == 0 || in_window + count <= rate.starts,
+                    "bucket {}: {} starts in the window, {} placed, rate {:?}",
+                    i, in_window, count, rate
+                );
+            }
+        }
+        for job in &jobs {
+            let mut state = SchedulerState::new(&config);
+            let mut alone = before.clone();
+            let placement = scheduler::place_throttled(
+                &config, &mut state, &nodes, std::slice::from_ref(job), &mut alone,
+            );
+            let explanation = scheduler::explain(job, &nodes, &state, &before);
+            prop_assert_eq!(
+                matches!(explanation, scheduler::Explanation::Placeable),
+                placement.unplaced.is_empty()
+            );
+            if let Some(u) = placement.unplaced.first() {
+                prop_assert_eq!(
+                    matches!(u.reason, Reason::Throttled(_)),
+                    matches!(explanation, scheduler::Explanation::Throttled(_))
+                );
             }
         }
     }

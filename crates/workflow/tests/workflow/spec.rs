@@ -240,6 +240,7 @@ fn bad_retry_values_and_limits() {
         function = "f"
         concurrency = 3
         timeout_ms = 99999999999999
+        throttle = { concurrency = 0, key = "customer" }
         "#,
         expect![[r#"
             invalid_input at "timeout_ms": must be 1 to 2592000000 ms
@@ -253,7 +254,8 @@ fn bad_retry_values_and_limits() {
             invalid_input at "retry.per_code.rate_limited.multiplier": must be 1 to 100
             invalid_input at "retry.per_code.rate_limited.jitter": must be 0 to 1
             invalid_input at "steps[0].concurrency": concurrency caps the elements of a for_each; this step has no for_each
-            invalid_input at "steps[0].timeout_ms": must be 1 to 2592000000 ms"#]],
+            invalid_input at "steps[0].timeout_ms": must be 1 to 2592000000 ms
+            invalid_input at "steps[0].throttle": throttle concurrency must be 1 to 100000"#]],
     );
 }
 
@@ -352,4 +354,58 @@ fn on_abort_is_another_name_for_finally() {
         "name = \"w\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\n[on_abort]\nname = \"release\"\nfunction = \"cleanup\"\n",
     );
     assert_eq!(spec.finally.map(|f| f.name), Some("release".to_string()));
+}
+
+#[test]
+fn an_input_schema_must_compile_and_a_run_input_must_match_it() {
+    let bad = deploy(
+        r#"
+        name = "w"
+        input_schema = { type = "object", properties = { n = { type = "nonsense" } } }
+        [[steps]]
+        name = "a"
+        function = "f"
+        "#,
+        &function_exists,
+    )
+    .unwrap_err();
+    assert_eq!(bad.0.len(), 1, "{bad}");
+    assert_eq!(
+        (bad.0[0].code, bad.0[0].path.as_str()),
+        (Code::InvalidInput, "input_schema")
+    );
+    assert!(
+        bad.0[0].message.starts_with("not a usable JSON Schema"),
+        "{bad}"
+    );
+    let spec = deploy(
+        r#"
+        name = "songs"
+        [input_schema]
+        type = "object"
+        required = ["path"]
+        properties = { path = { type = "string" }, formats = { type = "array", items = { enum = ["mp3", "opus"] } } }
+        [[steps]]
+        name = "a"
+        function = "f"
+        "#,
+        &function_exists,
+    )
+    .unwrap();
+    let good = serde_json::json!({"path": "a.flac", "formats": ["mp3"]});
+    assert_eq!(workflow::check_input(&spec, &good), Ok(()));
+    let e = workflow::check_input(&spec, &serde_json::json!({"formats": ["wav", 3]})).unwrap_err();
+    assert_eq!(e.code, Code::SchemaMismatch);
+    // Each mismatch is named with where it is: the missing field at the root, both bad
+    // elements of the list.
+    for at in ["at /:", "at /formats/0:", "at /formats/1:"] {
+        assert!(e.message.contains(at), "{at} in {}", e.message);
+    }
+    // A spec without a schema takes any input.
+    let free = deploy(
+        "name = \"free\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\n",
+        &function_exists,
+    )
+    .unwrap();
+    assert!(workflow::check_input(&free, &serde_json::json!([1, 2])).is_ok());
 }
