@@ -80,6 +80,7 @@ fn job(id: u64, function: &str) -> Job {
         error: None,
         run: None,
         submitted_by: None,
+        throttles: Vec::new(),
     }
 }
 
