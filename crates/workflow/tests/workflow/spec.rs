@@ -69,7 +69,7 @@ fn malformed_toml_and_unknown_fields() {
     check_spec(
         "name = \"x\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\nneed = [\"b\"]\n",
         expect![[
-            r#"invalid_input at "": malformed spec (line 5): unknown field `need`, expected one of `name`, `function`, `input`, `needs`, `for_each`, `concurrency`, `if`, `retry`, `timeout_ms`, `hooks`"#
+            r#"invalid_input at "": malformed spec (line 5): unknown field `need`, expected one of `name`, `function`, `input`, `needs`, `for_each`, `concurrency`, `if`, `retry`, `timeout_ms`, `hooks`, `throttle`"#
         ]],
     );
 }
