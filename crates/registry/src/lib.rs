@@ -114,6 +114,8 @@ pub struct RaftFigures {
     /// Last log index in this node's latest snapshot (built here or installed from the
     /// leader); 0 without one.
     pub snapshot_index: u64,
+    /// Last log index purged from this node's log (after a snapshot); 0 before any purge.
+    pub purged_index: u64,
     /// This node's raft role: `Leader`, `Follower`, `Candidate` or `Learner`.
     pub server_state: String,
     /// Voters and learners of the membership this node holds (the joint config's union
@@ -584,6 +586,7 @@ impl Registry {
             is_leader: m.current_leader == Some(self.id),
             voters: m.membership_config.membership().voter_ids().count(),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             server_state: format!("{:?}", m.state),
             voter_ids: m.membership_config.membership().voter_ids().collect(),
             learner_ids: m.membership_config.membership().learner_ids().collect(),

@@ -61,7 +61,14 @@ async fn a_snapshot_older_than_the_purged_log_is_refused_at_start_up() {
     let old = std::fs::read(dir.path().join("snapshot.json")).unwrap();
     // Two more snapshots: the log before the newer one is purged.
     write_until_snapshot_passes(&registry, dir.path(), old_index + 40).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while registry.figures().purged_index <= old_index {
+        assert!(
+            Instant::now() < deadline,
+            "the log was not purged past {old_index}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     registry.shutdown().await;
     drop(registry);
 
