@@ -13,7 +13,9 @@
 //!
 //! The cluster key (the cluster secret, [`node::CLUSTER_KEY_ID`]) is for nodes only, and only
 //! for what passes between them: raft traffic (`/v1/raft/…`) and object copies
-//! (`/v1/peer/…`). No API key, not even an admin's, may call `/v1/peer/…`.
+//! (`/v1/peer/…`). No API key, not even an admin's, may call `/v1/peer/…`. Over TLS such a
+//! call must also come on a connection whose client certificate the cluster CA issued
+//! (mutual TLS; the listener verified it and hands it on as [`crate::listener::Tls`]).
 
 use crate::error::{fail, Failure};
 use crate::AppState;
@@ -282,6 +284,15 @@ async fn verify(
             return Err(fail(
                 ErrorCode::Forbidden,
                 "the cluster key is only for traffic between nodes",
+            ));
+        }
+        // Over TLS, a node also proves itself with its certificate from the cluster CA
+        // (verified in the handshake): the cluster secret alone is not enough.
+        let tls = parts.extensions.get::<crate::listener::Tls>();
+        if tls.is_some_and(|tls| tls.peer.is_none()) {
+            return Err(fail(
+                ErrorCode::Forbidden,
+                "only the nodes of the cluster may call this route: present a node certificate of the cluster CA (mutual TLS)",
             ));
         }
         if !app.node.verify_peer(&canonical, sig) {

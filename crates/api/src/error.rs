@@ -42,7 +42,8 @@ pub(crate) fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::SchemaMismatch => StatusCode::BAD_REQUEST,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        // A client's own verdict on the server's certificate, never a server's answer.
+        ErrorCode::Unauthorized | ErrorCode::UntrustedServer => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -4,6 +4,7 @@
 
 mod auth;
 mod error;
+mod listener;
 mod routes;
 mod runs;
 mod trigger_routes;
@@ -187,13 +188,21 @@ pub fn router(node: Node) -> Router {
         .layer(axum::middleware::from_fn(error::contract))
 }
 
-/// Serves the API on `listener` until `shutdown` fires.
+/// Serves the API on `listener` until `shutdown` fires: over TLS with the node's
+/// certificate, or plain HTTP if the node was started so (`--insecure-http`).
 pub async fn serve(
     node: Node,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let tls = node.server_tls().map_err(std::io::Error::other)?;
+    let router = router(node);
+    match tls {
+        Some(config) => listener::serve(router, listener, config, shutdown).await,
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+    }
 }

@@ -581,6 +581,9 @@ struct JoinRequest {
     slots: u32,
     #[serde(default)]
     labels: Vec<String>,
+    /// The joining node's certificate request (PEM), which the cluster CA signs.
+    #[serde(default)]
+    csr: Option<String>,
 }
 
 pub(crate) async fn join(
@@ -594,8 +597,17 @@ pub(crate) async fn join(
             format!("{:?} is not a host:port address", req.addr),
         ));
     }
-    let (id, secret) = app.node.join(req.addr, req.slots, req.labels).await?;
-    Ok(Json(json!({ "id": id, "cluster_secret": secret })))
+    let joined = app
+        .node
+        .join(req.addr, req.slots, req.labels, req.csr)
+        .await?;
+    let mut answer = json!({ "id": joined.id, "cluster_secret": joined.cluster_secret });
+    if let Some(issued) = joined.issued {
+        answer["certificate"] = issued.certificate_pem.into();
+        answer["ca_certificate"] = issued.ca_pem.into();
+        answer["ca_key"] = issued.ca_key_pem.into();
+    }
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

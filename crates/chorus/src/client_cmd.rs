@@ -16,10 +16,14 @@ pub(crate) struct Conn {
     #[arg(
         long,
         env = "CHORUS_SERVER",
-        default_value = "http://127.0.0.1:7700",
+        default_value = "https://127.0.0.1:7700",
         global = true
     )]
     server: String,
+    /// The CA certificate (PEM) to trust for an HTTPS server; default: the cluster CA in
+    /// --data-dir, else the system's roots.
+    #[arg(long, env = "CHORUS_CA", global = true)]
+    ca: Option<PathBuf>,
     /// Data dir of a node on this machine, whose admin key is used when no key is given.
     #[arg(
         long,
@@ -42,7 +46,24 @@ impl Conn {
             (Ok(key_id), Ok(secret)) => Credentials { key_id, secret },
             _ => read_admin_key(&self.data_dir)?,
         };
-        Ok(Client::new(&self.server, credentials))
+        Ok(Client::with_transport(
+            &self.server,
+            credentials,
+            &self.transport()?,
+        ))
+    }
+
+    /// Whom the client trusts: `--ca`, else the cluster CA of the node in `--data-dir`, else
+    /// the system's roots (a server with a certificate of a public CA).
+    fn transport(&self) -> anyhow::Result<client::Transport> {
+        let local = self.data_dir.join(node::tls::CA_CERT_FILE);
+        let ca = match &self.ca {
+            Some(ca) => ca,
+            None if local.exists() => &local,
+            None => return Ok(client::Transport::SystemRoots),
+        };
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        Ok(client::Transport::trusting(&pem, None)?)
     }
 }
 

@@ -40,7 +40,14 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?.to_string();
+    let local = listener.local_addr()?;
+    // Plain HTTP, on loopback only: the dashboard link must open in a browser without a
+    // certificate warning, which a certificate of the node's own CA would raise.
+    anyhow::ensure!(
+        local.ip().is_loopback(),
+        "chorus demo serves plain HTTP and listens on a loopback address only, not {local}; `chorus serve` serves HTTPS"
+    );
+    let addr = local.to_string();
     let slots = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let config = NodeConfig {
         data_dir: data_dir.clone(),
@@ -57,6 +64,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         fault_injection: false,
         snapshot_logs: node::SNAPSHOT_LOGS_DEFAULT,
         join_catch_up: node::JOIN_CATCH_UP_DEFAULT,
+        tls: node::TlsSetup::InsecureHttp,
     };
     outln!(
         "chorus demo: starting a one-node cluster in {}",
@@ -69,7 +77,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let server = tokio::spawn(api::serve(node.clone(), listener, shutdown.clone()));
     node.run().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let credentials = crate::client_cmd::read_admin_key(&data_dir)?;
-    let client = Client::new(&addr, credentials.clone());
+    let client =
+        Client::with_transport(&addr, credentials.clone(), &client::Transport::InsecureHttp);
 
     let (files, truth) = match &args.dir {
         Some(dir) => (ingest_cmd::find_audio(dir)?, Vec::new()),

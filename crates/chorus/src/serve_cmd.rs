@@ -25,6 +25,30 @@ pub(crate) struct ServeArgs {
     /// CHORUS_KEY_ID / CHORUS_KEY_SECRET: an admin key of that cluster).
     #[arg(long)]
     join: Option<String>,
+    /// With --join: the cluster CA's fingerprint (`sha256:<hex>`, printed by the first node
+    /// at start-up). The join is refused, before anything secret is sent, unless the member's
+    /// certificate chain holds that CA.
+    #[arg(long, requires = "join", env = "CHORUS_CA_PIN")]
+    ca_pin: Option<String>,
+    /// A CA certificate file (PEM): with --join, the CA to trust instead of --ca-pin; with
+    /// --tls-cert and --tls-key, the CA of every member's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This node's own certificate chain (PEM) instead of one from the cluster CA; needs
+    /// --tls-key and --ca.
+    #[arg(long, requires_all = ["tls_key", "ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// No TLS: serve the API and talk to peers over plain HTTP, on a loopback address only
+    /// (see --insecure-http-any-address). Every node of the cluster must be started so.
+    #[arg(long, conflicts_with_all = ["tls_cert", "ca_pin", "ca"])]
+    insecure_http: bool,
+    /// With --insecure-http: allow a non-loopback address, where anyone on the network can
+    /// read requests, raft traffic and the cluster secret handed to joining nodes.
+    #[arg(long, requires = "insecure_http")]
+    insecure_http_any_address: bool,
     /// A placement label such as pool=burst (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -59,11 +83,13 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?.to_string();
+    let local = listener.local_addr()?;
+    let addr = local.to_string();
+    let tls = tls_setup(&args, local.ip().is_loopback())?;
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
-    let join = match args.join {
+    let join = match args.join.clone() {
         Some(addr) => {
             let key_id = std::env::var("CHORUS_KEY_ID")
                 .context("--join needs CHORUS_KEY_ID (an admin key of the cluster)")?;
@@ -73,6 +99,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 addr,
                 key_id,
                 secret,
+                trust: join_trust(&args)?,
             })
         }
         None => None,
@@ -92,12 +119,20 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         fault_injection: args.fault_injection,
         snapshot_logs: args.snapshot_logs,
         join_catch_up: std::time::Duration::from_secs(args.join_catch_up_s),
+        tls,
     };
     // Open first and serve the API before running: a joining node must answer its new
     // peers' raft traffic before it can hear from a leader.
     let node = Node::open(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match node.ca_fingerprint().map_err(|e| anyhow::anyhow!("{e}"))? {
+        Some(pin) => tracing::info!(
+            ca_pin = %pin,
+            "serving HTTPS; other nodes join with --join {addr} --ca-pin {pin}"
+        ),
+        None => tracing::warn!(%addr, "serving plain HTTP (--insecure-http): no TLS"),
+    }
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(node.clone(), listener, shutdown.clone()));
     // Start-up may wait long for a leader; a signal meanwhile ends it.
@@ -137,6 +172,53 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// TLS as the arguments ask: the cluster CA by default, the operator's own files, or plain
+/// HTTP, which only a loopback address gets unless forced.
+fn tls_setup(args: &ServeArgs, loopback: bool) -> anyhow::Result<node::TlsSetup> {
+    if args.insecure_http {
+        if !loopback && !args.insecure_http_any_address {
+            anyhow::bail!(
+                "--insecure-http serves plain HTTP on loopback addresses only, not {}: add --insecure-http-any-address to force it (anyone on the network then reads every request and the cluster secret)",
+                args.listen
+            );
+        }
+        if !loopback {
+            tracing::warn!(
+                listen = %args.listen,
+                "PLAIN HTTP ON A NETWORK ADDRESS (--insecure-http-any-address): requests, API keys' signatures, raft traffic and the cluster secret handed to joining nodes travel in the clear"
+            );
+        }
+        return Ok(node::TlsSetup::InsecureHttp);
+    }
+    Ok(match (&args.tls_cert, &args.tls_key, &args.ca) {
+        (Some(cert), Some(key), Some(ca)) => node::TlsSetup::Own {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        },
+        _ => node::TlsSetup::ClusterCa,
+    })
+}
+
+/// Whom a joining node trusts: the pinned CA, the CA file, or nobody over plain HTTP.
+fn join_trust(args: &ServeArgs) -> anyhow::Result<client::Transport> {
+    if args.insecure_http {
+        return Ok(client::Transport::InsecureHttp);
+    }
+    if let Some(pin) = &args.ca_pin {
+        return Ok(client::Transport::pinned(pin)?);
+    }
+    match &args.ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            Ok(client::Transport::trusting(&pem, None)?)
+        }
+        None => anyhow::bail!(
+            "--join needs --ca-pin sha256:... (the first node prints it at start-up) or --ca FILE, so that nothing secret goes to a server that is not of the cluster"
+        ),
+    }
 }
 
 async fn wait_for_signal() {

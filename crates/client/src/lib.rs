@@ -13,8 +13,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod runs;
+pub mod tls;
 
 pub use runs::{Run, RunFilter};
+pub use tls::Transport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -22,6 +24,10 @@ pub enum ClientError {
     Api { status: u16, error: ApiError },
     #[error("cannot reach the server: {0}")]
     Http(String),
+    /// The server's TLS certificate is not one this client trusts (a wrong CA pin, a CA
+    /// that did not issue it, a name it does not carry): nothing was sent.
+    #[error("{0}")]
+    Untrusted(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("unexpected answer: {0}")]
@@ -33,6 +39,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Api { error, .. } => Some(error.code),
+            ClientError::Untrusted(_) => Some(ErrorCode::UntrustedServer),
             _ => None,
         }
     }
@@ -101,6 +108,14 @@ pub enum Invoked {
 pub struct JoinAnswer {
     pub id: u64,
     pub cluster_secret: String,
+    /// The certificate the cluster CA issued for the request sent (PEM, then the CA's).
+    #[serde(default)]
+    pub certificate: Option<String>,
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+    /// The CA's key, with which the new member signs the certificates of later joins.
+    #[serde(default)]
+    pub ca_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -125,16 +140,32 @@ fn nonce() -> String {
     hex::encode(bytes)
 }
 
+/// A failed exchange: a server not trusted, or one that could not be reached.
+fn http_error(e: reqwest::Error) -> ClientError {
+    match tls::untrusted(&e) {
+        Some(why) => ClientError::Untrusted(why),
+        None => ClientError::Http(tls::chain(&e)),
+    }
+}
+
 impl Client {
-    /// A client for `server` (`http://host:port` or `host:port`).
+    /// A client for `server` (`https://host:port`, `http://host:port` or `host:port`, which
+    /// is HTTPS) that trusts the system's roots; see [`Client::with_transport`] for the
+    /// cluster CA.
     pub fn new(server: &str, credentials: Credentials) -> Client {
+        Client::with_transport(server, credentials, &Transport::SystemRoots)
+    }
+
+    /// A client for `server` that reaches it as `transport` says; `host:port` takes the
+    /// transport's scheme (HTTPS unless it is plain HTTP).
+    pub fn with_transport(server: &str, credentials: Credentials, transport: &Transport) -> Client {
         let base = if server.contains("://") {
             server.to_string()
         } else {
-            format!("http://{server}")
+            format!("{}://{server}", transport.default_scheme())
         };
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
+        let http = transport
+            .configure(reqwest::Client::builder().pool_max_idle_per_host(64))
             .build()
             .unwrap_or_default();
         // As the HTTP client will send it: the default port of the scheme is left out.
@@ -216,10 +247,7 @@ impl Client {
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = request.send().await.map_err(http_error)?;
         read(response).await
     }
 
@@ -362,7 +390,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(http_error)?;
         read(response).await?;
         Ok(len)
     }
@@ -399,15 +427,20 @@ impl Client {
             .map(|_| ())
     }
 
-    /// Asks the cluster to admit a new node at `addr`; the answer has its id and the cluster
-    /// secret it signs raft traffic with.
+    /// Asks the cluster to admit a new node at `addr`; the answer has its id, the cluster
+    /// secret it signs raft traffic with and, for a certificate request (`csr`, PEM), its
+    /// certificate from the cluster CA.
     pub async fn join(
         &self,
         addr: &str,
         slots: u32,
         labels: &[String],
+        csr: Option<&str>,
     ) -> Result<JoinAnswer, ClientError> {
-        let body = serde_json::json!({ "addr": addr, "slots": slots, "labels": labels });
+        let mut body = serde_json::json!({ "addr": addr, "slots": slots, "labels": labels });
+        if let Some(csr) = csr {
+            body["csr"] = csr.into();
+        }
         self.json(Method::POST, "/v1/cluster/join", Some(&body))
             .await
     }
@@ -538,12 +571,9 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(http_error)?;
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(http_error)?;
         let value =
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok((status, value))
@@ -565,16 +595,9 @@ impl Client {
         for (name, value) in self.sign(method.as_str(), path_and_query, &hash, now_s()) {
             request = request.header(name, value);
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = request.body(body).send().await.map_err(http_error)?;
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(http_error)?;
         Ok((status, bytes))
     }
 
@@ -585,24 +608,15 @@ impl Client {
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(http_error)?;
         let status = response.status().as_u16();
-        Ok((
-            status,
-            response
-                .bytes()
-                .await
-                .map_err(|e| ClientError::Http(e.to_string()))?,
-        ))
+        Ok((status, response.bytes().await.map_err(http_error)?))
     }
 }
 
 async fn read(response: reqwest::Response) -> Result<Bytes, ClientError> {
     let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let bytes = response.bytes().await.map_err(http_error)?;
     if status.is_success() {
         return Ok(bytes);
     }

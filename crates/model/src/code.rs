@@ -56,6 +56,9 @@ pub enum ErrorCode {
     Stuck,
     /// Another attempt of the job succeeded first (backups in mode `hedge`).
     Superseded,
+    /// The server's TLS certificate is not from the CA the client trusts (a wrong
+    /// `--ca-pin` or `--ca`): refused by the client before anything was sent.
+    UntrustedServer,
 }
 
 impl ErrorCode {
@@ -87,13 +90,14 @@ impl ErrorCode {
             ErrorCode::NodeRemoved => "node_removed",
             ErrorCode::Stuck => "stuck",
             ErrorCode::Superseded => "superseded",
+            ErrorCode::UntrustedServer => "untrusted_server",
         }
     }
 }
 
 impl ErrorCode {
     /// Every code, for tests and for reading a code back from its spelling.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidInput,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
@@ -119,6 +123,7 @@ impl ErrorCode {
         ErrorCode::NodeRemoved,
         ErrorCode::Stuck,
         ErrorCode::Superseded,
+        ErrorCode::UntrustedServer,
     ];
 
     /// The code spelled `s`, if it is one of ours (a function may fail with codes of its own).

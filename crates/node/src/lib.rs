@@ -16,6 +16,7 @@ mod scheduling;
 mod sealing;
 mod sources;
 mod startup;
+pub mod tls;
 mod triggering;
 mod webhook;
 
@@ -29,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use jobs::NewKey;
+pub use membership::Joined;
 pub use objects::{ObjectStream, OBJECT_COPY_BYTES_MAX, PEER_OBJECTS_PATH};
 pub use registry::{
     Direction, FaultAction, FaultRule, RaftRpcError, StateDigest, CLUSTER_KEY_ID,
@@ -38,6 +40,7 @@ pub use requests::{serve as serve_signed, SignedRequest};
 pub use runs::RunView;
 pub use sources::SourceStatus;
 pub use storage::Store as ObjectStore;
+pub use tls::{Issued, TlsSetup};
 pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};
 
 /// Raft roles, for the API's node listing.
@@ -73,6 +76,9 @@ pub struct NodeConfig {
     /// How long a node that joins may take to catch up and register before the leader
     /// removes it again ([`JOIN_CATCH_UP_DEFAULT`] unless testing).
     pub join_catch_up: Duration,
+    /// TLS for the API and between nodes (the cluster CA unless the operator brings their
+    /// own certificates or asks for plain HTTP).
+    pub tls: TlsSetup,
 }
 
 /// How long a joining node has to catch up and register by default.
@@ -91,6 +97,9 @@ pub struct JoinTarget {
     /// An admin key of the cluster.
     pub key_id: String,
     pub secret: String,
+    /// Whom to trust when joining: the CA pinned by `--ca-pin`, or `--ca FILE` (plain HTTP
+    /// only when asked for). Nothing secret is sent to a member this does not trust.
+    pub trust: client::Transport,
 }
 
 /// How long a write waits to be committed before the caller hears `unavailable`.
@@ -130,8 +139,13 @@ struct Inner {
     cluster_secret: String,
     /// Seals and opens API keys' signing keys (see [`sealing`]).
     kek: sealing::Kek,
-    /// Signed calls to peers' object routes (see [`objects`]).
+    /// Signed calls to peers' object routes (see [`objects`]), over mutual TLS unless the
+    /// node serves plain HTTP.
     peer_http: reqwest::Client,
+    /// `https`, or `http` when asked for.
+    peer_scheme: &'static str,
+    /// This node's certificates, unless it serves plain HTTP.
+    certs: Option<tls::Certs>,
     /// Set once start-up has finished (the tasks run).
     running: std::sync::atomic::AtomicBool,
     /// Smoothed run time of this node's attempts, in µs (sizes its prefetch).
@@ -238,6 +252,25 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.inner.registry.id()
+    }
+
+    /// How the API serves TLS (see [`tls::TlsSetup`]); `None`: plain HTTP, as asked for.
+    pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ApiError> {
+        self.inner
+            .certs
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()
+    }
+
+    /// The cluster CA's fingerprint (`sha256:<hex>`), which a joining node pins; `None` when
+    /// the node serves plain HTTP.
+    pub fn ca_fingerprint(&self) -> Result<Option<String>, ApiError> {
+        self.inner
+            .certs
+            .as_ref()
+            .map(tls::ca_fingerprint)
+            .transpose()
     }
 
     pub fn config(&self) -> &NodeConfig {

@@ -22,16 +22,37 @@ use model::{ApiError, Command, ErrorCode, EventKind, NewEvent, NodeId, NodeStatu
 use registry::Role;
 use std::collections::BTreeMap;
 
+/// What a node that joins is handed (over TLS, or plain HTTP where the cluster asked for it).
+#[derive(Debug)]
+pub struct Joined {
+    pub id: NodeId,
+    pub cluster_secret: String,
+    pub issued: Option<crate::tls::Issued>,
+}
+
 impl Node {
-    /// Admits a new node: gives it an id and the cluster secret. The leader adds it to the
-    /// raft membership as a learner and makes it a voter once it has caught up (see the
-    /// module doc).
+    /// Admits a new node: gives it an id, the cluster secret and, for a certificate request
+    /// (`csr`, PEM), its certificate from the cluster CA. The request is checked and signed
+    /// before anything is proposed, so a bad one leaves no joining node behind. The leader
+    /// adds it to the raft membership as a learner and makes it a voter once it has caught
+    /// up (see the module doc).
     pub async fn join(
         &self,
         addr: String,
         slots: u32,
         labels: Vec<String>,
-    ) -> Result<(NodeId, String), ApiError> {
+        csr: Option<String>,
+    ) -> Result<Joined, ApiError> {
+        let issued = match (&self.inner.certs, csr) {
+            (Some(certs), Some(csr)) => Some(crate::tls::issue(certs, &csr)?),
+            (None, Some(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    "this cluster serves plain HTTP (--insecure-http): a node joins it with --insecure-http and no certificate request",
+                ))
+            }
+            (_, None) => None,
+        };
         let command = Command::JoinNode {
             addr,
             slots,
@@ -42,7 +63,11 @@ impl Node {
             Response::Joined { id } => id,
             other => return Err(unexpected(other)),
         };
-        Ok((id, self.inner.cluster_secret.clone()))
+        Ok(Joined {
+            id,
+            cluster_secret: self.inner.cluster_secret.clone(),
+            issued,
+        })
     }
 
     /// Changes a node's raft role or status: `drain`, `undrain`, `promote`, `demote`, `remove`.

@@ -135,7 +135,8 @@ impl Node {
         self.inner.store.is_local()
     }
 
-    /// A request to a peer's object route, signed with the cluster secret.
+    /// A request to a peer's object route, signed with the cluster secret (over mutual TLS
+    /// unless the cluster serves plain HTTP).
     fn peer_request(
         &self,
         method: reqwest::Method,
@@ -163,7 +164,7 @@ impl Node {
             .unwrap_or_default();
         self.inner
             .peer_http
-            .request(method, format!("http://{addr}{path}"))
+            .request(method, format!("{}://{addr}{path}", self.inner.peer_scheme))
             .timeout(deadline)
             .header(signature::HEADER_KEY, crate::CLUSTER_KEY_ID)
             .header(signature::HEADER_TIMESTAMP, timestamp_s.to_string())

@@ -19,8 +19,8 @@
 
 use crate::{
     at_rest, internal, liveness, metrics, now_ms, requests, retention, running, runs, scheduling,
-    sources, storage_error, triggering, unavailable, webhook, Inner, KeyFile, Node, NodeConfig,
-    ADMIN_KEY_FILE, CLUSTER_KEY_FILE, JOIN_WAIT,
+    sources, storage_error, tls, triggering, unavailable, webhook, Inner, JoinTarget, KeyFile,
+    Node, NodeConfig, TlsSetup, ADMIN_KEY_FILE, CLUSTER_KEY_FILE, JOIN_WAIT,
 };
 use model::{ApiError, Command, ErrorCode, FunctionSpec, NodeId, Scope};
 use rand::RngCore;
@@ -61,7 +61,17 @@ impl Node {
     /// which a joining node needs before phase two.
     pub async fn open(config: NodeConfig) -> Result<Node, ApiError> {
         at_rest::private_dir(&config.data_dir).map_err(|e| internal("data dir", &e))?;
-        let (id, secret, founding) = identity(&config).await?;
+        client::tls::install_default_provider();
+        let (id, secret, founding, certs) = identity(&config).await?;
+        let transport = match &certs {
+            Some(certs) => tls::peer_transport(certs)?,
+            None => client::Transport::InsecureHttp,
+        };
+        let peer_scheme = transport.default_scheme();
+        let link = registry::PeerLink {
+            http: transport.configure(reqwest::Client::builder()),
+            scheme: peer_scheme,
+        };
         let registry = Registry::open(
             &config.data_dir.join("raft"),
             id,
@@ -69,6 +79,7 @@ impl Node {
             founding,
             &secret,
             config.snapshot_logs,
+            link,
         )
         .await
         .map_err(unavailable)?;
@@ -93,10 +104,15 @@ impl Node {
                 kek: crate::sealing::Kek::of_cluster(&secret)
                     .map_err(|e| internal(CLUSTER_KEY_FILE, &e))?,
                 cluster_secret: secret,
-                peer_http: reqwest::Client::builder()
-                    .connect_timeout(crate::objects::PEER_CONNECT_TIMEOUT)
+                peer_http: transport
+                    .configure(
+                        reqwest::Client::builder()
+                            .connect_timeout(crate::objects::PEER_CONNECT_TIMEOUT),
+                    )
                     .build()
                     .map_err(|e| internal("HTTP client", &e))?,
+                peer_scheme,
+                certs,
                 running: std::sync::atomic::AtomicBool::new(false),
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
                 key_uses: Default::default(),
@@ -333,12 +349,17 @@ impl Node {
     }
 }
 
-/// This node's id, the cluster secret, and whether a pristine registry founds a cluster.
+/// This node's id, the cluster secret, whether a pristine registry founds a cluster, and its
+/// TLS certificates (none when it serves plain HTTP).
+type Identity = (NodeId, String, registry::Founding, Option<tls::Certs>);
+
+/// This node's identity (see [`Identity`]).
 ///
 /// `DATA_DIR/node.id` is written last, so it marks a complete identity: a node that has it
-/// restarts as the member it was. Without it, a node founds a cluster as node 1, or joins one
-/// and gets a fresh id from the leader (ids are never reused).
-async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Founding), ApiError> {
+/// restarts as the member it was. Without it, a node founds a cluster as node 1 (and makes
+/// the cluster CA), or joins one and gets a fresh id and its certificate from a member (ids
+/// are never reused).
+async fn identity(config: &NodeConfig) -> Result<Identity, ApiError> {
     let dir = &config.data_dir;
     let id_path = dir.join("node.id");
     let secret_path = dir.join(CLUSTER_KEY_FILE);
@@ -354,53 +375,119 @@ async fn identity(config: &NodeConfig) -> Result<(NodeId, String, registry::Foun
         let id = read(&id_path)?
             .parse()
             .map_err(|e| internal(&id_path.display().to_string(), &e))?;
-        return Ok((id, read(&secret_path)?, registry::Founding::Join));
+        let certs = certs_of_member(config)?;
+        return Ok((id, read(&secret_path)?, registry::Founding::Join, certs));
     }
-    let (id, secret, founding) = match &config.join {
+    let (id, secret, founding, certs) = match &config.join {
         None => {
             let mut bytes = [0u8; 32];
             rand::rng().fill_bytes(&mut bytes);
-            (1, hex::encode(bytes), registry::Founding::Found)
+            let certs = match &config.tls {
+                TlsSetup::ClusterCa => Some(tls::found(dir, &config.advertise_addr)?),
+                TlsSetup::Own { .. } | TlsSetup::InsecureHttp => certs_of_member(config)?,
+            };
+            (1, hex::encode(bytes), registry::Founding::Found, certs)
         }
         Some(join) => {
-            let credentials = client::Credentials {
-                key_id: join.key_id.clone(),
-                secret: join.secret.clone(),
-            };
-            let member = client::Client::new(&join.addr, credentials);
-            let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-            let answer = loop {
-                match member
-                    .join(&config.advertise_addr, config.slots, &config.labels)
-                    .await
-                {
-                    Ok(answer) => break answer,
-                    Err(e)
-                        if e.code() != Some(ErrorCode::Unavailable)
-                            && !matches!(e, client::ClientError::Http(_)) =>
-                    {
-                        return Err(ApiError::new(
-                            ErrorCode::Unavailable,
-                            format!("joining through {}: {e}", join.addr),
-                        ));
-                    }
-                    Err(e) if tokio::time::Instant::now() >= deadline => {
-                        return Err(ApiError::new(
-                            ErrorCode::Unavailable,
-                            format!("joining through {}: {e}", join.addr),
-                        ));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
-            (answer.id, answer.cluster_secret, registry::Founding::Join)
+            let (id, secret, certs) = join_cluster(config, join).await?;
+            (id, secret, registry::Founding::Join, certs)
         }
     };
     at_rest::write_file(&secret_path, format!("{secret}\n").as_bytes())
         .map_err(|e| internal(&secret_path.display().to_string(), &e))?;
     at_rest::write_file(&id_path, format!("{id}\n").as_bytes())
         .map_err(|e| internal(&id_path.display().to_string(), &e))?;
-    Ok((id, secret, founding))
+    Ok((id, secret, founding, certs))
+}
+
+/// The certificates of a node that has them already: the operator's own, or those in the
+/// data dir.
+fn certs_of_member(config: &NodeConfig) -> Result<Option<tls::Certs>, ApiError> {
+    match &config.tls {
+        TlsSetup::InsecureHttp => Ok(None),
+        TlsSetup::Own { cert, key, ca } => tls::own(cert, key, ca).map(Some),
+        TlsSetup::ClusterCa => tls::load(&config.data_dir)?.map(Some).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "{} has no TLS certificate ({}): a version without TLS made it; start it with --insecure-http, or with --tls-cert, --tls-key and --ca",
+                    config.data_dir.display(),
+                    tls::NODE_CERT_FILE
+                ),
+            )
+        }),
+    }
+}
+
+/// Asks a member to admit this node, over TLS that trusts only what `join.trust` says: a
+/// member it does not trust hears nothing (no key, no request). With the cluster CA, the
+/// node sends a certificate request and keeps the certificate it gets back.
+async fn join_cluster(
+    config: &NodeConfig,
+    join: &JoinTarget,
+) -> Result<(NodeId, String, Option<tls::Certs>), ApiError> {
+    let request = match &config.tls {
+        TlsSetup::ClusterCa => Some(tls::request(&config.advertise_addr)?),
+        TlsSetup::Own { .. } | TlsSetup::InsecureHttp => None,
+    };
+    let credentials = client::Credentials {
+        key_id: join.key_id.clone(),
+        secret: join.secret.clone(),
+    };
+    let member = client::Client::with_transport(&join.addr, credentials, &join.trust);
+    let csr = request.as_ref().map(|(_, csr)| csr.as_str());
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    let failed = |e: &client::ClientError| {
+        ApiError::new(
+            e.code()
+                .filter(|c| *c == ErrorCode::UntrustedServer)
+                .unwrap_or(ErrorCode::Unavailable),
+            format!("joining through {}: {e}", join.addr),
+        )
+    };
+    let answer = loop {
+        match member
+            .join(&config.advertise_addr, config.slots, &config.labels, csr)
+            .await
+        {
+            Ok(answer) => break answer,
+            // Not trusted: nothing was sent, and trying again would not change the chain.
+            Err(e) if e.code() == Some(ErrorCode::UntrustedServer) => return Err(failed(&e)),
+            Err(e)
+                if e.code() != Some(ErrorCode::Unavailable)
+                    && !matches!(e, client::ClientError::Http(_)) =>
+            {
+                return Err(failed(&e));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(failed(&e)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let certs = match request {
+        Some((key_pem, _)) => {
+            let (Some(chain_pem), Some(ca_pem), Some(ca_key_pem)) =
+                (answer.certificate, answer.ca_certificate, answer.ca_key)
+            else {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{} admitted this node without a certificate: its cluster does not use a cluster CA (join with --tls-cert, --tls-key and --ca, or --insecure-http as it does)",
+                        join.addr
+                    ),
+                ));
+            };
+            let certs = tls::Certs {
+                ca_pem,
+                chain_pem,
+                key_pem,
+                ca_key_pem: Some(ca_key_pem),
+            };
+            tls::save(&config.data_dir, &certs)?;
+            Some(certs)
+        }
+        None => certs_of_member(config)?,
+    };
+    Ok((answer.id, answer.cluster_secret, certs))
 }
 
 fn write_key_file(path: &Path, key: &KeyFile) -> std::io::Result<()> {

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 pub use disk::DISK_RESERVE_BYTES;
 pub use network::{
-    Direction, FaultAction, FaultRule, RaftRpcError, CLUSTER_KEY_ID, FAULT_DELAY_MS_MAX,
+    Direction, FaultAction, FaultRule, PeerLink, RaftRpcError, CLUSTER_KEY_ID, FAULT_DELAY_MS_MAX,
     RAFT_BODY_BYTES_MAX,
 };
 pub use state_machine::{StateDigest, STATE_DIGESTS_MAX};
@@ -172,7 +172,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Opens (or creates) the registry in `dir` and starts raft. A pristine node initializes
     /// itself as a one-member cluster: a single node is just the smallest cluster.
-    /// `cluster_secret` (hex) signs raft RPC between nodes. A snapshot is taken every
+    /// `cluster_secret` (hex) signs raft RPC between nodes, sent through `link`. A snapshot is taken every
     /// `snapshot_logs` entries, and a fifth of that is kept in the log after it (so that a
     /// follower a little behind catches up from the log, one far behind from the snapshot).
     pub async fn open(
@@ -182,6 +182,7 @@ impl Registry {
         founding: Founding,
         cluster_secret: &str,
         snapshot_logs: u64,
+        link: PeerLink,
     ) -> Result<Registry, RegistryError> {
         private_files(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
@@ -231,7 +232,8 @@ impl Registry {
                 .validate()
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?,
         );
-        let peers = network::Peers::new(cluster_secret, addr);
+        let peers =
+            network::Peers::new(cluster_secret, addr, link).map_err(RegistryError::Unavailable)?;
         let raft = Raft::new(
             id,
             config,

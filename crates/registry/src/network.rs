@@ -139,10 +139,20 @@ enum Cut {
     Dropped,
 }
 
+/// How a node reaches its peers: an HTTP client with the node's TLS identity (mutual TLS,
+/// trusting only the cluster CA; the node crate builds it) and the scheme, `https` unless the
+/// cluster serves plain HTTP.
+#[derive(Debug)]
+pub struct PeerLink {
+    pub http: reqwest::ClientBuilder,
+    pub scheme: &'static str,
+}
+
 /// Signed HTTP calls to peers.
 #[derive(Clone, Debug)]
 pub(crate) struct Peers {
     client: reqwest::Client,
+    scheme: &'static str,
     secret: Arc<str>,
     /// This node's address, sent as `from` with every call.
     addr: Arc<str>,
@@ -152,17 +162,19 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    pub(crate) fn new(secret: &str, addr: &str) -> Peers {
-        let client = reqwest::Client::builder()
+    pub(crate) fn new(secret: &str, addr: &str, link: PeerLink) -> Result<Peers, String> {
+        let client = link
+            .http
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .unwrap_or_default();
-        Peers {
+            .map_err(|e| format!("the HTTP client of raft traffic: {e}"))?;
+        Ok(Peers {
             client,
+            scheme: link.scheme,
             secret: secret.into(),
             addr: addr.into(),
             faults: Default::default(),
-        }
+        })
     }
 
     pub(crate) fn set_faults(&self, rules: Vec<(String, FaultRule)>) {
@@ -237,7 +249,7 @@ impl Peers {
             "application/json"
         };
         self.client
-            .post(format!("http://{addr}{path}?{query}"))
+            .post(format!("{}://{addr}{path}?{query}", self.scheme))
             .header(signature::HEADER_KEY, CLUSTER_KEY_ID)
             .header(signature::HEADER_TIMESTAMP, timestamp_s.to_string())
             .header(signature::HEADER_NONCE, nonce)

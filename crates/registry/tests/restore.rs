@@ -13,7 +13,12 @@ const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbcc
 async fn open(dir: &Path) -> Result<Registry, registry::RegistryError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Registry::open(dir, 1, "127.0.0.1:1", Founding::Found, SECRET, 20).await {
+        client::tls::install_default_provider();
+        let link = registry::PeerLink {
+            http: reqwest::Client::builder(),
+            scheme: "http",
+        };
+        match Registry::open(dir, 1, "127.0.0.1:1", Founding::Found, SECRET, 20, link).await {
             Err(e) if e.to_string().contains("already open") && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
