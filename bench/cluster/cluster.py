@@ -10,6 +10,9 @@ Figures:
 - submit-to-start latency: single `clock` jobs at a fixed rate through a follower, long
   enough (30 s by default) for the log to cross snapshots, which every node builds at the
   same index.
+
+The nodes run as the README starts them: HTTPS and mutual TLS between nodes, joins pinning
+the cluster CA; `--insecure-http` runs them over plain HTTP instead, to see what TLS costs.
 """
 import argparse
 import concurrent.futures
@@ -21,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,22 @@ import urllib.error
 import urllib.request
 
 LIMIT_S = 120  # every wait in this script gives up after this long
+# How the script reaches the nodes: set by main (plain HTTP, or TLS trusting the cluster CA
+# of the first node, set once it has made it).
+TLS = {"insecure": False, "context": None}
+
+
+def scheme():
+    return "http" if TLS["insecure"] else "https"
+
+
+def urlopen(request, timeout):
+    return urllib.request.urlopen(request, timeout=timeout, context=TLS["context"])
+
+
+def ca_pin(data_dir):
+    pem = open(os.path.join(data_dir, "ca.pem")).read()
+    return "sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
 class Node:
@@ -39,13 +59,27 @@ class Node:
             self.addr = f"127.0.0.1:{s.getsockname()[1]}"
         args = [binary, "serve", "--data-dir", self.dir, "--listen", self.addr, "--slots", "2"]
         env = dict(os.environ)
+        if TLS["insecure"]:
+            args += ["--insecure-http"]
         if join:
-            args += ["--join", join]
+            args += ["--join", join.addr]
+            if not TLS["insecure"]:
+                args += ["--ca-pin", ca_pin(join.dir)]
             env.update(CHORUS_KEY_ID=key["id"], CHORUS_KEY_SECRET=key["secret"])
         self.log = open(os.path.join(self.dir, "node.log"), "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, env=env)
-        wait(lambda: os.path.exists(os.path.join(self.dir, "admin.key")) and ready(self.addr), "node ready")
+        wait(lambda: self.trust() and ready(self.addr), "node ready")
         self.id = int(open(os.path.join(self.dir, "node.id")).read())
+
+    def trust(self):
+        """Whether the node wrote its key (and CA); the script trusts the first CA it sees."""
+        if not os.path.exists(os.path.join(self.dir, "admin.key")):
+            return False
+        if not TLS["insecure"] and TLS["context"] is None:
+            if not os.path.exists(os.path.join(self.dir, "ca.pem")):
+                return False
+            TLS["context"] = ssl.create_default_context(cafile=os.path.join(self.dir, "ca.pem"))
+        return True
 
     def key(self):
         return json.load(open(os.path.join(self.dir, "admin.key")))
@@ -57,7 +91,7 @@ class Node:
 
 def ready(addr):
     try:
-        return urllib.request.urlopen(f"http://{addr}/readyz", timeout=1).status == 200
+        return urlopen(f"{scheme()}://{addr}/readyz", timeout=1).status == 200
     except (urllib.error.URLError, OSError):
         return False
 
@@ -81,8 +115,8 @@ def call(addr, key, method, path, body=None, timeout=5):
     sig = hmac.new(signing_key, canonical, "sha256").hexdigest()
     headers = {"x-chorus-key": key["id"], "x-chorus-timestamp": ts, "x-chorus-nonce": nonce,
                "x-chorus-content-sha256": digest, "x-chorus-signature": sig, "content-type": "application/json"}
-    req = urllib.request.Request(f"http://{addr}{path}", data=data or None, method=method, headers=headers)
-    return json.load(urllib.request.urlopen(req, timeout=timeout))
+    req = urllib.request.Request(f"{scheme()}://{addr}{path}", data=data or None, method=method, headers=headers)
+    return json.load(urlopen(req, timeout=timeout))
 
 
 def leader_of(nodes, key):
@@ -97,7 +131,7 @@ def leader_of(nodes, key):
 def cluster(binary, root):
     first = Node(binary, root)
     key = first.key()
-    nodes = [first, Node(binary, root, first.addr, key), Node(binary, root, first.addr, key)]
+    nodes = [first, Node(binary, root, first, key), Node(binary, root, first, key)]
     wait(lambda: all(n["role"] == "voter" and n["status"] == "up" for n in call(first.addr, key, "GET", "/v1/nodes")["nodes"])
          and len(call(first.addr, key, "GET", "/v1/nodes")["nodes"]) == 3, "three voters", 0.05)
     return nodes, key
@@ -152,7 +186,7 @@ def throughput_and_latency(binary, root, jobs, rate, seconds):
     entry = nodes[1]
 
     def succeeded():
-        text = urllib.request.urlopen(f"http://{nodes[0].addr}/metrics").read().decode()
+        text = urlopen(f"{scheme()}://{nodes[0].addr}/metrics", timeout=5).read().decode()
         return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith('chorus_jobs{function="noop",state="succeeded"}'))
     t0 = time.time()
     for _ in range(jobs // 1000):
@@ -192,7 +226,9 @@ def main():
     ap.add_argument("--rate", type=float, default=200.0, help="latency test: jobs/s")
     ap.add_argument("--seconds", type=float, default=30.0, help="latency test: how long")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--insecure-http", action="store_true", help="plain HTTP instead of TLS")
     args = ap.parse_args()
+    TLS["insecure"] = args.insecure_http
     root = tempfile.mkdtemp(prefix="chorus-cluster-bench-")
     try:
         fo = [failover(args.chorus, root) for _ in range(args.rounds)]

@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -57,12 +58,15 @@ def main():
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                if os.path.exists(os.path.join(data, "admin.key")) and urllib.request.urlopen(f"http://{addr}/readyz").status == 200:
+                # HTTPS, trusting the cluster CA the node made in its data dir.
+                if os.path.exists(os.path.join(data, "admin.key")) and urllib.request.urlopen(
+                        f"https://{addr}/readyz",
+                        context=ssl.create_default_context(cafile=os.path.join(data, "ca.pem"))).status == 200:
                     break
             except OSError:
                 pass
             time.sleep(0.05)
-        env = dict(os.environ, CHORUS_SERVER=f"http://{addr}", CHORUS_DATA_DIR=data)
+        env = dict(os.environ, CHORUS_SERVER=f"https://{addr}", CHORUS_DATA_DIR=data)
         stat0 = open("/proc/stat").readline().split()[1:]
         t0 = time.time()
         subprocess.run([args.chorus, "ingest", songs, "--concurrency", str(2 * cores), "--json"], check=True, stdout=subprocess.DEVNULL, env=env, timeout=LIMIT_S)

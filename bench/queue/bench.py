@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import hmac
 import http.client
+import ssl
 import itertools
 import json
 import os
@@ -379,10 +380,12 @@ def run_peer(args) -> dict:
 # ---------------------------------------------------------------------------- chorus
 
 class ChorusClient:
-    """A signed HTTP/1.1 client, one keep-alive connection per thread."""
+    """A signed HTTP/1.1 client, one keep-alive connection per thread: HTTPS trusting the
+    node's cluster CA (`ca_file`), or plain HTTP if the node was started with --insecure-http."""
 
-    def __init__(self, port: int, key_id: str, secret_hex: str):
+    def __init__(self, port: int, key_id: str, secret_hex: str, ca_file=None):
         self.port = port
+        self.tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self.key_id = key_id
         # The signing key is derived from the secret (crates/model/src/signature.rs).
         self.secret = hmac.new(bytes.fromhex(secret_hex), b"chorus signing key v1", hashlib.sha256).digest()
@@ -391,7 +394,11 @@ class ChorusClient:
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            if self.tls:
+                conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=60, context=self.tls)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            self.local.conn = conn
         return conn
 
     def call(self, method: str, path: str, query: str = "", body: bytes = b"", signed: bool = True):
@@ -466,8 +473,9 @@ def run_chorus(args) -> dict:
     data_dir = Path(args.data_dir)
     port = free_port()
     log = Path(args.log)
+    insecure = ["--insecure-http"] if args.insecure_http else []
     node = spawn([args.chorus, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-                  "--slots", str(args.workers)], log)
+                  "--slots", str(args.workers), *insecure], log)
     result = {"system": "chorus", "jobs": args.jobs, "workers": args.workers,
               "config": f"chorus serve --slots {args.workers} (one node; warm worker processes; "
                         "every submit and state change fsync'd to the raft log before it is acknowledged)"}
@@ -475,7 +483,8 @@ def run_chorus(args) -> dict:
         key_file = data_dir / "admin.key"
         wait_until(lambda: key_file.exists() and key_file.stat().st_size > 0, 60, "admin.key")
         key = json.loads(key_file.read_text())
-        client = ChorusClient(port, key["id"], key["secret"])
+        ca_file = None if args.insecure_http else data_dir / "ca.pem"
+        client = ChorusClient(port, key["id"], key["secret"], ca_file)
         wait_until(lambda: client.call("GET", "/readyz", signed=False)[0] == 200, 60, "/readyz")
         # Warm the two worker processes so drain measures steady state, as for the peers.
         for _ in range(args.workers * 2):
@@ -588,7 +597,8 @@ def sub(args, extra: list[str], timeout_s: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), *extra, "--jobs", str(args.jobs),
            "--workers", str(args.workers), "--latency-seconds", str(args.latency_seconds),
            "--rate-cap", str(args.rate_cap), "--client-threads", str(args.client_threads),
-           "--drain-limit-s", str(args.drain_limit_s), "--batch", str(args.batch)]
+           "--drain-limit-s", str(args.drain_limit_s), "--batch", str(args.batch),
+           *(["--insecure-http"] if args.insecure_http else [])]
     out = Path(args.tmp) / f"run-{time.time_ns()}.json"
     proc = spawn(cmd + ["--out", str(out)], Path(args.tmp) / "runs.log")
     try:
@@ -711,6 +721,8 @@ def main() -> int:
     p.add_argument("--tmp", default="")
     p.add_argument("--out", default=str(HERE / "results.json"))
     p.add_argument("--chorus", default="")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="run chorus over plain HTTP instead of TLS (to see what TLS costs)")
     p.add_argument("--redis-server", default="redis-server")
     p.add_argument("--system", choices=sorted(PEERS))
     p.add_argument("--redis-url", default="")

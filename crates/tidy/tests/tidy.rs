@@ -64,6 +64,12 @@ fn each_outside_concern_has_one_owner() {
     // The AEAD that seals API keys' signing keys in the replicated state.
     must_be_owned(&all, "ring", &["node"]);
     must_be_owned(&all, "rdkafka", &["events"]);
+    // TLS: only the node issues certificates; only the API serves TLS; rustls is known by
+    // those two and by the client, which says whom it trusts.
+    must_be_owned(&all, "rcgen", &["node"]);
+    must_be_owned(&all, "tokio-rustls", &["api"]);
+    must_be_owned(&all, "hyper-util", &["api"]);
+    must_be_owned(&all, "rustls", &["node", "api", "client"]);
 }
 
 #[test]

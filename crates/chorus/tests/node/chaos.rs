@@ -417,7 +417,7 @@ impl Chaos {
 
     /// A client of `node` with the cluster's first admin key (keys are replicated).
     fn client_for(&self, node: &TestNode) -> Client {
-        Client::new(&node.addr, self.credentials.clone())
+        node.client_at(&node.addr, self.credentials.clone())
     }
 
     fn set_life(&mut self, at: usize, life: Life) {
@@ -708,7 +708,9 @@ impl Chaos {
         }
         self.members[follower].node.launch();
         let addr = self.members[follower].node.addr.clone();
-        let probe = Client::new(&addr, self.credentials.clone());
+        let probe = self.members[follower]
+            .node
+            .client_at(&addr, self.credentials.clone());
         let started = Instant::now();
         while started.elapsed() < READY_DEADLINE {
             if matches!(bounded(probe.get_public("/healthz")).await, Some(Ok(_))) {
@@ -755,7 +757,7 @@ impl Chaos {
         let live = self.live();
         let through = live[self.rng.random_range(0..live.len())];
         let mut node =
-            TestNode::joining(&self.members[through].node.addr, self.credentials.clone());
+            TestNode::joining(&self.members[through].node, self.credentials.clone());
         node.launch();
         let started = Instant::now();
         loop {

@@ -155,8 +155,9 @@ async fn must_carry_a_short_lived_read_key(url: &str, data: &std::path::Path) {
         .strip_prefix("http://")
         .and_then(|rest| rest.split('/').next())
         .unwrap();
+    // The demo serves plain HTTP on loopback, so that the link opens without a warning.
     let client = client::Client::new(
-        addr,
+        &format!("http://{addr}"),
         client::Credentials {
             key_id: admin.id,
             secret: admin.secret,

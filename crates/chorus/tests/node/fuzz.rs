@@ -46,7 +46,7 @@ async fn the_api_holds_its_document_under_fuzzing() {
     let out = tokio::process::Command::new(&st)
         .args([
             "run",
-            &format!("http://{}/v1/openapi.json", node.addr),
+            &format!("{}/v1/openapi.json", node.client.base_url()),
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_headers_conformance,response_schema_conformance,\
@@ -70,6 +70,9 @@ async fn the_api_holds_its_document_under_fuzzing() {
             // overwritten, and "missing signature" cases cannot be sent as such.
             "--generation-with-security-parameters",
             "false",
+            // Over TLS, trusting the cluster CA only.
+            "--tls-verify",
+            &node.ca_file().to_string_lossy(),
             "--no-color",
             "--report",
             "junit",

@@ -1,5 +1,7 @@
-//! Test harness: real `chorus serve` processes in temporary data dirs on free loopback ports.
-//! Helpers that assert are named `must_*`; waits poll a condition until a deadline.
+//! Test harness: real `chorus serve` processes in temporary data dirs on free loopback ports,
+//! over TLS as the README starts them (the first node makes the cluster CA, the others join
+//! with `--ca-pin`; clients trust the CA in the data dir). Helpers that assert are named
+//! `must_*`; waits poll a condition until a deadline.
 #![allow(dead_code)]
 
 use client::{Client, Credentials};
@@ -85,12 +87,13 @@ impl TestNode {
 
     fn unstarted(dir: tempfile::TempDir, slots: u32, args: &[&str]) -> TestNode {
         let addr = format!("127.0.0.1:{}", free_port());
-        let placeholder = Client::new(
+        let placeholder = Client::with_transport(
             &addr,
             Credentials {
                 key_id: String::new(),
                 secret: String::new(),
             },
+            &client::Transport::InsecureHttp,
         );
         TestNode {
             dir,
@@ -106,7 +109,7 @@ impl TestNode {
 
     /// A node that joins the cluster `member` belongs to.
     pub(crate) async fn join(member: &TestNode) -> TestNode {
-        let mut node = TestNode::joining(&member.addr, member.credentials());
+        let mut node = TestNode::joining(member, member.credentials());
         node.spawn().await;
         node
     }
@@ -114,27 +117,71 @@ impl TestNode {
     /// A node that joins the cluster `member` belongs to, started with more `chorus serve`
     /// arguments (e.g. `--label`).
     pub(crate) async fn join_with(member: &TestNode, args: &[&str]) -> TestNode {
-        let mut node = TestNode::joining(&member.addr, member.credentials());
-        node.args = args.iter().map(|a| a.to_string()).collect();
+        let mut node = TestNode::joining(member, member.credentials());
+        node.args.extend(args.iter().map(|a| a.to_string()));
         node.spawn().await;
         node
     }
 
-    /// A node that will join the cluster of the member at `member_addr` when it is launched;
-    /// not started yet.
-    pub(crate) fn joining(member_addr: &str, credentials: Credentials) -> TestNode {
+    /// A node that will join the cluster of `member` when it is launched, pinning the
+    /// member's CA (`--ca-pin`, as the README says); not started yet.
+    pub(crate) fn joining(member: &TestNode, credentials: Credentials) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         TestNode {
             dir,
-            client: Client::new(&addr, credentials.clone()),
+            client: member.client_at(&addr, credentials.clone()),
             addr,
             slots: 2,
             child: None,
-            join: Some((member_addr.to_string(), credentials)),
-            args: Vec::new(),
+            join: Some((member.addr.clone(), credentials)),
+            args: vec!["--ca-pin".into(), member.ca_pin()],
             env: Vec::new(),
         }
+    }
+
+    /// Replaces the extra `chorus serve` arguments (a joining node's `--ca-pin` among them).
+    pub(crate) fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// The cluster CA's certificate file in this node's data dir.
+    pub(crate) fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("data").join(node::tls::CA_CERT_FILE)
+    }
+
+    /// The cluster CA's fingerprint, as the first node prints it (`sha256:<hex>`).
+    pub(crate) fn ca_pin(&self) -> String {
+        ca_pin_of(&self.ca_file())
+    }
+
+    /// How clients reach this node: TLS trusting the cluster CA in its data dir.
+    pub(crate) fn transport(&self) -> client::Transport {
+        transport_of(&self.ca_file())
+    }
+
+    /// A client of the node at `addr` (of this node's cluster) with `credentials`.
+    pub(crate) fn client_at(&self, addr: &str, credentials: Credentials) -> Client {
+        Client::with_transport(addr, credentials, &self.transport())
+    }
+
+    /// A bare HTTP client that trusts the cluster CA, for requests the typed client would
+    /// not send (forged, replayed, unsigned).
+    pub(crate) fn http(&self) -> reqwest::Client {
+        self.transport()
+            .configure(reqwest::Client::builder())
+            .build()
+            .unwrap()
+    }
+
+    /// The CLI arguments that reach this node: its HTTPS address and the CA to trust.
+    pub(crate) fn cli_server_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--server".into(),
+            self.client.base_url().into(),
+            "--ca".into(),
+            self.ca_file().into(),
+        ]
     }
 
     pub(crate) fn credentials(&self) -> Credentials {
@@ -256,12 +303,33 @@ impl TestNode {
     }
 
     pub(crate) fn client_with(&self, key_id: &str, secret: &str) -> Client {
-        Client::new(
+        self.client_at(
             &self.addr,
             Credentials {
                 key_id: key_id.into(),
                 secret: secret.into(),
             },
+        )
+    }
+
+    /// A client that presents this node's own certificate (mutual TLS), as its peers do; for
+    /// calls signed with the cluster key.
+    pub(crate) fn node_client_with(&self, key_id: &str, secret: &str) -> Client {
+        let data = self.dir.path().join("data");
+        let identity = client::tls::Identity::from_pem(
+            &std::fs::read(data.join(node::tls::NODE_CERT_FILE)).unwrap(),
+            &std::fs::read(data.join(node::tls::NODE_KEY_FILE)).unwrap(),
+        )
+        .unwrap();
+        let ca = std::fs::read(self.ca_file()).unwrap();
+        let transport = client::Transport::trusting(&ca, Some(&identity)).unwrap();
+        Client::with_transport(
+            &self.addr,
+            Credentials {
+                key_id: key_id.into(),
+                secret: secret.into(),
+            },
+            &transport,
         )
     }
 
@@ -317,17 +385,43 @@ impl TestNode {
     }
 }
 
+/// The fingerprint of the CA certificate in `ca_file`.
+pub(crate) fn ca_pin_of(ca_file: &std::path::Path) -> String {
+    let pem = std::fs::read(ca_file).unwrap();
+    let ca = client::tls::certificates(&pem, "CA").unwrap();
+    client::tls::fingerprint(&ca[0])
+}
+
+/// TLS trusting the CA in `ca_file` (or plain HTTP for a node started with
+/// `--insecure-http`, which writes none).
+fn transport_of(ca_file: &std::path::Path) -> client::Transport {
+    match std::fs::read(ca_file) {
+        Ok(pem) => client::Transport::trusting(&pem, None).unwrap(),
+        Err(_) => client::Transport::InsecureHttp,
+    }
+}
+
+/// A bare HTTP client for plain-HTTP servers of the tests (webhook receivers, S3).
+pub(crate) fn plain_http() -> reqwest::Client {
+    client::Transport::InsecureHttp
+        .configure(reqwest::Client::builder())
+        .build()
+        .unwrap()
+}
+
 /// A client with the node's admin key, if its key file is written and it answers `/readyz`
-/// with 200.
+/// with 200 (over TLS trusting the CA next to the key, if there is one).
 async fn ready_client(key_file: &std::path::Path, addr: &str) -> Option<Client> {
     let text = std::fs::read_to_string(key_file).ok()?;
     let key: node::KeyFile = serde_json::from_str(&text).ok()?;
-    let client = Client::new(
+    let ca_file = key_file.with_file_name(node::tls::CA_CERT_FILE);
+    let client = Client::with_transport(
         addr,
         Credentials {
             key_id: key.id,
             secret: key.secret,
         },
+        &transport_of(&ca_file),
     );
     matches!(client.get_public("/readyz").await, Ok((200, _))).then_some(client)
 }

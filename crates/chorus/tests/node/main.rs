@@ -16,6 +16,7 @@ mod objects;
 mod security;
 mod sources;
 mod throttles;
+mod tls;
 mod triggers;
 mod workflows;
 
@@ -280,7 +281,7 @@ async fn bad_input_gets_stable_codes() {
 async fn every_kind_of_auth_failure_is_refused() {
     let node = TestNode::start().await;
     let url = format!("{}/v1/jobs", node.client.base_url());
-    let http = reqwest::Client::new();
+    let http = node.http();
     let status_of = |r: reqwest::Response| r.status().as_u16();
     // No signature at all.
     assert_eq!(status_of(http.get(&url).send().await.unwrap()), 401);
@@ -700,7 +701,7 @@ async fn a_second_ingest_of_a_directory_neither_uploads_nor_runs_anything_again(
     std::fs::create_dir_all(&songs).unwrap();
     std::fs::write(songs.join("tone.wav"), tone_wav(4.0)).unwrap();
     let (server, data) = (
-        format!("http://{}", node.addr),
+        node.client.base_url().to_string(),
         node.dir.path().join("data"),
     );
     let ingest = move || {

@@ -187,8 +187,8 @@ async fn only_nodes_may_copy_objects() {
         let error: model::ApiError = serde_json::from_slice(&answer).unwrap();
         assert_eq!(error.code, model::ErrorCode::Forbidden);
     }
-    // A bad cluster signature is refused.
-    let forged = node.client_with(node::CLUSTER_KEY_ID, &"00".repeat(32));
+    // A bad cluster signature is refused, even on a connection with a node's certificate.
+    let forged = node.node_client_with(node::CLUSTER_KEY_ID, &"00".repeat(32));
     let (status, answer) = forged
         .raw("GET", "/v1/peer/objects/uploads/x", Vec::new())
         .await

@@ -61,10 +61,11 @@ async fn raft_log_and_snapshot_are_not_world_readable() {
     assert_eq!(mode(&raft.join("snapshot.json")), 0o600, "the snapshot");
 }
 
-/// A client that signs as a node: with the cluster key from the node's data dir.
-fn cluster_client(node: &TestNode) -> client::Client {
+/// A client that calls as a node: with the node's certificate and the cluster key from its
+/// data dir.
+pub(crate) fn cluster_client(node: &TestNode) -> client::Client {
     let secret = std::fs::read_to_string(node.dir.path().join("data/cluster.key")).unwrap();
-    node.client_with(node::CLUSTER_KEY_ID, secret.trim())
+    node.node_client_with(node::CLUSTER_KEY_ID, secret.trim())
 }
 
 fn error_code(body: &[u8]) -> ErrorCode {
@@ -213,10 +214,11 @@ async fn a_submit_key_cannot_forge_outputs_or_logs_or_cancel_jobs_of_others() {
 async fn submit_wait_works_with_a_submit_only_key() {
     let node = TestNode::start().await;
     let key = node.client.create_key(&[Scope::Submit]).await.unwrap();
-    let server = format!("http://{}", node.addr);
+    let server = node.cli_server_args();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args(["submit", "noop", "--wait", "--json", "--server", &server])
+            .args(["submit", "noop", "--wait", "--json"])
+            .args(&server)
             .env("CHORUS_KEY_ID", &key.id)
             .env("CHORUS_KEY_SECRET", &key.secret)
             .output()
@@ -270,7 +272,8 @@ async fn keys_expire_and_the_listing_shows_their_last_use() {
         .await;
     }
     // The admin key of the node itself is used by this test: the CLI shows when.
-    let server = format!("http://{}", node.addr);
+    // HTTPS, trusting the cluster CA the CLI finds in the data dir.
+    let server = node.client.base_url().to_string();
     let data = node.dir.path().join("data");
     let cli = move |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
@@ -319,13 +322,14 @@ async fn keys_expire_and_the_listing_shows_their_last_use() {
 /// A `POST /v1/jobs` signed for `signed_for` (its host), sent to the node at `to` as it was
 /// captured: same headers, same Host, same body. The status and the error code, if any.
 async fn send_captured(
+    http: &reqwest::Client,
     headers: &[(&'static str, String)],
     signed_for: &str,
     to: &str,
     body: &[u8],
 ) -> (u16, Option<ErrorCode>) {
-    let mut request = reqwest::Client::new()
-        .post(format!("http://{to}/v1/jobs"))
+    let mut request = http
+        .post(format!("https://{to}/v1/jobs"))
         .header("host", signed_for)
         .header("content-type", "application/json")
         .body(body.to_vec());
@@ -358,12 +362,13 @@ async fn a_submit_replayed_to_the_other_node_of_a_two_node_cluster_is_refused() 
     let first = TestNode::start().await;
     let second = TestNode::join(&first).await;
     let (headers, body) = captured_submit(&first);
-    let taken = send_captured(&headers, &first.addr, &first.addr, &body).await;
+    let http = first.http();
+    let taken = send_captured(&http, &headers, &first.addr, &first.addr, &body).await;
     assert_eq!(taken.0, 201, "{taken:?}");
-    let replayed = send_captured(&headers, &first.addr, &second.addr, &body).await;
+    let replayed = send_captured(&http, &headers, &first.addr, &second.addr, &body).await;
     assert_eq!(replayed, (401, Some(ErrorCode::Unauthorized)));
     // Under the second node's own name the signature does not verify: it covers the host.
-    let renamed = send_captured(&headers, &second.addr, &second.addr, &body).await;
+    let renamed = send_captured(&http, &headers, &second.addr, &second.addr, &body).await;
     assert_eq!(renamed, (401, Some(ErrorCode::Unauthorized)));
     assert_eq!(job_count(&first).await, 1, "no duplicate job");
 }
@@ -372,10 +377,11 @@ async fn a_submit_replayed_to_the_other_node_of_a_two_node_cluster_is_refused() 
 async fn a_submit_replayed_to_the_same_node_after_a_restart_is_refused() {
     let mut node = TestNode::start().await;
     let (headers, body) = captured_submit(&node);
-    let taken = send_captured(&headers, &node.addr, &node.addr, &body).await;
+    let http = node.http();
+    let taken = send_captured(&http, &headers, &node.addr, &node.addr, &body).await;
     assert_eq!(taken.0, 201, "{taken:?}");
     node.restart().await;
-    let replayed = send_captured(&headers, &node.addr, &node.addr, &body).await;
+    let replayed = send_captured(&http, &headers, &node.addr, &node.addr, &body).await;
     assert_eq!(replayed, (401, Some(ErrorCode::Unauthorized)));
     assert_eq!(job_count(&node).await, 1, "no duplicate job");
 }

@@ -76,7 +76,7 @@ async fn s3(bucket: &str) -> Server {
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     let server = Server::spawn(command, port);
     server.must_listen().await;
-    let created = reqwest::Client::new()
+    let created = crate::harness::plain_http()
         .put(format!("http://127.0.0.1:{port}/{bucket}"))
         .send()
         .await
