@@ -256,30 +256,39 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// Errors looked at at most when searching a chain (a chain is a handful deep).
+const ERROR_CHAIN_MAX: usize = 32;
+
 /// The certificate error somewhere in `error`'s chain, if the call failed because the server
 /// was not trusted (an unknown issuer, a wrong name, a chain without the pinned CA).
 pub(crate) fn untrusted(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        // An io::Error shows its inner error's source, not the inner error itself.
-        let inner = e
+    // An io::Error's `source` is its inner error's source, skipping the inner error itself,
+    // so both ways down are followed.
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![error];
+    let mut seen = 0;
+    while let Some(e) = pending.pop() {
+        seen += 1;
+        if seen > ERROR_CHAIN_MAX {
+            break;
+        }
+        if let Some(rustls::Error::InvalidCertificate(why)) = e.downcast_ref::<rustls::Error>() {
+            return Some(match why {
+                CertificateError::Other(other) => other.0.to_string(),
+                CertificateError::UnknownIssuer => {
+                    "the server's certificate is not from a trusted CA (give the cluster CA with --ca, or --data-dir of a node)".into()
+                }
+                other => format!("the server's certificate is not trusted: {other:?}"),
+            });
+        }
+        if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        for candidate in [Some(e), inner].into_iter().flatten() {
-            if let Some(rustls::Error::InvalidCertificate(why)) =
-                candidate.downcast_ref::<rustls::Error>()
-            {
-                return Some(match why {
-                    CertificateError::Other(other) => other.0.to_string(),
-                    CertificateError::UnknownIssuer => {
-                        "the server's certificate is not from a trusted CA (give the cluster CA with --ca, or --data-dir of a node)".into()
-                    }
-                    other => format!("the server's certificate is not trusted: {other:?}"),
-                });
-            }
+        {
+            pending.push(inner);
         }
-        next = e.source();
+        if let Some(source) = e.source() {
+            pending.push(source);
+        }
     }
     None
 }

@@ -152,10 +152,7 @@ fn node_names(advertise_addr: &str) -> Result<Vec<SanType>, ApiError> {
 fn leaf_params(names: Vec<SanType>) -> CertificateParams {
     let mut params = base_params(names, "chorus node");
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -235,7 +232,14 @@ pub(crate) fn own(cert: &Path, key: &Path, ca: &Path) -> Result<Certs, ApiError>
 /// A joining node's key and its certificate request (PEM texts).
 pub(crate) fn request(advertise_addr: &str) -> Result<(String, String), ApiError> {
     let key = KeyPair::generate().map_err(|e| tls_error("node key", e))?;
-    let csr = base_params(node_names(advertise_addr)?, "chorus node")
+    // Names only: validity, serial and usages are the issuer's to choose (and rcgen refuses
+    // to put them in a request).
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = node_names(advertise_addr)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "chorus node");
+    let csr = params
         .serialize_request(&key)
         .map_err(|e| tls_error("certificate request", e))?
         .pem()

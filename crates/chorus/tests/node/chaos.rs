@@ -756,8 +756,7 @@ impl Chaos {
     async fn join(&mut self) {
         let live = self.live();
         let through = live[self.rng.random_range(0..live.len())];
-        let mut node =
-            TestNode::joining(&self.members[through].node, self.credentials.clone());
+        let mut node = TestNode::joining(&self.members[through].node, self.credentials.clone());
         node.launch();
         let started = Instant::now();
         loop {

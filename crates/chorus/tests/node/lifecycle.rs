@@ -53,7 +53,7 @@ async fn join_that_never_catches_up(member: &TestNode) -> u64 {
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = nobody.local_addr().unwrap().to_string();
     drop(nobody);
-    member.client.join(&addr, 2, &[]).await.unwrap().id
+    member.client.join(&addr, 2, &[], None).await.unwrap().id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

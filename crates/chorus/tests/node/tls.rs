@@ -29,7 +29,10 @@ async fn a_three_node_cluster_runs_over_mutual_tls() {
     let first = TestNode::start().await;
     let second = TestNode::join(&first).await;
     let third = TestNode::join(&first).await;
-    wait_until("three nodes are up", || async { up_nodes(&first).await == 3 }).await;
+    wait_until("three nodes are up", || async {
+        up_nodes(&first).await == 3
+    })
+    .await;
     // Every node presents a certificate of the one cluster CA, and its keys are private.
     for node in [&first, &second, &third] {
         assert_eq!(node.ca_pin(), first.ca_pin());
@@ -117,7 +120,10 @@ async fn openssl_s_client_shows_the_chain_from_the_cluster_ca() {
         2,
         "{text}"
     );
-    assert!(text.contains("s:CN=chorus node") || text.contains("s:CN = chorus node"), "{text}");
+    assert!(
+        text.contains("s:CN=chorus node") || text.contains("s:CN = chorus node"),
+        "{text}"
+    );
     assert!(
         text.contains("i:CN=chorus cluster CA") || text.contains("i:CN = chorus cluster CA"),
         "{text}"
