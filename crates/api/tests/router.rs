@@ -40,6 +40,8 @@ impl Api {
             fault_injection: false,
             snapshot_logs: node::SNAPSHOT_LOGS_DEFAULT,
             join_catch_up: node::JOIN_CATCH_UP_DEFAULT,
+            // The router is called directly, not through a listener: no TLS to serve.
+            tls: node::TlsSetup::InsecureHttp,
         };
         let node = Node::open(config).await.unwrap();
         node.run().await.unwrap();
