@@ -364,8 +364,32 @@ mod tests {
         };
         server_config(&joined).unwrap();
         let chain = client::tls::certificates(issued.certificate_pem.as_bytes(), "chain").unwrap();
-        let leaf = rcgen::CertificateParams::from_ca_cert_der(&chain[0]).unwrap();
-        assert_eq!(leaf.is_ca, IsCa::ExplicitNoCa);
+        // The leaf verifies under the cluster CA, but a certificate it signed does not: it is
+        // no CA, whatever its request asked.
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(chain[1].clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            client::tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        let joined_name = rustls::pki_types::ServerName::try_from("10.0.0.2").unwrap();
+        verifier
+            .verify_server_cert(&chain[0], &[], &joined_name, &[], now)
+            .unwrap();
+        let forged_key = KeyPair::generate().unwrap();
+        let forged = leaf_params(node_names("127.0.0.1:1").unwrap())
+            .signed_by(
+                &forged_key,
+                &Issuer::from_ca_cert_der(&chain[0], &key).unwrap(),
+            )
+            .unwrap();
+        let loopback = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let refused = verifier.verify_server_cert(forged.der(), &chain[..1], &loopback, &[], now);
+        assert!(refused.is_err(), "a node certificate issued another");
         assert_eq!(
             client::tls::fingerprint(&chain[1]),
             ca_fingerprint(&first).unwrap()

@@ -640,7 +640,12 @@ mod tests {
 
     #[tokio::test]
     async fn incoming_rules_apply_to_their_sender_only() {
-        let peers = Peers::new("00", "127.0.0.1:1");
+        client::tls::install_default_provider();
+        let link = PeerLink {
+            http: reqwest::Client::builder(),
+            scheme: "http",
+        };
+        let peers = Peers::new("00", "127.0.0.1:1", link).unwrap();
         let rule = |node, action, direction| FaultRule {
             node,
             action,
