@@ -1,5 +1,6 @@
-//! `chorus invoke` (run a job and wait for its output) and `chorus triggers` (cron schedules
-//! and event subscriptions that start jobs by themselves).
+//! `chorus invoke` (run a job and wait for its output) and `chorus triggers` (cron schedules,
+//! event subscriptions, bucket prefixes and Kafka topics that start jobs or workflow runs by
+//! themselves).
 
 use crate::client_cmd::Conn;
 use anyhow::{bail, Context};
@@ -83,9 +84,17 @@ enum TriggersCmd {
     /// the object store), or `--kafka-brokers HOST:PORT --topic TOPIC` (records of a topic).
     Create {
         name: String,
+        /// Start jobs of this function.
+        #[arg(
+            long,
+            required_unless_present = "workflow",
+            conflicts_with = "workflow"
+        )]
+        function: Option<String>,
+        /// Start runs of this workflow instead, with the input a job would get.
         #[arg(long)]
-        function: String,
-        /// The input of every job (a JSON object); the trigger adds the key `trigger`.
+        workflow: Option<String>,
+        /// The input of every job or run (a JSON object); the trigger adds the key `trigger`.
         #[arg(long, default_value = "{}")]
         input: String,
         #[arg(long, conflicts_with = "events")]
@@ -145,6 +154,7 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
     let TriggersCmd::Create {
         name,
         function,
+        workflow,
         input,
         cron,
         timezone,
@@ -164,7 +174,12 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
     };
     let input: serde_json::Value =
         serde_json::from_str(&input).context("--input is not valid JSON")?;
-    let mut spec = serde_json::json!({ "name": name, "function": function, "input": input });
+    let mut spec = serde_json::json!({ "name": name, "input": input });
+    match (function, workflow) {
+        (Some(function), None) => spec["function"] = function.into(),
+        (None, Some(workflow)) => spec["workflow"] = workflow.into(),
+        _ => bail!("a trigger takes one of --function F and --workflow W"),
+    }
     let sources = usize::from(cron.is_some())
         + usize::from(events)
         + usize::from(bucket.is_some())
@@ -247,10 +262,15 @@ fn print_trigger(t: &serde_json::Value) -> anyhow::Result<()> {
     } else {
         "active"
     };
+    let target = match (spec["function"].as_str(), spec["workflow"].as_str()) {
+        (Some(function), _) => function.to_string(),
+        (None, Some(workflow)) => format!("workflow:{workflow}"),
+        (None, None) => "?".to_string(),
+    };
     outln!(
         "{:<24} {:<20} {:<7} {what}",
         spec["name"].as_str().unwrap_or("?"),
-        spec["function"].as_str().unwrap_or("?"),
+        target,
         state
     )?;
     Ok(())

@@ -312,9 +312,9 @@ impl Command {
 
     /// Whether applying the command twice has the effect of applying it once, so a write
     /// whose fate is unknown (its leader died while it was in flight) may be proposed again:
-    /// jobs that all carry an idempotency key, results (fenced by attempt ids), heartbeats,
-    /// a node's registration or status, the webhook's progress, and object records (a
-    /// record replaces the one of its key).
+    /// jobs that all carry an idempotency key, a run start with one, results (fenced by
+    /// attempt ids), heartbeats, a node's registration or status, the webhook's progress, and
+    /// object records (a record replaces the one of its key).
     pub fn is_idempotent(&self) -> bool {
         match self {
             Command::SubmitJobs { jobs, .. } => jobs.iter().all(|j| j.idempotency_key.is_some()),
@@ -329,6 +329,9 @@ impl Command {
             | Command::AdvanceBucket { .. }
             | Command::AdvanceKafka { .. }
             | Command::KeysUsed { .. } => true,
+            Command::StartRun {
+                idempotency_key, ..
+            } => idempotency_key.is_some(),
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             // Sent again, it carries the same request: its nonce is not taken for a replay.
             Command::Signed { command, .. } => command.is_idempotent(),

@@ -769,11 +769,17 @@ impl State {
             };
             return Response::Rejected(ApiError::new(code, e.message));
         }
-        if !self.functions.contains_key(&spec.function) {
-            return Response::Rejected(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no function {:?}", spec.function),
-            ));
+        let missing = match spec.target() {
+            Ok(triggers::Target::Function(f)) => {
+                (!self.functions.contains_key(f)).then(|| format!("no function {f:?}"))
+            }
+            Ok(triggers::Target::Workflow(w)) => {
+                (!self.workflows.contains_key(w)).then(|| format!("no workflow {w:?}"))
+            }
+            Err(e) => Some(e.message),
+        };
+        if let Some(message) = missing {
+            return Response::Rejected(ApiError::new(ErrorCode::NotFound, message));
         }
         if self.triggers.contains_key(&spec.name) {
             return Response::Rejected(ApiError::new(

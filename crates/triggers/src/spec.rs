@@ -29,16 +29,19 @@ pub const KAFKA_BATCH_MAX: u32 = 100;
 /// Longest time zone name (the longest in the tz database is 32 bytes).
 const TIMEZONE_LEN_MAX: usize = 64;
 
-/// What starts jobs of `function` by itself: a cron schedule, a CloudEvents subscription,
-/// new objects in the object store or records of a Kafka topic (exactly one of `cron`,
-/// `events`, `bucket` and `kafka`).
+/// What starts jobs of `function` (or runs of `workflow`: exactly one of the two) by
+/// itself: a cron schedule, a CloudEvents subscription, new objects in the object store or
+/// records of a Kafka topic (exactly one of `cron`, `events`, `bucket` and `kafka`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
     pub name: String,
-    pub function: String,
-    /// The input of every job it starts (a JSON object), with the key `trigger` added: see
-    /// [`crate::cron_input`] and [`crate::event_input`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The input of every job or run it starts (a JSON object), with the key `trigger`
+    /// added: see [`crate::cron_input`] and [`crate::event_input`].
     #[serde(default = "empty_object")]
     pub input: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +52,13 @@ pub struct TriggerSpec {
     pub bucket: Option<BucketSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSource>,
+}
+
+/// What a trigger starts: jobs of a function or runs of a workflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Function(&'a str),
+    Workflow(&'a str),
 }
 
 fn empty_object() -> serde_json::Value {
@@ -229,6 +239,17 @@ impl CronSource {
 }
 
 impl TriggerSpec {
+    /// What it starts; validated specs always name exactly one function or workflow.
+    pub fn target(&self) -> Result<Target<'_>, Error> {
+        match (self.function.as_deref(), self.workflow.as_deref()) {
+            (Some(f), None) if !f.is_empty() => Ok(Target::Function(f)),
+            (None, Some(w)) if !w.is_empty() => Ok(Target::Workflow(w)),
+            _ => Err(Error::input(
+                "a trigger starts jobs of a \"function\" or runs of a \"workflow\": name exactly one",
+            )),
+        }
+    }
+
     /// Every check that does not need the cluster's state (the function's existence is
     /// checked where the state is).
     pub fn validate(&self) -> Result<(), Error> {
@@ -245,9 +266,7 @@ impl TriggerSpec {
                 self.name
             )));
         }
-        if self.function.is_empty() {
-            return Err(Error::input("a trigger needs a function"));
-        }
+        self.target()?;
         match &self.input {
             serde_json::Value::Object(map) if map.contains_key("trigger") => {
                 return Err(Error::input(
@@ -363,6 +382,22 @@ mod tests {
             json!({ "name": "t", "function": "f" }),
             expect![[
                 r#"invalid_input: a trigger has exactly one of "cron" (a schedule), "events" (a subscription), "bucket" (objects under a prefix) and "kafka" (records of a topic)"#
+            ]],
+        );
+        check(
+            json!({ "name": "t", "workflow": "w", "events": {} }),
+            expect!["ok"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "workflow": "w", "events": {} }),
+            expect![[
+                r#"invalid_input: a trigger starts jobs of a "function" or runs of a "workflow": name exactly one"#
+            ]],
+        );
+        check(
+            json!({ "name": "t", "events": {} }),
+            expect![[
+                r#"invalid_input: a trigger starts jobs of a "function" or runs of a "workflow": name exactly one"#
             ]],
         );
         check(

@@ -3,9 +3,10 @@
 //! (again, unchanged, until it commits), then commit the group's offsets.
 
 use super::{Backoff, POLL_WAIT, RECORDS_PER_ENTRY_MAX};
+use crate::triggering::Starts;
 use crate::Node;
 use events::kafka::Consumer;
-use model::{Command, JobSpec};
+use model::Command;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 /// the records refused.
 #[derive(Debug, Default)]
 struct Planned {
-    jobs: Vec<JobSpec>,
+    starts: Starts,
     advances: Vec<Command>,
     commits: Vec<(i32, i64)>,
     rejected: Vec<Record>,
@@ -112,8 +113,11 @@ async fn take(
     }
     if !planned.advances.is_empty() {
         loop {
-            let jobs = planned.jobs.clone();
-            match node.propose_with_jobs(jobs, planned.advances.clone()).await {
+            let starts = planned.starts.clone();
+            match node
+                .propose_with_starts(name, starts, planned.advances.clone())
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(trigger = name, error = %e, "could not start a Kafka trigger's jobs; trying again");
@@ -151,6 +155,7 @@ async fn take(
 
 /// The jobs and cursor moves for a poll's records, against the cursor as applied now.
 fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
+    let now = crate::now_ms();
     node.read(|s| {
         let t = s.trigger(name)?;
         let cursor = t.kafka.as_ref()?;
@@ -177,13 +182,9 @@ fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
             }
         }
         for batch in triggers::batches(fresh, batch_max) {
-            planned.jobs.push(JobSpec {
-                function: t.spec.function.clone(),
-                input: triggers::kafka_input(&t.spec.input, name, &batch),
-                files: Vec::new(),
-                priority: 0,
-                idempotency_key: Some(triggers::kafka_idempotency_key(name, &batch[0])),
-            });
+            let input = triggers::kafka_input(&t.spec.input, name, &batch);
+            let key = triggers::kafka_idempotency_key(name, &batch[0]);
+            planned.starts.push(now, &t.spec, input, Vec::new(), key);
         }
         for (&partition, &next_offset) in &next {
             planned.commits.push((partition, next_offset));
