@@ -132,6 +132,14 @@ enum TriggersCmd {
         /// Records per job (1 to 100).
         #[arg(long, default_value_t = 1, requires = "kafka_brokers")]
         batch: u32,
+        /// A JSON Schema every record's value must match; a record that does not starts no
+        /// job.
+        #[arg(long, requires = "kafka_brokers")]
+        schema: Option<String>,
+        /// A topic on the same brokers for the records that start no job, with the reason
+        /// in their headers.
+        #[arg(long, requires = "kafka_brokers")]
+        dead_letter: Option<String>,
     },
     List,
     Get {
@@ -168,6 +176,8 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         topic,
         group,
         batch,
+        schema,
+        dead_letter,
     } = command
     else {
         bail!("not a create command")
@@ -197,6 +207,13 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         let mut kafka = serde_json::json!({ "brokers": brokers, "topic": topic, "batch": batch });
         if let Some(group) = group {
             kafka["group"] = group.into();
+        }
+        if let Some(schema) = schema {
+            kafka["schema"] =
+                serde_json::from_str(&schema).context("--schema is not valid JSON")?;
+        }
+        if let Some(topic) = dead_letter {
+            kafka["dead_letter"] = topic.into();
         }
         spec["kafka"] = kafka;
         return Ok(spec);

@@ -763,9 +763,9 @@ impl State {
         if let Err(e) = spec.validate() {
             let code = match e.code {
                 triggers::Code::TooLarge => ErrorCode::TooLarge,
-                triggers::Code::InvalidInput | triggers::Code::InvalidEvent => {
-                    ErrorCode::InvalidInput
-                }
+                triggers::Code::InvalidInput
+                | triggers::Code::InvalidEvent
+                | triggers::Code::SchemaMismatch => ErrorCode::InvalidInput,
             };
             return Response::Rejected(ApiError::new(code, e.message));
         }

@@ -77,6 +77,7 @@ pub(crate) struct Metrics {
     source_records: Family<SourceLabels, Counter>,
     source_bytes: Family<SourceLabels, Counter>,
     source_rejected: Family<SourceLabels, Counter>,
+    source_dead_lettered: Family<SourceLabels, Counter>,
     source_lag: Family<PartitionLabels, Gauge>,
 }
 
@@ -205,8 +206,14 @@ impl Metrics {
         let source_rejected = Family::<SourceLabels, Counter>::default();
         registry.register(
             "source_rejected",
-            "Records a trigger refused (over the size limit) on this node as leader",
+            "Records a trigger refused (over the size limit, or not matching its schema) on this node as leader",
             source_rejected.clone(),
+        );
+        let source_dead_lettered = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_dead_lettered",
+            "Refused records a Kafka trigger sent to its dead-letter topic (acknowledged) on this node as leader",
+            source_dead_lettered.clone(),
         );
         let source_lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
@@ -219,6 +226,7 @@ impl Metrics {
             source_records,
             source_bytes,
             source_rejected,
+            source_dead_lettered,
             source_lag,
             webhook_posts,
             breaker_open,
@@ -258,6 +266,16 @@ impl Metrics {
         self.source_records.get_or_create(&labels).inc_by(records);
         self.source_bytes.get_or_create(&labels).inc_by(bytes);
         self.source_rejected.get_or_create(&labels).inc_by(rejected);
+    }
+
+    /// Counts refused records a trigger's dead-letter topic acknowledged.
+    pub(crate) fn source_dead_lettered(&self, trigger: &str, records: u64) {
+        let labels = SourceLabels {
+            trigger: trigger.to_string(),
+        };
+        self.source_dead_lettered
+            .get_or_create(&labels)
+            .inc_by(records);
     }
 
     /// Sets a Kafka trigger's lag per partition.

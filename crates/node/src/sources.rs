@@ -62,6 +62,8 @@ pub struct SourceStatus {
     pub records_in: u64,
     pub bytes_in: u64,
     pub rejected: u64,
+    /// Refused records the dead-letter topic acknowledged.
+    pub dead_lettered: u64,
     /// Kafka: per partition, the high watermark minus the group's committed offset.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub lag: BTreeMap<i32, i64>,
