@@ -78,6 +78,7 @@ pub(crate) struct Metrics {
     source_bytes: Family<SourceLabels, Counter>,
     source_rejected: Family<SourceLabels, Counter>,
     source_dead_lettered: Family<SourceLabels, Counter>,
+    source_latency: Family<SourceLabels, Histogram>,
     source_lag: Family<PartitionLabels, Gauge>,
 }
 
@@ -215,6 +216,14 @@ impl Metrics {
             "Refused records a Kafka trigger sent to its dead-letter topic (acknowledged) on this node as leader",
             source_dead_lettered.clone(),
         );
+        let source_latency = Family::<SourceLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "source_record_to_log_seconds",
+            "Time from a Kafka record's timestamp to the committed log entry that holds its job or run (the job starts in it when a slot is free; chorus_job_queue_wait_seconds has the rest)",
+            source_latency.clone(),
+        );
         let source_lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "source_lag",
@@ -227,6 +236,7 @@ impl Metrics {
             source_bytes,
             source_rejected,
             source_dead_lettered,
+            source_latency,
             source_lag,
             webhook_posts,
             breaker_open,
@@ -276,6 +286,18 @@ impl Metrics {
         self.source_dead_lettered
             .get_or_create(&labels)
             .inc_by(records);
+    }
+
+    /// Observes, per record, the time from its timestamp to now (its entry committed).
+    pub(crate) fn source_latency(&self, trigger: &str, now_ms: u64, timestamps_ms: &[i64]) {
+        let labels = SourceLabels {
+            trigger: trigger.to_string(),
+        };
+        let histogram = self.source_latency.get_or_create(&labels);
+        for &at in timestamps_ms {
+            let ms = (now_ms as i64).saturating_sub(at).max(0);
+            histogram.observe(ms as f64 / 1_000.0);
+        }
     }
 
     /// Sets a Kafka trigger's lag per partition.

@@ -532,4 +532,9 @@ async fn records_a_kafka_trigger_refuses_land_in_its_dead_letter_topic_with_the_
         metrics.contains("chorus_source_dead_lettered_total{trigger=\"checked\"} 3"),
         "{metrics}"
     );
+    // The two good records' time from their timestamp to their jobs' entry.
+    assert!(
+        metrics.contains("chorus_source_record_to_log_seconds_count{trigger=\"checked\"} 2"),
+        "{metrics}"
+    );
 }

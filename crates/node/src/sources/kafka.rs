@@ -27,6 +27,8 @@ struct Planned {
     advances: Vec<Command>,
     commits: Vec<(i32, i64)>,
     rejected: Vec<(Record, triggers::Error)>,
+    /// The timestamps of the records that start jobs (those that have one).
+    timestamps_ms: Vec<i64>,
     bytes: u64,
     records: u64,
 }
@@ -173,7 +175,13 @@ async fn take(
                 .propose_with_starts(name, starts, planned.advances.clone())
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    let now = crate::now_ms();
+                    node.inner
+                        .metrics
+                        .source_latency(name, now, &planned.timestamps_ms);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(trigger = name, error = %e, "could not start a Kafka trigger's jobs; trying again");
                     backoff.failed();
@@ -240,7 +248,10 @@ fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
             planned.records += 1;
             planned.bytes += r.len() as u64;
             match triggers::judge(&r, schema.as_ref()) {
-                Ok(()) => fresh.push(r),
+                Ok(()) => {
+                    planned.timestamps_ms.extend(r.timestamp_ms);
+                    fresh.push(r);
+                }
                 Err(e) => planned.rejected.push((r, e)),
             }
         }
