@@ -87,6 +87,15 @@ function = "echo"
         assert_eq!(run.summary.state, RunStatus::Failed, "{:?}", run.summary);
         failed.push(run.summary.id);
     }
+    std::fs::write(&gate, b"open").unwrap();
+    let retried = cli(&node, &["runs", "retry", "--workflow", "gated", "--failed"]);
+    assert_eq!(ids(&retried), failed, "{retried}");
+    for &id in &failed {
+        let run = must_end(&node.client, id).await;
+        assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    }
+    // Two runs that sleep for a minute: they take both of the node's slots (so they are
+    // started after the retried runs are done).
     let mut running = Vec::new();
     for _ in 0..2 {
         let run = node
@@ -101,14 +110,6 @@ function = "echo"
     assert_eq!(ids(&none), Vec::<u64>::new(), "{none}");
     let none = cli(&node, &["runs", "abort", "--workflow", "gated"]);
     assert_eq!(ids(&none), Vec::<u64>::new(), "{none}");
-
-    std::fs::write(&gate, b"open").unwrap();
-    let retried = cli(&node, &["runs", "retry", "--workflow", "gated", "--failed"]);
-    assert_eq!(ids(&retried), failed, "{retried}");
-    for &id in &failed {
-        let run = must_end(&node.client, id).await;
-        assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
-    }
     let aborted = cli(&node, &["runs", "abort", "--workflow", "long"]);
     assert_eq!(ids(&aborted), running, "{aborted}");
     for &id in &running {
