@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod runs;
 
-pub use runs::{Run, RunFilter};
+pub use runs::{BulkOutcome, Deployed, Run, RunFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -153,6 +153,15 @@ pub enum Command {
     EventsDelivered {
         seq: u64,
     },
+    /// The leader posted URL hooks: `delivered` were taken by their receivers, `failed` were
+    /// given up after every try (each becomes a `hook_failed` event). Both leave
+    /// [`crate::State::pending_hooks`]; numbers no longer pending are passed over.
+    HooksDone {
+        now_ms: u64,
+        delivered: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<crate::FailedHook>,
+    },
     /// A workflow spec, already validated by the proposer against the deployed functions; it
     /// gets the next version (an unchanged spec keeps its version).
     DeployWorkflow {
@@ -283,6 +292,7 @@ impl Command {
             | Command::JoinNode { now_ms, .. }
             | Command::Heartbeat { now_ms, .. }
             | Command::RecordEvents { now_ms, .. }
+            | Command::HooksDone { now_ms, .. }
             | Command::StartRun { now_ms, .. }
             | Command::RunCommands { now_ms, .. }
             | Command::ControlRun { now_ms, .. }
@@ -323,6 +333,7 @@ impl Command {
             | Command::RegisterNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. }
+            | Command::HooksDone { .. }
             | Command::RecordObjects { .. }
             | Command::AddObjectHolders { .. }
             | Command::AdvanceTrigger { .. }

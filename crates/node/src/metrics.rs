@@ -74,6 +74,7 @@ pub(crate) struct Metrics {
     pub(crate) object_repairs: Counter,
     pub(crate) object_copy_failures: Counter,
     webhook_posts: Family<ResultLabels, Counter>,
+    hook_posts: Family<ResultLabels, Counter>,
     source_records: Family<SourceLabels, Counter>,
     source_bytes: Family<SourceLabels, Counter>,
     source_rejected: Family<SourceLabels, Counter>,
@@ -192,6 +193,12 @@ impl Metrics {
             "Posts of events to the alert webhook by this node as leader, by result (ok, failed)",
             webhook_posts.clone(),
         );
+        let hook_posts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "hook_posts",
+            "Posts of workflows' URL hooks by this node as leader, by result (ok, failed)",
+            hook_posts.clone(),
+        );
         let source_records = Family::<SourceLabels, Counter>::default();
         registry.register(
             "source_records",
@@ -239,6 +246,7 @@ impl Metrics {
             source_latency,
             source_lag,
             webhook_posts,
+            hook_posts,
             breaker_open,
             purged_jobs,
             expired_objects,
@@ -260,6 +268,14 @@ impl Metrics {
 
     /// Renders every metric in the Prometheus text format, reading state-derived values first.
     /// Counts one post to the alert webhook.
+    pub(crate) fn hook_post(&self, result: &str) {
+        self.hook_posts
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     pub(crate) fn webhook_post(&self, result: &str) {
         self.webhook_posts
             .get_or_create(&ResultLabels {
