@@ -160,7 +160,11 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
     // Invoking a function runs a job, as a submit does; deploying one is an admin's.
     let invoke =
         method == Method::POST && path.starts_with("/v1/functions/") && path.ends_with("/invoke");
-    if invoke {
+    // A control on a workflow's runs is a control on runs, as `POST /v1/runs/{id}/control`
+    // is; changing the workflow itself is an admin's.
+    let runs_control =
+        method == Method::POST && path.starts_with("/v1/workflows/") && path.ends_with("/control");
+    if invoke || runs_control {
         return Scope::Submit;
     }
     let admin = path.starts_with("/v1/keys")
@@ -452,6 +456,11 @@ mod tests {
             Scope::Submit
         );
         assert_eq!(required_scope(&post, "/v1/functions"), Scope::Admin);
+        assert_eq!(required_scope(&post, "/v1/workflows"), Scope::Admin);
+        assert_eq!(
+            required_scope(&post, "/v1/workflows/w/control"),
+            Scope::Submit
+        );
         assert_eq!(required_scope(&post, "/v1/events/ingest"), Scope::Submit);
         assert_eq!(required_scope(&post, "/v1/triggers"), Scope::Admin);
         assert_eq!(required_scope(&post, "/v1/triggers/t/pause"), Scope::Admin);

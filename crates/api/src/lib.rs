@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The dashboard: one static page that signs its calls in the browser.
 pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+/// The dashboard's runs view (runs, a run's DAG, its workflow's statistics), loaded by the page.
+pub(crate) const DASHBOARD_RUNS_JS: &str = include_str!("dashboard/runs.js");
 
 /// The OpenAPI 3.1 document, written by hand and checked against the routes by a test.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -74,6 +76,7 @@ pub fn router(node: Node) -> Router {
     let small = |route: MethodRouter<AppState>| limited(route, SMALL_BODY_BYTES_MAX);
     Router::new()
         .route("/", get(routes::dashboard))
+        .route("/runs.js", get(routes::dashboard_runs_js))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -136,6 +139,10 @@ pub fn router(node: Node) -> Router {
             ),
         )
         .route("/v1/workflows/{name}", small(get(runs::get_workflow)))
+        .route(
+            "/v1/workflows/{name}/control",
+            small(post(runs::control_workflow_runs)),
+        )
         .route(
             "/v1/workflows/{name}/stats",
             small(get(runs::workflow_stats)),

@@ -24,11 +24,13 @@ fn run_id(raw: &str) -> Answer<u64> {
         .map_err(|_| fail(ErrorCode::InvalidInput, format!("{raw:?} is not a run id")))
 }
 
-/// The body is the spec as TOML text.
+/// The body is the spec as TOML text. The answer is the spec with its version and, if it
+/// has URL hooks, `hook_secrets`: the secret each URL's posts are signed with (shown here
+/// only).
 pub(crate) async fn deploy_workflow(
     State(app): State<AppState>,
     body: Bytes,
-) -> Answer<(StatusCode, Json<WorkflowSpec>)> {
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     let toml = std::str::from_utf8(&body).map_err(|_| {
         fail(
             ErrorCode::InvalidInput,
@@ -36,7 +38,13 @@ pub(crate) async fn deploy_workflow(
         )
     })?;
     let spec = app.node.deploy_workflow(toml).await?;
-    Ok((StatusCode::CREATED, Json(spec)))
+    let secrets = app.node.hook_secrets(&spec);
+    let mut answer = serde_json::to_value(spec)
+        .map_err(|e| fail(ErrorCode::Internal, format!("spec not encodable: {e}")))?;
+    if !secrets.is_empty() {
+        answer["hook_secrets"] = json!(secrets);
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// Makes the read that follows linearizable unless the caller asked for this node's state
@@ -219,4 +227,23 @@ pub(crate) async fn control_run(
     let id = run_id(&id)?;
     let control: Control = parse_json(&body)?;
     Ok(Json(app.node.control_run(id, control).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    control: node::BulkControl,
+}
+
+/// A control on every run of a workflow it fits: `{"control": "retry"}` (every failed run)
+/// or `{"control": "abort"}` (every running run); at most `node::BULK_RUNS_MAX` in one call,
+/// `more: true` says to call again.
+pub(crate) async fn control_workflow_runs(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<Json<node::BulkOutcome>> {
+    let bulk: BulkBody = parse_json(&body)?;
+    app.node.sync().await?;
+    Ok(Json(app.node.control_runs(&name, bulk.control).await?))
 }

@@ -229,6 +229,7 @@ fn trigger_failure(e: triggers::Error) -> Failure {
         triggers::Code::InvalidInput => ErrorCode::InvalidInput,
         triggers::Code::InvalidEvent => ErrorCode::InvalidEvent,
         triggers::Code::TooLarge => ErrorCode::TooLarge,
+        triggers::Code::SchemaMismatch => ErrorCode::SchemaMismatch,
     };
     fail(code, e.message)
 }

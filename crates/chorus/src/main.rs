@@ -51,8 +51,10 @@ enum Cmd {
     Submit(client_cmd::SubmitArgs),
     /// Run a job of a function and print its output (waits for it).
     Invoke(trigger_cmd::InvokeArgs),
-    /// Cron schedules and event subscriptions that start jobs by themselves.
-    Triggers(trigger_cmd::TriggersArgs),
+    /// Cron schedules, event subscriptions, bucket prefixes and Kafka topics that start jobs
+    /// or workflow runs by themselves.
+    // Boxed: its create command's many options would size every variant.
+    Triggers(Box<trigger_cmd::TriggersArgs>),
     /// List, inspect, cancel jobs and read their logs.
     Jobs(client_cmd::JobsArgs),
     /// Deploy and list functions.
@@ -90,7 +92,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
         Cmd::Invoke(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::invoke(args))),
-        Cmd::Triggers(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::triggers(args))),
+        Cmd::Triggers(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::triggers(*args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
         Cmd::Workflows(args) => runtime().and_then(|rt| rt.block_on(runs_cmd::workflows(args))),

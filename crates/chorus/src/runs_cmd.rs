@@ -48,14 +48,22 @@ pub(crate) async fn workflows(args: WorkflowsArgs) -> anyhow::Result<ExitCode> {
         WorkflowsCmd::Deploy { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let spec = client.deploy_workflow(&text).await?;
+            let client::Deployed { spec, hook_secrets } =
+                client.deploy_workflow_with_secrets(&text).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "name": spec.name, "version": spec.version })
-                );
+                let mut answer = serde_json::json!({ "name": spec.name, "version": spec.version });
+                if !hook_secrets.is_empty() {
+                    answer["hook_secrets"] = serde_json::json!(hook_secrets);
+                }
+                println!("{answer}");
             } else {
                 println!("deployed workflow {} version {}", spec.name, spec.version);
+                if !hook_secrets.is_empty() {
+                    println!("# URL hook posts carry x-chorus-webhook-signature: t=TIME,v1=HMAC-SHA256(secret, \"TIME.BODY\")");
+                }
+                for (url, secret) in hook_secrets {
+                    println!("# signing secret of {url}: {secret}");
+                }
             }
         }
         WorkflowsCmd::List => {
@@ -131,11 +139,24 @@ enum RunsCmd {
     Get { id: u64 },
     /// Wait until the run ends.
     Wait { id: u64 },
-    /// Cancel the running steps; the finally step runs.
-    Abort { id: u64 },
-    /// Run a failed step again (every failed step without --step), and what follows it.
+    /// Cancel the running steps; the finally step runs. With --workflow instead of an id:
+    /// every running run of that workflow.
+    Abort {
+        #[arg(required_unless_present = "workflow")]
+        id: Option<u64>,
+        #[arg(long, conflicts_with = "id")]
+        workflow: Option<String>,
+    },
+    /// Run a failed step again (every failed step without --step), and what follows it. With
+    /// --workflow W --failed instead of an id: every failed run of that workflow.
     Retry {
-        id: u64,
+        #[arg(required_unless_present = "workflow")]
+        id: Option<u64>,
+        #[arg(long, conflicts_with_all = ["id", "step"], requires = "failed")]
+        workflow: Option<String>,
+        /// With --workflow: the failed runs (the only ones a retry fits).
+        #[arg(long, requires = "workflow")]
+        failed: bool,
         #[arg(long)]
         step: Option<String>,
     },
@@ -218,13 +239,67 @@ pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             print_run(&run, json);
             return Ok(exit_code(&run));
         }
-        RunsCmd::Abort { id } => (id, Control::Abort),
-        RunsCmd::Retry { id, step } => (id, Control::Retry { step }),
+        RunsCmd::Abort { id, workflow } => match (id, workflow) {
+            (Some(id), _) => (id, Control::Abort),
+            (None, Some(workflow)) => return bulk(&client, &workflow, "abort", json).await,
+            (None, None) => anyhow::bail!("name a run id or --workflow"),
+        },
+        RunsCmd::Retry {
+            id,
+            workflow,
+            failed: _,
+            step,
+        } => match (id, workflow) {
+            (Some(id), _) => (id, Control::Retry { step }),
+            (None, Some(workflow)) => return bulk(&client, &workflow, "retry", json).await,
+            (None, None) => anyhow::bail!("name a run id or --workflow W --failed"),
+        },
         RunsCmd::Skip { id, step } => (id, Control::Skip { step }),
         RunsCmd::Restart { id, from } => (id, Control::Restart { from }),
     };
     let (id, control) = control;
     print_run(&client.control_run(id, &control).await?, json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A control on every run of a workflow it fits, called again while the cluster says more
+/// runs fit (each call changes a bounded number in one log entry).
+async fn bulk(
+    client: &Client,
+    workflow: &str,
+    control: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut touched = Vec::new();
+    let mut passed_over = 0;
+    loop {
+        let outcome = client.control_workflow_runs(workflow, control).await?;
+        let progress = !outcome.touched.is_empty();
+        touched.extend(outcome.touched);
+        passed_over += outcome.passed_over;
+        if !outcome.more || !progress {
+            break;
+        }
+    }
+    if json {
+        let answer = serde_json::json!({
+            "workflow": workflow,
+            "control": control,
+            "touched": touched,
+            "passed_over": passed_over,
+        });
+        println!("{answer}");
+    } else {
+        let done = if control == "retry" {
+            "retried"
+        } else {
+            "aborted"
+        };
+        println!("{done} {} runs of {workflow}", touched.len());
+        if passed_over > 0 {
+            println!("{passed_over} runs changed meanwhile and were passed over");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,5 +1,6 @@
-//! `chorus invoke` (run a job and wait for its output) and `chorus triggers` (cron schedules
-//! and event subscriptions that start jobs by themselves).
+//! `chorus invoke` (run a job and wait for its output) and `chorus triggers` (cron schedules,
+//! event subscriptions, bucket prefixes and Kafka topics that start jobs or workflow runs by
+//! themselves).
 
 use crate::client_cmd::Conn;
 use anyhow::{bail, Context};
@@ -83,9 +84,17 @@ enum TriggersCmd {
     /// the object store), or `--kafka-brokers HOST:PORT --topic TOPIC` (records of a topic).
     Create {
         name: String,
+        /// Start jobs of this function.
+        #[arg(
+            long,
+            required_unless_present = "workflow",
+            conflicts_with = "workflow"
+        )]
+        function: Option<String>,
+        /// Start runs of this workflow instead, with the input a job would get.
         #[arg(long)]
-        function: String,
-        /// The input of every job (a JSON object); the trigger adds the key `trigger`.
+        workflow: Option<String>,
+        /// The input of every job or run (a JSON object); the trigger adds the key `trigger`.
         #[arg(long, default_value = "{}")]
         input: String,
         #[arg(long, conflicts_with = "events")]
@@ -123,6 +132,14 @@ enum TriggersCmd {
         /// Records per job (1 to 100).
         #[arg(long, default_value_t = 1, requires = "kafka_brokers")]
         batch: u32,
+        /// A JSON Schema every record's value must match; a record that does not starts no
+        /// job.
+        #[arg(long, requires = "kafka_brokers")]
+        schema: Option<String>,
+        /// A topic on the same brokers for the records that start no job, with the reason
+        /// in their headers.
+        #[arg(long, requires = "kafka_brokers")]
+        dead_letter: Option<String>,
     },
     List,
     Get {
@@ -145,6 +162,7 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
     let TriggersCmd::Create {
         name,
         function,
+        workflow,
         input,
         cron,
         timezone,
@@ -158,13 +176,20 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         topic,
         group,
         batch,
+        schema,
+        dead_letter,
     } = command
     else {
         bail!("not a create command")
     };
     let input: serde_json::Value =
         serde_json::from_str(&input).context("--input is not valid JSON")?;
-    let mut spec = serde_json::json!({ "name": name, "function": function, "input": input });
+    let mut spec = serde_json::json!({ "name": name, "input": input });
+    match (function, workflow) {
+        (Some(function), None) => spec["function"] = function.into(),
+        (None, Some(workflow)) => spec["workflow"] = workflow.into(),
+        _ => bail!("a trigger takes one of --function F and --workflow W"),
+    }
     let sources = usize::from(cron.is_some())
         + usize::from(events)
         + usize::from(bucket.is_some())
@@ -182,6 +207,13 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         let mut kafka = serde_json::json!({ "brokers": brokers, "topic": topic, "batch": batch });
         if let Some(group) = group {
             kafka["group"] = group.into();
+        }
+        if let Some(schema) = schema {
+            kafka["schema"] =
+                serde_json::from_str(&schema).context("--schema is not valid JSON")?;
+        }
+        if let Some(topic) = dead_letter {
+            kafka["dead_letter"] = topic.into();
         }
         spec["kafka"] = kafka;
         return Ok(spec);
@@ -247,10 +279,15 @@ fn print_trigger(t: &serde_json::Value) -> anyhow::Result<()> {
     } else {
         "active"
     };
+    let target = match (spec["function"].as_str(), spec["workflow"].as_str()) {
+        (Some(function), _) => function.to_string(),
+        (None, Some(workflow)) => format!("workflow:{workflow}"),
+        (None, None) => "?".to_string(),
+    };
     outln!(
         "{:<24} {:<20} {:<7} {what}",
         spec["name"].as_str().unwrap_or("?"),
-        spec["function"].as_str().unwrap_or("?"),
+        target,
         state
     )?;
     Ok(())

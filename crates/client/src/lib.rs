@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod runs;
 pub mod tls;
 
-pub use runs::{Run, RunFilter};
+pub use runs::{BulkOutcome, Deployed, Run, RunFilter};
 pub use tls::Transport;
 
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,27 @@ impl Run {
     }
 }
 
+/// A deployed workflow: the spec with its version, and the secret each URL hook's posts are
+/// signed with, by URL (`x-chorus-webhook-signature`, as the alert webhook's).
+#[derive(Clone, Debug)]
+pub struct Deployed {
+    pub spec: WorkflowSpec,
+    pub hook_secrets: BTreeMap<String, String>,
+}
+
+/// What a control on every run of a workflow did.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct BulkOutcome {
+    pub workflow: String,
+    pub control: String,
+    /// The runs it changed, oldest first.
+    pub touched: Vec<u64>,
+    /// Runs that changed meanwhile so that the control no longer fitted.
+    pub passed_over: usize,
+    /// More runs fitted than one call changes: call again.
+    pub more: bool,
+}
+
 /// Filters for [`Client::list_runs`].
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
@@ -50,6 +71,12 @@ pub struct RunFilter {
 impl Client {
     /// Deploys a workflow from its TOML text; answers the spec with its version.
     pub async fn deploy_workflow(&self, toml: &str) -> Result<WorkflowSpec, ClientError> {
+        Ok(self.deploy_workflow_with_secrets(toml).await?.spec)
+    }
+
+    /// Deploys a workflow; answers the spec and the signing secret of each URL its hooks
+    /// post to.
+    pub async fn deploy_workflow_with_secrets(&self, toml: &str) -> Result<Deployed, ClientError> {
         let bytes = self
             .send(
                 Method::POST,
@@ -58,7 +85,20 @@ impl Client {
                 None,
             )
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
+        let mut answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(decode)?;
+        let secrets = answer
+            .as_object_mut()
+            .and_then(|o| o.remove("hook_secrets"))
+            .unwrap_or_default();
+        Ok(Deployed {
+            spec: serde_json::from_value(answer).map_err(decode)?,
+            hook_secrets: if secrets.is_null() {
+                BTreeMap::new()
+            } else {
+                serde_json::from_value(secrets).map_err(decode)?
+            },
+        })
     }
 
     pub async fn workflows(&self) -> Result<Vec<WorkflowSpec>, ClientError> {
@@ -157,6 +197,18 @@ impl Client {
             )
             .await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Retries every failed run (`retry`) or aborts every running run (`abort`) of a
+    /// workflow, at most `node::BULK_RUNS_MAX` per call; answers the runs it changed.
+    pub async fn control_workflow_runs(
+        &self,
+        workflow: &str,
+        control: &str,
+    ) -> Result<BulkOutcome, ClientError> {
+        let path = format!("/v1/workflows/{}/control", urlencoding(workflow));
+        let body = serde_json::json!({ "control": control });
+        self.json(Method::POST, &path, Some(&body)).await
     }
 
     /// Retry, skip, abort or restart a run.

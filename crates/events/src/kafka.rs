@@ -10,7 +10,7 @@ use crate::EventsError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
@@ -101,18 +101,53 @@ impl Consumer {
     /// Waits up to `wait` for a record, then takes those already fetched, up to `max`
     /// (at most [`POLL_RECORDS_MAX`]). An empty answer is no error: nothing came.
     pub async fn poll(&self, max: usize, wait: Duration) -> Result<Vec<Record>, EventsError> {
+        self.poll_as(max, wait, record).await
+    }
+
+    /// As [`Consumer::poll`], each record with its headers (a dead-letter topic's readers
+    /// want the reason).
+    pub async fn poll_delivered(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, EventsError> {
+        self.poll_as(max, wait, |m| Delivered {
+            record: record(m),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .await
+    }
+
+    async fn poll_as<T>(
+        &self,
+        max: usize,
+        wait: Duration,
+        each: impl Fn(&BorrowedMessage<'_>) -> T,
+    ) -> Result<Vec<T>, EventsError> {
         let max = max.clamp(1, POLL_RECORDS_MAX);
         let mut records = Vec::new();
         let first = match tokio::time::timeout(wait, self.inner.recv()).await {
             Err(_) => return Ok(records),
             Ok(message) => message.map_err(kafka)?,
         };
-        records.push(record(&first));
+        records.push(each(&first));
         drop(first);
         while records.len() < max {
             // Fetched records are answered at once; an empty queue ends the poll.
             match tokio::time::timeout(Duration::from_millis(1), self.inner.recv()).await {
-                Ok(Ok(m)) => records.push(record(&m)),
+                Ok(Ok(m)) => records.push(each(&m)),
                 Ok(Err(e)) => {
                     // Records taken so far are answered; the error shows on the next poll.
                     self.inner.context().set(Some(e.to_string()));
@@ -248,12 +283,69 @@ impl Producer {
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<(i32, i64), EventsError> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value);
+        self.send_with_headers(topic, partition, key, Some(value), &[])
+            .await
+    }
+
+    /// Sends a record that starts no job to the dead-letter `topic`, its key and value as
+    /// they were, with why and where from in its headers (as Kafka Connect's dead-letter
+    /// queues do, under chorus' own names; see [`DEAD_LETTER_HEADERS`]), and waits for the
+    /// broker's acknowledgement.
+    pub async fn dead_letter(
+        &self,
+        topic: &str,
+        trigger: &str,
+        original: &Record,
+        error: &triggers::Error,
+    ) -> Result<(i32, i64), EventsError> {
+        let partition = original.partition.to_string();
+        let offset = original.offset.to_string();
+        let values: [&[u8]; 6] = [
+            error.code.as_str().as_bytes(),
+            error.message.as_bytes(),
+            trigger.as_bytes(),
+            original.topic.as_bytes(),
+            partition.as_bytes(),
+            offset.as_bytes(),
+        ];
+        let headers: Vec<(&str, &[u8])> = DEAD_LETTER_HEADERS.into_iter().zip(values).collect();
+        self.send_with_headers(
+            topic,
+            None,
+            original.key.as_deref(),
+            original.value.as_deref(),
+            &headers,
+        )
+        .await
+    }
+
+    async fn send_with_headers(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<(i32, i64), EventsError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }
         if let Some(p) = partition {
             record = record.partition(p);
+        }
+        if !headers.is_empty() {
+            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+            for (key, value) in headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(*value),
+                });
+            }
+            record = record.headers(owned);
         }
         let delivered = self
             .inner
@@ -261,6 +353,34 @@ impl Producer {
             .await
             .map_err(|(e, _)| kafka(e))?;
         Ok((delivered.partition, delivered.offset))
+    }
+}
+
+/// The headers of a dead-letter record: the error's code and message, the trigger, and the
+/// original record's topic, partition and offset.
+pub const DEAD_LETTER_HEADERS: [&str; 6] = [
+    "chorus.error.code",
+    "chorus.error.message",
+    "chorus.trigger",
+    "chorus.source.topic",
+    "chorus.source.partition",
+    "chorus.source.offset",
+];
+
+/// A record with its headers.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub record: Record,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Delivered {
+    /// The value of header `key` as text, if it has one.
+    pub fn header(&self, key: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -272,7 +392,7 @@ pub struct Position {
     pub high_watermark: i64,
 }
 
-fn record<M: Message>(m: &M) -> Record {
+fn record(m: &BorrowedMessage<'_>) -> Record {
     Record {
         topic: m.topic().to_string(),
         partition: m.partition(),

@@ -153,6 +153,15 @@ pub enum Command {
     EventsDelivered {
         seq: u64,
     },
+    /// The leader posted URL hooks: `delivered` were taken by their receivers, `failed` were
+    /// given up after every try (each becomes a `hook_failed` event). Both leave
+    /// [`crate::State::pending_hooks`]; numbers no longer pending are passed over.
+    HooksDone {
+        now_ms: u64,
+        delivered: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<crate::FailedHook>,
+    },
     /// A workflow spec, already validated by the proposer against the deployed functions; it
     /// gets the next version (an unchanged spec keeps its version).
     DeployWorkflow {
@@ -283,6 +292,7 @@ impl Command {
             | Command::JoinNode { now_ms, .. }
             | Command::Heartbeat { now_ms, .. }
             | Command::RecordEvents { now_ms, .. }
+            | Command::HooksDone { now_ms, .. }
             | Command::StartRun { now_ms, .. }
             | Command::RunCommands { now_ms, .. }
             | Command::ControlRun { now_ms, .. }
@@ -312,9 +322,9 @@ impl Command {
 
     /// Whether applying the command twice has the effect of applying it once, so a write
     /// whose fate is unknown (its leader died while it was in flight) may be proposed again:
-    /// jobs that all carry an idempotency key, results (fenced by attempt ids), heartbeats,
-    /// a node's registration or status, the webhook's progress, and object records (a
-    /// record replaces the one of its key).
+    /// jobs that all carry an idempotency key, a run start with one, results (fenced by
+    /// attempt ids), heartbeats, a node's registration or status, the webhook's progress, and
+    /// object records (a record replaces the one of its key).
     pub fn is_idempotent(&self) -> bool {
         match self {
             Command::SubmitJobs { jobs, .. } => jobs.iter().all(|j| j.idempotency_key.is_some()),
@@ -323,12 +333,16 @@ impl Command {
             | Command::RegisterNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. }
+            | Command::HooksDone { .. }
             | Command::RecordObjects { .. }
             | Command::AddObjectHolders { .. }
             | Command::AdvanceTrigger { .. }
             | Command::AdvanceBucket { .. }
             | Command::AdvanceKafka { .. }
             | Command::KeysUsed { .. } => true,
+            Command::StartRun {
+                idempotency_key, ..
+            } => idempotency_key.is_some(),
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             // Sent again, it carries the same request: its nonce is not taken for a replay.
             Command::Signed { command, .. } => command.is_idempotent(),

@@ -33,6 +33,16 @@ pub enum EventKind {
     SourceFailed,
     /// A trigger whose source had failed reads it again.
     SourceRecovered,
+    /// A workflow's URL hook was not taken after every try (or its queue was full): the run
+    /// went on without it (an alert).
+    HookFailed,
+    /// A run started (recorded while an alert webhook is set, so another system can follow
+    /// runs; `run` carries the event).
+    RunStarted,
+    /// A step of a run ended: succeeded, failed, skipped or cancelled (as `RunStarted`).
+    StepFinished,
+    /// A run finished: succeeded, failed or aborted (as `RunStarted`).
+    RunFinished,
 }
 
 impl EventKind {
@@ -45,6 +55,7 @@ impl EventKind {
                 | EventKind::JobsWaiting
                 | EventKind::JoinFailed
                 | EventKind::SourceFailed
+                | EventKind::HookFailed
         )
     }
 }
@@ -68,4 +79,8 @@ pub struct Event {
     pub node: Option<NodeId>,
     pub message: String,
     pub alert: bool,
+    /// A run event's body (`run_started`, `step_finished`, `run_finished`), the same JSON a
+    /// workflow's URL hook gets: run, workflow, version, generation, step, round, state, error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<serde_json::Value>,
 }

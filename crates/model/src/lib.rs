@@ -39,7 +39,10 @@ pub use object::{
     ObjectRecord, Repair, HOLDER_LOST_AFTER_MS, OBJECTS_PER_COMMAND_MAX, OBJECT_COPIES,
     OBJECT_HOLDERS_MAX, OBJECT_KEY_LEN_MAX,
 };
-pub use runs::{workflow_error, Run, RunFilter, RUNS_LIST_MAX, RUN_INPUT_BYTES_MAX};
+pub use runs::{
+    workflow_error, FailedHook, PendingHook, Run, RunFilter, HOOKS_PENDING_MAX, RUNS_LIST_MAX,
+    RUN_INPUT_BYTES_MAX,
+};
 pub use state::{
     ApiKey, JobCounts, Scope, SeenNonce, State, INPUT_BYTES_MAX, NONCES_MAX, OUTPUT_BYTES_MAX,
 };

@@ -17,11 +17,17 @@
 //!
 //! Every change bumps the run's `revision`, which the leader's driver uses to pass over runs
 //! that have not changed since it last advanced them.
+//!
+//! A URL hook is not posted here (applying does no IO): firing one puts it in the pending
+//! hooks, numbered in log order, and the leader's `node::hooks` posts them and logs what was
+//! taken or given up (`HooksDone`). While an alert webhook is set, a run's start, each step's
+//! end and the run's end are also recorded as events (`run_started`, `step_finished`,
+//! `run_finished`), which the alert webhook posts in order with the others.
 
 use crate::command::{JobSpec, Response, SubmitResult};
 use crate::job::{JobState, RunLink};
 use crate::state::State;
-use crate::{ApiError, ErrorCode, JobId};
+use crate::{ApiError, ErrorCode, EventKind, JobId, NewEvent};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use workflow::{HookTarget, RunCommand, RunState, RunStatus, StepError, WorkflowSpec};
@@ -32,6 +38,30 @@ pub const RUN_INPUT_BYTES_MAX: usize = crate::INPUT_BYTES_MAX;
 pub const RUNS_LIST_MAX: usize = 1_000;
 /// Longest idempotency key of a run.
 const RUN_KEY_LEN_MAX: usize = 256;
+/// URL hooks waiting to be posted at most; a hook fired while this many wait is given up at
+/// once (a `hook_failed` event), so a dead receiver cannot grow the state without bound.
+pub const HOOKS_PENDING_MAX: usize = 10_000;
+/// Longest error text kept of a hook given up.
+const HOOK_ERROR_LEN_MAX: usize = 512;
+
+/// A URL hook fired by a run and not yet taken by its receiver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingHook {
+    /// Numbered in log order from 1: the receiver's `x-chorus-hook-id`, to drop repeats.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub run: u64,
+    pub url: String,
+    /// The body: the hook's event (see the `workflow` crate's README, "Hooks").
+    pub event: serde_json::Value,
+}
+
+/// A URL hook the leader gave up on, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailedHook {
+    pub seq: u64,
+    pub error: String,
+}
 
 /// A run as the registry holds it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +155,11 @@ impl State {
             .values()
             .filter(move |r| r.state.workflow == workflow)
             .map(|r| &**r)
+    }
+
+    /// URL hooks waiting to be posted, oldest first.
+    pub fn pending_hooks(&self) -> impl Iterator<Item = &PendingHook> {
+        self.hooks_pending.values()
     }
 
     /// Runs that are not finished, with their revision: what the leader's driver advances.
@@ -224,6 +259,13 @@ impl State {
             revision: 1,
         };
         self.runs.insert(id, Arc::new(run));
+        if self.follows_runs() {
+            let run = &self.runs[&id].state;
+            let mut event = run.run_event();
+            event["event"] = serde_json::json!("run_started");
+            let message = format!("run {id} of {} started", run.workflow);
+            self.record_run_event(now_ms, EventKind::RunStarted, message, event);
+        }
         Response::RunStarted {
             run: id,
             existing: false,
@@ -239,10 +281,16 @@ impl State {
         if !self.runs.contains_key(&id) {
             return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no run {id}")));
         }
+        let follows = self.follows_runs();
         for command in commands {
             let run = self.run_mut(id).expect("checked above");
+            let before = follows.then(|| ended(&run.state, &command)).flatten();
             workflow::apply(&mut run.state, &command, now_ms);
             run.revision += 1;
+            if let Some(before) = before {
+                self.record_ending(now_ms, id, &before);
+            }
+            let run = self.run_mut(id).expect("checked above");
             match command {
                 RunCommand::StartAttempt {
                     step,
@@ -273,20 +321,19 @@ impl State {
                         self.cancel_job(now_ms, job);
                     }
                 }
-                RunCommand::FireHook(call) => {
-                    // Nothing delivers a URL hook yet: the node refuses specs that have one.
-                    if let HookTarget::Function {
+                RunCommand::FireHook(call) => match call.target {
+                    HookTarget::Function {
                         function,
                         input,
                         job_key,
-                    } = call.target
-                    {
+                    } => {
                         // A hook notifies, it never holds the run back: a hook job that cannot
                         // be created (its function is gone) is passed over.
                         let spec = job_spec(function, input, job_key);
                         let _ = self.submit_job(now_ms, spec, None);
                     }
-                }
+                    HookTarget::Post { url } => self.queue_hook(now_ms, id, url, call.event),
+                },
                 _ => {}
             }
         }
@@ -387,9 +434,26 @@ impl State {
         let mut state = run.state.clone();
         match workflow::control(&spec, &mut state, &control, now_ms) {
             Ok(()) => {
+                let skipped: Vec<String> = if self.follows_runs() {
+                    let old = &run.state;
+                    spec.all_steps()
+                        .map(|step| step.name.as_str())
+                        .filter(|name| {
+                            let done =
+                                |r: &RunState| r.steps.get(*name).is_some_and(|s| s.is_done());
+                            !done(old) && done(&state)
+                        })
+                        .map(str::to_string)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let run = self.run_mut(id).expect("checked above");
                 run.state = state;
                 run.revision += 1;
+                for step in skipped {
+                    self.record_ending(now_ms, id, &Ending::Step(step));
+                }
                 Response::Done
             }
             Err(e) => Response::Rejected(workflow_error(&e)),
@@ -414,9 +478,153 @@ impl State {
         Response::Purged { jobs: purged }
     }
 
+    /// Whether runs are followed as events: only while an alert webhook is set, so that a
+    /// busy cluster's event ring is not filled with runs nobody follows.
+    fn follows_runs(&self) -> bool {
+        self.config().settings().webhook.is_some()
+    }
+
+    /// Records `step_finished` or `run_finished` if what `ending` names has ended.
+    fn record_ending(&mut self, now_ms: u64, id: u64, ending: &Ending) {
+        let Some(run) = self.runs.get(&id).map(|r| &r.state) else {
+            return;
+        };
+        let (kind, message, event) = match ending {
+            Ending::Step(step) => {
+                let Some(s) = run.steps.get(step).filter(|s| s.is_done()) else {
+                    return;
+                };
+                let message = format!(
+                    "run {id} of {}: step {step:?} {}",
+                    run.workflow,
+                    s.status.as_str()
+                );
+                let event = run.step_event("step_finished", step);
+                (EventKind::StepFinished, message, event)
+            }
+            Ending::Run => {
+                if !run.is_finished() {
+                    return;
+                }
+                let message = format!("run {id} of {} {}", run.workflow, run.status.as_str());
+                (EventKind::RunFinished, message, run.finish_event())
+            }
+        };
+        self.record_run_event(now_ms, kind, message, event);
+    }
+
+    fn record_run_event(
+        &mut self,
+        now_ms: u64,
+        kind: EventKind,
+        message: String,
+        event: serde_json::Value,
+    ) {
+        let new = NewEvent {
+            kind,
+            node: None,
+            message,
+        };
+        self.record_event(now_ms, new, Some(event));
+    }
+
+    /// Puts a fired URL hook in the queue the leader posts from.
+    fn queue_hook(&mut self, now_ms: u64, run: u64, url: String, event: serde_json::Value) {
+        if self.hooks_pending.len() >= HOOKS_PENDING_MAX {
+            let message = format!(
+                "a hook of run {run} to {} was dropped: {HOOKS_PENDING_MAX} hooks wait already",
+                host_of(&url)
+            );
+            let new = NewEvent {
+                kind: EventKind::HookFailed,
+                node: None,
+                message,
+            };
+            self.record_event(now_ms, new, None);
+            return;
+        }
+        self.next_hook_seq += 1;
+        let seq = self.next_hook_seq;
+        let hook = PendingHook {
+            seq,
+            at_ms: now_ms,
+            run,
+            url,
+            event,
+        };
+        self.hooks_pending.insert(seq, hook);
+    }
+
+    /// The leader's posts: taken hooks leave the queue, given-up ones too, as events.
+    pub(crate) fn hooks_done(
+        &mut self,
+        now_ms: u64,
+        delivered: Vec<u64>,
+        failed: Vec<FailedHook>,
+    ) -> Response {
+        for seq in delivered {
+            self.hooks_pending.remove(&seq);
+        }
+        for FailedHook { seq, error } in failed {
+            let Some(hook) = self.hooks_pending.remove(&seq) else {
+                continue;
+            };
+            let mut error = error;
+            if error.len() > HOOK_ERROR_LEN_MAX {
+                let mut end = HOOK_ERROR_LEN_MAX;
+                while !error.is_char_boundary(end) {
+                    end -= 1;
+                }
+                error.truncate(end);
+            }
+            let what = hook.event["event"].as_str().unwrap_or("event").to_string();
+            let message = format!(
+                "the {what} hook of run {} to {} was given up: {error}",
+                hook.run,
+                host_of(&hook.url)
+            );
+            let new = NewEvent {
+                kind: EventKind::HookFailed,
+                node: None,
+                message,
+            };
+            self.record_event(now_ms, new, None);
+        }
+        Response::Done
+    }
+
     fn run_mut(&mut self, id: u64) -> Option<&mut Run> {
         self.runs.get_mut(&id).map(Arc::make_mut)
     }
+}
+
+/// What a run command may end: a step or the run.
+enum Ending {
+    Step(String),
+    Run,
+}
+
+/// What `command` may end in `run`, if it is not ended already (so applying it and finding
+/// it ended means the command ended it).
+fn ended(run: &RunState, command: &RunCommand) -> Option<Ending> {
+    match command {
+        RunCommand::FinishStep { step, .. }
+        | RunCommand::SkipStep { step, .. }
+        | RunCommand::FailStep { step, .. }
+        | RunCommand::CancelStep { step } => {
+            let open = run.steps.get(step).is_some_and(|s| !s.is_done());
+            open.then(|| Ending::Step(step.clone()))
+        }
+        RunCommand::FinishRun { .. } => (!run.is_finished()).then_some(Ending::Run),
+        _ => None,
+    }
+}
+
+/// The host of a URL, for messages: hook URLs often carry a token in their path.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit('@').next().unwrap_or_default()
 }
 
 fn run_expired(run: &Run, finished_before_ms: u64) -> bool {

@@ -135,6 +135,12 @@ pub struct State {
     pub(crate) runs: BTreeMap<u64, Arc<crate::Run>>,
     #[serde(default)]
     pub(crate) next_run_id: u64,
+    /// URL hooks fired and not yet taken by their receiver nor given up, by number (see
+    /// [`crate::PendingHook`]); at most [`crate::HOOKS_PENDING_MAX`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) hooks_pending: BTreeMap<u64, crate::PendingHook>,
+    #[serde(default)]
+    pub(crate) next_hook_seq: u64,
     /// Objects on the nodes' own disks, by key (see [`crate::ObjectInfo`]); empty with an
     /// S3-compatible store. Shared as the jobs are, so a snapshot's copy is cheap.
     #[serde(default)]
@@ -203,6 +209,8 @@ impl State {
             workflows,
             runs,
             next_run_id,
+            hooks_pending,
+            next_hook_seq,
             objects,
             triggers,
             nonces,
@@ -233,6 +241,8 @@ impl State {
             workflows: workflows.clone(),
             runs: runs.clone(),
             next_run_id: *next_run_id,
+            hooks_pending: hooks_pending.clone(),
+            next_hook_seq: *next_hook_seq,
             objects: objects.clone(),
             triggers: triggers.clone(),
             nonces: nonces.clone(),
@@ -401,6 +411,28 @@ impl State {
     /// The number of the latest event (0: none yet).
     pub fn last_event_seq(&self) -> u64 {
         self.next_event_seq
+    }
+
+    /// Adds an event to the ring (the oldest goes if it is full).
+    pub(crate) fn record_event(
+        &mut self,
+        now_ms: u64,
+        new: crate::NewEvent,
+        run: Option<serde_json::Value>,
+    ) {
+        self.next_event_seq += 1;
+        if self.events.len() == EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            seq: self.next_event_seq,
+            at_ms: now_ms,
+            alert: new.kind.is_alert(),
+            kind: new.kind,
+            node: new.node,
+            message: new.message,
+            run,
+        });
     }
 
     /// Events numbered after `after`, oldest first.
@@ -582,21 +614,15 @@ impl State {
             }
             Command::RecordEvents { now_ms, events } => {
                 for new in events {
-                    self.next_event_seq += 1;
-                    if self.events.len() == EVENTS_MAX {
-                        self.events.pop_front();
-                    }
-                    self.events.push_back(Event {
-                        seq: self.next_event_seq,
-                        at_ms: now_ms,
-                        alert: new.kind.is_alert(),
-                        kind: new.kind,
-                        node: new.node,
-                        message: new.message,
-                    });
+                    self.record_event(now_ms, new, None);
                 }
                 Response::Done
             }
+            Command::HooksDone {
+                now_ms,
+                delivered,
+                failed,
+            } => self.hooks_done(now_ms, delivered, failed),
             Command::DeployWorkflow { spec } => self.deploy_workflow(*spec),
             Command::StartRun {
                 now_ms,
@@ -763,17 +789,23 @@ impl State {
         if let Err(e) = spec.validate() {
             let code = match e.code {
                 triggers::Code::TooLarge => ErrorCode::TooLarge,
-                triggers::Code::InvalidInput | triggers::Code::InvalidEvent => {
-                    ErrorCode::InvalidInput
-                }
+                triggers::Code::InvalidInput
+                | triggers::Code::InvalidEvent
+                | triggers::Code::SchemaMismatch => ErrorCode::InvalidInput,
             };
             return Response::Rejected(ApiError::new(code, e.message));
         }
-        if !self.functions.contains_key(&spec.function) {
-            return Response::Rejected(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no function {:?}", spec.function),
-            ));
+        let missing = match spec.target() {
+            Ok(triggers::Target::Function(f)) => {
+                (!self.functions.contains_key(f)).then(|| format!("no function {f:?}"))
+            }
+            Ok(triggers::Target::Workflow(w)) => {
+                (!self.workflows.contains_key(w)).then(|| format!("no workflow {w:?}"))
+            }
+            Err(e) => Some(e.message),
+        };
+        if let Some(message) = missing {
+            return Response::Rejected(ApiError::new(ErrorCode::NotFound, message));
         }
         if self.triggers.contains_key(&spec.name) {
             return Response::Rejected(ApiError::new(

@@ -86,12 +86,31 @@ mod tests {
             "{again:?}"
         );
         let mut missing = cron("u");
-        missing.function = "nope".into();
+        missing.function = Some("nope".into());
         let refused = must_apply(&mut s, create(missing));
         assert!(
             matches!(&refused, Response::Rejected(e) if e.code == ErrorCode::NotFound),
             "{refused:?}"
         );
+        // A trigger of a workflow: the workflow must be deployed.
+        let mut of_run = cron("w");
+        of_run.function = None;
+        of_run.workflow = Some("chain".into());
+        let refused = must_apply(&mut s, create(of_run.clone()));
+        assert!(
+            matches!(&refused, Response::Rejected(e) if e.code == ErrorCode::NotFound && e.message.contains("workflow")),
+            "{refused:?}"
+        );
+        let chain = "name = \"chain\"\n[[steps]]\nname = \"a\"\nfunction = \"noop\"\n";
+        let spec = crate::workflow::deploy(chain, &|f| f == "noop").unwrap();
+        must_apply(
+            &mut s,
+            Command::DeployWorkflow {
+                spec: Box::new(spec),
+            },
+        );
+        assert_eq!(must_apply(&mut s, create(of_run)), Response::Done);
+        must_apply(&mut s, Command::DeleteTrigger { name: "w".into() });
         let mut bad = cron("v");
         bad.cron.as_mut().unwrap().schedule = "nonsense".into();
         let refused = must_apply(&mut s, create(bad));

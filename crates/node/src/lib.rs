@@ -2,6 +2,7 @@
 //! every background task. The API crate calls the methods here; nothing here knows HTTP.
 
 mod at_rest;
+mod hooks;
 mod jobs;
 mod liveness;
 mod membership;
@@ -29,6 +30,7 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use hooks::HEADER_HOOK_ID;
 pub use jobs::NewKey;
 pub use membership::Joined;
 pub use objects::{ObjectStream, OBJECT_COPY_BYTES_MAX, PEER_OBJECTS_PATH};
@@ -37,7 +39,7 @@ pub use registry::{
     FAULT_DELAY_MS_MAX, RAFT_BODY_BYTES_MAX, SNAPSHOT_LOGS_DEFAULT, STATE_DIGESTS_MAX,
 };
 pub use requests::{serve as serve_signed, SignedRequest};
-pub use runs::RunView;
+pub use runs::{BulkControl, BulkOutcome, RunView, BULK_RUNS_MAX};
 pub use sources::SourceStatus;
 pub use storage::Store as ObjectStore;
 pub use tls::{Issued, TlsSetup};

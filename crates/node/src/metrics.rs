@@ -74,9 +74,12 @@ pub(crate) struct Metrics {
     pub(crate) object_repairs: Counter,
     pub(crate) object_copy_failures: Counter,
     webhook_posts: Family<ResultLabels, Counter>,
+    hook_posts: Family<ResultLabels, Counter>,
     source_records: Family<SourceLabels, Counter>,
     source_bytes: Family<SourceLabels, Counter>,
     source_rejected: Family<SourceLabels, Counter>,
+    source_dead_lettered: Family<SourceLabels, Counter>,
+    source_latency: Family<SourceLabels, Histogram>,
     source_lag: Family<PartitionLabels, Gauge>,
 }
 
@@ -190,6 +193,12 @@ impl Metrics {
             "Posts of events to the alert webhook by this node as leader, by result (ok, failed)",
             webhook_posts.clone(),
         );
+        let hook_posts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "hook_posts",
+            "Posts of workflows' URL hooks by this node as leader, by result (ok, failed)",
+            hook_posts.clone(),
+        );
         let source_records = Family::<SourceLabels, Counter>::default();
         registry.register(
             "source_records",
@@ -205,8 +214,22 @@ impl Metrics {
         let source_rejected = Family::<SourceLabels, Counter>::default();
         registry.register(
             "source_rejected",
-            "Records a trigger refused (over the size limit) on this node as leader",
+            "Records a trigger refused (over the size limit, or not matching its schema) on this node as leader",
             source_rejected.clone(),
+        );
+        let source_dead_lettered = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_dead_lettered",
+            "Refused records a Kafka trigger sent to its dead-letter topic (acknowledged) on this node as leader",
+            source_dead_lettered.clone(),
+        );
+        let source_latency = Family::<SourceLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "source_record_to_log_seconds",
+            "Time from a Kafka record's timestamp to the committed log entry that holds its job or run (the job starts in it when a slot is free; chorus_job_queue_wait_seconds has the rest)",
+            source_latency.clone(),
         );
         let source_lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
@@ -219,8 +242,11 @@ impl Metrics {
             source_records,
             source_bytes,
             source_rejected,
+            source_dead_lettered,
+            source_latency,
             source_lag,
             webhook_posts,
+            hook_posts,
             breaker_open,
             purged_jobs,
             expired_objects,
@@ -242,6 +268,14 @@ impl Metrics {
 
     /// Renders every metric in the Prometheus text format, reading state-derived values first.
     /// Counts one post to the alert webhook.
+    pub(crate) fn hook_post(&self, result: &str) {
+        self.hook_posts
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     pub(crate) fn webhook_post(&self, result: &str) {
         self.webhook_posts
             .get_or_create(&ResultLabels {
@@ -258,6 +292,28 @@ impl Metrics {
         self.source_records.get_or_create(&labels).inc_by(records);
         self.source_bytes.get_or_create(&labels).inc_by(bytes);
         self.source_rejected.get_or_create(&labels).inc_by(rejected);
+    }
+
+    /// Counts refused records a trigger's dead-letter topic acknowledged.
+    pub(crate) fn source_dead_lettered(&self, trigger: &str, records: u64) {
+        let labels = SourceLabels {
+            trigger: trigger.to_string(),
+        };
+        self.source_dead_lettered
+            .get_or_create(&labels)
+            .inc_by(records);
+    }
+
+    /// Observes, per record, the time from its timestamp to now (its entry committed).
+    pub(crate) fn source_latency(&self, trigger: &str, now_ms: u64, timestamps_ms: &[i64]) {
+        let labels = SourceLabels {
+            trigger: trigger.to_string(),
+        };
+        let histogram = self.source_latency.get_or_create(&labels);
+        for &at in timestamps_ms {
+            let ms = (now_ms as i64).saturating_sub(at).max(0);
+            histogram.observe(ms as f64 / 1_000.0);
+        }
     }
 
     /// Sets a Kafka trigger's lag per partition.

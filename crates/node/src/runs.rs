@@ -25,7 +25,7 @@ use crate::{now_ms, rejected, unexpected, Node, WAIT_MAX};
 use model::workflow::{Control, RunStatus, RunSummary, WorkflowSpec};
 use model::{ApiError, Command, ErrorCode, JobId, Response, RunFilter, State};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// How often the driver looks even if nothing changed.
@@ -43,6 +43,12 @@ pub struct RunView {
     pub idempotency_key: Option<String>,
     pub revision: u64,
     pub jobs: BTreeMap<String, JobId>,
+    /// The DAG of the run's spec version: each step's needs (the dashboard draws it).
+    #[serde(default)]
+    pub needs: BTreeMap<String, Vec<String>>,
+    /// The run's `finally` step, if its spec has one (it runs after all the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finally: Option<String>,
 }
 
 fn run_view(s: &State, id: u64) -> Result<RunView, ApiError> {
@@ -68,10 +74,24 @@ fn run_view(s: &State, id: u64) -> Result<RunView, ApiError> {
         idempotency_key: run.idempotency_key.clone(),
         revision: run.revision,
         jobs,
+        needs: spec
+            .all_steps()
+            .map(|step| (step.name.clone(), step.needs.clone()))
+            .collect(),
+        finally: spec.finally.as_ref().map(|f| f.name.clone()),
     })
 }
 
 impl Node {
+    /// The secret the posts of each URL hook of `spec` are signed with, by URL (as the alert
+    /// webhook's: derived from the cluster secret and the URL, so nothing is stored).
+    pub fn hook_secrets(&self, spec: &WorkflowSpec) -> BTreeMap<String, String> {
+        hook_urls(spec)
+            .into_iter()
+            .map(|url| (url.to_string(), crate::webhook::secret(self, url)))
+            .collect()
+    }
+
     /// Parses and validates a TOML spec (every function it names must be deployed) and
     /// deploys it: a changed spec gets a new version, an unchanged one keeps its version.
     pub async fn deploy_workflow(&self, toml: &str) -> Result<WorkflowSpec, ApiError> {
@@ -93,12 +113,6 @@ impl Node {
                     .map_or(ErrorCode::InvalidInput, |e| model::workflow_error(e).code);
                 ApiError::new(code, errors.to_string())
             })?;
-        if let Some(path) = url_hook(&spec) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("{path}: URL hooks are not delivered yet; use a function hook"),
-            ));
-        }
         let name = spec.name.clone();
         match rejected(
             self.propose(Command::DeployWorkflow {
@@ -244,6 +258,63 @@ impl Node {
         self.get_run(id)
     }
 
+    /// Applies `control` (retry or abort) to every run of `workflow` it fits (failed runs for
+    /// a retry, running ones for an abort), at most [`BULK_RUNS_MAX`] oldest first, in one log
+    /// entry. A run that changed meanwhile so that the control no longer fits is passed over.
+    pub async fn control_runs(
+        &self,
+        workflow: &str,
+        control: BulkControl,
+    ) -> Result<BulkOutcome, ApiError> {
+        let (wanted, per_run) = match control {
+            BulkControl::Retry => (RunStatus::Failed, Control::Retry { step: None }),
+            BulkControl::Abort => (RunStatus::Running, Control::Abort),
+        };
+        let now = now_ms();
+        let (runs, more) = self.read(|s| {
+            if s.workflow(workflow).is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no workflow {workflow:?}"),
+                ));
+            }
+            let mut matching = s
+                .runs_of(workflow)
+                .filter(|r| r.state.status == wanted)
+                .map(|r| r.state.id);
+            let runs: Vec<u64> = matching.by_ref().take(BULK_RUNS_MAX).collect();
+            Ok((runs, matching.next().is_some()))
+        })?;
+        let commands: Vec<Command> = runs
+            .iter()
+            .map(|&run| Command::ControlRun {
+                now_ms: now,
+                run,
+                control: per_run.clone(),
+            })
+            .collect();
+        let responses = match commands.len() {
+            0 => Vec::new(),
+            _ => match rejected(self.propose(Command::Batch(commands)).await?)? {
+                Response::Batch(responses) => responses,
+                other => return Err(unexpected(other)),
+            },
+        };
+        let touched: Vec<u64> = runs
+            .iter()
+            .zip(&responses)
+            .filter(|(_, r)| matches!(r, Response::Done))
+            .map(|(&run, _)| run)
+            .collect();
+        Ok(BulkOutcome {
+            workflow: workflow.to_string(),
+            control,
+            passed_over: runs.len() - touched.len(),
+            touched,
+            more,
+        })
+    }
+
     /// Waits until the run's revision is not `revision` (it changed: a step started or
     /// ended), it is finished, or `timeout` passes; returns it as it is then.
     pub async fn wait_run(
@@ -269,33 +340,45 @@ impl Node {
     }
 }
 
-/// The path of the first URL hook in `spec`, if it has one. Nothing delivers URL hooks yet
-/// (a function hook is a job like any other), so a spec with one is refused rather than
-/// deployed with a hook that would never be called.
-fn url_hook(spec: &WorkflowSpec) -> Option<String> {
-    let first = |hooks: &[model::workflow::Hook], at: &str| {
-        let i = hooks.iter().position(|h| h.url.is_some())?;
-        Some(format!("{at}[{i}].url"))
-    };
+/// Every URL the hooks of `spec` post to.
+fn hook_urls(spec: &WorkflowSpec) -> BTreeSet<&str> {
     let run = &spec.hooks;
-    let steps = spec
-        .steps
+    let steps = spec.steps.iter().chain(&spec.finally);
+    let step_hooks = steps.flat_map(|step| step.hooks.before.iter().chain(&step.hooks.after));
+    run.succeeded
         .iter()
-        .enumerate()
-        .map(|(i, step)| (format!("steps[{i}]"), step));
-    let finally = spec
-        .finally
-        .iter()
-        .map(|step| ("finally".to_string(), step));
-    first(&run.succeeded, "hooks.succeeded")
-        .or_else(|| first(&run.failed, "hooks.failed"))
-        .or_else(|| first(&run.aborted, "hooks.aborted"))
-        .or_else(|| {
-            steps.chain(finally).find_map(|(at, step)| {
-                first(&step.hooks.before, &format!("{at}.hooks.before"))
-                    .or_else(|| first(&step.hooks.after, &format!("{at}.hooks.after")))
-            })
-        })
+        .chain(&run.failed)
+        .chain(&run.aborted)
+        .chain(step_hooks)
+        .filter_map(|hook| hook.url.as_deref())
+        .collect()
+}
+
+/// Runs one bulk control changes at most (one log entry); `more` in the answer says to call
+/// again.
+pub const BULK_RUNS_MAX: usize = 1_000;
+
+/// A control on every run of a workflow it fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkControl {
+    /// Every failed run: each failed step (and what follows it) runs again.
+    Retry,
+    /// Every running run: running steps are cancelled, the `finally` step runs.
+    Abort,
+}
+
+/// What a bulk control did.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct BulkOutcome {
+    pub workflow: String,
+    pub control: BulkControl,
+    /// The runs it changed, oldest first.
+    pub touched: Vec<u64>,
+    /// Runs that no longer fitted when the entry was applied (they changed meanwhile).
+    pub passed_over: usize,
+    /// More runs fit than [`BULK_RUNS_MAX`]: call again.
+    pub more: bool,
 }
 
 /// What the driver knows of a run since it last advanced it.

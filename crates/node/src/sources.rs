@@ -1,6 +1,7 @@
 //! Bucket and Kafka triggers in the cluster: the leader reads each active trigger's source
 //! through the `events` crate, asks the pure `triggers` crate what is new, and proposes the
-//! jobs and the trigger's cursor in one log entry.
+//! jobs (or a workflow's runs: `triggering::Starts`) and the trigger's cursor in one log
+//! entry.
 //!
 //! Bucket triggers, exactly once per object version:
 //! 1. every [`SOURCE_PASS`] the leader lists the prefix (an S3-compatible store), or reads the
@@ -27,8 +28,9 @@
 //! `source_failed` event and the recovery a `source_recovered` one; meanwhile the trigger's
 //! status says what failed ([`Node::source_status`]).
 
+use crate::triggering::Starts;
 use crate::{now_ms, Node};
-use model::{Command, EventKind, JobSpec, NewEvent, Response, SubmitResult, Trigger};
+use model::{Command, EventKind, NewEvent, Trigger};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -60,6 +62,8 @@ pub struct SourceStatus {
     pub records_in: u64,
     pub bytes_in: u64,
     pub rejected: u64,
+    /// Refused records the dead-letter topic acknowledged.
+    pub dead_lettered: u64,
     /// Kafka: per partition, the high watermark minus the group's committed offset.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub lag: BTreeMap<i32, i64>,
@@ -135,32 +139,19 @@ impl Node {
         .await;
     }
 
-    /// Proposes a trigger's jobs with its cursor's move, in one entry; `Ok` once committed.
-    async fn propose_with_jobs(
+    /// Proposes a trigger's jobs or runs with its cursor's move, in one entry; `Ok` once
+    /// committed (a start refused on its own is logged: the cursor moves past it).
+    async fn propose_with_starts(
         &self,
-        jobs: Vec<JobSpec>,
+        name: &str,
+        starts: Starts,
         advances: Vec<Command>,
     ) -> Result<(), String> {
-        let mut batch = vec![self.placed_submit(now_ms(), jobs).await];
-        batch.extend(advances);
-        match self.propose(Command::Batch(batch)).await {
-            Ok(Response::Batch(answers)) => {
-                for answer in answers {
-                    match answer {
-                        Response::Submitted(results) => {
-                            for r in results {
-                                if let SubmitResult::Rejected(e) = r {
-                                    tracing::warn!(error = %e, "a trigger's job was refused");
-                                }
-                            }
-                        }
-                        Response::Rejected(e) => return Err(e.to_string()),
-                        _ => {}
-                    }
-                }
+        match self.propose_starts(now_ms(), starts, advances).await {
+            Ok(started) => {
+                crate::triggering::warn_refused(name, &started);
                 Ok(())
             }
-            Ok(other) => Err(crate::unexpected(other).to_string()),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -268,32 +259,29 @@ async fn bucket_pass(node: &Node, t: &Trigger) -> Result<(), String> {
     };
     let listing = bucket_listing(node, source).await?;
     let name = &t.spec.name;
+    let now = now_ms();
     // The cursor as applied now, not as the pass began: a pass never repeats the one before.
     let planned = node.read(|s| {
         let t = s.trigger(name)?;
         let due = t.bucket.as_ref()?.due(source, t.created_at_ms, &listing);
-        let jobs: Vec<JobSpec> = due
-            .iter()
-            .map(|o| JobSpec {
-                function: t.spec.function.clone(),
-                input: triggers::bucket_input(&t.spec.input, name, o),
-                files: vec![o.key.clone()],
-                priority: 0,
-                idempotency_key: Some(triggers::bucket_idempotency_key(name, o)),
-            })
-            .collect();
+        let mut starts = Starts::default();
+        for o in &due {
+            let input = triggers::bucket_input(&t.spec.input, name, o);
+            let key = triggers::bucket_idempotency_key(name, o);
+            starts.push(now, &t.spec, input, vec![o.key.clone()], key);
+        }
         let bytes: u64 = due.iter().map(|o| o.size).sum();
-        Some((jobs, Seen::of(&due), bytes))
+        Some((starts, due.len() as u64, Seen::of(&due), bytes))
     });
-    let Some((jobs, seen, bytes)) = planned.filter(|(jobs, _, _)| !jobs.is_empty()) else {
+    let Some((starts, count, seen, bytes)) = planned.filter(|(_, count, _, _)| *count > 0) else {
         return Ok(());
     };
-    let count = jobs.len() as u64;
     let advance = Command::AdvanceBucket {
         name: name.clone(),
         seen,
     };
-    node.propose_with_jobs(jobs, vec![advance]).await?;
+    node.propose_with_starts(name, starts, vec![advance])
+        .await?;
     node.inner.sources.with(name, |s| {
         s.records_in += count;
         s.bytes_in += bytes;

@@ -254,6 +254,7 @@ impl Node {
         tasks.spawn(liveness::scan(self.clone()));
         tasks.spawn(retention::sweep(self.clone()));
         tasks.spawn(webhook::deliver(self.clone()));
+        tasks.spawn(crate::hooks::deliver(self.clone()));
         tasks.spawn(runs::drive(self.clone()));
         tasks.spawn(triggering::fire(self.clone()));
         tasks.spawn(crate::objects::repair(self.clone()));

@@ -18,11 +18,16 @@
 //! Events: each event of an ingest call is matched against every active event trigger; each
 //! match is one job keyed `event:{trigger}:{hash of source and id}`, all of them submitted in
 //! one log entry, so a redelivered event finds its jobs and starts none.
+//!
+//! A trigger with a `workflow` instead of a `function` starts a run where it would start a
+//! job ([`Starts`]): a `StartRun` in the same entry, with the same idempotency key (run keys
+//! are apart from job keys), so the rules above hold for runs as they do for jobs.
 
 use crate::{now_ms, rejected, unexpected, Node};
 use model::{ApiError, Command, ErrorCode, JobId, JobSpec, Response, SubmitResult, Trigger};
+use serde_json::Value;
 use std::time::Duration;
-use triggers::{Event, Filter, TriggerSpec};
+use triggers::{Event, Filter, Target, TriggerSpec};
 
 /// The longest the cron loop sleeps: a new trigger fires its first tick at most this late.
 const FIRE_IDLE_TICK: Duration = Duration::from_millis(500);
@@ -39,16 +44,167 @@ pub struct Ingested {
     pub jobs: Vec<TriggeredJob>,
 }
 
-/// One trigger's job for an event: created, found (a redelivery), or refused.
+/// One trigger's job (or run, for a trigger of a workflow) for an event: created, found (a
+/// redelivery), or refused.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TriggeredJob {
     pub trigger: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobId>,
-    /// True when the event had started this job before (a redelivery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<u64>,
+    /// True when the event had started this job or run before (a redelivery).
     pub existing: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
+}
+
+/// Which kind a start is, in the order they were pushed.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Job,
+    Run,
+}
+
+/// What trigger firings start, gathered for one log entry: jobs of functions (one placed
+/// `SubmitJobs`) and runs of workflows (a `StartRun` each), every one under the idempotency
+/// key of what fired it (a tick, an event, an object version, a batch of records).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Starts {
+    jobs: Vec<JobSpec>,
+    runs: Vec<Command>,
+    order: Vec<Slot>,
+}
+
+/// What one start led to.
+#[derive(Clone, Debug)]
+pub(crate) enum Started {
+    Job(SubmitResult),
+    /// The run and whether it existed already, or why it was refused.
+    Run(Result<(u64, bool), ApiError>),
+}
+
+impl Started {
+    /// Why it was refused, if it was.
+    pub(crate) fn refused(&self) -> Option<&ApiError> {
+        match self {
+            Started::Job(SubmitResult::Rejected(e)) | Started::Run(Err(e)) => Some(e),
+            Started::Job(_) | Started::Run(Ok(_)) => None,
+        }
+    }
+}
+
+impl Starts {
+    /// Adds what `spec` starts for one firing: a job of its function with `files` as its
+    /// input files, or a run of its workflow (a run takes no files: a bucket trigger's object
+    /// is in its input, `trigger.object`). False, and nothing added, for a spec without a
+    /// target (only one an older version took).
+    pub(crate) fn push(
+        &mut self,
+        now_ms: u64,
+        spec: &TriggerSpec,
+        input: Value,
+        files: Vec<String>,
+        key: String,
+    ) -> bool {
+        match spec.target() {
+            Ok(Target::Function(function)) => {
+                self.jobs.push(JobSpec {
+                    function: function.to_string(),
+                    input,
+                    files,
+                    priority: 0,
+                    idempotency_key: Some(key),
+                });
+                self.order.push(Slot::Job);
+            }
+            Ok(Target::Workflow(workflow)) => {
+                self.runs.push(Command::StartRun {
+                    now_ms,
+                    workflow: workflow.to_string(),
+                    input,
+                    idempotency_key: Some(key),
+                });
+                self.order.push(Slot::Run);
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %spec.name, error = %e, "a trigger without a target starts nothing");
+                return false;
+            }
+        }
+        true
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+impl Node {
+    /// Proposes `starts` and `advances` (the triggers' cursor moves) in one log entry:
+    /// `Batch[SubmitJobs, StartRun.., advances..]`. Answers each start's outcome in the order
+    /// they were pushed, or an error if the entry did not commit or an advance was refused
+    /// (its trigger is gone).
+    pub(crate) async fn propose_starts(
+        &self,
+        now_ms: u64,
+        starts: Starts,
+        advances: Vec<Command>,
+    ) -> Result<Vec<Started>, ApiError> {
+        let Starts { jobs, runs, order } = starts;
+        let has_jobs = !jobs.is_empty();
+        let runs_len = runs.len();
+        let mut batch = Vec::with_capacity(1 + runs_len + advances.len());
+        if has_jobs {
+            batch.push(self.placed_submit(now_ms, jobs).await);
+        }
+        batch.extend(runs);
+        batch.extend(advances);
+        let mut answers = match self.propose(Command::Batch(batch)).await? {
+            Response::Batch(answers) => answers.into_iter(),
+            other => return Err(unexpected(other)),
+        };
+        let mut jobs = match has_jobs.then(|| answers.next()).flatten() {
+            None => Vec::new().into_iter(),
+            Some(Response::Submitted(results)) => results.into_iter(),
+            Some(Response::Rejected(e)) => return Err(e),
+            Some(other) => return Err(unexpected(other)),
+        };
+        let mut runs: Vec<Response> = answers.by_ref().take(runs_len).collect::<Vec<_>>();
+        for answer in answers {
+            if let Response::Rejected(e) = answer {
+                return Err(e);
+            }
+        }
+        let mut runs = runs.drain(..);
+        let missing = || ApiError::new(ErrorCode::Internal, "an entry answered fewer starts");
+        order
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Job => jobs.next().map(Started::Job).ok_or_else(missing),
+                Slot::Run => match runs.next() {
+                    Some(Response::RunStarted { run, existing }) => {
+                        Ok(Started::Run(Ok((run, existing))))
+                    }
+                    Some(Response::Rejected(e)) => Ok(Started::Run(Err(e))),
+                    Some(other) => Err(unexpected(other)),
+                    None => Err(missing()),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Logs the starts an entry refused (a trigger's input the workflow's schema refuses, a
+/// function deleted meanwhile); the trigger's cursor moved past them all the same.
+pub(crate) fn warn_refused(trigger: &str, started: &[Started]) {
+    for e in started.iter().filter_map(Started::refused) {
+        tracing::warn!(trigger, error = %e, "a trigger's job or run was refused");
+    }
 }
 
 impl Node {
@@ -86,18 +242,19 @@ impl Node {
         self.trigger(&name)
     }
 
-    /// Starts one job per event and matching trigger, all in one log entry; a job an event
-    /// started before is found by its idempotency key, not started again.
+    /// Starts one job (or run) per event and matching trigger, all in one log entry; one an
+    /// event started before is found by its idempotency key, not started again.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<Vec<Ingested>, ApiError> {
-        let (mut answer, jobs, owners) = self.read(|s| {
+        let now = now_ms();
+        let (mut answer, starts, owners) = self.read(|s| {
             let active: Vec<&Trigger> = s
                 .triggers()
                 .filter(|t| !t.paused)
                 .filter(|t| t.spec.events.is_some())
                 .collect();
             let mut answer = Vec::with_capacity(events.len());
-            let mut jobs = Vec::new();
-            // (event index, trigger name) of each job.
+            let mut starts = Starts::default();
+            // (event index, trigger name) of each start.
             let mut owners = Vec::new();
             for (i, event) in events.iter().enumerate() {
                 for t in &active {
@@ -105,14 +262,11 @@ impl Node {
                     if !Filter::all_match(filters, event) {
                         continue;
                     }
-                    jobs.push(JobSpec {
-                        function: t.spec.function.clone(),
-                        input: triggers::event_input(&t.spec.input, &t.spec.name, event),
-                        files: Vec::new(),
-                        priority: 0,
-                        idempotency_key: Some(triggers::event_idempotency_key(&t.spec.name, event)),
-                    });
-                    owners.push((i, t.spec.name.clone()));
+                    let input = triggers::event_input(&t.spec.input, &t.spec.name, event);
+                    let key = triggers::event_idempotency_key(&t.spec.name, event);
+                    if starts.push(now, &t.spec, input, Vec::new(), key) {
+                        owners.push((i, t.spec.name.clone()));
+                    }
                 }
                 answer.push(Ingested {
                     id: event.id().to_string(),
@@ -120,41 +274,52 @@ impl Node {
                     jobs: Vec::new(),
                 });
             }
-            (answer, jobs, owners)
+            (answer, starts, owners)
         });
-        if jobs.len() > INGEST_JOBS_MAX {
+        if starts.len() > INGEST_JOBS_MAX {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
                 format!(
-                    "these events would start {} jobs; one call starts at most {INGEST_JOBS_MAX}",
-                    jobs.len()
+                    "these events would start {} jobs or runs; one call starts at most {INGEST_JOBS_MAX}",
+                    starts.len()
                 ),
             ));
         }
-        if jobs.is_empty() {
+        if starts.is_empty() {
             return Ok(answer);
         }
-        let results = self.submit(jobs).await?;
+        let results = self.propose_starts(now, starts, Vec::new()).await?;
         for ((i, trigger), result) in owners.into_iter().zip(results) {
-            let (job, existing, error) = match result {
-                SubmitResult::Created(id) => (Some(id), false, None),
-                SubmitResult::Existing(id) => (Some(id), true, None),
-                SubmitResult::Rejected(e) => (None, false, Some(e)),
-            };
-            answer[i].jobs.push(TriggeredJob {
+            let mut started = TriggeredJob {
                 trigger,
-                job,
-                existing,
-                error,
-            });
+                job: None,
+                run: None,
+                existing: false,
+                error: None,
+            };
+            match result {
+                Started::Job(SubmitResult::Created(id)) => started.job = Some(id),
+                Started::Job(SubmitResult::Existing(id)) => {
+                    started.job = Some(id);
+                    started.existing = true;
+                }
+                Started::Run(Ok((run, existing))) => {
+                    started.run = Some(run);
+                    started.existing = existing;
+                }
+                Started::Job(SubmitResult::Rejected(e)) | Started::Run(Err(e)) => {
+                    started.error = Some(e);
+                }
+            }
+            answer[i].jobs.push(started);
         }
         Ok(answer)
     }
 }
 
-/// What one pass fires: the jobs of the due ticks and each trigger's new cursor.
+/// What one pass fires: the jobs or runs of the due ticks and each trigger's new cursor.
 struct Firing {
-    jobs: Vec<JobSpec>,
+    starts: Starts,
     advances: Vec<Command>,
 }
 
@@ -162,7 +327,7 @@ struct Firing {
 /// `None` if nothing is due; also returns when the next tick falls due.
 fn due(node: &Node, now: u64) -> (Option<Firing>, Option<u64>) {
     node.read(|s| {
-        let mut jobs = Vec::new();
+        let mut starts = Starts::default();
         let mut advances = Vec::new();
         let mut next_ms: Option<u64> = None;
         for t in s.triggers().filter(|t| !t.paused) {
@@ -183,13 +348,9 @@ fn due(node: &Node, now: u64) -> (Option<Firing>, Option<u64>) {
             }
             let Some(&last) = ticks.last() else { continue };
             for &tick in &ticks {
-                jobs.push(JobSpec {
-                    function: t.spec.function.clone(),
-                    input: triggers::cron_input(&t.spec.input, &t.spec.name, tick),
-                    files: Vec::new(),
-                    priority: 0,
-                    idempotency_key: Some(triggers::cron_idempotency_key(&t.spec.name, tick)),
-                });
+                let input = triggers::cron_input(&t.spec.input, &t.spec.name, tick);
+                let key = triggers::cron_idempotency_key(&t.spec.name, tick);
+                starts.push(now, &t.spec, input, Vec::new(), key);
             }
             advances.push(Command::AdvanceTrigger {
                 name: t.spec.name.clone(),
@@ -197,7 +358,7 @@ fn due(node: &Node, now: u64) -> (Option<Firing>, Option<u64>) {
                 fired: ticks.len() as u64,
             });
         }
-        let fire = (!advances.is_empty()).then_some(Firing { jobs, advances });
+        let fire = (!advances.is_empty()).then_some(Firing { starts, advances });
         (fire, next_ms)
     })
 }
@@ -219,25 +380,11 @@ pub(crate) async fn fire(node: Node) {
         if let Some(next) = next_ms {
             wait = wait.min(Duration::from_millis(next.saturating_sub(now_ms())));
         }
-        let Some(Firing { jobs, advances }) = fire else {
+        let Some(Firing { starts, advances }) = fire else {
             continue;
         };
-        let submit = node.placed_submit(now, jobs).await;
-        let mut batch = vec![submit];
-        batch.extend(advances);
-        match node.propose(Command::Batch(batch)).await {
-            Ok(Response::Batch(answers)) => {
-                for answer in answers {
-                    if let Response::Submitted(results) = answer {
-                        for r in results {
-                            if let SubmitResult::Rejected(e) = r {
-                                tracing::warn!(error = %e, "a trigger's job was refused");
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(other) => tracing::warn!(error = %unexpected(other), "firing triggers"),
+        match node.propose_starts(now, starts, advances).await {
+            Ok(started) => warn_refused("cron", &started),
             // Not committed, or not known to be: the next pass fires the same ticks again,
             // under the same keys.
             Err(e) => tracing::warn!(error = %e, "could not fire triggers"),

@@ -14,6 +14,8 @@ pub enum Code {
     InvalidEvent,
     /// Over a named limit.
     TooLarge,
+    /// A record that does not match its source's JSON Schema.
+    SchemaMismatch,
 }
 
 impl Code {
@@ -23,10 +25,16 @@ impl Code {
             Code::InvalidInput => "invalid_input",
             Code::InvalidEvent => "invalid_event",
             Code::TooLarge => "too_large",
+            Code::SchemaMismatch => "schema_mismatch",
         }
     }
 
-    pub const ALL: [Code; 3] = [Code::InvalidInput, Code::InvalidEvent, Code::TooLarge];
+    pub const ALL: [Code; 4] = [
+        Code::InvalidInput,
+        Code::InvalidEvent,
+        Code::TooLarge,
+        Code::SchemaMismatch,
+    ];
 }
 
 impl fmt::Display for Code {

@@ -10,6 +10,7 @@
 //! [`KafkaCursor::is_new`] drops. The jobs' idempotency keys (topic, partition, first
 //! offset) are the second guard.
 
+use crate::{Code, Error};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -64,6 +65,34 @@ impl Record {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether a record may start a job: its key and value within [`RECORD_BYTES_MAX`]
+/// (`too_large`), and with a schema, its value JSON (`invalid_input`) that matches it
+/// (`schema_mismatch`, naming up to `workflow::SCHEMA_ERRORS_MAX` mismatches and where).
+pub fn judge(record: &Record, schema: Option<&jsonschema::Validator>) -> Result<(), Error> {
+    for (what, bytes) in [("key", &record.key), ("value", &record.value)] {
+        let len = bytes.as_ref().map_or(0, Vec::len);
+        if len > RECORD_BYTES_MAX {
+            return Err(Error::new(
+                Code::TooLarge,
+                format!("the record's {what} is {len} bytes; the limit is {RECORD_BYTES_MAX}"),
+            ));
+        }
+    }
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    let value: Value = match record.value.as_deref().map(serde_json::from_slice) {
+        Some(Ok(value)) => value,
+        Some(Err(e)) => return Err(Error::input(format!("the record's value is not JSON: {e}"))),
+        None => return Err(Error::input("the record has no value")),
+    };
+    let Some(found) = workflow::schema_mismatches(schema, &value) else {
+        return Ok(());
+    };
+    let message = format!("the record's value does not match the schema: {found}");
+    Err(Error::new(Code::SchemaMismatch, message))
 }
 
 /// How far a Kafka trigger got: per partition of its topic, the next offset it has not
@@ -128,6 +157,35 @@ mod tests {
             key: None,
             value: Some(value.to_vec()),
         }
+    }
+
+    /// A record's size, JSON and schema, each refused with its own code and where.
+    #[test]
+    fn records_are_judged_by_size_then_schema() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "required": ["play"],
+            "properties": { "play": { "type": "integer" } },
+        });
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let judged = |value: &[u8], schema: Option<&jsonschema::Validator>| match judge(
+            &record(0, 0, value),
+            schema,
+        ) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        expect!["ok"].assert_eq(&judged(br#"{"play": 1}"#, Some(&validator)));
+        expect!["ok"].assert_eq(&judged(b"not json", None));
+        expect!["invalid_input: the record's value is not JSON: expected ident at line 1 column 2"]
+            .assert_eq(&judged(b"not json", Some(&validator)));
+        expect![[r#"schema_mismatch: the record's value does not match the schema: at /play: "one" is not of type "integer""#]]
+            .assert_eq(&judged(br#"{"play": "one"}"#, Some(&validator)));
+        expect![[r#"schema_mismatch: the record's value does not match the schema: at /: "play" is a required property"#]]
+            .assert_eq(&judged(b"{}", Some(&validator)));
+        let big = vec![b' '; RECORD_BYTES_MAX + 1];
+        expect!["too_large: the record's value is 65537 bytes; the limit is 65536"]
+            .assert_eq(&judged(&big, Some(&validator)));
     }
 
     #[test]

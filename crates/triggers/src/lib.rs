@@ -1,4 +1,4 @@
-//! Triggers as data: what starts a job without a client asking for it. A trigger is a cron
+//! Triggers as data: what starts a job (or a workflow's run) without a client asking for it. A trigger is a cron
 //! schedule in a time zone (with a policy for ticks missed while the cluster was down), a
 //! subscription to CloudEvents with filters in the dialects of the CloudEvents
 //! Subscriptions API, new objects under a prefix of the object store, or the records of a
@@ -35,9 +35,9 @@ pub use job::{
     bucket_idempotency_key, bucket_input, cron_idempotency_key, cron_input, event_idempotency_key,
     event_input, kafka_idempotency_key, kafka_input,
 };
-pub use kafka::{batches, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX};
+pub use kafka::{batches, judge, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX};
 pub use spec::{
-    BucketSource, CronSource, EventSource, KafkaSource, Missed, TriggerSpec, BUCKET_PREFIX_LEN_MAX,
-    CATCH_UP_DEFAULT, CRON_LEN_MAX, KAFKA_BATCH_MAX, TOPIC_LEN_MAX, TRIGGER_INPUT_BYTES_MAX,
-    TRIGGER_NAME_LEN_MAX,
+    BucketSource, CronSource, EventSource, KafkaSource, Missed, Target, TriggerSpec,
+    BUCKET_PREFIX_LEN_MAX, CATCH_UP_DEFAULT, CRON_LEN_MAX, KAFKA_BATCH_MAX,
+    RECORD_SCHEMA_BYTES_MAX, TOPIC_LEN_MAX, TRIGGER_INPUT_BYTES_MAX, TRIGGER_NAME_LEN_MAX,
 };

@@ -26,19 +26,24 @@ const BROKERS_LEN_MAX: usize = 1_024;
 pub const TOPIC_LEN_MAX: usize = 128;
 /// Records one job of a Kafka trigger takes at most.
 pub const KAFKA_BATCH_MAX: u32 = 100;
+/// Largest record schema, as serialized JSON.
+pub const RECORD_SCHEMA_BYTES_MAX: usize = 64 * 1024;
 /// Longest time zone name (the longest in the tz database is 32 bytes).
 const TIMEZONE_LEN_MAX: usize = 64;
 
-/// What starts jobs of `function` by itself: a cron schedule, a CloudEvents subscription,
-/// new objects in the object store or records of a Kafka topic (exactly one of `cron`,
-/// `events`, `bucket` and `kafka`).
+/// What starts jobs of `function` (or runs of `workflow`: exactly one of the two) by
+/// itself: a cron schedule, a CloudEvents subscription, new objects in the object store or
+/// records of a Kafka topic (exactly one of `cron`, `events`, `bucket` and `kafka`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
     pub name: String,
-    pub function: String,
-    /// The input of every job it starts (a JSON object), with the key `trigger` added: see
-    /// [`crate::cron_input`] and [`crate::event_input`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The input of every job or run it starts (a JSON object), with the key `trigger`
+    /// added: see [`crate::cron_input`] and [`crate::event_input`].
     #[serde(default = "empty_object")]
     pub input: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +54,13 @@ pub struct TriggerSpec {
     pub bucket: Option<BucketSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSource>,
+}
+
+/// What a trigger starts: jobs of a function or runs of a workflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Function(&'a str),
+    Workflow(&'a str),
 }
 
 fn empty_object() -> serde_json::Value {
@@ -159,13 +171,50 @@ pub struct KafkaSource {
     /// Records per job, 1 to [`KAFKA_BATCH_MAX`].
     #[serde(default = "one")]
     pub batch: u32,
+    /// A JSON Schema every record's value must match (the value must then be JSON); a record
+    /// that does not starts no job (see [`crate::judge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// A topic on the same brokers that takes the records that start no job (over the size
+    /// limit, or not matching `schema`), each with the reason in its headers. Without it such
+    /// records are only counted and logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
 }
 
 fn one() -> u32 {
     1
 }
 
+/// Kafka's own rule for a topic name, with a shorter limit so the job key stays within bounds.
+fn check_topic(topic: &str) -> Result<(), Error> {
+    let topic_ok = !topic.is_empty()
+        && topic.len() <= TOPIC_LEN_MAX
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !topic_ok {
+        return Err(Error::input(format!(
+            "topic {topic:?} must be 1 to {TOPIC_LEN_MAX} characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
 impl KafkaSource {
+    /// The compiled record schema, if the source has one (validated sources' schemas
+    /// compile). Compile it once per batch of records, not per record.
+    pub fn validator(&self) -> Result<Option<jsonschema::Validator>, Error> {
+        let Some(schema) = &self.schema else {
+            return Ok(None);
+        };
+        jsonschema::validator_for(schema).map(Some).map_err(|e| {
+            Error::input(format!(
+                "the record schema is not a usable JSON Schema: {e}"
+            ))
+        })
+    }
+
     /// The consumer group the trigger reads in.
     pub fn group(&self, trigger: &str) -> String {
         self.group
@@ -186,18 +235,24 @@ impl KafkaSource {
                 self.brokers
             )));
         }
-        // Kafka's own rule, with a shorter limit so the job key stays within bounds.
-        let topic_ok = !self.topic.is_empty()
-            && self.topic.len() <= TOPIC_LEN_MAX
-            && self
-                .topic
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !topic_ok {
-            return Err(Error::input(format!(
-                "topic {:?} must be 1 to {TOPIC_LEN_MAX} characters of a-z, A-Z, 0-9, '.', '_' and '-'",
-                self.topic
-            )));
+        check_topic(&self.topic)?;
+        if let Some(dead_letter) = &self.dead_letter {
+            check_topic(dead_letter)?;
+            if *dead_letter == self.topic {
+                return Err(Error::input(
+                    "the dead-letter topic must not be the topic the trigger reads",
+                ));
+            }
+        }
+        if let Some(schema) = &self.schema {
+            let len = serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len());
+            if len > RECORD_SCHEMA_BYTES_MAX {
+                return Err(Error::new(
+                    crate::Code::TooLarge,
+                    format!("the schema is {len} bytes; the limit is {RECORD_SCHEMA_BYTES_MAX}"),
+                ));
+            }
+            self.validator()?;
         }
         if let Some(group) = &self.group {
             if group.is_empty() || group.len() > TOPIC_LEN_MAX {
@@ -229,6 +284,17 @@ impl CronSource {
 }
 
 impl TriggerSpec {
+    /// What it starts; validated specs always name exactly one function or workflow.
+    pub fn target(&self) -> Result<Target<'_>, Error> {
+        match (self.function.as_deref(), self.workflow.as_deref()) {
+            (Some(f), None) if !f.is_empty() => Ok(Target::Function(f)),
+            (None, Some(w)) if !w.is_empty() => Ok(Target::Workflow(w)),
+            _ => Err(Error::input(
+                "a trigger starts jobs of a \"function\" or runs of a \"workflow\": name exactly one",
+            )),
+        }
+    }
+
     /// Every check that does not need the cluster's state (the function's existence is
     /// checked where the state is).
     pub fn validate(&self) -> Result<(), Error> {
@@ -245,9 +311,7 @@ impl TriggerSpec {
                 self.name
             )));
         }
-        if self.function.is_empty() {
-            return Err(Error::input("a trigger needs a function"));
-        }
+        self.target()?;
         match &self.input {
             serde_json::Value::Object(map) if map.contains_key("trigger") => {
                 return Err(Error::input(
@@ -366,6 +430,22 @@ mod tests {
             ]],
         );
         check(
+            json!({ "name": "t", "workflow": "w", "events": {} }),
+            expect!["ok"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "workflow": "w", "events": {} }),
+            expect![[
+                r#"invalid_input: a trigger starts jobs of a "function" or runs of a "workflow": name exactly one"#
+            ]],
+        );
+        check(
+            json!({ "name": "t", "events": {} }),
+            expect![[
+                r#"invalid_input: a trigger starts jobs of a "function" or runs of a "workflow": name exactly one"#
+            ]],
+        );
+        check(
             json!({ "name": "t", "function": "f", "bucket": { "prefix": "in/", "suffixes": [".flac"] } }),
             expect!["ok"],
         );
@@ -391,6 +471,20 @@ mod tests {
             json!({ "name": "t", "function": "f", "kafka": { "brokers": "h:1", "topic": "a/b" } }),
             expect![[
                 r#"invalid_input: topic "a/b" must be 1 to 128 characters of a-z, A-Z, 0-9, '.', '_' and '-'"#
+            ]],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "h:1", "topic": "t", "schema": { "type": "object" }, "dead_letter": "t-dlq" } }),
+            expect!["ok"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "h:1", "topic": "t", "dead_letter": "t" } }),
+            expect!["invalid_input: the dead-letter topic must not be the topic the trigger reads"],
+        );
+        check(
+            json!({ "name": "t", "function": "f", "kafka": { "brokers": "h:1", "topic": "t", "schema": { "type": "nonsense" } } }),
+            expect![[
+                r#"invalid_input: the record schema is not a usable JSON Schema: "nonsense" is not valid under any of the schemas listed in the 'anyOf' keyword"#
             ]],
         );
         check(

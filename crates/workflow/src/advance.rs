@@ -471,26 +471,11 @@ impl Pass<'_> {
     }
 
     fn run_event(&self) -> Value {
-        json!({
-            "run": self.run.id,
-            "workflow": self.run.workflow,
-            "version": self.run.workflow_version,
-            "generation": self.run.generation,
-        })
+        self.run.run_event()
     }
 
     fn step_event(&self, kind: &str, step: &str) -> Value {
-        let mut event = self.run_event();
-        event["event"] = json!(kind);
-        event["step"] = json!(step);
-        if let Some(s) = self.run.steps.get(step) {
-            event["round"] = json!(s.round);
-            event["state"] = json!(s.status.as_str());
-            if let Some(error) = &s.error {
-                event["error"] = json!({"code": error.code, "message": error.message});
-            }
-        }
-        event
+        self.run.step_event(kind, step)
     }
 
     fn fire(&mut self, stage: HookStage, step: Option<&str>, hooks: &[Hook], mut event: Value) {

@@ -51,7 +51,7 @@ pub use run::{
     job_key, AttemptRecord, ElementRun, ElementStatus, Ending, JobKey, RunState, RunStatus,
     RunSummary, SkipCause, StepError, StepRun, StepStatus, StepSummary,
 };
-pub use schema::check_input;
+pub use schema::{check_input, schema_mismatches};
 pub use spec::*;
 pub use stats::{stats, DurationStats, StepStats, WorkflowStats};
 pub use template::{truthy, Condition, Path, Segment, Template, EXPR_DEPTH_MAX, PATH_SEGMENTS_MAX};

@@ -388,6 +388,48 @@ fn is_null(value: &Arc<Value>) -> bool {
 }
 
 impl RunState {
+    /// What every event of this run carries: `run`, `workflow`, `version`, `generation`
+    /// (a hook's body, a run event on the alert webhook).
+    pub fn run_event(&self) -> Value {
+        serde_json::json!({
+            "run": self.id,
+            "workflow": self.workflow,
+            "version": self.workflow_version,
+            "generation": self.generation,
+        })
+    }
+
+    /// A step's event (`step_started`, `step_finished`): the run's fields, the step, its
+    /// round, its state and its error if it has one.
+    pub fn step_event(&self, kind: &str, step: &str) -> Value {
+        let mut event = self.run_event();
+        event["event"] = serde_json::json!(kind);
+        event["step"] = serde_json::json!(step);
+        if let Some(s) = self.steps.get(step) {
+            event["round"] = serde_json::json!(s.round);
+            event["state"] = serde_json::json!(s.status.as_str());
+            if let Some(error) = &s.error {
+                event["error"] = serde_json::json!({"code": error.code, "message": error.message});
+            }
+        }
+        event
+    }
+
+    /// The run's end as an event (`run_finished`): the run's fields, its state and, failed
+    /// or aborted, its error.
+    pub fn finish_event(&self) -> Value {
+        let mut event = self.run_event();
+        event["event"] = serde_json::json!("run_finished");
+        event["state"] = serde_json::json!(self.status.as_str());
+        if let (Some(error), RunStatus::Failed | RunStatus::Aborted) = (
+            self.ending.as_ref().and_then(|e| e.error.as_ref()),
+            self.status,
+        ) {
+            event["error"] = serde_json::json!({"code": error.code, "message": error.message});
+        }
+        event
+    }
+
     /// The run with its steps in `spec`'s order.
     pub fn summary(&self, spec: &WorkflowSpec) -> RunSummary {
         let steps = spec

@@ -39,9 +39,23 @@ pub fn check_input(spec: &WorkflowSpec, input: &Value) -> Result<(), Error> {
             format!("not a usable JSON Schema: {e}"),
         )
     })?;
+    let Some(found) = schema_mismatches(&validator, input) else {
+        return Ok(());
+    };
+    let message = format!(
+        "the input does not match workflow {}'s input schema: {found}",
+        spec.name
+    );
+    Err(Error::new(Code::SchemaMismatch, "input", message))
+}
+
+/// Where and how `value` does not match the schema, if it does not: up to
+/// [`SCHEMA_ERRORS_MAX`] mismatches (`at /path: why`, joined by `; `), then how many more.
+/// Also what a Kafka trigger says of a record that does not match its schema.
+pub fn schema_mismatches(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
     let mut found = Vec::new();
     let mut more = 0usize;
-    for e in validator.iter_errors(input) {
+    for e in validator.iter_errors(value) {
         if found.len() < SCHEMA_ERRORS_MAX {
             let at = e.instance_path().to_string();
             let at = if at.is_empty() { "/".to_string() } else { at };
@@ -51,15 +65,11 @@ pub fn check_input(spec: &WorkflowSpec, input: &Value) -> Result<(), Error> {
         }
     }
     if found.is_empty() {
-        return Ok(());
+        return None;
     }
-    let mut message = format!(
-        "the input does not match workflow {}'s input schema: {}",
-        spec.name,
-        found.join("; ")
-    );
+    let mut message = found.join("; ");
     if more > 0 {
         message.push_str(&format!("; and {more} more"));
     }
-    Err(Error::new(Code::SchemaMismatch, "input", message))
+    Some(message)
 }

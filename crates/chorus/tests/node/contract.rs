@@ -96,7 +96,9 @@ async fn the_api_matches_its_openapi_document() {
                     b"name = \"contract\"\n[[steps]]\nname = \"a\"\nfunction = \"noop\"\n".to_vec()
                 }
                 "startRun" => serde_json::to_vec(&json!({ "workflow": "contract" })).unwrap(),
-                "controlRun" => serde_json::to_vec(&json!({ "control": "abort" })).unwrap(),
+                "controlRun" | "controlWorkflowRuns" => {
+                    serde_json::to_vec(&json!({ "control": "abort" })).unwrap()
+                }
                 "invokeFunction" => serde_json::to_vec(&json!({ "input": {} })).unwrap(),
                 "createTrigger" => serde_json::to_vec(&json!({
                     "name": "noop",
@@ -107,6 +109,13 @@ async fn the_api_matches_its_openapi_document() {
                 _ => Vec::new(),
             };
             let public = op.get("security").is_none();
+            if op["operationId"] == "dashboardRunsScript" {
+                let (status, script) = node.client.get_public("/runs.js").await.unwrap();
+                assert_eq!(status, 200);
+                assert!(String::from_utf8_lossy(&script).contains("function drawDag"));
+                called += 1;
+                continue;
+            }
             if op["operationId"] == "dashboard" {
                 let (status, page) = node.client.get_public("/").await.unwrap();
                 assert_eq!(status, 200);
@@ -140,7 +149,7 @@ async fn the_api_matches_its_openapi_document() {
             called += 1;
         }
     }
-    assert_eq!(called, 49, "every documented operation was called");
+    assert_eq!(called, 51, "every documented operation was called");
     // An undocumented route does not exist.
     let (status, answer) = node
         .client

@@ -1,6 +1,7 @@
 //! The main job end to end, as a person sees it: `chorus demo --keep-running` analyses its
 //! songs, then headless Chromium opens the dashboard link it printed; the screenshot must show
-//! the waveform with the chorus marked, and the page must show the analysis values.
+//! the waveform with the chorus marked, and the page must show the analysis values. And the
+//! runs view: a run's DAG drawn with each step's state.
 
 use crate::harness::{repo_root, DEADLINE};
 use std::io::{BufRead, BufReader};
@@ -17,6 +18,10 @@ impl Drop for Demo {
 }
 
 fn chromium(args: &[&str]) -> std::process::Output {
+    chromium_sized("1400,900", args)
+}
+
+fn chromium_sized(window: &str, args: &[&str]) -> std::process::Output {
     // A fresh profile each time: a shared or default one makes headless Chromium print nothing.
     let profile = tempfile::tempdir().unwrap();
     Command::new("chromium")
@@ -32,12 +37,28 @@ fn chromium(args: &[&str]) -> std::process::Output {
             "--disable-sync",
             "--no-first-run",
             "--hide-scrollbars",
-            "--window-size=1400,900",
+            &format!("--window-size={window}"),
             "--virtual-time-budget=10000",
         ])
         .args(args)
         .output()
         .expect("chromium is needed for the dashboard test: apt-get install chromium")
+}
+
+/// A screenshot of `url` in a window of that size: a few tries, each a fresh browser (see the
+/// demo's test for why).
+fn must_screenshot(window: &str, url: &str, shot: &std::path::Path) -> Vec<u8> {
+    let mut errors = Vec::new();
+    loop {
+        let out = chromium_sized(window, &[&format!("--screenshot={}", shot.display()), url]);
+        match std::fs::read(shot) {
+            Ok(png) => return png,
+            Err(_) if errors.len() < 2 => {
+                errors.push(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+            Err(_) => panic!("no screenshot in 3 tries: {}", errors.join("\n---\n")),
+        }
+    }
 }
 
 /// Pixels of exactly this colour in an RGBA or RGB PNG.
@@ -119,17 +140,7 @@ async fn the_demo_shows_songs_on_the_dashboard() {
     );
 
     let shot = dir.path().join("dashboard.png");
-    let mut errors = Vec::new();
-    let png = loop {
-        let out = chromium(&[&format!("--screenshot={}", shot.display()), &url]);
-        match std::fs::read(&shot) {
-            Ok(png) => break png,
-            Err(_) if errors.len() < 2 => {
-                errors.push(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-            Err(_) => panic!("no screenshot in 3 tries: {}", errors.join("\n---\n")),
-        }
-    };
+    let png = must_screenshot("1400,900", &url, &shot);
     // The waveform (#7aa2ff) and the chorus section chip (#f5a524) are on screen.
     let wave = count_colour(&png, [0x7a, 0xa2, 0xff]);
     let chorus = count_colour(&png, [0xf5, 0xa5, 0x24]);
@@ -184,4 +195,107 @@ async fn must_carry_a_short_lived_read_key(url: &str, data: &std::path::Path) {
         !page.contains("localStorage.setItem"),
         "the page keeps the key for good"
     );
+}
+
+/// The dashboard as Chromium prints it, a few tries (see the demo's test).
+fn must_dump(url: &str, wanted: &str) -> String {
+    let mut tries = Vec::new();
+    loop {
+        let out = chromium_sized(RUNS_WINDOW, &["--dump-dom", url]);
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        if dom.contains(wanted) {
+            return dom;
+        }
+        tries.push(format!("{}\n{dom}", String::from_utf8_lossy(&out.stderr)));
+        assert!(
+            tries.len() < 3,
+            "no {wanted:?} in 3 tries:\n{}",
+            tries.join("\n---\n")
+        );
+    }
+}
+
+/// Tall enough that the runs view, below the other panels, is on the screenshot.
+const RUNS_WINDOW: &str = "1400,1800";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_view_draws_a_runs_dag_with_each_steps_state() {
+    use model::workflow::RunStatus;
+    let node = crate::harness::TestNode::start().await;
+    crate::workflows::deploy_echo(&node.client, "echo", None).await;
+    let spec = r#"
+name = "song-dag"
+[[steps]]
+name = "analyze"
+function = "echo"
+input = { path = "song.wav" }
+[[steps]]
+name = "mp3"
+function = "echo"
+needs = ["analyze"]
+[[steps]]
+name = "opus"
+function = "echo"
+needs = ["analyze"]
+[[steps]]
+name = "never"
+function = "echo"
+needs = ["analyze"]
+if = "steps.analyze.output.nope"
+[[steps]]
+name = "catalogue"
+function = "echo"
+needs = ["mp3", "opus"]
+[finally]
+name = "clean"
+function = "echo"
+"#;
+    node.client.deploy_workflow(spec).await.unwrap();
+    let run = node
+        .client
+        .start_run("song-dag", &serde_json::json!({}), None)
+        .await
+        .unwrap();
+    let run = crate::workflows::must_end(&node.client, run.summary.id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    let key = node.client.create_key(&[model::Scope::Read]).await.unwrap();
+    let url = format!("http://{}/#key={}:{}", node.addr, key.id, key.secret);
+
+    let dom = must_dump(&url, r#"data-step="clean""#);
+    assert!(
+        dom.contains(r#"<div id="error"></div>"#),
+        "the dashboard shows an error:\n{dom}"
+    );
+    for (step, state) in [
+        ("analyze", "succeeded"),
+        ("mp3", "succeeded"),
+        ("opus", "succeeded"),
+        ("never", "skipped"),
+        ("catalogue", "succeeded"),
+        ("clean", "succeeded"),
+    ] {
+        let drawn = format!(r#"data-step="{step}" data-state="{state}""#);
+        assert!(dom.contains(&drawn), "no {drawn} in:\n{dom}");
+    }
+    // Five needs drawn as edges, and the finally step's edges from the two steps nothing
+    // needs (catalogue, never).
+    assert_eq!(dom.matches("<path ").count(), 7, "{dom}");
+    assert!(dom.contains("success 100 %"), "no statistics in:\n{dom}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("runs.png");
+    let png = must_screenshot(RUNS_WINDOW, &url, &shot);
+    // Five succeeded steps (#3ecf8e, 150 x 46 each less their text) and one skipped
+    // (#5b6178) are on screen.
+    let succeeded = count_colour(&png, [0x3e, 0xcf, 0x8e]);
+    let skipped = count_colour(&png, [0x5b, 0x61, 0x78]);
+    assert!(succeeded > 5 * 4_000, "succeeded pixels: {succeeded}");
+    assert!(skipped > 4_000, "skipped pixels: {skipped}");
+    if let Some(path) = std::env::var_os("CHORUS_KEEP_SCREENSHOT") {
+        std::fs::copy(
+            &shot,
+            std::path::PathBuf::from(path).with_extension("runs.png"),
+        )
+        .unwrap();
+    }
 }

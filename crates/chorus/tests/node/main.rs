@@ -13,6 +13,8 @@ mod harness;
 mod history;
 mod lifecycle;
 mod objects;
+mod run_controls;
+mod run_hooks;
 mod security;
 mod sources;
 mod throttles;
@@ -24,7 +26,6 @@ use client::ClientError;
 use harness::{must_finish, wait_until, TestNode};
 use model::{ErrorCode, FunctionSpec, JobId, JobSpec, JobState, Scope};
 use serde_json::json;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn job(function: &str, input: serde_json::Value) -> JobSpec {
@@ -843,37 +844,6 @@ async fn read_post(socket: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
     (head, request[body_start..].to_vec())
 }
 
-/// An HTTP endpoint for the alert webhook: answers the first post with 500 and the others
-/// with 200, and keeps every body it was sent.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/chorus", listener.local_addr().unwrap());
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let kept = bodies.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let (head, body) = read_post(&mut socket).await;
-            assert!(head.starts_with("post /hooks/chorus "), "{head}");
-            let body = serde_json::from_slice(&body).unwrap();
-            let posts = {
-                let mut bodies = kept.lock().unwrap();
-                bodies.push(body);
-                bodies.len()
-            };
-            let status = if posts == 1 {
-                "500 Internal Server Error"
-            } else {
-                "200 OK"
-            };
-            let answer =
-                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            socket.write_all(answer.as_bytes()).await.unwrap();
-        }
-    });
-    (url, bodies)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_are_posted_to_the_webhook_retried_until_taken_and_never_twice_once_taken() {
     let node = TestNode::start().await;
@@ -894,7 +864,8 @@ async fn alerts_are_posted_to_the_webhook_retried_until_taken_and_never_twice_on
             .any(|e| e["kind"] == "jobs_waiting")
     })
     .await;
-    let (url, posts) = webhook_receiver().await;
+    // Answers the first post with 500 and the others with 200.
+    let (url, posts) = run_hooks::receiver(1).await;
     node.client
         .set_config("alerts.webhook", &url)
         .await
@@ -907,14 +878,22 @@ async fn alerts_are_posted_to_the_webhook_retried_until_taken_and_never_twice_on
             let posts = posts.clone();
             async move {
                 let posts = posts.lock().unwrap();
-                posts.iter().skip(1).any(|p| p.to_string().contains(needle))
+                posts
+                    .iter()
+                    .skip(1)
+                    .any(|(_, body)| String::from_utf8_lossy(body).contains(needle))
             }
         }
     };
     wait_until("the alert is posted and taken", posted("after-hook")).await;
     queue_a_job_no_node_can_take(&node, "later", "fpga").await;
     wait_until("the next alert is posted", posted("later")).await;
-    let posts = posts.lock().unwrap().clone();
+    let posts: Vec<serde_json::Value> = posts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_slice(body).unwrap())
+        .collect();
     assert_eq!(
         posts[0], posts[1],
         "the refused post is sent again as it was"

@@ -1,6 +1,7 @@
 //! Bucket and Kafka triggers end to end, against real servers the tests start: an
 //! S3-compatible store (moto's server) and a Kafka-protocol broker (tansu), both installed
-//! by `.ci/run` into `target/ci-venv`.
+//! by `.ci/run` into `target/ci-venv`; records a Kafka trigger refuses go to its dead-letter
+//! topic.
 
 use crate::harness::{free_port, must_find, must_read_events, repo_root, wait_until, TestNode};
 use model::{Job, TriggerSpec};
@@ -441,4 +442,99 @@ async fn a_kafka_trigger_reports_a_broker_that_is_down_then_catches_up_and_pause
     .await;
     assert!(plays_started(&node).await.values().all(|&n| n == 1));
     must_commit_to(&brokers, "chorus-late", "songs", &ends).await;
+}
+
+/// Records that start no job (not JSON, not matching the trigger's schema, over the size
+/// limit) land in the dead-letter topic, key and value as they were, with the reason in the
+/// headers; the good ones start their jobs and the group's offsets pass them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_kafka_trigger_refuses_land_in_its_dead_letter_topic_with_the_reason() {
+    let broker = tansu_on(free_port()).await;
+    create_topic(&broker, "uploads", 1);
+    create_topic(&broker, "uploads-dlq", 1);
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let producer = events::kafka::Producer::new(&brokers).unwrap();
+    let node = TestNode::start().await;
+    let mut spec = kafka_spec("checked", &brokers, "uploads");
+    let source = spec.kafka.as_mut().unwrap();
+    source.schema = Some(json!({
+        "type": "object",
+        "required": ["play"],
+        "properties": { "play": { "type": "integer" } },
+    }));
+    source.dead_letter = Some("uploads-dlq".into());
+    node.client.create_trigger(&spec).await.unwrap();
+    let big = format!("{{\"play\": 9, \"pad\": \"{}\"}}", "x".repeat(70_000));
+    let sent: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("a", br#"{"play": 1}"#.to_vec(), None),
+        ("b", b"not json".to_vec(), Some("invalid_input")),
+        ("c", br#"{"play": "one"}"#.to_vec(), Some("schema_mismatch")),
+        ("d", big.into_bytes(), Some("too_large")),
+        ("e", br#"{"play": 2}"#.to_vec(), None),
+    ];
+    let mut end = 0;
+    for (key, value, _) in &sent {
+        let (_, offset) = producer
+            .send("uploads", Some(0), Some(key.as_bytes()), value)
+            .await
+            .unwrap();
+        end = offset + 1;
+    }
+    wait_until("the good records started jobs", || async {
+        plays_started(&node).await.len() == 2
+    })
+    .await;
+    let reader_source = kafka_spec("reader", &brokers, "uploads-dlq").kafka.unwrap();
+    let reader = events::kafka::Consumer::new(&reader_source, "dead-letter-reader").unwrap();
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while dead.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead-letter topic has {} of 3 records",
+            dead.len()
+        );
+        dead.extend(
+            reader
+                .poll_delivered(10, std::time::Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let refused: Vec<_> = sent.iter().filter(|(_, _, code)| code.is_some()).collect();
+    for (d, (key, value, code)) in dead.iter().zip(refused) {
+        assert_eq!(d.record.key.as_deref(), Some(key.as_bytes()));
+        assert_eq!(d.record.value.as_ref(), Some(value), "key {key}");
+        assert_eq!(d.header("chorus.error.code").as_deref(), *code, "{d:?}");
+        assert!(!d.header("chorus.error.message").unwrap().is_empty());
+        assert_eq!(d.header("chorus.trigger").as_deref(), Some("checked"));
+        assert_eq!(d.header("chorus.source.topic").as_deref(), Some("uploads"));
+        assert_eq!(d.header("chorus.source.partition").as_deref(), Some("0"));
+    }
+    let offsets: Vec<String> = dead
+        .iter()
+        .map(|d| d.header("chorus.source.offset").unwrap())
+        .collect();
+    assert_eq!(offsets, ["1", "2", "3"]);
+    must_commit_to(
+        &brokers,
+        "chorus-checked",
+        "uploads",
+        &BTreeMap::from([(0, end)]),
+    )
+    .await;
+    let t = node.client.trigger("checked").await.unwrap();
+    assert_eq!(t["status"]["rejected"], json!(3), "{t}");
+    assert_eq!(t["status"]["dead_lettered"], json!(3), "{t}");
+    let metrics = node.metrics().await;
+    assert!(
+        metrics.contains("chorus_source_dead_lettered_total{trigger=\"checked\"} 3"),
+        "{metrics}"
+    );
+    // The two good records' time from their timestamp to their jobs' entry.
+    assert!(
+        metrics.contains("chorus_source_record_to_log_seconds_count{trigger=\"checked\"} 2"),
+        "{metrics}"
+    );
 }

@@ -1,9 +1,12 @@
 //! Triggers end to end: the synchronous invoke, cron triggers firing once per tick across a
-//! `kill -9` of the leader, and CloudEvents ingestion (dedup, filters, malformed events).
+//! `kill -9` of the leader, CloudEvents ingestion (dedup, filters, malformed events), and
+//! triggers that start workflow runs instead of jobs.
 
 use crate::cluster::{cluster, leader, leader_index};
 use crate::harness::{must_finish, wait_until, TestNode};
+use crate::workflows::{deploy_echo, must_end};
 use client::Invoked;
+use model::workflow::RunStatus;
 use model::{ErrorCode, FunctionSpec, JobState, TriggerSpec};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -331,4 +334,156 @@ async fn cloud_events_start_one_job_per_matching_trigger_and_redeliveries_none()
         .jobs
         .len();
     assert_eq!(after, total, "a refused call started nothing");
+}
+
+/// Triggers of a workflow: a CloudEvent starts one run (its redelivery finds it), each cron
+/// tick one run keyed by the tick, and a trigger naming an unknown workflow is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_of_a_workflow_start_one_run_per_event_and_per_tick() {
+    let node = TestNode::start().await;
+    let c = &node.client;
+    deploy_echo(c, "echo", None).await;
+    c.deploy_workflow(
+        r#"
+name = "on-upload"
+[[steps]]
+name = "a"
+function = "echo"
+input = { song = "{{ input.trigger.event.data.song }}", from = "{{ input.from }}" }
+"#,
+    )
+    .await
+    .unwrap();
+    c.deploy_workflow(
+        r#"
+name = "nightly"
+[[steps]]
+name = "a"
+function = "echo"
+input = { tick = "{{ input.trigger.tick_ms }}" }
+"#,
+    )
+    .await
+    .unwrap();
+    let spec = |v: Value| -> TriggerSpec { serde_json::from_value(v).unwrap() };
+    c.create_trigger(&spec(json!({
+        "name": "runs-on-upload",
+        "workflow": "on-upload",
+        "input": { "from": "label" },
+        "events": { "filters": [{ "exact": { "type": "song.uploaded" } }] },
+    })))
+    .await
+    .unwrap();
+    let err = c
+        .create_trigger(&spec(
+            json!({ "name": "x", "workflow": "nope", "events": {} }),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let err = c
+        .create_trigger(&spec(
+            json!({ "name": "x", "workflow": "nightly", "function": "echo", "events": {} }),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidInput), "{err}");
+
+    let headers = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "u1"),
+        ("ce-source", "/label"),
+        ("ce-type", "song.uploaded"),
+    ];
+    let run_of = |answer: &Value| -> (u64, bool) {
+        let started = &answer["events"][0]["jobs"][0];
+        assert_eq!(started["trigger"], "runs-on-upload", "{answer}");
+        assert!(started.get("job").is_none(), "{answer}");
+        (
+            started["run"].as_u64().unwrap(),
+            started["existing"].as_bool().unwrap(),
+        )
+    };
+    let (status, first) = c
+        .ingest_events("application/json", &headers, br#"{"song": 42}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{first}");
+    let (run, existing) = run_of(&first);
+    assert!(!existing);
+    let (_, again) = c
+        .ingest_events("application/json", &headers, br#"{"song": 42}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        run_of(&again),
+        (run, true),
+        "a redelivery starts no second run"
+    );
+    let ended = must_end(c, run).await;
+    assert_eq!(
+        ended.summary.state,
+        RunStatus::Succeeded,
+        "{:?}",
+        ended.summary
+    );
+    let output = ended.summary.steps[0].step.output.as_ref().unwrap();
+    assert_eq!(output["input"]["song"], 42, "{output}");
+    assert_eq!(output["input"]["from"], "label", "{output}");
+    assert!(
+        ended
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("event:runs-on-upload:")),
+        "{:?}",
+        ended.idempotency_key
+    );
+    let filter = |workflow: &str| client::RunFilter {
+        workflow: Some(workflow.into()),
+        ..Default::default()
+    };
+    assert_eq!(c.list_runs(&filter("on-upload")).await.unwrap().len(), 1);
+
+    // Cron: one run per tick, keyed by the tick, its input carrying it.
+    c.create_trigger(&spec(json!({
+        "name": "nightly-runs",
+        "workflow": "nightly",
+        "cron": { "schedule": "* * * * * *" },
+    })))
+    .await
+    .unwrap();
+    wait_until("two ticks started runs", || async {
+        c.list_runs(&filter("nightly")).await.unwrap().len() >= 2
+    })
+    .await;
+    c.pause_trigger("nightly-runs", true).await.unwrap();
+    let mut ticks = std::collections::BTreeSet::new();
+    for summary in c.list_runs(&filter("nightly")).await.unwrap() {
+        let run = must_end(c, summary.id).await;
+        assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+        let key = run.idempotency_key.clone().unwrap();
+        let tick: u64 = key
+            .strip_prefix("trigger:nightly-runs:")
+            .unwrap_or_else(|| panic!("{key}"))
+            .parse()
+            .unwrap();
+        let output = run.summary.steps[0].step.output.as_ref().unwrap();
+        assert_eq!(output["input"]["tick"], tick, "{output}");
+        assert!(ticks.insert(tick), "tick {tick} started two runs");
+    }
+    let t = c.trigger("nightly-runs").await.unwrap();
+    assert!(t["fired"].as_u64().unwrap() >= ticks.len() as u64, "{t}");
+    // No function job started outside the runs' steps.
+    let jobs = c
+        .list_jobs(&client::JobFilter::default())
+        .await
+        .unwrap()
+        .jobs;
+    assert!(
+        jobs.iter().all(|j| j
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("run:"))),
+        "{jobs:?}"
+    );
 }

@@ -1,11 +1,16 @@
 //! One Kafka trigger's consumer task on the leader (see the parent module's protocol): poll,
-//! drop what the cursor has passed, propose the jobs and the cursor's move in one entry
-//! (again, unchanged, until it commits), then commit the group's offsets.
+//! drop what the cursor has passed, send the records that start no job (over the size limit,
+//! not matching the trigger's schema) to its dead-letter topic and wait for the broker's
+//! acknowledgement, propose the jobs and the cursor's move in one entry (again, unchanged,
+//! until it commits), then commit the group's offsets. A refused record is dead-lettered
+//! before the entry that moves the cursor past it: a crash between the two sends it again
+//! (at least once), never loses it.
 
 use super::{Backoff, POLL_WAIT, RECORDS_PER_ENTRY_MAX};
+use crate::triggering::Starts;
 use crate::Node;
-use events::kafka::Consumer;
-use model::{Command, JobSpec};
+use events::kafka::{Consumer, Producer};
+use model::Command;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +23,12 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 /// the records refused.
 #[derive(Debug, Default)]
 struct Planned {
-    jobs: Vec<JobSpec>,
+    starts: Starts,
     advances: Vec<Command>,
     commits: Vec<(i32, i64)>,
-    rejected: Vec<Record>,
+    rejected: Vec<(Record, triggers::Error)>,
+    /// The timestamps of the records that start jobs (those that have one).
+    timestamps_ms: Vec<i64>,
     bytes: u64,
     records: u64,
 }
@@ -52,6 +59,21 @@ pub(super) async fn consume(
                 }
             }
         }
+    };
+    let dead_letter = match &source.dead_letter {
+        None => None,
+        Some(topic) => loop {
+            match Producer::new(&source.brokers) {
+                Ok(p) => break Some((topic.clone(), p)),
+                Err(e) => {
+                    node.report(&name, Some(e.to_string())).await;
+                    backoff.failed();
+                    if !pause(&stop, backoff.wait).await {
+                        return;
+                    }
+                }
+            }
+        },
     };
     let mut lag_at = tokio::time::Instant::now();
     while !stop.is_cancelled() {
@@ -84,7 +106,16 @@ pub(super) async fn consume(
         let Some(planned) = plan(&node, &name, records) else {
             return; // The trigger is gone.
         };
-        if !take(&node, &name, planned, &consumer, &stop).await {
+        if !take(
+            &node,
+            &name,
+            planned,
+            &consumer,
+            dead_letter.as_ref(),
+            &stop,
+        )
+        .await
+        {
             return;
         }
     }
@@ -97,24 +128,60 @@ async fn take(
     name: &str,
     planned: Planned,
     consumer: &Consumer,
+    dead_letter: Option<&(String, Producer)>,
     stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::new();
-    for r in &planned.rejected {
+    let mut dead_lettered = 0u64;
+    for (r, error) in &planned.rejected {
         tracing::warn!(
             trigger = name,
             topic = %r.topic,
             partition = r.partition,
             offset = r.offset,
             bytes = r.len(),
-            "a record over the size limit starts no job"
+            %error,
+            "a record starts no job"
         );
+        let Some((topic, producer)) = dead_letter else {
+            continue;
+        };
+        // Until the broker has it: the cursor must not move past a record that is nowhere.
+        loop {
+            match producer.dead_letter(topic, name, r, error).await {
+                Ok(_) => {
+                    dead_lettered += 1;
+                    break;
+                }
+                Err(e) => {
+                    let e = format!("dead-letter topic {topic}: {e}");
+                    node.report(name, Some(e)).await;
+                    backoff.failed();
+                    if !pause(stop, backoff.wait).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    if dead_lettered > 0 {
+        node.report(name, None).await;
+        backoff.succeeded();
     }
     if !planned.advances.is_empty() {
         loop {
-            let jobs = planned.jobs.clone();
-            match node.propose_with_jobs(jobs, planned.advances.clone()).await {
-                Ok(()) => break,
+            let starts = planned.starts.clone();
+            match node
+                .propose_with_starts(name, starts, planned.advances.clone())
+                .await
+            {
+                Ok(()) => {
+                    let now = crate::now_ms();
+                    node.inner
+                        .metrics
+                        .source_latency(name, now, &planned.timestamps_ms);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(trigger = name, error = %e, "could not start a Kafka trigger's jobs; trying again");
                     backoff.failed();
@@ -135,7 +202,9 @@ async fn take(
         s.records_in += planned.records;
         s.bytes_in += planned.bytes;
         s.rejected += planned.rejected.len() as u64;
+        s.dead_lettered += dead_lettered;
     });
+    node.inner.metrics.source_dead_lettered(name, dead_lettered);
     node.inner.metrics.source_records(
         name,
         planned.records,
@@ -151,10 +220,20 @@ async fn take(
 
 /// The jobs and cursor moves for a poll's records, against the cursor as applied now.
 fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
+    let now = crate::now_ms();
     node.read(|s| {
         let t = s.trigger(name)?;
         let cursor = t.kafka.as_ref()?;
         let batch_max = t.spec.kafka.as_ref().map_or(1, |k| k.batch) as usize;
+        // Validated specs' schemas compile: an error is only a spec an older version took.
+        let schema = match t.spec.kafka.as_ref().map(triggers::KafkaSource::validator) {
+            Some(Ok(schema)) => schema,
+            Some(Err(e)) => {
+                tracing::warn!(trigger = name, error = %e, "the trigger's record schema is ignored");
+                None
+            }
+            None => None,
+        };
         let mut planned = Planned::default();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
@@ -168,22 +247,18 @@ fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
             *counts.entry(r.partition).or_insert(0) += 1;
             planned.records += 1;
             planned.bytes += r.len() as u64;
-            let oversized = r.key.as_ref().map_or(0, Vec::len) > triggers::RECORD_BYTES_MAX
-                || r.value.as_ref().map_or(0, Vec::len) > triggers::RECORD_BYTES_MAX;
-            if oversized {
-                planned.rejected.push(r);
-            } else {
-                fresh.push(r);
+            match triggers::judge(&r, schema.as_ref()) {
+                Ok(()) => {
+                    planned.timestamps_ms.extend(r.timestamp_ms);
+                    fresh.push(r);
+                }
+                Err(e) => planned.rejected.push((r, e)),
             }
         }
         for batch in triggers::batches(fresh, batch_max) {
-            planned.jobs.push(JobSpec {
-                function: t.spec.function.clone(),
-                input: triggers::kafka_input(&t.spec.input, name, &batch),
-                files: Vec::new(),
-                priority: 0,
-                idempotency_key: Some(triggers::kafka_idempotency_key(name, &batch[0])),
-            });
+            let input = triggers::kafka_input(&t.spec.input, name, &batch);
+            let key = triggers::kafka_idempotency_key(name, &batch[0]);
+            planned.starts.push(now, &t.spec, input, Vec::new(), key);
         }
         for (&partition, &next_offset) in &next {
             planned.commits.push((partition, next_offset));
