@@ -155,7 +155,8 @@ async fn must_serve(credentials: Credentials) -> (Client, Arc<Seen>) {
     let addr = listener.local_addr().unwrap();
     let app = server(seen.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (Client::new(&addr.to_string(), credentials), seen)
+    // The test server speaks plain HTTP; a bare host:port would mean HTTPS.
+    (Client::new(&format!("http://{addr}"), credentials), seen)
 }
 
 fn credentials(secret: &str) -> Credentials {
@@ -234,7 +235,7 @@ async fn errors_come_back_with_their_status_and_code() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let nobody = Client::new(&free.to_string(), credentials(SECRET));
+    let nobody = Client::new(&format!("http://{free}"), credentials(SECRET));
     let unreachable = nobody.job(JobId(7)).await.unwrap_err();
     assert!(
         matches!(unreachable, ClientError::Http(_)),

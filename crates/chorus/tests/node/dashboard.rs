@@ -221,7 +221,9 @@ const RUNS_WINDOW: &str = "1400,1800";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runs_view_draws_a_runs_dag_with_each_steps_state() {
     use model::workflow::RunStatus;
-    let node = crate::harness::TestNode::start().await;
+    // Plain HTTP on loopback, as `chorus demo` serves the dashboard: what is tested here is
+    // the drawing, and Chromium would refuse the cluster CA it has never been given.
+    let node = crate::harness::TestNode::start_with(2, &["--insecure-http"]).await;
     crate::workflows::deploy_echo(&node.client, "echo", None).await;
     let spec = r#"
 name = "song-dag"
