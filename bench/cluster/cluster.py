@@ -59,6 +59,9 @@ class Node:
             self.addr = f"127.0.0.1:{s.getsockname()[1]}"
         args = [binary, "serve", "--data-dir", self.dir, "--listen", self.addr, "--slots", "2"]
         env = dict(os.environ)
+        if join is None:
+            # A founding node makes a new cluster CA: trust that one, not the last cluster's.
+            TLS["context"] = None
         if TLS["insecure"]:
             args += ["--insecure-http"]
         if join:
@@ -72,7 +75,8 @@ class Node:
         self.id = int(open(os.path.join(self.dir, "node.id")).read())
 
     def trust(self):
-        """Whether the node wrote its key (and CA); the script trusts the first CA it sees."""
+        """Whether the node wrote its key (and CA); the script trusts the CA of the cluster's
+        founding node."""
         if not os.path.exists(os.path.join(self.dir, "admin.key")):
             return False
         if not TLS["insecure"] and TLS["context"] is None:
