@@ -65,6 +65,11 @@ pub(crate) async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // A TLS record can leave in more than one segment; without this, Nagle's algorithm
+        // holds the last one until the peer's delayed ACK (up to 40 ms on Linux).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%remote, error = %e, "setting TCP_NODELAY failed");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
