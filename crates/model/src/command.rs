@@ -254,6 +254,25 @@ pub enum Command {
         next_offset: i64,
         records: u64,
     },
+    /// The leader gives partitions of a Kafka trigger's topic to nodes
+    /// (`triggers::place_partitions`): each one taken only if its epoch is later than the
+    /// partition's (so taking it twice, or a proposal from an older view, changes nothing).
+    /// At most `triggers::KAFKA_PARTITIONS_MAX`, on nodes the cluster has.
+    AssignKafka {
+        name: String,
+        owners: Vec<(i32, triggers::PartitionOwner)>,
+    },
+    /// A Kafka consumer's entry: `command` (its jobs and cursor moves) is applied only while
+    /// `node` still holds each of `partitions` at the epoch given, else the whole is refused
+    /// (`conflict`) and nothing of it is taken. This fences an owner the partitions were taken
+    /// from (declared lost while only slow, or paused and woken): it can start no job and
+    /// move no cursor once the new owner holds them.
+    Fenced {
+        name: String,
+        node: crate::NodeId,
+        partitions: Vec<(i32, u64)>,
+        command: Box<Command>,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
     /// A command proposed while serving a client's signed request: the log orders the
@@ -299,7 +318,9 @@ impl Command {
             | Command::RecordObjects { now_ms, .. }
             | Command::CreateTrigger { now_ms, .. }
             | Command::PauseTrigger { now_ms, .. } => Some(now_ms),
-            Command::Signed { command, .. } => command.now_ms_mut(),
+            Command::Signed { command, .. } | Command::Fenced { command, .. } => {
+                command.now_ms_mut()
+            }
             Command::DeployFunction { .. }
             | Command::DeployWorkflow { .. }
             | Command::PurgeRuns { .. }
@@ -316,6 +337,7 @@ impl Command {
             | Command::KeysUsed { .. }
             | Command::AdvanceBucket { .. }
             | Command::AdvanceKafka { .. }
+            | Command::AssignKafka { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -339,6 +361,7 @@ impl Command {
             | Command::AdvanceTrigger { .. }
             | Command::AdvanceBucket { .. }
             | Command::AdvanceKafka { .. }
+            | Command::AssignKafka { .. }
             | Command::KeysUsed { .. } => true,
             Command::StartRun {
                 idempotency_key, ..
@@ -346,6 +369,8 @@ impl Command {
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             // Sent again, it carries the same request: its nonce is not taken for a replay.
             Command::Signed { command, .. } => command.is_idempotent(),
+            // Taken again, its jobs are found by their keys and its cursor moves are no-ops.
+            Command::Fenced { command, .. } => command.is_idempotent(),
             _ => false,
         }
     }

@@ -707,6 +707,16 @@ impl State {
                 next_offset,
                 records,
             } => self.advance_kafka(&name, partition, next_offset, records),
+            Command::AssignKafka { name, owners } => self.assign_kafka(&name, owners),
+            Command::Fenced {
+                name,
+                node,
+                partitions,
+                command,
+            } => match self.fence(&name, node, &partitions) {
+                Ok(()) => self.apply(*command),
+                Err(e) => Response::Rejected(e),
+            },
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
@@ -875,6 +885,64 @@ impl State {
             t.fired += records;
         }
         Response::Done
+    }
+
+    fn assign_kafka(
+        &mut self,
+        name: &str,
+        owners: Vec<(i32, triggers::PartitionOwner)>,
+    ) -> Response {
+        if owners.len() > triggers::KAFKA_PARTITIONS_MAX {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a Kafka trigger has at most {} partitions",
+                    triggers::KAFKA_PARTITIONS_MAX
+                ),
+            ));
+        }
+        if let Some((_, o)) = owners
+            .iter()
+            .find(|(_, o)| !self.nodes.contains_key(&o.node))
+        {
+            return Response::Rejected(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("no node {} to give partitions to", o.node),
+            ));
+        }
+        let Some(t) = self.triggers.get_mut(name) else {
+            return no_trigger(name);
+        };
+        let Some(cursor) = t.kafka.as_mut() else {
+            return not_a(name, "Kafka");
+        };
+        for (partition, owner) in owners {
+            cursor.assign(partition, owner);
+        }
+        Response::Done
+    }
+
+    /// Whether `node` still holds each of a Kafka trigger's `partitions` at its epoch.
+    fn fence(&self, name: &str, node: NodeId, partitions: &[(i32, u64)]) -> Result<(), ApiError> {
+        let Some(t) = self.triggers.get(name) else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no trigger {name:?}"),
+            ));
+        };
+        let cursor = t.kafka.as_ref();
+        match partitions
+            .iter()
+            .find(|&&(p, epoch)| !cursor.is_some_and(|c| c.holds(node, p, epoch)))
+        {
+            None => Ok(()),
+            Some((p, epoch)) => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "node {node} no longer holds partition {p} of trigger {name} at epoch {epoch}"
+                ),
+            )),
+        }
     }
 
     fn purge(&mut self, finished_before_ms: u64, jobs: Vec<JobId>) -> Response {

@@ -216,4 +216,108 @@ mod tests {
         assert_eq!(copy.trigger("b"), s.trigger("b"));
         assert_eq!(copy.trigger("k"), s.trigger("k"));
     }
+
+    /// Partitions are given at later epochs only, and a consumer's entry is taken whole
+    /// while its node holds its partitions at the epochs it names, and refused whole (no job,
+    /// no cursor move) once they moved.
+    #[test]
+    fn a_kafka_consumers_entry_is_fenced_by_its_partitions_epochs() {
+        use crate::{Command, JobSpec, Response, State, SubmitResult};
+        use serde_json::json;
+        use triggers::PartitionOwner;
+        let mut s = State::default();
+        must_apply(
+            &mut s,
+            Command::DeployFunction {
+                spec: crate::FunctionSpec::builtin("noop"),
+            },
+        );
+        for id in [1, 2] {
+            must_apply(
+                &mut s,
+                Command::RegisterNode {
+                    id,
+                    addr: format!("n{id}:1"),
+                    slots: 1,
+                    labels: Default::default(),
+                    now_ms: 1,
+                },
+            );
+        }
+        let spec = serde_json::from_value(json!({ "name": "k", "function": "noop",
+            "kafka": { "brokers": "h:9092", "topic": "songs" } }))
+        .unwrap();
+        must_apply(&mut s, Command::CreateTrigger { now_ms: 5, spec });
+        let assign = |partition, node, epoch| Command::AssignKafka {
+            name: "k".into(),
+            owners: vec![(partition, PartitionOwner { node, epoch })],
+        };
+        assert_eq!(must_apply(&mut s, assign(0, 1, 1)), Response::Done);
+        let refused = must_apply(&mut s, assign(0, 9, 2));
+        assert!(
+            matches!(&refused, Response::Rejected(e) if e.code == ErrorCode::InvalidInput),
+            "{refused:?}"
+        );
+        let entry = |node, epoch, offset: i64| Command::Fenced {
+            name: "k".into(),
+            node,
+            partitions: vec![(0, epoch)],
+            command: Box::new(Command::Batch(vec![
+                Command::SubmitJobs {
+                    now_ms: 10,
+                    jobs: vec![JobSpec {
+                        function: "noop".into(),
+                        input: json!({}),
+                        files: Vec::new(),
+                        priority: 0,
+                        idempotency_key: Some(format!("kafka:k:songs:0:{offset}")),
+                    }],
+                    place: Vec::new(),
+                },
+                Command::AdvanceKafka {
+                    name: "k".into(),
+                    partition: 0,
+                    next_offset: offset + 1,
+                    records: 1,
+                },
+            ])),
+        };
+        let taken = must_apply(&mut s, entry(1, 1, 0));
+        assert!(
+            matches!(&taken, Response::Batch(r) if matches!(&r[0], Response::Submitted(j) if matches!(j[0], SubmitResult::Created(_)))),
+            "{taken:?}"
+        );
+        // Node 1 is lost: partition 0 goes to node 2 at epoch 2, and an older view of the
+        // assignment changes nothing.
+        must_apply(&mut s, assign(0, 2, 2));
+        must_apply(&mut s, assign(0, 1, 1));
+        let late = must_apply(&mut s, entry(1, 1, 1));
+        assert!(
+            matches!(&late, Response::Rejected(e) if e.code == ErrorCode::Conflict),
+            "{late:?}"
+        );
+        let k = s.trigger("k").unwrap();
+        let cursor = k.kafka.as_ref().unwrap();
+        assert_eq!((cursor.next_offset(0), k.fired), (1, 1));
+        assert_eq!(
+            s.jobs_after(None).count(),
+            1,
+            "the fenced entry started no job"
+        );
+        assert!(matches!(
+            must_apply(&mut s, entry(2, 2, 1)),
+            Response::Batch(_)
+        ));
+        assert_eq!(
+            s.trigger("k")
+                .unwrap()
+                .kafka
+                .as_ref()
+                .unwrap()
+                .next_offset(0),
+            2
+        );
+        let copy = State::decode(&s.snapshot_copy().encode()).unwrap();
+        assert_eq!(copy.trigger("k"), s.trigger("k"));
+    }
 }

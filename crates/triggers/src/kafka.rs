@@ -10,7 +10,7 @@
 //! [`KafkaCursor::is_new`] drops. The jobs' idempotency keys (topic, partition, first
 //! offset) are the second guard.
 
-use crate::{Code, Error};
+use crate::{Code, Error, PartitionOwner};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -96,10 +96,13 @@ pub fn judge(record: &Record, schema: Option<&jsonschema::Validator>) -> Result<
 }
 
 /// How far a Kafka trigger got: per partition of its topic, the next offset it has not
-/// started a job for.
+/// started a job for; and which node consumes each partition, at which epoch (see
+/// [`crate::place_partitions`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KafkaCursor {
     pub next: BTreeMap<i32, i64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owners: BTreeMap<i32, PartitionOwner>,
 }
 
 impl KafkaCursor {
@@ -118,6 +121,34 @@ impl KafkaCursor {
     pub fn advance(&mut self, partition: i32, next: i64) {
         let at = self.next.entry(partition).or_insert(0);
         *at = (*at).max(next);
+    }
+
+    /// Gives `partition` to `owner` if its epoch is later than the partition's: an
+    /// assignment taken twice, or proposed from an older view, changes nothing. True if
+    /// taken.
+    pub fn assign(&mut self, partition: i32, owner: PartitionOwner) -> bool {
+        let later = self
+            .owners
+            .get(&partition)
+            .is_none_or(|o| owner.epoch > o.epoch);
+        if later {
+            self.owners.insert(partition, owner);
+        }
+        later
+    }
+
+    /// Whether `node` holds `partition` at `epoch` (the fence of a consumer's entries).
+    pub fn holds(&self, node: u64, partition: i32, epoch: u64) -> bool {
+        self.owners.get(&partition) == Some(&PartitionOwner { node, epoch })
+    }
+
+    /// The partitions `node` consumes, each with the epoch it holds it at.
+    pub fn owned_by(&self, node: u64) -> BTreeMap<i32, u64> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| o.node == node)
+            .map(|(&p, o)| (p, o.epoch))
+            .collect()
     }
 }
 
@@ -234,5 +265,23 @@ mod tests {
         assert!(!cursor.is_new(0, 9));
         assert!(cursor.is_new(0, 10));
         assert!(cursor.is_new(1, 0));
+    }
+
+    #[test]
+    fn an_assignment_is_taken_only_at_a_later_epoch() {
+        let mut cursor = KafkaCursor::default();
+        let owner = |node, epoch| PartitionOwner { node, epoch };
+        assert!(cursor.assign(0, owner(1, 1)));
+        assert!(!cursor.assign(0, owner(2, 1)), "same epoch, other node");
+        assert!(cursor.holds(1, 0, 1));
+        assert!(cursor.assign(0, owner(2, 2)));
+        assert!(!cursor.holds(1, 0, 1), "the old owner is fenced");
+        assert!(
+            !cursor.assign(0, owner(1, 1)),
+            "an older view changes nothing"
+        );
+        assert!(cursor.assign(3, owner(1, 1)));
+        assert_eq!(cursor.owned_by(1), BTreeMap::from([(3, 1)]));
+        assert_eq!(cursor.owned_by(2), BTreeMap::from([(0, 2)]));
     }
 }

@@ -3,7 +3,8 @@
 //! subscription to CloudEvents with filters in the dialects of the CloudEvents
 //! Subscriptions API, new objects under a prefix of the object store, or the records of a
 //! Kafka topic. This crate holds the pure parts: the spec and its validation, tick
-//! computation, CloudEvents parsing, filter evaluation, the bucket and Kafka cursors, and the
+//! computation, CloudEvents parsing, filter evaluation, the bucket and Kafka cursors, which node
+//! consumes each Kafka partition, and the
 //! mapping from a tick, an event, an object or a record to a job's input and idempotency
 //! key. Listing a store and consuming a topic is the `events` crate's.
 //!
@@ -18,6 +19,7 @@ mod event;
 mod filter;
 mod job;
 mod kafka;
+mod partitions;
 mod spec;
 
 pub use bucket::{
@@ -36,6 +38,7 @@ pub use job::{
     event_input, kafka_idempotency_key, kafka_input,
 };
 pub use kafka::{batches, judge, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX};
+pub use partitions::{place_partitions, PartitionOwner, KAFKA_PARTITIONS_MAX};
 pub use spec::{
     BucketSource, CronSource, EventSource, KafkaSource, Missed, Target, TriggerSpec,
     BUCKET_PREFIX_LEN_MAX, CATCH_UP_DEFAULT, CRON_LEN_MAX, KAFKA_BATCH_MAX,

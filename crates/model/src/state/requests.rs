@@ -130,7 +130,9 @@ impl State {
             Command::CreateKey { key } if key.scopes.is_empty() => {
                 Err(invalid(format!("key {} needs at least one scope", key.id)))
             }
-            Command::Signed { command, .. } => self.check_forwarded(command),
+            Command::Signed { command, .. } | Command::Fenced { command, .. } => {
+                self.check_forwarded(command)
+            }
             Command::Batch(commands) => commands.iter().try_for_each(|c| self.check_forwarded(c)),
             _ => Ok(()),
         }
