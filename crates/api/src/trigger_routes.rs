@@ -134,7 +134,8 @@ pub(crate) async fn invoke(
 
 /// A trigger as the API shows it: the stored record and, for an active cron trigger, when
 /// it fires next; for a bucket or Kafka trigger, how its source fares (`status`) when the
-/// node that answers reads it (the leader does).
+/// node that answers reads it (the leader, and a node that holds Kafka partitions); for a
+/// Kafka trigger, per partition its owner node, epoch, cursor and (on the leader) lag.
 fn view(node: &node::Node, trigger: &Trigger) -> serde_json::Value {
     let mut value = json!(trigger);
     let next = trigger
@@ -152,6 +153,10 @@ fn view(node: &node::Node, trigger: &Trigger) -> serde_json::Value {
         value.as_object_mut(),
     ) {
         map.insert("status".into(), json!(status));
+    }
+    let partitions = node.kafka_partitions(trigger);
+    if let (false, Some(map)) = (partitions.is_empty(), value.as_object_mut()) {
+        map.insert("partitions".into(), json!(partitions));
     }
     value
 }

@@ -339,6 +339,20 @@ pub(crate) async fn triggers(args: TriggersArgs) -> anyhow::Result<ExitCode> {
                 status.get("error").and_then(|e| e.as_str()).unwrap_or("")
             )?;
         }
+        for p in answer["partitions"].as_array().into_iter().flatten() {
+            let shown = |key: &str| match &p[key] {
+                serde_json::Value::Null => "-".to_string(),
+                v => v.to_string(),
+            };
+            outln!(
+                "  partition {:<4} node {:<6} epoch {:<4} next {:<10} lag {}",
+                shown("partition"),
+                shown("node"),
+                shown("epoch"),
+                shown("next"),
+                shown("lag")
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -67,31 +67,139 @@ fn kafka(e: KafkaError) -> EventsError {
     EventsError::Kafka(e.to_string())
 }
 
+/// A consumer's settings: commits by the node only, from the earliest offset when there is
+/// none, quick to see a new topic and to reconnect.
+fn client(source: &KafkaSource, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &source.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // A trigger reads a topic that exists; it does not create one by reading it.
+        .set("allow.auto.create.topics", "false")
+        // A topic created after the trigger is seen within seconds (the default: 5 min).
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "5000");
+    config
+}
+
+/// A client of a topic's metadata, for the leader: which partitions it has (to place them
+/// on nodes) and their high watermarks (for the lag). Joins no group.
+pub struct Topic {
+    inner: Arc<BaseConsumer<Context>>,
+    topic: String,
+}
+
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topic").field("topic", &self.topic).finish()
+    }
+}
+
+impl Topic {
+    pub fn new(source: &KafkaSource) -> Result<Topic, EventsError> {
+        let inner: BaseConsumer<Context> = ClientConfig::new()
+            .set("bootstrap.servers", &source.brokers)
+            .set("allow.auto.create.topics", "false")
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "5000")
+            .create_with_context(Context::default())
+            .map_err(kafka)?;
+        Ok(Topic {
+            inner: Arc::new(inner),
+            topic: source.topic.clone(),
+        })
+    }
+
+    /// The topic's partitions, in order; an error if the brokers do not answer or do not
+    /// know the topic.
+    pub async fn partitions(&self) -> Result<Vec<i32>, EventsError> {
+        let inner = Arc::clone(&self.inner);
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = inner
+                .fetch_metadata(Some(&topic), BROKER_CALL_TIMEOUT)
+                .map_err(kafka)?;
+            let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(EventsError::Kafka(format!("no topic {topic}")));
+            };
+            if let Some(e) = t.error() {
+                let e = rdkafka::error::RDKafkaErrorCode::from(e);
+                return Err(EventsError::Kafka(format!("topic {topic}: {e}")));
+            }
+            let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            partitions.sort_unstable();
+            Ok(partitions)
+        })
+        .await
+        .map_err(|e| EventsError::Kafka(e.to_string()))?
+    }
+
+    /// The high watermark (the offset after the last record) of each of `partitions`.
+    pub async fn high_watermarks(
+        &self,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<(i32, i64)>, EventsError> {
+        let inner = Arc::clone(&self.inner);
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            partitions
+                .into_iter()
+                .map(|p| {
+                    let (_, high) = inner
+                        .fetch_watermarks(&topic, p, BROKER_CALL_TIMEOUT)
+                        .map_err(kafka)?;
+                    Ok((p, high))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| EventsError::Kafka(e.to_string()))?
+    }
+}
+
 impl Consumer {
     /// Joins `group` and subscribes to the source's topic; a new group starts at the
     /// earliest offset. Fails only on a configuration librdkafka refuses: brokers that do not
     /// answer are reported later, by [`Consumer::error`].
     pub fn new(source: &KafkaSource, group: &str) -> Result<Consumer, EventsError> {
-        let consumer: StreamConsumer<Context> = ClientConfig::new()
-            .set("bootstrap.servers", &source.brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // A trigger reads a topic that exists; it does not create one by reading it.
-            .set("allow.auto.create.topics", "false")
+        let consumer: StreamConsumer<Context> = client(source, group)
             // A consumer killed with its node holds its partitions until its session times
-            // out: short, so that the next leader's consumer takes over within seconds.
+            // out: short, so that another member takes over within seconds.
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            // A topic created after the trigger is seen within seconds (the default: 5 min).
-            .set("topic.metadata.refresh.interval.ms", "5000")
-            .set("reconnect.backoff.ms", "100")
-            .set("reconnect.backoff.max.ms", "5000")
             .create_with_context(Context::default())
             .map_err(kafka)?;
         consumer
             .subscribe(&[source.topic.as_str()])
             .map_err(kafka)?;
+        Ok(Consumer {
+            inner: Arc::new(consumer),
+            topic: source.topic.clone(),
+        })
+    }
+
+    /// Reads exactly the given partitions of the source's topic, each from its offset (the
+    /// trigger's cursor), with no group membership and so no rebalancing: which node reads
+    /// which partition is the cluster's decision, not the group's. `group` only names where
+    /// [`Consumer::commit`] writes the offsets, for lag tools. An offset the topic no longer
+    /// holds starts at the earliest one.
+    pub fn assigned(
+        source: &KafkaSource,
+        group: &str,
+        starts: &[(i32, i64)],
+    ) -> Result<Consumer, EventsError> {
+        let consumer: StreamConsumer<Context> = client(source, group)
+            .create_with_context(Context::default())
+            .map_err(kafka)?;
+        let mut list = TopicPartitionList::new();
+        for &(partition, offset) in starts {
+            list.add_partition_offset(&source.topic, partition, Offset::Offset(offset))
+                .map_err(kafka)?;
+        }
+        consumer.assign(&list).map_err(kafka)?;
         Ok(Consumer {
             inner: Arc::new(consumer),
             topic: source.topic.clone(),

@@ -8,6 +8,8 @@ mod liveness;
 mod membership;
 mod metrics;
 mod objects;
+#[cfg(feature = "kafka")]
+mod partitions;
 mod peer_rpc;
 mod requests;
 mod retention;
@@ -40,7 +42,7 @@ pub use registry::{
 };
 pub use requests::{serve as serve_signed, SignedRequest};
 pub use runs::{BulkControl, BulkOutcome, RunView, BULK_RUNS_MAX};
-pub use sources::SourceStatus;
+pub use sources::{PartitionView, SourceStatus};
 pub use storage::Store as ObjectStore;
 pub use tls::{Issued, TlsSetup};
 pub use triggering::{Ingested, TriggeredJob, INGEST_JOBS_MAX};

@@ -12,16 +12,22 @@
 //!    them to the cursor. A new leader lists again and finds them seen; an entry whose fate
 //!    was unknown finds its jobs by their keys.
 //!
-//! Kafka triggers, at-least-once delivery and exactly-once job creation:
-//! 1. while a node leads, it runs one consumer per active Kafka trigger (the group's only
-//!    member, so it is assigned every partition); it stops them when it stops leading or the
-//!    trigger is paused or deleted (a resumed trigger goes on from the group's offsets);
-//! 2. each poll's records past the trigger's cursor (`KafkaCursor::is_new`) are batched into
-//!    jobs keyed `kafka:{trigger}:{topic}:{partition}:{first offset}`, proposed with an
-//!    `AdvanceKafka` per partition in one entry; an entry that fails is proposed again, the
-//!    same records in the same batches, until it commits or the node stops leading;
-//! 3. only then are the group's offsets committed. A crash before the commit hands the next
-//!    consumer records the cursor has passed: they are dropped.
+//! Kafka triggers, at-least-once delivery and exactly-once job creation, one consumer per
+//! partition across the cluster:
+//! 1. the leader gives each partition of an active Kafka trigger's topic to a live node, with
+//!    a new epoch each time (`node::partitions`, the rule is `triggers::place_partitions`);
+//! 2. every node runs, per active Kafka trigger of which it holds partitions, one consumer
+//!    assigned exactly those partitions (no group rebalancing), each read from the trigger's
+//!    cursor in the log; it restarts the consumer when its partitions change, and stops it
+//!    when the trigger is paused or deleted (a resumed trigger goes on from the cursor);
+//! 3. each poll's records past the cursor (`KafkaCursor::is_new`) are batched into jobs keyed
+//!    `kafka:{trigger}:{topic}:{partition}:{first offset}`, proposed with an `AdvanceKafka` per
+//!    partition in one entry, `Fenced` by the epochs the node holds those partitions at (a
+//!    follower's entry goes through the leader, as every write does); an entry that fails is
+//!    proposed again, the same records in the same batches, until it commits or is fenced
+//!    (the partitions moved: the consumer stops, the new owner goes on from the cursor);
+//! 4. only then are the group's offsets committed, for lag tools: the cursor, not the group,
+//!    says where a consumer starts.
 //!
 //! A source that fails (store unreachable, brokers down, topic unknown) is retried with
 //! back-off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]; the first failure records a
@@ -64,9 +70,27 @@ pub struct SourceStatus {
     pub rejected: u64,
     /// Refused records the dead-letter topic acknowledged.
     pub dead_lettered: u64,
-    /// Kafka: per partition, the high watermark minus the group's committed offset.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub lag: BTreeMap<i32, i64>,
+    /// Kafka, on the leader: each partition's high watermark as last read (see
+    /// [`Node::kafka_partitions`]).
+    #[serde(skip)]
+    pub(crate) high_watermarks: BTreeMap<i32, i64>,
+}
+
+/// One partition of a Kafka trigger's topic as the API shows it: who consumes it at which
+/// epoch, the cursor (the next offset no job was started for), and, where the answering
+/// node reads them (the leader), the high watermark and the lag (high watermark minus
+/// cursor).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PartitionView {
+    pub partition: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<model::NodeId>,
+    pub epoch: u64,
+    pub next: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_watermark: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
 }
 
 /// Every trigger's source status on this node.
@@ -74,7 +98,7 @@ pub struct SourceStatus {
 pub(crate) struct Statuses(Mutex<BTreeMap<String, SourceStatus>>);
 
 impl Statuses {
-    fn with<R>(&self, name: &str, f: impl FnOnce(&mut SourceStatus) -> R) -> R {
+    pub(crate) fn with<R>(&self, name: &str, f: impl FnOnce(&mut SourceStatus) -> R) -> R {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let status = all.entry(name.to_string()).or_insert_with(|| SourceStatus {
             state: "ok",
@@ -104,8 +128,46 @@ impl Node {
         self.inner.sources.get(name)
     }
 
+    /// A Kafka trigger's partitions: owner, epoch and cursor from the replicated state, the
+    /// high watermark and lag where this node reads them (the leader does). Empty for other
+    /// triggers.
+    pub fn kafka_partitions(&self, trigger: &Trigger) -> Vec<PartitionView> {
+        let Some(cursor) = &trigger.kafka else {
+            return Vec::new();
+        };
+        let high = self
+            .inner
+            .sources
+            .get(&trigger.spec.name)
+            .map(|s| s.high_watermarks)
+            .unwrap_or_default();
+        let partitions: std::collections::BTreeSet<i32> = cursor
+            .owners
+            .keys()
+            .chain(cursor.next.keys())
+            .chain(high.keys())
+            .copied()
+            .collect();
+        partitions
+            .into_iter()
+            .map(|p| {
+                let owner = cursor.owners.get(&p);
+                let next = cursor.next_offset(p);
+                let high_watermark = high.get(&p).copied();
+                PartitionView {
+                    partition: p,
+                    node: owner.map(|o| o.node),
+                    epoch: owner.map_or(0, |o| o.epoch),
+                    next,
+                    high_watermark,
+                    lag: high_watermark.map(|h| (h - next).max(0)),
+                }
+            })
+            .collect()
+    }
+
     /// Records a source's health: the change from ok to failing (or back) is an event.
-    async fn report(&self, name: &str, error: Option<String>) {
+    pub(crate) async fn report(&self, name: &str, error: Option<String>) {
         let changed = self.inner.sources.with(name, |s| {
             let failing = error.is_some();
             let was_failing = s.state == "failing";
@@ -147,63 +209,91 @@ impl Node {
         starts: Starts,
         advances: Vec<Command>,
     ) -> Result<(), String> {
-        match self.propose_starts(now_ms(), starts, advances).await {
-            Ok(started) => {
-                crate::triggering::warn_refused(name, &started);
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        self.propose_fenced_starts(name, starts, advances, None)
+            .await
+            .map_err(|e| e.to_string())
     }
+
+    /// As [`Node::propose_with_starts`], the entry `Fenced` when a fence is given; the error
+    /// as the API would say it (`conflict`: fenced).
+    async fn propose_fenced_starts(
+        &self,
+        name: &str,
+        starts: Starts,
+        advances: Vec<Command>,
+        fence: Option<Fence>,
+    ) -> Result<(), model::ApiError> {
+        let wrap = |batch: Command| match fence {
+            None => batch,
+            Some(Fence { node, partitions }) => Command::Fenced {
+                name: name.to_string(),
+                node,
+                partitions,
+                command: Box::new(batch),
+            },
+        };
+        let started = self
+            .propose_starts_in(now_ms(), starts, advances, wrap)
+            .await?;
+        crate::triggering::warn_refused(name, &started);
+        Ok(())
+    }
+}
+
+/// Who proposes a Kafka consumer's entry and the epochs it holds the entry's partitions at.
+#[derive(Clone, Debug)]
+struct Fence {
+    node: model::NodeId,
+    partitions: Vec<(i32, u64)>,
 }
 
 /// One trigger's back-off: when it may be tried again, and the next wait.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     until: Instant,
     wait: Duration,
 }
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff {
             until: Instant::now(),
             wait: BACKOFF_MIN,
         }
     }
 
-    fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         Instant::now() >= self.until
     }
 
-    fn failed(&mut self) {
+    pub(crate) fn failed(&mut self) {
         self.until = Instant::now() + self.wait;
         self.wait = (self.wait * 2).min(BACKOFF_MAX);
     }
 
-    fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         *self = Backoff::new();
     }
 }
 
-/// The leader's loop over bucket and Kafka triggers (see the module's protocol); owned by
-/// `Node`, its consumers are owned by it and stop with it.
+/// Every node's loop over bucket and Kafka triggers (see the module's protocol): Kafka
+/// consumers for the partitions the node holds, and, while it leads, the bucket passes.
+/// Owned by `Node`; its consumers are owned by it and stop with it.
 pub(crate) async fn watch(node: Node) {
     let mut backoffs: BTreeMap<String, Backoff> = BTreeMap::new();
     let mut consumers = Consumers::default();
+    let me = node.id();
     loop {
         tokio::select! {
             () = node.inner.shutdown.cancelled() => break,
             () = tokio::time::sleep(SOURCE_PASS) => {}
         }
         let leading = node.inner.registry.figures().is_leader;
-        let active: Vec<Trigger> = if leading {
-            node.read(|s| s.triggers().filter(|t| !t.paused).cloned().collect())
-        } else {
-            Vec::new()
-        };
+        let active: Vec<Trigger> =
+            node.read(|s| s.triggers().filter(|t| !t.paused).cloned().collect());
         consumers.keep(&node, &active);
-        for t in active.iter().filter(|t| t.spec.bucket.is_some()) {
+        let buckets = active.iter().filter(|t| t.spec.bucket.is_some());
+        for t in buckets.filter(|_| leading) {
             let backoff = backoffs
                 .entry(t.spec.name.clone())
                 .or_insert_with(Backoff::new);
@@ -222,11 +312,15 @@ pub(crate) async fn watch(node: Node) {
                 }
             }
         }
-        backoffs.retain(|name, _| active.iter().any(|t| &t.spec.name == name));
-        // Only the node that reads a source tells how it fares.
-        node.inner
-            .sources
-            .retain(|name| active.iter().any(|t| t.spec.name == name));
+        backoffs.retain(|name, _| leading && active.iter().any(|t| &t.spec.name == name));
+        // Only a node that reads a source tells how it fares: the leader (bucket passes,
+        // Kafka partitions and watermarks) and the nodes that hold Kafka partitions.
+        node.inner.sources.retain(|name| {
+            active.iter().any(|t| {
+                t.spec.name == name
+                    && (leading || t.kafka.as_ref().is_some_and(|c| !c.owned_by(me).is_empty()))
+            })
+        });
     }
     consumers.stop_all().await;
 }
@@ -290,11 +384,15 @@ async fn bucket_pass(node: &Node, t: &Trigger) -> Result<(), String> {
     Ok(())
 }
 
-/// The Kafka consumers this node runs while it leads, one task per trigger.
+/// What a node's consumer of one Kafka trigger reads: the source, and the partitions the
+/// node holds with their epochs.
+type Reading = (triggers::KafkaSource, BTreeMap<i32, u64>);
+
+/// The Kafka consumers this node runs, one task per trigger of which it holds partitions.
 #[derive(Default)]
 struct Consumers {
     tasks: JoinSet<()>,
-    running: BTreeMap<String, (triggers::KafkaSource, CancellationToken)>,
+    running: BTreeMap<String, (Reading, CancellationToken)>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -304,38 +402,45 @@ impl std::fmt::Debug for Consumers {
 }
 
 impl Consumers {
-    /// Runs a consumer for each active Kafka trigger and stops the others (all of them when
-    /// `active` is empty: the node does not lead).
+    /// Runs a consumer for each active Kafka trigger of which this node holds partitions,
+    /// restarts one whose partitions (or epochs) changed, and stops the others.
     fn keep(&mut self, node: &Node, active: &[Trigger]) {
-        let wanted: BTreeMap<&str, &triggers::KafkaSource> = active
+        let me = node.id();
+        let wanted: BTreeMap<&str, Reading> = active
             .iter()
-            .filter_map(|t| Some((t.spec.name.as_str(), t.spec.kafka.as_ref()?)))
+            .filter_map(|t| {
+                let owned = t.kafka.as_ref()?.owned_by(me);
+                let source = t.spec.kafka.clone()?;
+                (!owned.is_empty()).then_some((t.spec.name.as_str(), (source, owned)))
+            })
             .collect();
-        self.running.retain(|name, (source, stop)| {
-            let keep = wanted.get(name.as_str()) == Some(&&*source) && !stop.is_cancelled();
+        self.running.retain(|name, (reading, stop)| {
+            let keep = wanted.get(name.as_str()) == Some(&*reading) && !stop.is_cancelled();
             if !keep {
                 stop.cancel();
             }
             keep
         });
-        // Reap the tasks that ended (stopped, or gave up on a client that could not start).
+        // Reap the tasks that ended (stopped, fenced, or gave up on a client).
         while let Some(ended) = self.tasks.try_join_next() {
             if let Err(e) = ended {
                 tracing::warn!(error = %e, "a Kafka consumer task failed");
             }
         }
         #[cfg(feature = "kafka")]
-        for (name, source) in wanted {
+        for (name, reading) in wanted {
             if self.running.contains_key(name) {
                 continue;
             }
             let stop = node.inner.shutdown.child_token();
             self.running
-                .insert(name.to_string(), (source.clone(), stop.clone()));
+                .insert(name.to_string(), (reading.clone(), stop.clone()));
+            let (source, owned) = reading;
             self.tasks.spawn(kafka::consume(
                 node.clone(),
                 name.to_string(),
-                source.clone(),
+                source,
+                owned,
                 stop,
             ));
         }

@@ -260,6 +260,8 @@ impl Node {
         tasks.spawn(crate::objects::repair(self.clone()));
         tasks.spawn(requests::flush_key_uses(self.clone()));
         tasks.spawn(sources::watch(self.clone()));
+        #[cfg(feature = "kafka")]
+        tasks.spawn(crate::partitions::place(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

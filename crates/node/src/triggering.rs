@@ -155,6 +155,19 @@ impl Node {
         starts: Starts,
         advances: Vec<Command>,
     ) -> Result<Vec<Started>, ApiError> {
+        self.propose_starts_in(now_ms, starts, advances, std::convert::identity)
+            .await
+    }
+
+    /// As [`Node::propose_starts`], the entry's batch wrapped by `wrap` (a Kafka consumer's
+    /// `Command::Fenced`); a wrapper that refuses the whole answers its error.
+    pub(crate) async fn propose_starts_in(
+        &self,
+        now_ms: u64,
+        starts: Starts,
+        advances: Vec<Command>,
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Result<Vec<Started>, ApiError> {
         let Starts { jobs, runs, order } = starts;
         let has_jobs = !jobs.is_empty();
         let runs_len = runs.len();
@@ -164,8 +177,9 @@ impl Node {
         }
         batch.extend(runs);
         batch.extend(advances);
-        let mut answers = match self.propose(Command::Batch(batch)).await? {
+        let mut answers = match self.propose(wrap(Command::Batch(batch))).await? {
             Response::Batch(answers) => answers.into_iter(),
+            Response::Rejected(e) => return Err(e),
             other => return Err(unexpected(other)),
         };
         let mut jobs = match has_jobs.then(|| answers.next()).flatten() {

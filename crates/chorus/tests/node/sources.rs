@@ -313,10 +313,20 @@ async fn produce(
     topic: &str,
     plays: std::ops::Range<u64>,
 ) -> BTreeMap<i32, i64> {
+    produce_over(producer, topic, 2, plays).await
+}
+
+/// As [`produce`], over `partitions` partitions (record i to partition i mod partitions).
+async fn produce_over(
+    producer: &events::kafka::Producer,
+    topic: &str,
+    partitions: u64,
+    plays: std::ops::Range<u64>,
+) -> BTreeMap<i32, i64> {
     let mut ends = BTreeMap::new();
     for i in plays {
         let value = json!({ "play": i }).to_string();
-        let partition = (i % 2) as i32;
+        let partition = (i % partitions) as i32;
         let (p, offset) = producer
             .send(topic, Some(partition), None, value.as_bytes())
             .await
@@ -385,6 +395,114 @@ async fn kafka_records_each_start_one_job_across_a_kill_9_of_the_consuming_node(
     for (p, end) in &ends {
         assert_eq!(t["kafka"]["next"][p.to_string()], json!(end), "{t}");
     }
+}
+
+/// Per node, the partitions of `trigger` it owns, as `node` shows them.
+async fn owners(node: &TestNode, trigger: &str) -> BTreeMap<u64, Vec<i64>> {
+    let Ok(t) = node.client.trigger(trigger).await else {
+        return BTreeMap::new();
+    };
+    let mut owners: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for p in t["partitions"].as_array().into_iter().flatten() {
+        if let Some(n) = p["node"].as_u64() {
+            owners
+                .entry(n)
+                .or_default()
+                .push(p["partition"].as_i64().unwrap());
+        }
+    }
+    owners
+}
+
+/// One consumer per partition across the cluster: a topic of six partitions spreads two to
+/// each of three nodes; a kill -9 of one of them in the middle of a stream moves its two
+/// partitions to the others at a new epoch, and every record still starts exactly one job
+/// while the group's committed offsets reach the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_partitions_spread_over_three_nodes_and_move_when_one_is_killed() {
+    let records: u64 = 600;
+    let broker = tansu_on(free_port()).await;
+    create_topic(&broker, "streams", 6);
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let producer = events::kafka::Producer::new(&brokers).unwrap();
+    let mut nodes = crate::cluster::cluster().await;
+    nodes[0]
+        .client
+        .create_trigger(&kafka_spec("spread", &brokers, "streams"))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = nodes.iter().map(TestNode::id).collect();
+    wait_until("the six partitions spread two to each node", || async {
+        let owners = owners(&nodes[0], "spread").await;
+        owners.len() == 3 && owners.values().all(|ps| ps.len() == 2)
+    })
+    .await;
+    let before = owners(&nodes[0], "spread").await;
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        before.keys().copied().collect::<Vec<_>>(),
+        sorted,
+        "{before:?}"
+    );
+    let half = records / 2;
+    let mut ends = produce_over(&producer, "streams", 6, 0..half).await;
+    wait_until("some records started jobs", || async {
+        plays_started(&nodes[0]).await.len() as u64 >= half / 4
+    })
+    .await;
+    // kill -9 of a node that owns partitions, the leader if that is not the node the test
+    // reads through, while records keep coming.
+    let leader = crate::cluster::leader(&nodes[0]).await;
+    let victim = match crate::cluster::leader_index(&nodes, leader) {
+        0 => 1,
+        i => i,
+    };
+    let victim_id = ids[victim];
+    nodes[victim].kill_9();
+    ends.extend(produce_over(&producer, "streams", 6, half..records).await);
+    wait_until("the lost node's partitions move to the others", || async {
+        let owners = owners(&nodes[0], "spread").await;
+        !owners.contains_key(&victim_id) && owners.values().map(Vec::len).sum::<usize>() == 6
+    })
+    .await;
+    wait_until("every record started a job", || async {
+        plays_started(&nodes[0]).await.len() as u64 >= records
+    })
+    .await;
+    let started = plays_started(&nodes[0]).await;
+    assert_eq!(started.len() as u64, records);
+    let twice: Vec<_> = started.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "records with more than one job: {twice:?}"
+    );
+    must_commit_to(&brokers, "chorus-spread", "streams", &ends).await;
+    let t = nodes[0].client.trigger("spread").await.unwrap();
+    assert_eq!(t["fired"], json!(records), "{t}");
+    for p in t["partitions"].as_array().unwrap() {
+        let partition = p["partition"].as_i64().unwrap() as i32;
+        assert_eq!(p["next"], json!(ends[&partition]), "{t}");
+        // A moved partition was given again: a later epoch fences its old owner.
+        let moved = before[&victim_id].contains(&(partition as i64));
+        let epoch = p["epoch"].as_u64().unwrap();
+        assert!(epoch >= if moved { 2 } else { 1 }, "{t}");
+    }
+    // The leader reads the high watermarks: its status shows no lag once all is started.
+    let live: Vec<&TestNode> = nodes.iter().filter(|n| n.is_running()).collect();
+    wait_until("the leader shows each partition's lag at zero", || async {
+        for node in &live {
+            let Ok(t) = node.client.trigger("spread").await else {
+                continue;
+            };
+            let partitions = t["partitions"].as_array().cloned().unwrap_or_default();
+            if partitions.len() == 6 && partitions.iter().all(|p| p["lag"] == json!(0)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,23 +1,21 @@
-//! One Kafka trigger's consumer task on the leader (see the parent module's protocol): poll,
-//! drop what the cursor has passed, send the records that start no job (over the size limit,
-//! not matching the trigger's schema) to its dead-letter topic and wait for the broker's
-//! acknowledgement, propose the jobs and the cursor's move in one entry (again, unchanged,
-//! until it commits), then commit the group's offsets. A refused record is dead-lettered
-//! before the entry that moves the cursor past it: a crash between the two sends it again
-//! (at least once), never loses it.
+//! One Kafka trigger's consumer task on a node that holds partitions of its topic (see the
+//! parent module's protocol): read those partitions from the cursor, poll, drop what the
+//! cursor has passed, send the records that start no job (over the size limit, not matching
+//! the trigger's schema) to its dead-letter topic and wait for the broker's acknowledgement,
+//! propose the jobs and the cursor's move in one entry fenced by the partitions' epochs
+//! (again, unchanged, until it commits or is fenced), then commit the group's offsets. A
+//! refused record is dead-lettered before the entry that moves the cursor past it: a crash
+//! between the two sends it again (at least once), never loses it.
 
-use super::{Backoff, POLL_WAIT, RECORDS_PER_ENTRY_MAX};
+use super::{Backoff, Fence, POLL_WAIT, RECORDS_PER_ENTRY_MAX};
 use crate::triggering::Starts;
 use crate::Node;
 use events::kafka::{Consumer, Producer};
-use model::Command;
+use model::{Command, ErrorCode};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use triggers::{KafkaSource, Record};
-
-/// How often the group's lag is read while records flow or not.
-const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// What one poll's records become: the jobs, the cursor's moves, the offsets to commit, and
 /// the records refused.
@@ -41,15 +39,27 @@ async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
     }
 }
 
+/// Consumes `owned` (partition to epoch) of the trigger's topic until stopped or fenced.
 pub(super) async fn consume(
     node: Node,
     name: String,
     source: KafkaSource,
+    owned: BTreeMap<i32, u64>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new();
     let consumer = loop {
-        match Consumer::new(&source, &source.group(&name)) {
+        // The cursor as applied here once the node holds the partitions: no one else can
+        // move it any more (their entries are fenced), so it is where to start.
+        let Some(starts) = node.read(|s| {
+            let cursor = s.trigger(&name)?.kafka.as_ref()?;
+            let starts: Vec<(i32, i64)> =
+                owned.keys().map(|&p| (p, cursor.next_offset(p))).collect();
+            Some(starts)
+        }) else {
+            return; // The trigger is gone.
+        };
+        match Consumer::assigned(&source, &source.group(&name), &starts) {
             Ok(c) => break c,
             Err(e) => {
                 node.report(&name, Some(e.to_string())).await;
@@ -59,6 +69,20 @@ pub(super) async fn consume(
                 }
             }
         }
+    };
+    tracing::info!(trigger = %name, partitions = ?owned, "consuming Kafka partitions");
+    let fence = |planned: &Planned| Fence {
+        node: node.id(),
+        partitions: planned
+            .advances
+            .iter()
+            .filter_map(|a| match a {
+                Command::AdvanceKafka { partition, .. } => {
+                    owned.get(partition).map(|&epoch| (*partition, epoch))
+                }
+                _ => None,
+            })
+            .collect(),
     };
     let dead_letter = match &source.dead_letter {
         None => None,
@@ -75,12 +99,7 @@ pub(super) async fn consume(
             }
         },
     };
-    let mut lag_at = tokio::time::Instant::now();
     while !stop.is_cancelled() {
-        if lag_at.elapsed() >= LAG_EVERY {
-            lag_at = tokio::time::Instant::now();
-            read_lag(&node, &name, &consumer).await;
-        }
         let polled = tokio::select! {
             () = stop.cancelled() => return,
             polled = consumer.poll(RECORDS_PER_ENTRY_MAX, POLL_WAIT) => polled,
@@ -103,13 +122,20 @@ pub(super) async fn consume(
         }
         backoff.succeeded();
         node.report(&name, None).await;
+        // Only the partitions held: a record of another one would be no one's to take.
+        let records: Vec<Record> = records
+            .into_iter()
+            .filter(|r| owned.contains_key(&r.partition))
+            .collect();
         let Some(planned) = plan(&node, &name, records) else {
             return; // The trigger is gone.
         };
+        let fence = fence(&planned);
         if !take(
             &node,
             &name,
             planned,
+            fence,
             &consumer,
             dead_letter.as_ref(),
             &stop,
@@ -127,6 +153,7 @@ async fn take(
     node: &Node,
     name: &str,
     planned: Planned,
+    fence: Fence,
     consumer: &Consumer,
     dead_letter: Option<&(String, Producer)>,
     stop: &CancellationToken,
@@ -171,8 +198,9 @@ async fn take(
     if !planned.advances.is_empty() {
         loop {
             let starts = planned.starts.clone();
+            let advances = planned.advances.clone();
             match node
-                .propose_with_starts(name, starts, planned.advances.clone())
+                .propose_fenced_starts(name, starts, advances, Some(fence.clone()))
                 .await
             {
                 Ok(()) => {
@@ -182,15 +210,21 @@ async fn take(
                         .source_latency(name, now, &planned.timestamps_ms);
                     break;
                 }
+                Err(e) if e.code == ErrorCode::Conflict || e.code == ErrorCode::NotFound => {
+                    // The partitions moved to another node (or the trigger is gone): it goes
+                    // on from the cursor, which this entry did not move.
+                    tracing::info!(trigger = name, reason = %e.message, "the Kafka consumer stops: fenced");
+                    stop.cancel();
+                    return false;
+                }
                 Err(e) => {
                     tracing::warn!(trigger = name, error = %e, "could not start a Kafka trigger's jobs; trying again");
                     backoff.failed();
                     if !pause(stop, backoff.wait).await {
                         return false;
                     }
-                    if !node.inner.registry.figures().is_leader {
-                        // The next leader's consumer takes these records from the group's
-                        // offsets; its cursor says which it has.
+                    if !still_holds(node, name, &fence) {
+                        // The new owner reads these records from the cursor.
                         stop.cancel();
                         return false;
                     }
@@ -275,20 +309,15 @@ fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
     })
 }
 
-/// Reads the group's lag per partition into the status and the metrics.
-async fn read_lag(node: &Node, name: &str, consumer: &Consumer) {
-    match consumer.positions().await {
-        Ok(positions) => {
-            let lag: BTreeMap<i32, i64> = positions
-                .iter()
-                .map(|p| {
-                    let committed = p.committed.unwrap_or(0);
-                    (p.partition, (p.high_watermark - committed).max(0))
-                })
-                .collect();
-            node.inner.metrics.source_lag(name, &lag);
-            node.inner.sources.with(name, |s| s.lag = lag);
-        }
-        Err(e) => tracing::debug!(trigger = name, error = %e, "could not read the group's lag"),
-    }
+/// Whether this node still holds the fence's partitions at its epochs, as applied here.
+fn still_holds(node: &Node, name: &str, fence: &Fence) -> bool {
+    node.read(|s| {
+        let Some(cursor) = s.trigger(name).and_then(|t| t.kafka.as_ref()) else {
+            return false;
+        };
+        fence
+            .partitions
+            .iter()
+            .all(|&(p, epoch)| cursor.holds(fence.node, p, epoch))
+    })
 }
