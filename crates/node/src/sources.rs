@@ -393,6 +393,10 @@ type Reading = (triggers::KafkaSource, BTreeMap<i32, u64>);
 struct Consumers {
     tasks: JoinSet<()>,
     running: BTreeMap<String, (Reading, CancellationToken)>,
+    /// Per trigger, held by its consumer task while it runs: a consumer restarted with other
+    /// partitions waits until the one it replaces has ended (its entry in flight committed
+    /// or given up) before it reads the cursor, which that entry may still move.
+    turns: BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -421,6 +425,10 @@ impl Consumers {
             }
             keep
         });
+        // A turn is kept while a task may still hold it.
+        self.turns.retain(|name, turn| {
+            wanted.contains_key(name.as_str()) || std::sync::Arc::strong_count(turn) > 1
+        });
         // Reap the tasks that ended (stopped, fenced, or gave up on a client).
         while let Some(ended) = self.tasks.try_join_next() {
             if let Err(e) = ended {
@@ -436,11 +444,13 @@ impl Consumers {
             self.running
                 .insert(name.to_string(), (reading.clone(), stop.clone()));
             let (source, owned) = reading;
+            let turn = self.turns.entry(name.to_string()).or_default().clone();
             self.tasks.spawn(kafka::consume(
                 node.clone(),
                 name.to_string(),
                 source,
                 owned,
+                turn,
                 stop,
             ));
         }

@@ -13,6 +13,7 @@ use crate::Node;
 use events::kafka::{Consumer, Producer};
 use model::{Command, ErrorCode};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use triggers::{KafkaSource, Record};
@@ -45,8 +46,14 @@ pub(super) async fn consume(
     name: String,
     source: KafkaSource,
     owned: BTreeMap<i32, u64>,
+    turn: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
 ) {
+    // The consumer this one replaces has ended once this is held (see `Consumers::turns`).
+    let _turn = tokio::select! {
+        () = stop.cancelled() => return,
+        held = turn.lock_owned() => held,
+    };
     let mut backoff = Backoff::new();
     let consumer = loop {
         // The cursor as applied here once the node holds the partitions: no one else can
