@@ -1,8 +1,12 @@
 //! Consuming a Kafka topic for a trigger, through librdkafka (`rdkafka`).
 //!
-//! A [`Consumer`] joins the trigger's consumer group with automatic commits off: the node
-//! commits a partition's offset itself ([`Consumer::commit`]) once the jobs of the records
-//! before it are in the log. The client reconnects to brokers by itself; what it reports
+//! A trigger's [`Consumer`] is assigned the partitions its node holds
+//! ([`Consumer::assigned`], from the trigger's cursor; no group membership, so no
+//! rebalancing), with automatic commits off: the node commits a partition's offset in the
+//! trigger's group itself ([`Consumer::commit`]) once the jobs of the records before it are
+//! in the log, for lag tools. [`Consumer::new`] joins a group instead (a reader of a
+//! dead-letter topic). A [`Topic`] tells the leader a topic's partitions and high
+//! watermarks. The client reconnects to brokers by itself; what it reports
 //! meanwhile (all brokers down, an unknown topic) is kept as the consumer's latest error
 //! ([`Consumer::error`]) so the trigger can say so, and cleared when records flow again.
 

@@ -1,9 +1,10 @@
 //! Event sources: the IO of triggers that watch something outside the cluster. Bucket
-//! triggers list a prefix of the object store ([`bucket`]); Kafka triggers consume a topic in
-//! a consumer group and commit its offsets ([`kafka`], behind the default-on `kafka`
+//! triggers list a prefix of the object store ([`bucket`]); Kafka triggers consume the
+//! partitions of a topic their node holds and commit the group's offsets, and the leader
+//! reads a topic's partitions and high watermarks ([`kafka`], behind the default-on `kafka`
 //! feature). What a listing or a record means (which objects are new, the jobs' inputs and
-//! keys, the cursors) is the pure `triggers` crate's; proposing the jobs is `node`'s, which
-//! wires this crate in `node::sources`.
+//! keys, the cursors, where partitions go) is the pure `triggers` crate's; proposing the jobs
+//! is `node`'s, which wires this crate in `node::sources` and `node::partitions`.
 //!
 //! This is the only crate that knows `rdkafka`.
 

@@ -53,7 +53,13 @@ pub(crate) async fn place(node: Node) {
             () = tokio::time::sleep(PLACE_PASS) => {}
         }
         if !node.inner.registry.figures().is_leader {
-            placing.clear();
+            // The watermarks this node read are the leader's to show now.
+            let sources = &node.inner.sources;
+            for name in std::mem::take(&mut placing).into_keys() {
+                if sources.get(&name).is_some() {
+                    sources.with(&name, |s| s.high_watermarks.clear());
+                }
+            }
             continue;
         }
         let active: Vec<Trigger> = node.read(|s| {

@@ -113,7 +113,7 @@ impl Statuses {
         all.retain(|name, _| keep(name));
     }
 
-    fn get(&self, name: &str) -> Option<SourceStatus> {
+    pub(crate) fn get(&self, name: &str) -> Option<SourceStatus> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
