@@ -134,10 +134,12 @@ def open_loop(run, workflow, rate, seconds, threads=64):
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(count)))
     if not latencies:
-        raise SystemExit(f"{workflow}: every run failed: {errors[:3]}")
+        return {"rate": rate, "runs": count, "errors": len(errors), "p50_ms": None,
+                "p99_ms": None, "first_errors": errors[:3]}
     return {
         "rate": rate, "runs": count, "errors": len(errors),
         "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+        "first_errors": errors[:3],
     }
 
 
@@ -428,6 +430,14 @@ SYSTEMS = {
 }
 
 
+def ms(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def ratio(a, b):
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
 def table(results, args):
     base = results.get("chorus-1")
     lines = []
@@ -441,8 +451,10 @@ def table(results, args):
             lat, thr = r[wf]["latency"], r[wf]["throughput"]
             # Over its capacity the open loop only measures a growing queue: marked with *.
             mark = "*" if thr["runs_per_s"] < lat["rate"] else ""
-            cells += [f"{lat['p50_ms']:.1f}{mark}", f"{lat['p99_ms']:.1f}{mark}",
-                      f"{thr['runs_per_s']:.1f}"]
+            # Runs that failed (an error answer, a time-out) are counted apart: marked with !.
+            mark += f" ({lat['errors']} failed)" if lat["errors"] else ""
+            cells += [ms(lat["p50_ms"]) + mark, ms(lat["p99_ms"]) + mark,
+                      f"{thr['runs_per_s']:.1f}" + (f" ({thr['errors']} failed)" if thr["errors"] else "")]
         lines.append(f"| {label} | {'yes' if durable else 'no'} | " + " | ".join(cells) + " |")
     if base:
         lines += ["", "Ratios against chorus on 1 node (latency: peer / chorus, above 1 = chorus faster; "
@@ -455,9 +467,9 @@ def table(results, args):
             cells = []
             for wf in ("seq3", "fan100"):
                 b, p = base[wf], r[wf]
-                cells += [f"{p['latency']['p50_ms'] / b['latency']['p50_ms']:.2f}",
-                          f"{p['latency']['p99_ms'] / b['latency']['p99_ms']:.2f}",
-                          f"{b['throughput']['runs_per_s'] / max(p['throughput']['runs_per_s'], 1e-9):.2f}"]
+                cells += [ratio(p["latency"]["p50_ms"], b["latency"]["p50_ms"]),
+                          ratio(p["latency"]["p99_ms"], b["latency"]["p99_ms"]),
+                          ratio(b["throughput"]["runs_per_s"], p["throughput"]["runs_per_s"])]
             lines.append(f"| {SYSTEMS[name][0]} | " + " | ".join(cells) + " |")
     lines += ["", "* the system's maximum runs/s is below the open-loop rate: its latency is a queue's.",
               "", f"Open loop: seq3 at {args.seq_rate:g} runs/s, fan100 at {args.fan_rate:g} runs/s, "

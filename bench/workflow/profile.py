@@ -8,6 +8,8 @@ run started, all on the leader's clock):
   `StartAttempts` entry committed;
 - execute: attempt started -> attempt ended: the node handing the job to a worker process,
   the worker's reply, and the `FinishAttempts` entry committed;
+- finish: the last job ended -> the run finished: one more driver pass and `RunCommands`
+  entry (the last step finishes, the run ends);
 - client: the run ended -> the client holds the answer of its wait.
 
 Usage: bench/.venv/bin/python bench/workflow/profile.py --chorus target/release/chorus
@@ -51,13 +53,14 @@ def main():
                                     ("execute", attempt["finished_at_ms"] - attempt["started_at_ms"])):
                     phases.setdefault((step, name), []).append(value)
                 previous_end = attempt["finished_at_ms"] - base
+            phases.setdefault(("run", "finish"), []).append(r["finished_at_ms"] - base - previous_end)
             phases.setdefault(("run", "total"), []).append(r["finished_at_ms"] - base)
             phases.setdefault(("run", "client"), []).append(seen_ms - r["finished_at_ms"])
     finally:
         stop()
     for (step, name), values in phases.items():
         print(f"{step:>4} {name:<8} median {statistics.median(values):6.1f} ms   "
-              f"max {max(values):6.1f} ms")
+              f"mean {statistics.mean(values):6.1f} ms   max {max(values):6.1f} ms")
 
 
 if __name__ == "__main__":

@@ -35,5 +35,11 @@ else
     (cd "$root" && cargo build --release --quiet -p chorus)
     chorus="$root/target/release/chorus"
 fi
-echo "host: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%dT%H:%MZ)" >&2
-exec "$venv/bin/python" "$here/bench.py" all --chorus "$chorus" "$@"
+# Other work on the machine skews every figure, fsync-bound ones most: say how busy it was.
+pressure() {
+    echo "host: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), IO pressure" \
+        "($1) $(head -1 /proc/pressure/io 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)" >&2
+}
+pressure before
+"$venv/bin/python" "$here/bench.py" all --chorus "$chorus" "$@"
+pressure after
