@@ -144,7 +144,7 @@ def open_loop(run, workflow, rate, seconds, threads=64):
 
 
 def closed_loop(run, workflow, clients, seconds):
-    done, errors = [0], [0]
+    done, errors, first_errors = [0], [0], []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
@@ -154,9 +154,11 @@ def closed_loop(run, workflow, clients, seconds):
                 run(workflow)
                 with lock:
                     done[0] += 1
-            except Exception:
+            except Exception as e:  # counted, and the first few kept for the JSON
                 with lock:
                     errors[0] += 1
+                    if len(first_errors) < 3:
+                        first_errors.append(repr(e))
 
     t0 = time.perf_counter()
     workers = [threading.Thread(target=client) for _ in range(clients)]
@@ -165,7 +167,8 @@ def closed_loop(run, workflow, clients, seconds):
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - t0
-    return {"clients": clients, "runs": done[0], "errors": errors[0], "runs_per_s": done[0] / elapsed}
+    return {"clients": clients, "runs": done[0], "errors": errors[0],
+            "runs_per_s": done[0] / elapsed, "first_errors": first_errors}
 
 
 def measure(run, args):

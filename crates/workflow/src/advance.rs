@@ -311,14 +311,15 @@ impl Pass<'_> {
                         None => RunScope::new(&self.run),
                     };
                     let rendered = render_input(&step.input, &scope)
+                        .map_err(|(code, message)| (code, format!("input: {message}")))
                         .and_then(|input| Ok((input, render_files(&step.files, &scope)?)));
                     match rendered {
                         Ok((input, files)) => (1, input, files),
                         Err((code, message)) => {
                             let message = if fans_out {
-                                format!("element {i}: input: {message}")
+                                format!("element {i}: {message}")
                             } else {
-                                format!("input: {message}")
+                                message
                             };
                             return self.fail(step, code, message);
                         }

@@ -1281,10 +1281,10 @@ fn files_are_rendered_once_per_element_and_kept_for_retries() {
         expect![[r#"
             @0
               start step each over ["flac"]
-              fail step each: invalid_input: element 0: input: files: gave an object, not an object key or URL (a string)
-              end run failed: invalid_input: step "each" failed: element 0: input: files: gave an object, not an object key or URL (a string)
+              fail step each: invalid_input: element 0: files: gave an object, not an object key or URL (a string)
+              end run failed: invalid_input: step "each" failed: element 0: files: gave an object, not an object key or URL (a string)
               finish run failed
             run: failed
-              each: failed (round 0) error invalid_input: element 0: input: files: gave an object, not an object key or URL (a string)"#]],
+              each: failed (round 0) error invalid_input: element 0: files: gave an object, not an object key or URL (a string)"#]],
     );
 }
