@@ -16,6 +16,7 @@ mod object;
 pub mod protocol;
 mod runs;
 pub mod signature;
+mod source;
 mod state;
 mod strategy;
 mod trigger;
@@ -42,6 +43,11 @@ pub use object::{
 pub use runs::{
     workflow_error, FailedHook, PendingHook, Run, RunFilter, HOOKS_PENDING_MAX, RUNS_LIST_MAX,
     RUN_INPUT_BYTES_MAX,
+};
+pub use source::{
+    DeadLetter, PendingDeadLetter, Source, SourceCounts, SourceSpec,
+    DEAD_LETTERS_PENDING_BYTES_MAX, DEAD_LETTERS_PENDING_MAX, DEAD_LETTERS_PER_COMMAND_MAX,
+    DEAD_LETTER_BYTES_MAX, SOURCES_MAX,
 };
 pub use state::{
     ApiKey, JobCounts, Scope, SeenNonce, State, INPUT_BYTES_MAX, NONCES_MAX, OUTPUT_BYTES_MAX,

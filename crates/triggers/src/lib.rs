@@ -18,6 +18,7 @@ mod event;
 mod filter;
 mod job;
 mod kafka;
+mod source;
 mod spec;
 
 pub use bucket::{
@@ -36,6 +37,10 @@ pub use job::{
     event_input, kafka_idempotency_key, kafka_input,
 };
 pub use kafka::{batches, judge, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX};
+pub use source::{
+    DeadLetter, Destination, KafkaTopic, SourceSpec, DEAD_LETTER_PREFIX_LEN_MAX,
+    SOURCE_DESCRIPTION_LEN_MAX, SOURCE_OWNER_LEN_MAX,
+};
 pub use spec::{
     BucketSource, CronSource, EventSource, KafkaSource, Missed, Target, TriggerSpec,
     BUCKET_PREFIX_LEN_MAX, CATCH_UP_DEFAULT, CRON_LEN_MAX, KAFKA_BATCH_MAX,
