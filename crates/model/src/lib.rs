@@ -45,7 +45,7 @@ pub use runs::{
     RUN_INPUT_BYTES_MAX,
 };
 pub use source::{
-    DeadLetter, PendingDeadLetter, Source, SourceCounts, SourceSpec,
+    source_error, DeadLetter, PendingDeadLetter, Source, SourceCounts, SourceSpec,
     DEAD_LETTERS_PENDING_BYTES_MAX, DEAD_LETTERS_PENDING_MAX, DEAD_LETTERS_PER_COMMAND_MAX,
     DEAD_LETTER_BYTES_MAX, SOURCES_MAX,
 };

@@ -193,7 +193,7 @@ impl State {
 
     fn register_source(&mut self, now_ms: u64, spec: SourceSpec) -> Response {
         if let Err(e) = spec.validate() {
-            return Response::Rejected(trigger_error(e));
+            return Response::Rejected(source_error(e));
         }
         if self.sources.contains_key(&spec.name) {
             return Response::Rejected(ApiError::new(
@@ -389,8 +389,8 @@ fn no_source(name: &str) -> Response {
     ))
 }
 
-/// A `triggers` error as the API says it.
-pub(crate) fn trigger_error(e: triggers::Error) -> ApiError {
+/// A `triggers` error (a spec refused, a record refused) as the API says it.
+pub fn source_error(e: triggers::Error) -> ApiError {
     let code = match e.code {
         triggers::Code::TooLarge => ErrorCode::TooLarge,
         triggers::Code::InvalidInput | triggers::Code::InvalidEvent => ErrorCode::InvalidInput,

@@ -805,7 +805,7 @@ impl State {
         }
     }
     fn create_trigger(&mut self, now_ms: u64, spec: TriggerSpec) -> Response {
-        let invalid = |e| Response::Rejected(crate::source::trigger_error(e));
+        let invalid = |e| Response::Rejected(crate::source::source_error(e));
         if let Err(e) = spec.validate() {
             return invalid(e);
         }

@@ -21,6 +21,9 @@ mod kafka;
 mod source;
 mod spec;
 
+/// A compiled record schema.
+pub use jsonschema::Validator;
+
 pub use bucket::{
     BucketCursor, ObjectVersion, Seen, BUCKET_LOOKBACK_MS, BUCKET_OBJECTS_PER_PASS_MAX,
     BUCKET_SEEN_MAX, BUCKET_SUFFIXES_MAX,
@@ -36,9 +39,11 @@ pub use job::{
     bucket_idempotency_key, bucket_input, cron_idempotency_key, cron_input, event_idempotency_key,
     event_input, kafka_idempotency_key, kafka_input,
 };
-pub use kafka::{batches, judge, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX};
+pub use kafka::{
+    batches, judge, judge_json, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX,
+};
 pub use source::{
-    DeadLetter, Destination, KafkaTopic, SourceSpec, DEAD_LETTER_PREFIX_LEN_MAX,
+    judge_event, DeadLetter, Destination, KafkaTopic, SourceSpec, DEAD_LETTER_PREFIX_LEN_MAX,
     SOURCE_DESCRIPTION_LEN_MAX, SOURCE_OWNER_LEN_MAX,
 };
 pub use spec::{

@@ -224,6 +224,17 @@ impl SourceSpec {
     }
 }
 
+/// Whether a CloudEvent's data matches a source's schema: it must have JSON data
+/// (`invalid_input`) that matches (`schema_mismatch`).
+pub fn judge_event(event: &crate::Event, schema: &jsonschema::Validator) -> Result<(), Error> {
+    match event.data_json() {
+        Some(data) => crate::kafka::judge_value("the event's data", data, schema),
+        None => Err(Error::input(
+            "the event has no JSON data for the source's schema to judge",
+        )),
+    }
+}
+
 /// A trigger's or a source's name: 1 to [`TRIGGER_NAME_LEN_MAX`] characters of a-z, 0-9,
 /// '-', '_' and '.', not starting with '.' (it is part of job keys and object keys).
 pub(crate) fn check_name(name: &str, what: &str) -> Result<(), Error> {
