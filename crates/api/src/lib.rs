@@ -7,6 +7,7 @@ mod error;
 mod listener;
 mod routes;
 mod runs;
+mod source_routes;
 mod trigger_routes;
 
 use auth::Nonces;
@@ -48,6 +49,8 @@ const WORKFLOW_BODY_BYTES_MAX: usize = model::workflow::SPEC_BYTES_MAX;
 const RUN_BODY_BYTES_MAX: usize = model::RUN_INPUT_BYTES_MAX + 64 * 1024;
 /// A trigger spec around an input of at most `triggers::TRIGGER_INPUT_BYTES_MAX`.
 const TRIGGER_BODY_BYTES_MAX: usize = triggers::TRIGGER_INPUT_BYTES_MAX + 64 * 1024;
+/// A source spec around a schema of at most `triggers::RECORD_SCHEMA_BYTES_MAX`.
+const SOURCE_BODY_BYTES_MAX: usize = triggers::RECORD_SCHEMA_BYTES_MAX + 64 * 1024;
 /// CloudEvents posted to `/v1/events/ingest` (one, or a batch).
 const EVENTS_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
@@ -111,6 +114,17 @@ pub fn router(node: Node) -> Router {
         .route(
             "/v1/triggers/{name}/resume",
             small(post(trigger_routes::resume_trigger)),
+        )
+        .route(
+            "/v1/sources",
+            limited(
+                post(source_routes::register_source).get(source_routes::list_sources),
+                SOURCE_BODY_BYTES_MAX,
+            ),
+        )
+        .route(
+            "/v1/sources/{name}",
+            small(get(source_routes::get_source).delete(source_routes::delete_source)),
         )
         .route(
             "/v1/events/ingest",

@@ -52,6 +52,8 @@ pub use source::{
 pub use state::{
     ApiKey, JobCounts, Scope, SeenNonce, State, INPUT_BYTES_MAX, NONCES_MAX, OUTPUT_BYTES_MAX,
 };
+/// Where a source's dead letters go, as its spec says (`topic` or `prefix`).
+pub use triggers::DeadLetter as DeadLetterSpec;
 
 /// A key's last use is recorded to within this: a node proposes a use only when the one
 /// the log holds is older, so a busy key costs one log entry a minute, not one a request.
