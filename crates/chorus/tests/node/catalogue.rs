@@ -5,7 +5,8 @@
 
 use crate::harness::{free_port, wait_until, TestNode};
 use crate::sources::{
-    all_jobs, create_topic, must_commit_to, must_read_dead_letters, plays_started, tansu_on,
+    all_jobs, create_topic, must_commit_to, must_read_dead_letters, plays_started, s3, s3_put,
+    tansu_on,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -283,4 +284,78 @@ async fn an_ingest_source_dead_letters_refused_events_and_jobs_to_objects() {
         listed["sources"][0]["spec"]["owner"], "label-team",
         "{listed}"
     );
+}
+
+/// A bucket prefix of an S3-compatible store (moto's server) registered with a schema: a
+/// `.json` object that fails it starts no job and is dead-lettered under the source's
+/// prefix, in the same store, with the reason; the others start their jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_source_dead_letters_json_objects_that_fail_its_schema() {
+    let server = s3("labels").await;
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let node = TestNode::start_with_env(&["--storage", "s3://labels"], &env).await;
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    let store = storage::Store::open("s3://labels").unwrap();
+    let spec: model::SourceSpec = serde_json::from_value(json!({
+        "name": "drops",
+        "owner": "label-ops",
+        "bucket": { "prefix": "drops/", "suffixes": [".json", ".flac"] },
+        "schema": { "type": "object", "required": ["artist"] },
+        "dead_letter": { "prefix": "dead/" },
+    }))
+    .unwrap();
+    node.client.register_source(&spec).await.unwrap();
+    let trigger: model::TriggerSpec = serde_json::from_value(json!({
+        "name": "on-drop", "function": "noop", "source": "drops",
+    }))
+    .unwrap();
+    node.client.create_trigger(&trigger).await.unwrap();
+    s3_put(&store, "drops/a.json", r#"{"artist": "A"}"#).await;
+    s3_put(&store, "drops/b.json", r#"{"title": "no artist"}"#).await;
+    s3_put(&store, "drops/c.json", "not json").await;
+    s3_put(&store, "drops/d.flac", "audio").await;
+    wait_until("the good objects started jobs", || async {
+        all_jobs(&node, "noop").await.len() == 2
+    })
+    .await;
+    let s = must_count(&node, "drops", (2, 0, 2)).await;
+    assert_eq!(s["seen"]["records_in"], 4, "{s}");
+    let listing = store.list("dead/drops/", 10).await.unwrap();
+    assert_eq!(listing.objects.len(), 2, "{listing:?}");
+    let mut reasons = BTreeMap::new();
+    for o in &listing.objects {
+        let letter: Value =
+            serde_json::from_slice(&store.get_bytes(&o.key, 1 << 20).await.unwrap()).unwrap();
+        let key = letter["record"]["key"].as_str().unwrap().to_string();
+        reasons.insert(key, letter["error"]["code"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        reasons,
+        BTreeMap::from([
+            ("drops/b.json".to_string(), "schema_mismatch".to_string()),
+            ("drops/c.json".to_string(), "invalid_input".to_string()),
+        ])
+    );
+    let started: Vec<String> = all_jobs(&node, "noop")
+        .await
+        .iter()
+        .map(|j| {
+            j.input["trigger"]["object"]["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(started.len(), 2);
+    assert!(started.contains(&"drops/a.json".to_string()), "{started:?}");
+    assert!(started.contains(&"drops/d.flac".to_string()), "{started:?}");
 }

@@ -71,7 +71,7 @@ impl Server {
 }
 
 /// moto's S3-compatible server on a free port, with one bucket.
-async fn s3(bucket: &str) -> Server {
+pub(crate) async fn s3(bucket: &str) -> Server {
     let port = free_port();
     let mut command = Command::new(venv_program("bin/moto_server", "moto[server]"));
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
@@ -88,7 +88,7 @@ async fn s3(bucket: &str) -> Server {
 
 /// Writes an object straight into the S3 bucket, as a label's upload tool would: through a
 /// store of the test's own (moto refuses unsigned object writes).
-async fn s3_put(store: &storage::Store, key: &str, body: &str) {
+pub(crate) async fn s3_put(store: &storage::Store, key: &str, body: &str) {
     store
         .put_bytes(key, bytes::Bytes::from(body.to_string()))
         .await
