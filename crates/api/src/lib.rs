@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 /// The dashboard's runs view (runs, a run's DAG, its workflow's statistics), loaded by the page.
 pub(crate) const DASHBOARD_RUNS_JS: &str = include_str!("dashboard/runs.js");
+/// The dashboard's sources panel, served next to the page at `/sources.js`.
+pub(crate) const DASHBOARD_SOURCES_JS: &str = include_str!("dashboard/sources.js");
 
 /// The OpenAPI 3.1 document, written by hand and checked against the routes by a test.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -80,6 +82,7 @@ pub fn router(node: Node) -> Router {
     Router::new()
         .route("/", get(routes::dashboard))
         .route("/runs.js", get(routes::dashboard_runs_js))
+        .route("/sources.js", get(routes::dashboard_sources_js))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
