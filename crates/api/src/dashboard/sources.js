@@ -1,21 +1,13 @@
 // The dashboard's sources panel: every source of the catalogue with its records in,
 // rejected and dead-lettered records, its throughput and its Kafka lag, and a small chart
 // of throughput and lag over the last hour (the node's samples, one every 10 s). Loaded by
-// index.html after its own script, whose signed `api()` call, `el()` helper and key
-// (`hmacKey`) it uses; it only reads.
+// index.html after its own script and runs.js, whose signed `api()` call, `el()` and
+// `svgEl()` helpers and key (`hmacKey`) it uses; it only reads.
 "use strict";
 
 const CHART_W = 240, CHART_H = 44;
 // Line colours; the test reads the same values.
 const LINE = { throughput: "#4f8cef", lag: "#f5a524" };
-const SOURCE_SVG_NS = "http://www.w3.org/2000/svg";
-
-const sourceSvg = (tag, attrs = {}, ...kids) => {
-  const e = document.createElementNS(SOURCE_SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  e.append(...kids);
-  return e;
-};
 
 // Records per second between consecutive samples (a node restart resets its counters: a
 // fall counts as nothing).
@@ -34,13 +26,13 @@ function line(points, key, colour, from, to) {
   const x = (t) => ((t - from) / Math.max(1, to - from)) * (CHART_W - 2) + 1;
   const y = (v) => CHART_H - 2 - (v / max) * (CHART_H - 4);
   const d = points.map((p) => `${x(p.at_ms).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
-  return sourceSvg("polyline", { class: key, points: d, fill: "none", stroke: colour, "stroke-width": 2 });
+  return svgEl("polyline", { class: key, points: d, fill: "none", stroke: colour, "stroke-width": 2 });
 }
 
 function chart(name, samples) {
   const points = rates(samples);
-  const svg = sourceSvg("svg", { class: "source-chart", "data-chart": name, width: CHART_W, height: CHART_H, viewBox: `0 0 ${CHART_W} ${CHART_H}` },
-    sourceSvg("rect", { x: 0, y: 0, width: CHART_W, height: CHART_H, rx: 5, fill: "#0b0e18" }));
+  const svg = svgEl("svg", { class: "source-chart", "data-chart": name, width: CHART_W, height: CHART_H, viewBox: `0 0 ${CHART_W} ${CHART_H}` },
+    svgEl("rect", { x: 0, y: 0, width: CHART_W, height: CHART_H, rx: 5, fill: "#0b0e18" }));
   if (points.length < 1) return el("span", { className: "empty" }, "collecting…");
   const to = points[points.length - 1].at_ms, from = Math.min(points[0].at_ms, to - 3600 * 1000);
   svg.append(line(points, "rate", LINE.throughput, from, to), line(points, "lag", LINE.lag, from, to));
