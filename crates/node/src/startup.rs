@@ -117,6 +117,7 @@ impl Node {
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
                 key_uses: Default::default(),
                 sources: Default::default(),
+                catalogue: Default::default(),
             }),
         })
     }
@@ -260,6 +261,8 @@ impl Node {
         tasks.spawn(crate::objects::repair(self.clone()));
         tasks.spawn(requests::flush_key_uses(self.clone()));
         tasks.spawn(sources::watch(self.clone()));
+        tasks.spawn(crate::catalogue::sample(self.clone()));
+        tasks.spawn(crate::dead_letter::deliver(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:
