@@ -176,7 +176,9 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
         || (path.starts_with("/v1/workflows") && method != Method::GET)
         // A trigger is standing work, started without anyone asking: an admin's, as a
         // function is.
-        || (path.starts_with("/v1/triggers") && method != Method::GET);
+        || (path.starts_with("/v1/triggers") && method != Method::GET)
+        // So is a source: triggers read it, its dead letters go where it says.
+        || (path.starts_with("/v1/sources") && method != Method::GET);
     if admin {
         Scope::Admin
     } else if method == Method::GET || method == Method::HEAD {
@@ -469,5 +471,11 @@ mod tests {
             Scope::Admin
         );
         assert_eq!(required_scope(&Method::GET, "/v1/triggers"), Scope::Read);
+        assert_eq!(required_scope(&post, "/v1/sources"), Scope::Admin);
+        assert_eq!(
+            required_scope(&Method::DELETE, "/v1/sources/s"),
+            Scope::Admin
+        );
+        assert_eq!(required_scope(&Method::GET, "/v1/sources/s"), Scope::Read);
     }
 }

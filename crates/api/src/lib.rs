@@ -7,6 +7,7 @@ mod error;
 mod listener;
 mod routes;
 mod runs;
+mod source_routes;
 mod trigger_routes;
 
 use auth::Nonces;
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 /// The dashboard's runs view (runs, a run's DAG, its workflow's statistics), loaded by the page.
 pub(crate) const DASHBOARD_RUNS_JS: &str = include_str!("dashboard/runs.js");
+/// The dashboard's sources panel, served next to the page at `/sources.js`.
+pub(crate) const DASHBOARD_SOURCES_JS: &str = include_str!("dashboard/sources.js");
 
 /// The OpenAPI 3.1 document, written by hand and checked against the routes by a test.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -48,6 +51,8 @@ const WORKFLOW_BODY_BYTES_MAX: usize = model::workflow::SPEC_BYTES_MAX;
 const RUN_BODY_BYTES_MAX: usize = model::RUN_INPUT_BYTES_MAX + 64 * 1024;
 /// A trigger spec around an input of at most `triggers::TRIGGER_INPUT_BYTES_MAX`.
 const TRIGGER_BODY_BYTES_MAX: usize = triggers::TRIGGER_INPUT_BYTES_MAX + 64 * 1024;
+/// A source spec around a schema of at most `triggers::RECORD_SCHEMA_BYTES_MAX`.
+const SOURCE_BODY_BYTES_MAX: usize = triggers::RECORD_SCHEMA_BYTES_MAX + 64 * 1024;
 /// CloudEvents posted to `/v1/events/ingest` (one, or a batch).
 const EVENTS_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
@@ -77,6 +82,7 @@ pub fn router(node: Node) -> Router {
     Router::new()
         .route("/", get(routes::dashboard))
         .route("/runs.js", get(routes::dashboard_runs_js))
+        .route("/sources.js", get(routes::dashboard_sources_js))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -111,6 +117,17 @@ pub fn router(node: Node) -> Router {
         .route(
             "/v1/triggers/{name}/resume",
             small(post(trigger_routes::resume_trigger)),
+        )
+        .route(
+            "/v1/sources",
+            limited(
+                post(source_routes::register_source).get(source_routes::list_sources),
+                SOURCE_BODY_BYTES_MAX,
+            ),
+        )
+        .route(
+            "/v1/sources/{name}",
+            small(get(source_routes::get_source).delete(source_routes::delete_source)),
         )
         .route(
             "/v1/events/ingest",

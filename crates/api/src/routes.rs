@@ -45,6 +45,14 @@ pub(crate) async fn dashboard_runs_js() -> Response {
         .into_response()
 }
 
+pub(crate) async fn dashboard_sources_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        crate::DASHBOARD_SOURCES_JS,
+    )
+        .into_response()
+}
+
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }

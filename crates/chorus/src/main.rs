@@ -18,6 +18,7 @@ mod demo_cmd;
 mod ingest_cmd;
 mod runs_cmd;
 mod serve_cmd;
+mod source_cmd;
 mod synth;
 mod trigger_cmd;
 
@@ -55,6 +56,9 @@ enum Cmd {
     /// or workflow runs by themselves.
     // Boxed: its create command's many options would size every variant.
     Triggers(Box<trigger_cmd::TriggersArgs>),
+    /// The source catalogue: Kafka topics, bucket prefixes and the CloudEvents ingest, with
+    /// owners, schemas, dead-letter destinations and counts.
+    Sources(Box<source_cmd::SourcesArgs>),
     /// List, inspect, cancel jobs and read their logs.
     Jobs(client_cmd::JobsArgs),
     /// Deploy and list functions.
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Cmd::Submit(args) => runtime().and_then(|rt| rt.block_on(client_cmd::submit(args))),
         Cmd::Invoke(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::invoke(args))),
         Cmd::Triggers(args) => runtime().and_then(|rt| rt.block_on(trigger_cmd::triggers(*args))),
+        Cmd::Sources(args) => runtime().and_then(|rt| rt.block_on(source_cmd::sources(*args))),
         Cmd::Jobs(args) => runtime().and_then(|rt| rt.block_on(client_cmd::jobs(args))),
         Cmd::Functions(args) => runtime().and_then(|rt| rt.block_on(client_cmd::functions(args))),
         Cmd::Workflows(args) => runtime().and_then(|rt| rt.block_on(runs_cmd::workflows(args))),

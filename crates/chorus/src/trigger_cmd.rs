@@ -140,6 +140,10 @@ enum TriggersCmd {
         /// in their headers.
         #[arg(long, requires = "kafka_brokers")]
         dead_letter: Option<String>,
+        /// Read a source of the catalogue (`chorus sources register`), with its connection,
+        /// schema and dead-letter destination.
+        #[arg(long, conflicts_with_all = ["cron", "events", "bucket", "kafka_brokers"])]
+        source: Option<String>,
     },
     List,
     Get {
@@ -178,6 +182,7 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         batch,
         schema,
         dead_letter,
+        source,
     } = command
     else {
         bail!("not a create command")
@@ -190,13 +195,17 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         (None, Some(workflow)) => spec["workflow"] = workflow.into(),
         _ => bail!("a trigger takes one of --function F and --workflow W"),
     }
+    if let Some(source) = source {
+        spec["source"] = source.into();
+        return Ok(spec);
+    }
     let sources = usize::from(cron.is_some())
         + usize::from(events)
         + usize::from(bucket.is_some())
         + usize::from(kafka_brokers.is_some());
     if sources != 1 {
         bail!(
-            "a trigger takes one of --cron SCHEDULE, --events, --bucket PREFIX and --kafka-brokers"
+            "a trigger takes one of --cron SCHEDULE, --events, --bucket PREFIX, --kafka-brokers and --source NAME"
         );
     }
     if let Some(prefix) = bucket {
@@ -283,6 +292,10 @@ fn print_trigger(t: &serde_json::Value) -> anyhow::Result<()> {
         (Some(function), _) => function.to_string(),
         (None, Some(workflow)) => format!("workflow:{workflow}"),
         (None, None) => "?".to_string(),
+    };
+    let what = match spec["source"].as_str() {
+        Some(source) => format!("source {source}: {what}"),
+        None => what,
     };
     outln!(
         "{:<24} {:<20} {:<7} {what}",

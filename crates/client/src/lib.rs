@@ -547,6 +547,41 @@ impl Client {
             .await
     }
 
+    /// Registers a source in the catalogue.
+    pub async fn register_source(
+        &self,
+        spec: &model::SourceSpec,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_value(spec).expect("specs serialize");
+        self.json(Method::POST, "/v1/sources", Some(&body)).await
+    }
+
+    /// Every source, with its counts (and its latest hour of samples, with `samples`).
+    pub async fn sources(&self, samples: bool) -> Result<serde_json::Value, ClientError> {
+        let path = if samples {
+            "/v1/sources?samples=true"
+        } else {
+            "/v1/sources"
+        };
+        self.json(Method::GET, path, None).await
+    }
+
+    pub async fn source(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, &format!("/v1/sources/{name}"), None)
+            .await
+    }
+
+    pub async fn delete_source(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("/v1/sources/{name}"),
+            Vec::new(),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Posts CloudEvents to `/v1/events/ingest`: `content_type` picks the mode
     /// (`application/cloudevents+json`, `application/cloudevents-batch+json`, or the data's
     /// own type with `ce-*` headers for binary mode). Answers the status and the body, so

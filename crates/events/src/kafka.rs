@@ -431,7 +431,8 @@ impl Producer {
         .await
     }
 
-    async fn send_with_headers(
+    /// Sends one record with headers and waits for the broker's acknowledgement.
+    pub async fn send_with_headers(
         &self,
         topic: &str,
         partition: Option<i32>,

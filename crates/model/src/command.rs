@@ -273,6 +273,28 @@ pub enum Command {
         partitions: Vec<(i32, u64)>,
         command: Box<Command>,
     },
+    /// A new source of the catalogue (refused if its spec is invalid, its name is taken or
+    /// there are [`crate::SOURCES_MAX`]).
+    RegisterSource {
+        now_ms: u64,
+        spec: crate::SourceSpec,
+    },
+    /// Refused while a trigger reads the source or dead letters of it wait for delivery.
+    DeleteSource {
+        name: String,
+    },
+    /// Records sources refused (or whose jobs refused them): counted, and queued for their
+    /// source's dead-letter destination (see [`crate::PendingDeadLetter`]). Proposed in the
+    /// entry that moves a trigger's cursor past them; all or nothing.
+    DeadLetters {
+        now_ms: u64,
+        letters: Vec<crate::DeadLetter>,
+    },
+    /// The leader delivered these dead letters: they leave the queue and are counted.
+    /// Numbers no longer pending are passed over.
+    DeadLettersDone {
+        delivered: Vec<u64>,
+    },
     /// Commands from many callers grouped into one log entry (group commit).
     Batch(Vec<Command>),
     /// A command proposed while serving a client's signed request: the log orders the
@@ -317,6 +339,8 @@ impl Command {
             | Command::ControlRun { now_ms, .. }
             | Command::RecordObjects { now_ms, .. }
             | Command::CreateTrigger { now_ms, .. }
+            | Command::RegisterSource { now_ms, .. }
+            | Command::DeadLetters { now_ms, .. }
             | Command::PauseTrigger { now_ms, .. } => Some(now_ms),
             Command::Signed { command, .. } | Command::Fenced { command, .. } => {
                 command.now_ms_mut()
@@ -338,6 +362,8 @@ impl Command {
             | Command::AdvanceBucket { .. }
             | Command::AdvanceKafka { .. }
             | Command::AssignKafka { .. }
+            | Command::DeleteSource { .. }
+            | Command::DeadLettersDone { .. }
             | Command::Batch(_) => None,
         }
     }
@@ -362,10 +388,13 @@ impl Command {
             | Command::AdvanceBucket { .. }
             | Command::AdvanceKafka { .. }
             | Command::AssignKafka { .. }
+            | Command::DeadLettersDone { .. }
             | Command::KeysUsed { .. } => true,
             Command::StartRun {
                 idempotency_key, ..
             } => idempotency_key.is_some(),
+            // Letters of Kafka records are passed over once the cursor is past them.
+            Command::DeadLetters { letters, .. } => letters.iter().all(|l| l.kafka.is_some()),
             Command::Batch(commands) => commands.iter().all(Command::is_idempotent),
             // Sent again, it carries the same request: its nonce is not taken for a replay.
             Command::Signed { command, .. } => command.is_idempotent(),

@@ -16,6 +16,7 @@ mod object;
 pub mod protocol;
 mod runs;
 pub mod signature;
+mod source;
 mod state;
 mod strategy;
 mod trigger;
@@ -43,9 +44,16 @@ pub use runs::{
     workflow_error, FailedHook, PendingHook, Run, RunFilter, HOOKS_PENDING_MAX, RUNS_LIST_MAX,
     RUN_INPUT_BYTES_MAX,
 };
+pub use source::{
+    source_error, DeadLetter, PendingDeadLetter, Source, SourceCounts, SourceSpec,
+    DEAD_LETTERS_PENDING_BYTES_MAX, DEAD_LETTERS_PENDING_MAX, DEAD_LETTERS_PER_COMMAND_MAX,
+    DEAD_LETTER_BYTES_MAX, SOURCES_MAX,
+};
 pub use state::{
     ApiKey, JobCounts, Scope, SeenNonce, State, INPUT_BYTES_MAX, NONCES_MAX, OUTPUT_BYTES_MAX,
 };
+/// Where a source's dead letters go, as its spec says (`topic` or `prefix`).
+pub use triggers::DeadLetter as DeadLetterSpec;
 
 /// A key's last use is recorded to within this: a node proposes a use only when the one
 /// the log holds is older, so a busy key costs one log entry a minute, not one a request.

@@ -147,6 +147,15 @@ pub struct State {
     objects: BTreeMap<String, Arc<ObjectInfo>>,
     #[serde(default)]
     triggers: BTreeMap<String, Trigger>,
+    /// The source catalogue, by name (see [`crate::Source`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) sources: BTreeMap<String, crate::Source>,
+    /// Dead letters not yet delivered to their source's destination, by number (see
+    /// [`crate::PendingDeadLetter`]); at most [`crate::DEAD_LETTERS_PENDING_MAX`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) dead_letters: BTreeMap<u64, crate::PendingDeadLetter>,
+    #[serde(default)]
+    pub(crate) next_dead_letter_seq: u64,
     /// Nonces of signed requests that changed the state, until they leave the replay window
     /// (see [`Command::Signed`]), by `"{key} {nonce}"`.
     #[serde(default)]
@@ -213,6 +222,9 @@ impl State {
             next_hook_seq,
             objects,
             triggers,
+            sources,
+            dead_letters,
+            next_dead_letter_seq,
             nonces,
             throttle_starts,
             throttle_pruned_ms,
@@ -245,6 +257,9 @@ impl State {
             next_hook_seq: *next_hook_seq,
             objects: objects.clone(),
             triggers: triggers.clone(),
+            sources: sources.clone(),
+            dead_letters: dead_letters.clone(),
+            next_dead_letter_seq: *next_dead_letter_seq,
             nonces: nonces.clone(),
             throttle_starts: throttle_starts.clone(),
             throttle_pruned_ms: *throttle_pruned_ms,
@@ -717,6 +732,10 @@ impl State {
                 Ok(()) => self.apply(*command),
                 Err(e) => Response::Rejected(e),
             },
+            command @ (Command::RegisterSource { .. }
+            | Command::DeleteSource { .. }
+            | Command::DeadLetters { .. }
+            | Command::DeadLettersDone { .. }) => self.apply_source(command),
             Command::Batch(commands) => {
                 Response::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
@@ -796,15 +815,28 @@ impl State {
         }
     }
     fn create_trigger(&mut self, now_ms: u64, spec: TriggerSpec) -> Response {
+        let invalid = |e| Response::Rejected(crate::source::source_error(e));
         if let Err(e) = spec.validate() {
-            let code = match e.code {
-                triggers::Code::TooLarge => ErrorCode::TooLarge,
-                triggers::Code::InvalidInput
-                | triggers::Code::InvalidEvent
-                | triggers::Code::SchemaMismatch => ErrorCode::InvalidInput,
-            };
-            return Response::Rejected(ApiError::new(code, e.message));
+            return invalid(e);
         }
+        // A trigger that names a source reads what the source is.
+        let spec = match spec
+            .source
+            .as_deref()
+            .map(|name| (name, self.sources.get(name)))
+        {
+            None => spec,
+            Some((name, None)) => {
+                return Response::Rejected(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no source {name:?}"),
+                ))
+            }
+            Some((_, Some(source))) => match source.spec.reader(&spec) {
+                Ok(spec) => spec,
+                Err(e) => return invalid(e),
+            },
+        };
         let missing = match spec.target() {
             Ok(triggers::Target::Function(f)) => {
                 (!self.functions.contains_key(f)).then(|| format!("no function {f:?}"))
@@ -1261,6 +1293,7 @@ impl State {
         }
         self.index_insert(result.job);
         self.record_job_end(now_ms, result.job);
+        self.dead_letter_job(now_ms, result.job);
         true
     }
 

@@ -71,13 +71,8 @@ pub(crate) async fn deliver(node: Node) {
     };
     let mut applied = node.inner.registry.applied();
     let mut tries: HashMap<u64, Tries> = HashMap::new();
-    loop {
-        tokio::select! {
-            () = node.inner.shutdown.cancelled() => return,
-            changed = applied.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(TICK) => {}
-        }
-        if !node.inner.registry.figures().is_leader {
+    while let Some(leading) = node.next_drain_pass(&mut applied, TICK).await {
+        if !leading {
             tries.clear();
             continue;
         }

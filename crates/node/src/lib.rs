@@ -2,6 +2,8 @@
 //! every background task. The API crate calls the methods here; nothing here knows HTTP.
 
 mod at_rest;
+mod catalogue;
+mod dead_letter;
 mod hooks;
 mod jobs;
 mod liveness;
@@ -32,6 +34,7 @@ use storage::{StorageError, Store};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use catalogue::{Sample, Seen as SourceSeen, JSON_OBJECT_BYTES_MAX, SAMPLES_MAX, SAMPLE_EVERY};
 pub use hooks::HEADER_HOOK_ID;
 pub use jobs::NewKey;
 pub use membership::Joined;
@@ -157,6 +160,8 @@ struct Inner {
     key_uses: requests::KeyUses,
     /// How the sources of bucket and Kafka triggers fare, while this node reads them.
     sources: sources::Statuses,
+    /// The catalogue's figures this node counts and samples.
+    catalogue: catalogue::Catalogue,
 }
 
 /// Milliseconds since the epoch: the one clock the node stamps commands with.
@@ -283,6 +288,21 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Waits for the next pass of a queue the leader drains (URL hooks, dead letters): an
+    /// entry applied, or `tick` passed. `None` once the node stops; else whether it leads.
+    pub(crate) async fn next_drain_pass(
+        &self,
+        applied: &mut tokio::sync::watch::Receiver<u64>,
+        tick: std::time::Duration,
+    ) -> Option<bool> {
+        tokio::select! {
+            () = self.inner.shutdown.cancelled() => return None,
+            changed = applied.changed() => changed.ok()?,
+            () = tokio::time::sleep(tick) => {}
+        }
+        Some(self.inner.registry.figures().is_leader)
     }
 
     /// Reads the state as applied on this node.

@@ -358,29 +358,45 @@ async fn bucket_pass(node: &Node, t: &Trigger) -> Result<(), String> {
     let planned = node.read(|s| {
         let t = s.trigger(name)?;
         let due = t.bucket.as_ref()?.due(source, t.created_at_ms, &listing);
-        let mut starts = Starts::default();
-        for o in &due {
-            let input = triggers::bucket_input(&t.spec.input, name, o);
-            let key = triggers::bucket_idempotency_key(name, o);
-            starts.push(now, &t.spec, input, vec![o.key.clone()], key);
-        }
-        let bytes: u64 = due.iter().map(|o| o.size).sum();
-        Some((starts, due.len() as u64, Seen::of(&due), bytes))
+        let seen = Seen::of(&due);
+        let due: Vec<ObjectVersion> = due.into_iter().cloned().collect();
+        let catalogued = s.source_of_trigger(name).map(|s| s.spec.clone());
+        Some((t.spec.clone(), due, seen, catalogued))
     });
-    let Some((starts, count, seen, bytes)) = planned.filter(|(_, count, _, _)| *count > 0) else {
+    let Some((spec, due, seen, catalogued)) = planned.filter(|(_, due, ..)| !due.is_empty()) else {
         return Ok(());
     };
-    let advance = Command::AdvanceBucket {
+    let count = due.len() as u64;
+    let bytes: u64 = due.iter().map(|o| o.size).sum();
+    let (taken, letters) =
+        crate::catalogue::judge_objects(node, name, catalogued.as_ref(), due).await?;
+    let mut starts = Starts::default();
+    for o in &taken {
+        let input = triggers::bucket_input(&spec.input, name, o);
+        let key = triggers::bucket_idempotency_key(name, o);
+        starts.push(now, &spec, input, vec![o.key.clone()], key);
+    }
+    let rejected = letters.len() as u64;
+    let mut advances = Vec::new();
+    if !letters.is_empty() {
+        advances.push(Command::DeadLetters {
+            now_ms: now,
+            letters,
+        });
+    }
+    advances.push(Command::AdvanceBucket {
         name: name.clone(),
         seen,
-    };
-    node.propose_with_starts(name, starts, vec![advance])
-        .await?;
+    });
+    node.propose_with_starts(name, starts, advances).await?;
     node.inner.sources.with(name, |s| {
         s.records_in += count;
         s.bytes_in += bytes;
+        s.rejected += rejected;
     });
-    node.inner.metrics.source_records(name, count, bytes, 0);
+    node.inner
+        .metrics
+        .source_records(name, count, bytes, rejected);
     Ok(())
 }
 

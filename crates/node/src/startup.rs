@@ -117,6 +117,7 @@ impl Node {
                 run_time_ewma_us: std::sync::atomic::AtomicU64::new(10_000),
                 key_uses: Default::default(),
                 sources: Default::default(),
+                catalogue: Default::default(),
             }),
         })
     }
@@ -262,6 +263,8 @@ impl Node {
         tasks.spawn(sources::watch(self.clone()));
         #[cfg(feature = "kafka")]
         tasks.spawn(crate::partitions::place(self.clone()));
+        tasks.spawn(crate::catalogue::sample(self.clone()));
+        tasks.spawn(crate::dead_letter::deliver(self.clone()));
     }
 
     /// The graceful stop (SIGTERM, SIGINT), bounded whatever the peers do:

@@ -260,7 +260,7 @@ impl Node {
     /// event started before is found by its idempotency key, not started again.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<Vec<Ingested>, ApiError> {
         let now = now_ms();
-        let (mut answer, starts, owners) = self.read(|s| {
+        let (mut answer, starts, owners, judged) = self.read(|s| {
             let active: Vec<&Trigger> = s
                 .triggers()
                 .filter(|t| !t.paused)
@@ -270,10 +270,15 @@ impl Node {
             let mut starts = Starts::default();
             // (event index, trigger name) of each start.
             let mut owners = Vec::new();
+            let mut judged = crate::catalogue::Judged::default();
             for (i, event) in events.iter().enumerate() {
                 for t in &active {
                     let filters = t.spec.events.as_ref().map_or(&[][..], |e| &e.filters[..]);
                     if !Filter::all_match(filters, event) {
+                        continue;
+                    }
+                    if let Err(e) = judged.event(s, t, i, event) {
+                        judged.refusals.push((i, t.spec.name.clone(), e));
                         continue;
                     }
                     let input = triggers::event_input(&t.spec.input, &t.spec.name, event);
@@ -288,8 +293,17 @@ impl Node {
                     jobs: Vec::new(),
                 });
             }
-            (answer, starts, owners)
+            (answer, starts, owners, judged)
         });
+        for (i, trigger, error) in judged.refusals {
+            answer[i].jobs.push(TriggeredJob {
+                trigger,
+                job: None,
+                run: None,
+                existing: false,
+                error: Some(error),
+            });
+        }
         if starts.len() > INGEST_JOBS_MAX {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
@@ -299,10 +313,19 @@ impl Node {
                 ),
             ));
         }
-        if starts.is_empty() {
+        for (source, (records, bytes)) in &judged.counted {
+            self.inner.catalogue.ingested(source, *records, *bytes);
+        }
+        let letters = (!judged.letters.is_empty()).then_some(Command::DeadLetters {
+            now_ms: now,
+            letters: judged.letters,
+        });
+        if starts.is_empty() && letters.is_none() {
             return Ok(answer);
         }
-        let results = self.propose_starts(now, starts, Vec::new()).await?;
+        let results = self
+            .propose_starts(now, starts, letters.into_iter().collect())
+            .await?;
         for ((i, trigger), result) in owners.into_iter().zip(results) {
             let mut started = TriggeredJob {
                 trigger,

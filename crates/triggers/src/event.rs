@@ -66,6 +66,14 @@ impl Event {
         self.attributes.get(name).map(String::as_str)
     }
 
+    /// Its data as JSON: `None` for an event without data or with bytes (`data_base64`).
+    pub fn data_json(&self) -> Option<&Value> {
+        match &self.data {
+            Data::Json(v) => Some(v),
+            Data::None | Data::Base64(_) => None,
+        }
+    }
+
     /// The event in the JSON format (structured mode): what a job's input carries.
     pub fn to_json(&self) -> Value {
         let mut map: Map<String, Value> = self

@@ -83,15 +83,31 @@ pub fn judge(record: &Record, schema: Option<&jsonschema::Validator>) -> Result<
     let Some(schema) = schema else {
         return Ok(());
     };
-    let value: Value = match record.value.as_deref().map(serde_json::from_slice) {
-        Some(Ok(value)) => value,
-        Some(Err(e)) => return Err(Error::input(format!("the record's value is not JSON: {e}"))),
-        None => return Err(Error::input("the record has no value")),
-    };
-    let Some(found) = workflow::schema_mismatches(schema, &value) else {
+    match record.value.as_deref() {
+        Some(value) => judge_json("the record's value", value, schema),
+        None => Err(Error::input("the record has no value")),
+    }
+}
+
+/// Whether `bytes` (`what`: "the record's value", "object in/a.json") are JSON that matches
+/// the schema: `invalid_input` if not JSON, `schema_mismatch` (naming up to
+/// `workflow::SCHEMA_ERRORS_MAX` mismatches and where) if it does not match.
+pub fn judge_json(what: &str, bytes: &[u8], schema: &jsonschema::Validator) -> Result<(), Error> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::input(format!("{what} is not JSON: {e}")))?;
+    judge_value(what, &value, schema)
+}
+
+/// Whether a JSON value matches the schema (`schema_mismatch` if not).
+pub(crate) fn judge_value(
+    what: &str,
+    value: &Value,
+    schema: &jsonschema::Validator,
+) -> Result<(), Error> {
+    let Some(found) = workflow::schema_mismatches(schema, value) else {
         return Ok(());
     };
-    let message = format!("the record's value does not match the schema: {found}");
+    let message = format!("{what} does not match the schema: {found}");
     Err(Error::new(Code::SchemaMismatch, message))
 }
 

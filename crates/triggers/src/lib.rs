@@ -20,7 +20,11 @@ mod filter;
 mod job;
 mod kafka;
 mod partitions;
+mod source;
 mod spec;
+
+/// A compiled record schema.
+pub use jsonschema::Validator;
 
 pub use bucket::{
     BucketCursor, ObjectVersion, Seen, BUCKET_LOOKBACK_MS, BUCKET_OBJECTS_PER_PASS_MAX,
@@ -37,8 +41,14 @@ pub use job::{
     bucket_idempotency_key, bucket_input, cron_idempotency_key, cron_input, event_idempotency_key,
     event_input, kafka_idempotency_key, kafka_input,
 };
-pub use kafka::{batches, judge, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX};
+pub use kafka::{
+    batches, judge, judge_json, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX,
+};
 pub use partitions::{place_partitions, PartitionOwner, KAFKA_PARTITIONS_MAX};
+pub use source::{
+    judge_event, DeadLetter, Destination, KafkaTopic, SourceSpec, DEAD_LETTER_PREFIX_LEN_MAX,
+    SOURCE_DESCRIPTION_LEN_MAX, SOURCE_OWNER_LEN_MAX,
+};
 pub use spec::{
     BucketSource, CronSource, EventSource, KafkaSource, Missed, Target, TriggerSpec,
     BUCKET_PREFIX_LEN_MAX, CATCH_UP_DEFAULT, CRON_LEN_MAX, KAFKA_BATCH_MAX,

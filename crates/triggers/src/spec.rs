@@ -54,6 +54,12 @@ pub struct TriggerSpec {
     pub bucket: Option<BucketSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSource>,
+    /// A source of the catalogue (see [`crate::SourceSpec`]): the trigger reads it, with its
+    /// connection, schema and dead-letter destination. A client names it and gives none of
+    /// `events`, `bucket` and `kafka`; creating the trigger fills in the one the source is
+    /// ([`crate::SourceSpec::reader`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What a trigger starts: jobs of a function or runs of a workflow.
@@ -108,6 +114,17 @@ pub struct EventSource {
     pub filters: Vec<Filter>,
 }
 
+impl EventSource {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        for (i, filter) in self.filters.iter().enumerate() {
+            filter
+                .validate()
+                .map_err(|e| Error::input(format!("filters[{i}]: {}", e.message)))?;
+        }
+        Ok(())
+    }
+}
+
 /// New or changed objects under a prefix of the cluster's object store (see
 /// [`crate::BucketCursor`]): each version starts one job with the object as its input file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -127,7 +144,7 @@ impl BucketSource {
             && (self.suffixes.is_empty() || self.suffixes.iter().any(|s| key.ends_with(s)))
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.prefix.len() > BUCKET_PREFIX_LEN_MAX {
             return Err(Error::input(format!(
                 "a bucket prefix is at most {BUCKET_PREFIX_LEN_MAX} bytes"
@@ -186,8 +203,45 @@ fn one() -> u32 {
     1
 }
 
+/// A record schema within [`RECORD_SCHEMA_BYTES_MAX`] that compiles.
+pub(crate) fn check_schema(schema: &serde_json::Value) -> Result<(), Error> {
+    let len = serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len());
+    if len > RECORD_SCHEMA_BYTES_MAX {
+        return Err(Error::new(
+            crate::Code::TooLarge,
+            format!("the schema is {len} bytes; the limit is {RECORD_SCHEMA_BYTES_MAX}"),
+        ));
+    }
+    compile_schema(schema).map(|_| ())
+}
+
+/// A record schema, compiled (without the HTTP and file resolvers: no IO).
+pub(crate) fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, Error> {
+    jsonschema::validator_for(schema).map_err(|e| {
+        Error::input(format!(
+            "the record schema is not a usable JSON Schema: {e}"
+        ))
+    })
+}
+
+/// Bootstrap servers: `host:port`, separated by commas.
+pub(crate) fn check_brokers(brokers: &str) -> Result<(), Error> {
+    let brokers_ok = !brokers.is_empty()
+        && brokers.len() <= BROKERS_LEN_MAX
+        && brokers.split(',').all(|b| {
+            b.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        });
+    if !brokers_ok {
+        return Err(Error::input(format!(
+            "brokers {brokers:?} must be host:port, separated by commas (at most {BROKERS_LEN_MAX} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Kafka's own rule for a topic name, with a shorter limit so the job key stays within bounds.
-fn check_topic(topic: &str) -> Result<(), Error> {
+pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     let topic_ok = !topic.is_empty()
         && topic.len() <= TOPIC_LEN_MAX
         && topic
@@ -205,14 +259,7 @@ impl KafkaSource {
     /// The compiled record schema, if the source has one (validated sources' schemas
     /// compile). Compile it once per batch of records, not per record.
     pub fn validator(&self) -> Result<Option<jsonschema::Validator>, Error> {
-        let Some(schema) = &self.schema else {
-            return Ok(None);
-        };
-        jsonschema::validator_for(schema).map(Some).map_err(|e| {
-            Error::input(format!(
-                "the record schema is not a usable JSON Schema: {e}"
-            ))
-        })
+        self.schema.as_ref().map(compile_schema).transpose()
     }
 
     /// The consumer group the trigger reads in.
@@ -223,18 +270,7 @@ impl KafkaSource {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        let brokers_ok = !self.brokers.is_empty()
-            && self.brokers.len() <= BROKERS_LEN_MAX
-            && self.brokers.split(',').all(|b| {
-                b.rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-            });
-        if !brokers_ok {
-            return Err(Error::input(format!(
-                "brokers {:?} must be host:port, separated by commas (at most {BROKERS_LEN_MAX} bytes)",
-                self.brokers
-            )));
-        }
+        check_brokers(&self.brokers)?;
         check_topic(&self.topic)?;
         if let Some(dead_letter) = &self.dead_letter {
             check_topic(dead_letter)?;
@@ -245,14 +281,7 @@ impl KafkaSource {
             }
         }
         if let Some(schema) = &self.schema {
-            let len = serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len());
-            if len > RECORD_SCHEMA_BYTES_MAX {
-                return Err(Error::new(
-                    crate::Code::TooLarge,
-                    format!("the schema is {len} bytes; the limit is {RECORD_SCHEMA_BYTES_MAX}"),
-                ));
-            }
-            self.validator()?;
+            check_schema(schema)?;
         }
         if let Some(group) = &self.group {
             if group.is_empty() || group.len() > TOPIC_LEN_MAX {
@@ -298,19 +327,7 @@ impl TriggerSpec {
     /// Every check that does not need the cluster's state (the function's existence is
     /// checked where the state is).
     pub fn validate(&self) -> Result<(), Error> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= TRIGGER_NAME_LEN_MAX
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-            && !self.name.starts_with('.');
-        if !name_ok {
-            return Err(Error::input(format!(
-                "trigger name {:?} must be 1 to {TRIGGER_NAME_LEN_MAX} characters of a-z, 0-9, '-', '_' and '.', not starting with '.'",
-                self.name
-            )));
-        }
+        crate::source::check_name(&self.name, "trigger")?;
         self.target()?;
         match &self.input {
             serde_json::Value::Object(map) if map.contains_key("trigger") => {
@@ -329,16 +346,22 @@ impl TriggerSpec {
             }
             _ => return Err(Error::input("input must be a JSON object")),
         }
-        match (&self.cron, &self.events, &self.bucket, &self.kafka) {
-            (Some(cron), None, None, None) => cron.validate(),
-            (None, Some(events), None, None) => {
-                for (i, filter) in events.filters.iter().enumerate() {
-                    filter
-                        .validate()
-                        .map_err(|e| Error::input(format!("filters[{i}]: {}", e.message)))?;
-                }
-                Ok(())
+        let kinds = (&self.cron, &self.events, &self.bucket, &self.kafka);
+        if let Some(source) = &self.source {
+            crate::source::check_name(source, "source")?;
+            if matches!(kinds, (None, None, None, None)) {
+                // Named, not yet filled in from the catalogue.
+                return Ok(());
             }
+            if self.cron.is_some() {
+                return Err(Error::input(
+                    "a cron trigger reads no source: leave out \"source\"",
+                ));
+            }
+        }
+        match kinds {
+            (Some(cron), None, None, None) => cron.validate(),
+            (None, Some(events), None, None) => events.validate(),
             (None, None, Some(bucket), None) => bucket.validate(),
             (None, None, None, Some(kafka)) => kafka.validate(),
             _ => Err(Error::input(

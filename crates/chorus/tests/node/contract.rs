@@ -100,6 +100,12 @@ async fn the_api_matches_its_openapi_document() {
                     serde_json::to_vec(&json!({ "control": "abort" })).unwrap()
                 }
                 "invokeFunction" => serde_json::to_vec(&json!({ "input": {} })).unwrap(),
+                "registerSource" => serde_json::to_vec(&json!({
+                    "name": "noop",
+                    "owner": "contract",
+                    "events": {},
+                }))
+                .unwrap(),
                 "createTrigger" => serde_json::to_vec(&json!({
                     "name": "noop",
                     "function": "noop",
@@ -113,6 +119,13 @@ async fn the_api_matches_its_openapi_document() {
                 let (status, script) = node.client.get_public("/runs.js").await.unwrap();
                 assert_eq!(status, 200);
                 assert!(String::from_utf8_lossy(&script).contains("function drawDag"));
+                called += 1;
+                continue;
+            }
+            if op["operationId"] == "dashboardSourcesScript" {
+                let (status, script) = node.client.get_public("/sources.js").await.unwrap();
+                assert_eq!(status, 200);
+                assert!(String::from_utf8_lossy(&script).contains("function refreshSources"));
                 called += 1;
                 continue;
             }
@@ -149,7 +162,7 @@ async fn the_api_matches_its_openapi_document() {
             called += 1;
         }
     }
-    assert_eq!(called, 51, "every documented operation was called");
+    assert_eq!(called, 56, "every documented operation was called");
     // An undocumented route does not exist.
     let (status, answer) = node
         .client

@@ -301,3 +301,81 @@ function = "echo"
         .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sources_panel_shows_each_source_with_its_counts_and_a_chart() {
+    use serde_json::json;
+    let node = crate::harness::TestNode::start_with(2, &["--insecure-http"]).await;
+    let spec: model::SourceSpec = serde_json::from_value(json!({
+        "name": "uploads",
+        "owner": "label-team",
+        "events": {},
+        "schema": { "type": "object", "required": ["song"] },
+        "dead_letter": { "prefix": "dead/" },
+    }))
+    .unwrap();
+    node.client.register_source(&spec).await.unwrap();
+    let trigger: model::TriggerSpec = serde_json::from_value(json!({
+        "name": "catalogue", "function": "noop", "source": "uploads",
+    }))
+    .unwrap();
+    node.client.create_trigger(&trigger).await.unwrap();
+    let events: Vec<_> = (0..4)
+        .map(|i| {
+            let data = if i == 3 {
+                json!({ "title": "no song" })
+            } else {
+                json!({ "song": i })
+            };
+            json!({ "specversion": "1.0", "id": i.to_string(), "source": "app",
+                    "type": "song.uploaded", "data": data })
+        })
+        .collect();
+    let (status, answer) = node
+        .client
+        .ingest_events(
+            "application/cloudevents-batch+json",
+            &[],
+            serde_json::to_vec(&events).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    // Two samples of the node's, the later one after the events: a line to draw.
+    crate::harness::wait_until("the node sampled the source after its records", || async {
+        let list = node.client.sources(true).await.unwrap();
+        let s = &list["sources"][0];
+        let samples = s["samples"].as_array().unwrap();
+        samples.len() >= 2
+            && samples.last().unwrap()["records_in"] == 4
+            && s["counts"]["dead_lettered"] == 1
+    })
+    .await;
+    let key = node.client.create_key(&[model::Scope::Read]).await.unwrap();
+    let url = format!("http://{}/#key={}:{}", node.addr, key.id, key.secret);
+    let dom = must_dump(&url, r#"data-chart="uploads""#);
+    assert!(
+        dom.contains(r#"<div id="error"></div>"#),
+        "the dashboard shows an error:\n{dom}"
+    );
+    let row = dom
+        .split(r#"data-source="uploads""#)
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row of source uploads in:\n{dom}"));
+    for cell in [
+        "<td>label-team</td>",
+        "<td>ingest</td>",
+        r#"<td class="in">4</td>"#,
+        r#"<td class="rejected">1</td>"#,
+        r#"<td class="dead">1</td>"#,
+    ] {
+        assert!(row.contains(cell), "no {cell} in the row:\n{row}");
+    }
+    for line in [r#"class="rate""#, r#"class="lag""#] {
+        assert!(
+            row.contains(line),
+            "no polyline {line} in the chart:\n{row}"
+        );
+    }
+}

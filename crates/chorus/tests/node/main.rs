@@ -2,6 +2,7 @@
 //! through the signed API with the client crate. Faults are real too: `kill -9` of the node,
 //! workers that crash or hang.
 
+mod catalogue;
 mod catchup;
 mod chaos;
 mod cluster;

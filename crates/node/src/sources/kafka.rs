@@ -301,6 +301,8 @@ fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
             let key = triggers::kafka_idempotency_key(name, &batch[0]);
             planned.starts.push(now, &t.spec, input, Vec::new(), key);
         }
+        // A source's refused records go to its dead letters, in the entry of the cursor.
+        planned.advances.extend(crate::catalogue::kafka_letters(s, name, &planned.rejected));
         for (&partition, &next_offset) in &next {
             planned.commits.push((partition, next_offset));
             if let Some(&records) = counts.get(&partition) {
