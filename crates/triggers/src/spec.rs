@@ -54,6 +54,10 @@ pub struct TriggerSpec {
     pub bucket: Option<BucketSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSource>,
+    /// Where the completion of each job (or run) it starts goes, as a CloudEvent (see
+    /// [`crate::Sink`]): a Knative trigger's reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<crate::Sink>,
 }
 
 /// What a trigger starts: jobs of a function or runs of a workflow.
@@ -186,8 +190,24 @@ fn one() -> u32 {
     1
 }
 
+/// Bootstrap servers: `host:port`, separated by commas.
+pub(crate) fn check_brokers(brokers: &str) -> Result<(), Error> {
+    let brokers_ok = !brokers.is_empty()
+        && brokers.len() <= BROKERS_LEN_MAX
+        && brokers.split(',').all(|b| {
+            b.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        });
+    if !brokers_ok {
+        return Err(Error::input(format!(
+            "brokers {brokers:?} must be host:port, separated by commas (at most {BROKERS_LEN_MAX} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Kafka's own rule for a topic name, with a shorter limit so the job key stays within bounds.
-fn check_topic(topic: &str) -> Result<(), Error> {
+pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     let topic_ok = !topic.is_empty()
         && topic.len() <= TOPIC_LEN_MAX
         && topic
@@ -223,18 +243,7 @@ impl KafkaSource {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        let brokers_ok = !self.brokers.is_empty()
-            && self.brokers.len() <= BROKERS_LEN_MAX
-            && self.brokers.split(',').all(|b| {
-                b.rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-            });
-        if !brokers_ok {
-            return Err(Error::input(format!(
-                "brokers {:?} must be host:port, separated by commas (at most {BROKERS_LEN_MAX} bytes)",
-                self.brokers
-            )));
-        }
+        check_brokers(&self.brokers)?;
         check_topic(&self.topic)?;
         if let Some(dead_letter) = &self.dead_letter {
             check_topic(dead_letter)?;
