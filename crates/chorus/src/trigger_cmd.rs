@@ -140,6 +140,10 @@ enum TriggersCmd {
         /// in their headers.
         #[arg(long, requires = "kafka_brokers")]
         dead_letter: Option<String>,
+        /// Where each job's (or run's) completion goes as a CloudEvent: `ingest` (starts
+        /// the event triggers it matches), an http(s) URL, or kafka://host:port/topic.
+        #[arg(long, value_name = "SINK")]
+        reply: Option<String>,
     },
     List,
     Get {
@@ -178,6 +182,7 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         batch,
         schema,
         dead_letter,
+        reply,
     } = command
     else {
         bail!("not a create command")
@@ -185,6 +190,9 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
     let input: serde_json::Value =
         serde_json::from_str(&input).context("--input is not valid JSON")?;
     let mut spec = serde_json::json!({ "name": name, "input": input });
+    if let Some(reply) = reply {
+        spec["reply"] = reply.into();
+    }
     match (function, workflow) {
         (Some(function), None) => spec["function"] = function.into(),
         (None, Some(workflow)) => spec["workflow"] = workflow.into(),

@@ -3,8 +3,8 @@
 //!
 //! # Which completions, to which sinks
 //!
-//! - A job or run a trigger started (its idempotency key names the trigger, and no API key
-//!   submitted it) goes to the trigger's `reply`, if it has one: a Knative trigger's reply.
+//! - A job or run a trigger started (its idempotency key names the trigger) goes to the
+//!   trigger's `reply`, if it has one: a Knative trigger's reply.
 //! - Every job and run goes to the cluster's `events.sink`, if one is set.
 //! - Every cluster event (see [`crate::Event`]) goes to `alerts.sink`, if one is set.
 //!
@@ -97,13 +97,10 @@ impl State {
         if !job.state.is_terminal() {
             return;
         }
-        // A job an API key submitted is nobody's reply, whatever key it chose.
-        let key = job.idempotency_key.as_deref();
-        let reply = job
-            .submitted_by
-            .is_none()
-            .then(|| self.reply_of(key))
-            .flatten();
+        // Not `submitted_by`: the jobs of ingested events are submitted by the ingest's
+        // caller. A client that submits under a trigger's kind of key gets that trigger's
+        // reply: it could have posted the event to the ingest as well.
+        let reply = self.reply_of(job.idempotency_key.as_deref());
         let hops = input_hops(&job.input);
         let sink = self.config().settings().events_sink.clone();
         self.queue_emits(now_ms, Emitted::Job { id }, hops, reply, sink);

@@ -840,8 +840,7 @@ fn pending_emits(state: &State) -> String {
         .join("\n")
 }
 
-/// A job a trigger started goes to the trigger's reply and to the cluster's sink; a job an
-/// API key submitted under a look-alike key only to the sink. The queue keeps them, in
+/// A job a trigger started goes to the trigger's reply and to the cluster's sink. The queue keeps them, in
 /// snapshots too, until the leader logs them confirmed or given up (an alert); it is bounded,
 /// and a chain of replies through the ingest stops after `REPLY_HOPS_MAX` trips.
 #[test]
@@ -934,31 +933,6 @@ fn completions_wait_for_their_sinks_in_the_replicated_queue() {
     let alert = state.events_after(0).last().unwrap();
     expect!["a completion event to the URL at hooks.example.com was given up: 410 Gone"]
         .assert_eq(&alert.message);
-    // A job an API key submitted under a trigger's kind of key is nobody's reply.
-    let signed = Command::Signed {
-        key: model::KeyId("k".into()),
-        nonce: "n".into(),
-        request: 1,
-        expires_ms: u64::MAX,
-        command: Box::new(Command::SubmitJobs {
-            now_ms: 1_700_000_001_000,
-            jobs: vec![job("noop", 0, Some("event:t:forged"))],
-            place: vec![],
-        }),
-    };
-    let _ = state.apply(signed);
-    {
-        let id = state
-            .job_by_idempotency_key("event:t:forged")
-            .expect("submitted");
-        let cancel = Command::CancelJob {
-            now_ms: 1_700_000_001_100,
-            job: id,
-        };
-        must_apply(&mut state, cancel);
-        let sinks: Vec<String> = state.pending_emits().map(|e| e.sink.to_string()).collect();
-        assert_eq!(sinks, ["https://hooks.example.com/in"]);
-    }
 }
 
 /// A full queue takes nothing more: the completion is dropped with a `sink_failed` alert,

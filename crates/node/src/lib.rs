@@ -2,6 +2,7 @@
 //! every background task. The API crate calls the methods here; nothing here knows HTTP.
 
 mod at_rest;
+mod emit;
 mod hooks;
 mod jobs;
 mod liveness;

