@@ -27,6 +27,8 @@ import bench as q  # noqa: E402  (bench/queue/bench.py)
 
 VENV_BIN = Path(sys.executable).parent
 POLL_S = 0.01
+# A node's start on a loaded machine (a cold page cache for a large binary) takes a while.
+START_LIMIT_S = 180
 
 
 # ---------------------------------------------------------------------------- the broker
@@ -76,6 +78,13 @@ class Broker:
         result = q.open_loop(send, rate, count, 1, limit_s)
         p.flush(60)
         return result
+
+
+def _ready(node) -> bool:
+    try:
+        return node.call("GET", "/readyz", signed=False)[0] == 200
+    except OSError:
+        return False
 
 
 def _connects(port: int) -> bool:
@@ -139,17 +148,31 @@ class Cluster:
             self.ports.append(port)
             if n == 0:
                 key_file = d / "admin.key"
-                q.wait_until(lambda: key_file.exists() and key_file.stat().st_size > 0, 60, "admin.key")
+                q.wait_until(lambda: key_file.exists() and key_file.stat().st_size > 0, START_LIMIT_S, "admin.key")
                 key = json.loads(key_file.read_text())
                 self.client = q.ChorusClient(port, key["id"], key["secret"], None)
             node = q.ChorusClient(port, key["id"], key["secret"], None)
-            q.wait_until(lambda: node.call("GET", "/readyz", signed=False)[0] == 200, 60, "/readyz")
+            q.wait_until(lambda: _ready(node), START_LIMIT_S, "/readyz")
         if nodes > 1:
-            q.wait_until(lambda: len(self.client.json("GET", "/v1/nodes")["nodes"]) >= nodes, 60, "nodes joined")
-        # Warm the workers of every node.
-        for _ in range(slots * nodes * 2):
-            job = self.client.json("POST", "/v1/jobs", {"function": "clock"})
-            self.client.json("GET", f"/v1/jobs/{job['id']}/wait", query="timeout_ms=10000")
+            q.wait_until(lambda: self.voters() >= nodes, START_LIMIT_S, "nodes joined as voters")
+        # Warm the workers of every node (a write may be refused while a new cluster settles).
+        for i in range(slots * nodes * 2):
+            for attempt in range(5):
+                try:
+                    job = self.client.json("POST", "/v1/jobs", {"function": "clock", "idempotency_key": f"warm-{i}"})
+                    self.client.json("GET", f"/v1/jobs/{job['id']}/wait", query="timeout_ms=10000")
+                    break
+                except RuntimeError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(1)
+
+    def voters(self) -> int:
+        try:
+            listed = self.client.json("GET", "/v1/nodes")["nodes"]
+        except (RuntimeError, OSError):  # unavailable while a member joins
+            return 0
+        return sum(1 for n in listed if n.get("role") == "voter")
 
     def counts(self, function: str) -> tuple[int, int]:
         """Jobs of `function` started (running or ended) and succeeded, cluster-wide."""
@@ -196,7 +219,7 @@ def chorus_kafka(args, broker: Broker, nodes: int, tmp: Path) -> dict:
             query = "function=clock&limit=1000" + (f"&before={before_id}" if before_id else "")
             page = cluster.client.json("GET", "/v1/jobs", query=query)["jobs"]
             for job in page:
-                records = job["input"].get("trigger", {}).get("records", [])
+                records = ((job.get("input") or {}).get("trigger") or {}).get("records") or []
                 if records and job.get("output") and "sent" in (records[0]["value"] or {}):
                     latencies.append(job["output"]["now_us"] / 1e6 - records[0]["value"]["sent"])
             if len(page) < 1000:
