@@ -7,10 +7,11 @@
 //! 1. Applying the entry that ends a job or a run (or records a cluster event) queues one
 //!    emit per sink that wants it, numbered in log order.
 //! 2. This task (on the leader only) wakes on every applied entry and every `TICK` (as URL
-//!    hooks' delivery does, `node::hooks`, whose timings it shares), takes
-//!    the oldest [`EMITS_PER_PASS_MAX`] emits, makes each one's CloudEvent from the state
-//!    (`State::cloud_event`) and groups them by sink. Sinks are sent to at once, each at most
-//!    [`SINKS_PER_PASS_MAX`] per pass; a sink waiting out a back-off is passed over.
+//!    hooks' delivery does, `node::hooks`, whose timings it shares), takes the oldest
+//!    [`EMITS_PER_PASS_MAX`] emits of the sinks not waiting out a back-off (a failing sink's
+//!    backlog never holds the others back), makes each one's CloudEvent from the state
+//!    (`State::cloud_event`) and groups them by sink. Up to [`SINKS_PER_PASS_MAX`] sinks are
+//!    sent to at once.
 //! 3. Per sink:
 //!    - Kafka (`events::sink`): every event of the pass is produced at once, in the Kafka
 //!      binding's binary mode, keyed by the job's (run's, event's) number; an event counts
@@ -105,14 +106,21 @@ pub(crate) async fn deliver(node: Node) {
         let now = now_ms();
         let due = node.read(|s| {
             let mut by_sink: BTreeMap<Sink, Vec<Ready>> = BTreeMap::new();
-            for emit in s.pending_emits().take(EMITS_PER_PASS_MAX) {
-                let waiting = failing.get(&emit.sink).is_some_and(|f| f.next_at_ms > now);
-                if !waiting {
-                    by_sink
-                        .entry(emit.sink.clone())
-                        .or_default()
-                        .push(ready(s, emit));
+            let mut taken = 0;
+            // A sink that waits out its back-off is passed over without counting, so its
+            // events (up to the whole queue) never hold back the other sinks'.
+            for emit in s.pending_emits() {
+                if taken == EMITS_PER_PASS_MAX {
+                    break;
                 }
+                if failing.get(&emit.sink).is_some_and(|f| f.next_at_ms > now) {
+                    continue;
+                }
+                taken += 1;
+                by_sink
+                    .entry(emit.sink.clone())
+                    .or_default()
+                    .push(ready(s, emit));
             }
             by_sink
         });
