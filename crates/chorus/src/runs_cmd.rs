@@ -121,6 +121,11 @@ enum RunsCmd {
         /// The same key returns the same run.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// `NAME=PATH`: uploads the local file PATH and sets the input's field NAME to its
+        /// object key, which a step passes to its job with `files = "{{ input.NAME }}"`
+        /// (repeatable).
+        #[arg(long = "file", value_name = "NAME=PATH")]
+        files: Vec<String>,
         /// Show progress until the run ends; the exit code tells whether it succeeded.
         #[arg(long)]
         wait: bool,
@@ -182,10 +187,21 @@ pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             workflow,
             input,
             idempotency_key,
+            files,
             wait,
         } => {
-            let input: serde_json::Value =
+            let mut input: serde_json::Value =
                 serde_json::from_str(&input).context("--input is not valid JSON")?;
+            for file in &files {
+                let (name, path) = file
+                    .split_once('=')
+                    .with_context(|| format!("--file {file:?} is not NAME=PATH"))?;
+                let Some(fields) = input.as_object_mut() else {
+                    anyhow::bail!("--file needs an --input that is a JSON object");
+                };
+                let key = crate::client_cmd::upload(&client, std::path::Path::new(path)).await?;
+                fields.insert(name.to_string(), key.into());
+            }
             let run = client
                 .start_run(&workflow, &input, idempotency_key.as_deref())
                 .await?;

@@ -301,6 +301,7 @@ impl State {
                     element,
                     function,
                     input,
+                    files,
                     job_key,
                     ..
                 } => {
@@ -317,7 +318,11 @@ impl State {
                             step,
                             element,
                         };
-                        self.submit_attempt_job(now_ms, function, input, job_key, link);
+                        let spec = JobSpec {
+                            files,
+                            ..job_spec(function, input, job_key)
+                        };
+                        self.submit_attempt_job(now_ms, spec, link);
                     }
                 }
                 RunCommand::CancelAttempt { job_key, .. } => {
@@ -346,15 +351,8 @@ impl State {
 
     /// Submits the job of an attempt the run has taken. If the job cannot be created, or its
     /// key names a job that has already ended, that is the attempt's result at once.
-    fn submit_attempt_job(
-        &mut self,
-        now_ms: u64,
-        function: String,
-        input: serde_json::Value,
-        job_key: String,
-        link: RunLink,
-    ) {
-        let spec = job_spec(function, input, job_key.clone());
+    fn submit_attempt_job(&mut self, now_ms: u64, spec: JobSpec, link: RunLink) {
+        let job_key = spec.idempotency_key.clone().unwrap_or_default();
         match self.submit_job(now_ms, spec, Some(link.clone())) {
             SubmitResult::Created(_) => {}
             SubmitResult::Existing(job) => {

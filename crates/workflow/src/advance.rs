@@ -12,7 +12,7 @@ use crate::command::{apply, HookCall, HookStage, HookTarget, RunCommand};
 use crate::retry::jitter_seed;
 use crate::run::{job_key, ElementStatus, RunState, RunStatus, SkipCause, StepError, StepStatus};
 use crate::scope::RunScope;
-use crate::spec::{Hook, StepSpec, WorkflowSpec, FAN_OUT_MAX, STEPS_MAX};
+use crate::spec::{Hook, StepSpec, WorkflowSpec, FAN_OUT_MAX, FILES_PER_STEP_MAX, STEPS_MAX};
 use crate::template::{type_name, Condition, Template};
 
 /// Bytes of one rendered step input at most (the same as a job's input).
@@ -303,20 +303,23 @@ impl Pass<'_> {
             if e.status != ElementStatus::Waiting {
                 continue;
             }
-            let (attempt, input) = match e.attempts.last() {
+            let (attempt, input, files) = match e.attempts.last() {
                 None => {
                     let item = s.items.as_ref().and_then(|items| items.get(i));
                     let scope = match item {
                         Some(item) => RunScope::new(&self.run).with_item(item, i),
                         None => RunScope::new(&self.run),
                     };
-                    match render_input(&step.input, &scope) {
-                        Ok(input) => (1, input),
+                    let rendered = render_input(&step.input, &scope)
+                        .map_err(|(code, message)| (code, format!("input: {message}")))
+                        .and_then(|input| Ok((input, render_files(&step.files, &scope)?)));
+                    match rendered {
+                        Ok((input, files)) => (1, input, files),
                         Err((code, message)) => {
                             let message = if fans_out {
-                                format!("element {i}: input: {message}")
+                                format!("element {i}: {message}")
                             } else {
-                                format!("input: {message}")
+                                message
                             };
                             return self.fail(step, code, message);
                         }
@@ -334,7 +337,11 @@ impl Pass<'_> {
                         wakes.push(due);
                         continue;
                     }
-                    (last.number.saturating_add(1), Value::clone(&e.input))
+                    (
+                        last.number.saturating_add(1),
+                        Value::clone(&e.input),
+                        e.files.clone(),
+                    )
                 }
             };
             running += 1;
@@ -344,6 +351,7 @@ impl Pass<'_> {
                 attempt,
                 function: step.function.clone(),
                 input,
+                files,
                 job_key: job_key(self.run.id, &step.name, s.round, i, attempt),
             });
         }
@@ -536,6 +544,52 @@ fn render_input(template: &Value, scope: &RunScope<'_>) -> Result<Value, (&'stat
         ));
     }
     Ok(rendered)
+}
+
+/// Renders a step's `files`: a template or a list of templates, each giving an object key or
+/// URL or a list of them, flattened in order. Gives the error's code and message.
+fn render_files(
+    template: &Value,
+    scope: &RunScope<'_>,
+) -> Result<Vec<String>, (&'static str, String)> {
+    let rendered = render_value(template, scope).map_err(|e| ("invalid_input", e))?;
+    let parts = match rendered {
+        Value::Null => Vec::new(),
+        Value::Array(parts) => parts,
+        one => vec![one],
+    };
+    let mut files = Vec::new();
+    for part in parts {
+        match part {
+            Value::String(file) => files.push(file),
+            Value::Array(list) => {
+                for item in list {
+                    match item {
+                        Value::String(file) => files.push(file),
+                        other => return Err(not_a_file(&other)),
+                    }
+                }
+            }
+            other => return Err(not_a_file(&other)),
+        }
+        if files.len() > FILES_PER_STEP_MAX {
+            return Err((
+                "too_large",
+                format!("files: over the limit of {FILES_PER_STEP_MAX}"),
+            ));
+        }
+    }
+    Ok(files)
+}
+
+fn not_a_file(value: &Value) -> (&'static str, String) {
+    (
+        "invalid_input",
+        format!(
+            "files: gave {}, not an object key or URL (a string)",
+            type_name(value)
+        ),
+    )
 }
 
 fn render_value(template: &Value, scope: &RunScope<'_>) -> Result<Value, String> {

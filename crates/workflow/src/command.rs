@@ -26,13 +26,15 @@ pub enum RunCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         items: Option<Vec<Value>>,
     },
-    /// Create a job: `function` with `input`, idempotency key `job_key`.
+    /// Create a job: `function` with `input` and input `files`, idempotency key `job_key`.
     StartAttempt {
         step: String,
         element: usize,
         attempt: u32,
         function: String,
         input: Value,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
         job_key: String,
     },
     /// Cancel the job `job_key`; its result, if one still comes, is ignored.
@@ -134,6 +136,7 @@ pub fn apply(run: &mut RunState, command: &RunCommand, now_ms: u64) {
             element,
             attempt,
             input,
+            files,
             job_key,
             ..
         } => {
@@ -152,6 +155,7 @@ pub fn apply(run: &mut RunState, command: &RunCommand, now_ms: u64) {
             e.status = ElementStatus::Running;
             if attempt == &1 {
                 e.input = Arc::new(input.clone());
+                e.files = files.clone();
             }
             e.attempts.push(AttemptRecord {
                 number: *attempt,

@@ -147,6 +147,9 @@ pub struct ElementRun {
     /// The rendered input its attempts run with.
     #[serde(default, skip_serializing_if = "is_null")]
     pub input: Arc<Value>,
+    /// The rendered input files its attempts run with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +235,7 @@ impl ElementRun {
         ElementRun {
             status: ElementStatus::Waiting,
             input: Arc::new(Value::Null),
+            files: Vec::new(),
             attempts: Vec::new(),
             output: None,
         }

@@ -19,6 +19,8 @@ pub const TEMPLATE_LEN_MAX: usize = 4_096;
 pub const INPUT_TEMPLATE_BYTES_MAX: usize = 64 * 1024;
 /// Nesting of a step's input template (objects and arrays) at most.
 pub const INPUT_TEMPLATE_DEPTH_MAX: usize = 16;
+/// Input files of one step element at most (a job's limit).
+pub const FILES_PER_STEP_MAX: usize = 64;
 /// Attempts of one step element in one round at most, whatever a spec asks.
 pub const ATTEMPTS_MAX: u32 = 100;
 /// Longest back-off or time-out a spec may ask for: 30 days.
@@ -84,6 +86,10 @@ pub struct StepSpec {
     /// The function's input: any JSON (a TOML table) whose strings are templates.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub input: Value,
+    /// The job's input files (object keys or URLs, in order; an audio function reads the
+    /// first): a template, or a list of templates, each giving a string or a list of strings.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub files: Value,
     /// Steps that must be done (succeeded, or skipped) before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs: Vec<String>,

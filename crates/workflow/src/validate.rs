@@ -257,6 +257,7 @@ impl<'a> Validator<'a> {
             Place::StepInput { fans_out },
             visible,
         );
+        self.files(&format!("{at}.files"), &step.files, fans_out, visible);
         if let Some(for_each) = &step.for_each {
             self.template(
                 &format!("{at}.for_each"),
@@ -458,6 +459,42 @@ impl<'a> Validator<'a> {
                     "a hook has exactly one of `function` and `url`",
                 ),
             }
+        }
+    }
+
+    /// A step's `files`: one template, or a list of at most `FILES_PER_STEP_MAX` templates.
+    fn files(&mut self, at: &str, files: &Value, fans_out: bool, visible: &BTreeSet<&str>) {
+        let place = Place::StepInput { fans_out };
+        match files {
+            Value::Null => {}
+            Value::String(text) => self.template(at, text, place, visible),
+            Value::Array(items) if items.len() > FILES_PER_STEP_MAX => self.error(
+                Code::TooLarge,
+                at,
+                format!(
+                    "{} files, over the limit of {FILES_PER_STEP_MAX}",
+                    items.len()
+                ),
+            ),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(text) => {
+                            self.template(&format!("{at}[{i}]"), text, place, visible)
+                        }
+                        _ => self.error(
+                            Code::InvalidInput,
+                            format!("{at}[{i}]"),
+                            "a file is a template giving an object key or URL (a string)",
+                        ),
+                    }
+                }
+            }
+            _ => self.error(
+                Code::InvalidInput,
+                at,
+                "files is a template or a list of templates (strings)",
+            ),
         }
     }
 

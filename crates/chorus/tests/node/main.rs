@@ -7,6 +7,7 @@ mod chaos;
 mod cluster;
 mod contract;
 mod dashboard;
+mod examples;
 mod faults;
 mod fuzz;
 mod harness;
@@ -672,7 +673,7 @@ async fn events(node: &TestNode, after: u64) -> Vec<serde_json::Value> {
 }
 
 /// A 16-bit mono WAV of a 440 Hz tone, `seconds` long.
-fn tone_wav(seconds: f64) -> Vec<u8> {
+pub(crate) fn tone_wav(seconds: f64) -> Vec<u8> {
     let rate = 22_050u32;
     let samples: Vec<i16> = (0..(seconds * f64::from(rate)) as u32)
         .map(|i| {

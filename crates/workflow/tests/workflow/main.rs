@@ -196,8 +196,15 @@ pub(crate) fn render(command: &RunCommand) -> String {
             attempt,
             function,
             input,
+            files,
             job_key,
-        } => format!("start {step}[{element}] #{attempt} {function}({input}) key {job_key}"),
+        } => {
+            let files = match files.is_empty() {
+                true => String::new(),
+                false => format!(" files {}", json!(files)),
+            };
+            format!("start {step}[{element}] #{attempt} {function}({input}){files} key {job_key}")
+        }
         RunCommand::CancelAttempt { step, element, .. } => format!("cancel {step}[{element}]"),
         RunCommand::FinishStep { step, output } => format!("finish step {step}: {output}"),
         RunCommand::SkipStep { step, cause } => format!("skip step {step} ({cause:?})"),

@@ -1229,3 +1229,62 @@ fn job_keys_read_back() {
         assert_eq!(workflow::JobKey::parse(other), None, "{other}");
     }
 }
+
+#[test]
+fn files_are_rendered_once_per_element_and_kept_for_retries() {
+    let toml = r#"
+        name = "files"
+        [retry]
+        max_attempts = 2
+        backoff = { initial_ms = 10, jitter = 0.0 }
+        [[steps]]
+        name = "each"
+        function = "transcode"
+        for_each = "{{ input.formats }}"
+        files = ["{{ input.song }}", "{{ input.extra }}"]
+        input = { format = "{{ item }}" }
+        "#;
+    check_run(
+        toml,
+        json!({"song": "uploads/ab/song.wav", "extra": ["cover.png"], "formats": ["flac", "mp3"]}),
+        |sim| {
+            sim.at(1).err("each", 0, "io").step();
+            sim.at(20).step();
+            sim.at(21)
+                .ok("each", 0, json!(1))
+                .ok("each", 1, json!(2))
+                .step();
+        },
+        expect![[r#"
+            @0
+              start step each over ["flac","mp3"]
+              start each[0] #1 transcode({"format":"flac"}) files ["uploads/ab/song.wav","cover.png"] key run:7:each:0:0:1
+              start each[1] #1 transcode({"format":"mp3"}) files ["uploads/ab/song.wav","cover.png"] key run:7:each:0:1:1
+            @1
+            each[0] fails io
+              wake at 11
+            @20
+              start each[0] #2 transcode({"format":"flac"}) files ["uploads/ab/song.wav","cover.png"] key run:7:each:0:0:2
+            @21
+            each[0] ok 1
+            each[1] ok 2
+              finish step each: [1,2]
+              end run succeeded
+              finish run succeeded
+            run: succeeded
+              each: succeeded (round 0) output [1,2]"#]],
+    );
+    check_run(
+        toml,
+        json!({"song": {"key": "x"}, "extra": [], "formats": ["flac"]}),
+        |_| {},
+        expect![[r#"
+            @0
+              start step each over ["flac"]
+              fail step each: invalid_input: element 0: files: gave an object, not an object key or URL (a string)
+              end run failed: invalid_input: step "each" failed: element 0: files: gave an object, not an object key or URL (a string)
+              finish run failed
+            run: failed
+              each: failed (round 0) error invalid_input: element 0: files: gave an object, not an object key or URL (a string)"#]],
+    );
+}

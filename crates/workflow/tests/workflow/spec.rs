@@ -69,7 +69,7 @@ fn malformed_toml_and_unknown_fields() {
     check_spec(
         "name = \"x\"\n[[steps]]\nname = \"a\"\nfunction = \"f\"\nneed = [\"b\"]\n",
         expect![[
-            r#"invalid_input at "": malformed spec (line 5): unknown field `need`, expected one of `name`, `function`, `input`, `needs`, `for_each`, `concurrency`, `if`, `retry`, `timeout_ms`, `hooks`, `throttle`"#
+            r#"invalid_input at "": malformed spec (line 5): unknown field `need`, expected one of `name`, `function`, `input`, `files`, `needs`, `for_each`, `concurrency`, `if`, `retry`, `timeout_ms`, `hooks`, `throttle`"#
         ]],
     );
 }
@@ -408,4 +408,31 @@ fn an_input_schema_must_compile_and_a_run_input_must_match_it() {
     )
     .unwrap();
     assert!(workflow::check_input(&free, &serde_json::json!([1, 2])).is_ok());
+}
+
+#[test]
+fn files_are_templates_that_name_something() {
+    check_spec(
+        r#"
+        name = "x"
+        [[steps]]
+        name = "a"
+        function = "f"
+        files = "{{ input.song }}"
+        [[steps]]
+        name = "b"
+        function = "f"
+        needs = ["a"]
+        files = ["{{ steps.a.output.file }}", 3, "{{ item }}", "{{ steps.c.output }}"]
+        [[steps]]
+        name = "c"
+        function = "f"
+        files = { key = "x" }
+        "#,
+        expect![[r#"
+            invalid_input at "steps[1].files[1]": a file is a template giving an object key or URL (a string)
+            invalid_input at "steps[1].files[2]": `item` names nothing here: `item` exists only in the input of a step with for_each
+            invalid_input at "steps[1].files[3]": `steps.c.output` names step "c", which this step does not need (directly or through its needs)
+            invalid_input at "steps[2].files": files is a template or a list of templates (strings)"#]],
+    );
 }
