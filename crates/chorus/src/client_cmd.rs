@@ -595,7 +595,10 @@ enum ConfigCmd {
     /// Change a key on every node, live. Keys: `scheduler.strategy` (least-request, cpu-load,
     /// concurrency, weighted-round-robin, random), `scheduler.cpu_threshold` (percent),
     /// `node.ID.weight` (0 takes a node out of rotation), `retention` (e.g. 7d, 12h),
-    /// `alerts.webhook` (an http(s) URL that gets every cluster event; empty: off).
+    /// `alerts.webhook` (an http(s) URL that gets every cluster event; empty: off),
+    /// `events.sink` (where every job's and run's completion goes as a CloudEvent: `ingest`,
+    /// an http(s) URL or kafka://host:port/topic; empty: off), `alerts.sink` (where every
+    /// cluster event goes as a CloudEvent, the same forms).
     Set { key: String, value: String },
 }
 

@@ -144,6 +144,10 @@ enum TriggersCmd {
         /// schema and dead-letter destination.
         #[arg(long, conflicts_with_all = ["cron", "events", "bucket", "kafka_brokers"])]
         source: Option<String>,
+        /// Where each job's (or run's) completion goes as a CloudEvent: `ingest` (starts
+        /// the event triggers it matches), an http(s) URL, or kafka://host:port/topic.
+        #[arg(long, value_name = "SINK")]
+        reply: Option<String>,
     },
     List,
     Get {
@@ -183,6 +187,7 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
         schema,
         dead_letter,
         source,
+        reply,
     } = command
     else {
         bail!("not a create command")
@@ -190,6 +195,9 @@ fn spec(command: TriggersCmd) -> anyhow::Result<serde_json::Value> {
     let input: serde_json::Value =
         serde_json::from_str(&input).context("--input is not valid JSON")?;
     let mut spec = serde_json::json!({ "name": name, "input": input });
+    if let Some(reply) = reply {
+        spec["reply"] = reply.into();
+    }
     match (function, workflow) {
         (Some(function), None) => spec["function"] = function.into(),
         (None, Some(workflow)) => spec["workflow"] = workflow.into(),

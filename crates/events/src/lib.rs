@@ -4,13 +4,17 @@
 //! reads a topic's partitions and high watermarks ([`kafka`], behind the default-on `kafka`
 //! feature). What a listing or a record means (which objects are new, the jobs' inputs and
 //! keys, the cursors, where partitions go) is the pure `triggers` crate's; proposing the jobs
-//! is `node`'s, which wires this crate in `node::sources` and `node::partitions`.
+//! is `node`'s, which wires this crate in `node::sources` and `node::partitions`. Completion
+//! CloudEvents are produced to Kafka topics by [`sink`] (behind the same feature), for
+//! `node::emit`.
 //!
 //! This is the only crate that knows `rdkafka`.
 
 pub mod bucket;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod sink;
 
 /// What went wrong with a source; the message names the source, never a server path.
 #[derive(Debug, thiserror::Error)]

@@ -162,6 +162,15 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         failed: Vec<crate::FailedHook>,
     },
+    /// The leader sent completion events: `delivered` were confirmed by their sinks,
+    /// `failed` were given up (each becomes a `sink_failed` alert). Both leave
+    /// [`crate::State::pending_emits`]; numbers no longer pending are passed over.
+    EmitsDone {
+        now_ms: u64,
+        delivered: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<crate::FailedEmit>,
+    },
     /// A workflow spec, already validated by the proposer against the deployed functions; it
     /// gets the next version (an unchanged spec keeps its version).
     DeployWorkflow {
@@ -334,6 +343,7 @@ impl Command {
             | Command::Heartbeat { now_ms, .. }
             | Command::RecordEvents { now_ms, .. }
             | Command::HooksDone { now_ms, .. }
+            | Command::EmitsDone { now_ms, .. }
             | Command::StartRun { now_ms, .. }
             | Command::RunCommands { now_ms, .. }
             | Command::ControlRun { now_ms, .. }
@@ -382,6 +392,7 @@ impl Command {
             | Command::SetNodeStatus { .. }
             | Command::EventsDelivered { .. }
             | Command::HooksDone { .. }
+            | Command::EmitsDone { .. }
             | Command::RecordObjects { .. }
             | Command::AddObjectHolders { .. }
             | Command::AdvanceTrigger { .. }

@@ -31,17 +31,24 @@ pub enum ConfigKey {
     SchedulerCpuThreshold,
     /// `alerts.webhook`: an http(s) URL that gets every cluster event; empty: off.
     AlertsWebhook,
+    /// `events.sink`: where every job's and run's completion goes as a CloudEvent (see
+    /// `triggers::Sink`); empty: nowhere.
+    EventsSink,
+    /// `alerts.sink`: where every cluster event goes as a CloudEvent; empty: nowhere.
+    AlertsSink,
     /// `node.{id}.weight`: a node's share under weighted round-robin (0: none).
     NodeWeight(NodeId),
 }
 
 impl ConfigKey {
     /// Every key's spelling, for messages and help.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 7] = [
         "retention",
         "scheduler.strategy",
         "scheduler.cpu_threshold",
         "alerts.webhook",
+        "events.sink",
+        "alerts.sink",
         "node.{id}.weight",
     ];
 
@@ -52,6 +59,8 @@ impl ConfigKey {
             "scheduler.strategy" => Some(ConfigKey::SchedulerStrategy),
             "scheduler.cpu_threshold" => Some(ConfigKey::SchedulerCpuThreshold),
             "alerts.webhook" => Some(ConfigKey::AlertsWebhook),
+            "events.sink" => Some(ConfigKey::EventsSink),
+            "alerts.sink" => Some(ConfigKey::AlertsSink),
             other => other
                 .strip_prefix("node.")
                 .and_then(|rest| rest.strip_suffix(".weight"))
@@ -80,6 +89,8 @@ impl fmt::Display for ConfigKey {
             ConfigKey::SchedulerStrategy => f.write_str("scheduler.strategy"),
             ConfigKey::SchedulerCpuThreshold => f.write_str("scheduler.cpu_threshold"),
             ConfigKey::AlertsWebhook => f.write_str("alerts.webhook"),
+            ConfigKey::EventsSink => f.write_str("events.sink"),
+            ConfigKey::AlertsSink => f.write_str("alerts.sink"),
             ConfigKey::NodeWeight(id) => write!(f, "node.{id}.weight"),
         }
     }
@@ -93,6 +104,9 @@ pub enum Setting {
     SchedulerCpuThreshold(f64),
     /// `None` switches the webhook off.
     AlertsWebhook(Option<url::Url>),
+    /// `None` switches the sink off.
+    EventsSink(Option<triggers::Sink>),
+    AlertsSink(Option<triggers::Sink>),
     NodeWeight(NodeId, u32),
 }
 
@@ -143,6 +157,20 @@ impl Setting {
                 }
                 Ok(Setting::AlertsWebhook(Some(url)))
             }
+            ConfigKey::EventsSink | ConfigKey::AlertsSink => {
+                let sink = if value.is_empty() {
+                    None
+                } else {
+                    let sink = triggers::Sink::parse(value)
+                        .map_err(|e| invalid(format!("{key}: {}", e.message)))?;
+                    Some(sink)
+                };
+                Ok(if key == ConfigKey::EventsSink {
+                    Setting::EventsSink(sink)
+                } else {
+                    Setting::AlertsSink(sink)
+                })
+            }
             ConfigKey::NodeWeight(node) => value
                 .parse()
                 .map(|weight| Setting::NodeWeight(node, weight))
@@ -161,6 +189,8 @@ impl Setting {
             Setting::SchedulerStrategy(_) => ConfigKey::SchedulerStrategy,
             Setting::SchedulerCpuThreshold(_) => ConfigKey::SchedulerCpuThreshold,
             Setting::AlertsWebhook(_) => ConfigKey::AlertsWebhook,
+            Setting::EventsSink(_) => ConfigKey::EventsSink,
+            Setting::AlertsSink(_) => ConfigKey::AlertsSink,
             Setting::NodeWeight(node, _) => ConfigKey::NodeWeight(*node),
         }
     }
@@ -174,6 +204,8 @@ pub struct Settings {
     pub strategy: Option<Strategy>,
     pub cpu_threshold_percent: Option<f64>,
     pub webhook: Option<url::Url>,
+    pub events_sink: Option<triggers::Sink>,
+    pub alerts_sink: Option<triggers::Sink>,
     weights: BTreeMap<NodeId, u32>,
 }
 
@@ -189,6 +221,8 @@ impl Settings {
             Setting::SchedulerStrategy(s) => self.strategy = Some(s),
             Setting::SchedulerCpuThreshold(p) => self.cpu_threshold_percent = Some(p),
             Setting::AlertsWebhook(url) => self.webhook = url,
+            Setting::EventsSink(sink) => self.events_sink = sink,
+            Setting::AlertsSink(sink) => self.alerts_sink = sink,
             Setting::NodeWeight(node, weight) => {
                 self.weights.insert(node, weight);
             }
@@ -201,6 +235,8 @@ impl Settings {
             ConfigKey::SchedulerStrategy => self.strategy = None,
             ConfigKey::SchedulerCpuThreshold => self.cpu_threshold_percent = None,
             ConfigKey::AlertsWebhook => self.webhook = None,
+            ConfigKey::EventsSink => self.events_sink = None,
+            ConfigKey::AlertsSink => self.alerts_sink = None,
             ConfigKey::NodeWeight(node) => {
                 self.weights.remove(&node);
             }

@@ -43,6 +43,11 @@ pub enum EventKind {
     StepFinished,
     /// A run finished: succeeded, failed or aborted (as `RunStarted`).
     RunFinished,
+    /// Completion events cannot reach a sink (it refuses them, or is down for long), one was
+    /// given up, or one was dropped because the queue of them is full (an alert).
+    SinkFailed,
+    /// A sink that had failed takes completion events again.
+    SinkRecovered,
 }
 
 impl EventKind {
@@ -56,6 +61,7 @@ impl EventKind {
                 | EventKind::JoinFailed
                 | EventKind::SourceFailed
                 | EventKind::HookFailed
+                | EventKind::SinkFailed
         )
     }
 }

@@ -7,6 +7,7 @@
 mod code;
 mod command;
 mod config;
+mod emit;
 mod event;
 mod function;
 mod ids;
@@ -26,6 +27,9 @@ pub use command::{
     AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult, LOG_INLINE_MAX,
 };
 pub use config::{ClusterConfig, ConfigKey, Setting, Settings, CONFIG_VALUE_LEN_MAX};
+pub use emit::{
+    Emitted, FailedEmit, PendingEmit, EMITS_PENDING_MAX, EMIT_OUTPUT_BYTES_MAX, EVENT_TYPE_PREFIX,
+};
 pub use event::{Event, EventKind, NewEvent, EVENTS_MAX};
 pub use function::{
     BackupMode, FunctionKind, FunctionSpec, RetryPolicy, BACKUPS_MAX, FUNCTION_NAME_LEN_MAX,

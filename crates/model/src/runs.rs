@@ -285,8 +285,12 @@ impl State {
         for command in commands {
             let run = self.run_mut(id).expect("checked above");
             let before = follows.then(|| ended(&run.state, &command)).flatten();
+            let was_finished = run.state.is_finished();
             workflow::apply(&mut run.state, &command, now_ms);
             run.revision += 1;
+            if !was_finished && run.state.is_finished() {
+                self.emit_run_end(now_ms, id);
+            }
             if let Some(before) = before {
                 self.record_ending(now_ms, id, &before);
             }
@@ -366,6 +370,7 @@ impl State {
     /// Records the end of job `id` in its run, if it belongs to one. Called in the entry that
     /// ends the job.
     pub(crate) fn record_job_end(&mut self, now_ms: u64, id: JobId) {
+        self.emit_job_end(now_ms, id);
         let Some(job) = self.job(id) else { return };
         let (Some(link), Some(key)) = (job.run.clone(), job.idempotency_key.clone()) else {
             return;
@@ -447,8 +452,12 @@ impl State {
                     Vec::new()
                 };
                 let run = self.run_mut(id).expect("checked above");
+                let was_finished = run.state.is_finished();
                 run.state = state;
                 run.revision += 1;
+                if !was_finished && run.state.is_finished() {
+                    self.emit_run_end(now_ms, id);
+                }
                 for step in skipped {
                     self.record_ending(now_ms, id, &Ending::Step(step));
                 }

@@ -141,6 +141,12 @@ pub struct State {
     pub(crate) hooks_pending: BTreeMap<u64, crate::PendingHook>,
     #[serde(default)]
     pub(crate) next_hook_seq: u64,
+    /// Completions waiting for their sinks' confirmation, by number (see
+    /// [`crate::PendingEmit`]); at most [`crate::EMITS_PENDING_MAX`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) emits_pending: BTreeMap<u64, crate::PendingEmit>,
+    #[serde(default)]
+    pub(crate) next_emit_seq: u64,
     /// Objects on the nodes' own disks, by key (see [`crate::ObjectInfo`]); empty with an
     /// S3-compatible store. Shared as the jobs are, so a snapshot's copy is cheap.
     #[serde(default)]
@@ -220,6 +226,8 @@ impl State {
             next_run_id,
             hooks_pending,
             next_hook_seq,
+            emits_pending,
+            next_emit_seq,
             objects,
             triggers,
             sources,
@@ -255,6 +263,8 @@ impl State {
             next_run_id: *next_run_id,
             hooks_pending: hooks_pending.clone(),
             next_hook_seq: *next_hook_seq,
+            emits_pending: emits_pending.clone(),
+            next_emit_seq: *next_emit_seq,
             objects: objects.clone(),
             triggers: triggers.clone(),
             sources: sources.clone(),
@@ -428,8 +438,22 @@ impl State {
         self.next_event_seq
     }
 
-    /// Adds an event to the ring (the oldest goes if it is full).
+    /// Adds an event to the ring (the oldest goes if it is full) and queues it for
+    /// `alerts.sink`.
     pub(crate) fn record_event(
+        &mut self,
+        now_ms: u64,
+        new: crate::NewEvent,
+        run: Option<serde_json::Value>,
+    ) {
+        self.push_event(now_ms, new, run);
+        if let Some(event) = self.events.back().cloned() {
+            self.emit_event(now_ms, &event);
+        }
+    }
+
+    /// Adds an event to the ring (the oldest goes if it is full).
+    pub(crate) fn push_event(
         &mut self,
         now_ms: u64,
         new: crate::NewEvent,
@@ -638,6 +662,11 @@ impl State {
                 delivered,
                 failed,
             } => self.hooks_done(now_ms, delivered, failed),
+            Command::EmitsDone {
+                now_ms,
+                delivered,
+                failed,
+            } => self.emits_done(now_ms, delivered, failed),
             Command::DeployWorkflow { spec } => self.deploy_workflow(*spec),
             Command::StartRun {
                 now_ms,

@@ -824,3 +824,153 @@ fn removing_a_node_fails_its_attempts_over() {
     assert_eq!(state.running_count(1), 0);
     state.assert_invariants();
 }
+
+/// The emits pending in `state`, each as `seq sink trigger: the CloudEvent's JSON`.
+fn pending_emits(state: &State) -> String {
+    state
+        .pending_emits()
+        .map(|emit| {
+            let event = state
+                .cloud_event(emit)
+                .map_or_else(|e| e, |e| e.to_json().to_string());
+            let trigger = emit.trigger.as_deref().unwrap_or("-");
+            format!("{} {} {trigger}: {event}", emit.seq, emit.sink)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A job a trigger started goes to the trigger's reply and to the cluster's sink. The queue keeps them, in
+/// snapshots too, until the leader logs them confirmed or given up (an alert); it is bounded,
+/// and a chain of replies through the ingest stops after `REPLY_HOPS_MAX` trips.
+#[test]
+fn completions_wait_for_their_sinks_in_the_replicated_queue() {
+    let mut state = State::default();
+    let must_apply = |state: &mut State, command: Command| {
+        let answer = state.apply(command);
+        state.assert_invariants();
+        assert!(!matches!(answer, Response::Rejected(_)), "{answer:?}");
+        answer
+    };
+    for command in setup() {
+        must_apply(&mut state, command);
+    }
+    let trigger = |name: &str, reply: &str| -> model::TriggerSpec {
+        serde_json::from_value(json!({
+            "name": name, "function": "noop", "events": {}, "reply": reply,
+        }))
+        .unwrap()
+    };
+    for (name, reply) in [("t", "kafka://k:9092/done"), ("loop", "ingest")] {
+        let spec = trigger(name, reply);
+        must_apply(&mut state, Command::CreateTrigger { now_ms: 1, spec });
+    }
+    let sink = Command::SetConfig {
+        key: "events.sink".into(),
+        value: "https://hooks.example.com/in".into(),
+    };
+    must_apply(&mut state, sink);
+    let mut by_trigger = job("noop", 0, Some("event:t:ab"));
+    by_trigger.input = json!({"trigger": {"name": "t", "event": {"chorushops": "3"}}});
+    let mut looping = job("noop", 0, Some("event:loop:cd"));
+    looping.input = json!({"trigger": {"name": "loop", "event": {"chorushops": "16"}}});
+    let submit = Command::SubmitJobs {
+        now_ms: 1_700_000_000_000,
+        jobs: vec![by_trigger, looping],
+        place: vec![],
+    };
+    must_apply(&mut state, submit);
+    let start = Command::StartAttempts {
+        now_ms: 1_700_000_000_100,
+        node: 1,
+        jobs: vec![JobId(1), JobId(2)],
+    };
+    must_apply(&mut state, start);
+    let finish = Command::FinishAttempts {
+        now_ms: 1_700_000_000_200,
+        results: vec![succeeded(1, 1), failed(2, 2, "boom")],
+    };
+    must_apply(&mut state, finish);
+    expect![[r#"
+        1 kafka://k:9092/done t: {"chorushops":"4","chorustrigger":"t","data":{"attempts":1,"function":"noop","job":1,"output":{"ok":true},"state":"succeeded","trigger":"t","version":1},"datacontenttype":"application/json","id":"chorus-job-1-1","source":"/chorus/functions/noop","specversion":"1.0","subject":"1","time":"2023-11-14T22:13:20.200Z","type":"io.chorus.job.succeeded"}
+        2 https://hooks.example.com/in -: {"chorushops":"4","data":{"attempts":1,"function":"noop","job":1,"output":{"ok":true},"state":"succeeded","trigger":"t","version":1},"datacontenttype":"application/json","id":"chorus-job-1-1","source":"/chorus/functions/noop","specversion":"1.0","subject":"1","time":"2023-11-14T22:13:20.200Z","type":"io.chorus.job.succeeded"}"#]]
+    .assert_eq(&pending_emits(&state));
+    // Job 2 failed; with retries left it is queued again and tells nothing yet.
+    assert_eq!(state.job(JobId(2)).unwrap().state, JobState::Queued);
+    let cancel = Command::CancelJob {
+        now_ms: 1_700_000_000_300,
+        job: JobId(2),
+    };
+    must_apply(&mut state, cancel);
+    let last: Vec<String> = state
+        .pending_emits()
+        .skip(2)
+        .map(|e| format!("{} {}", e.seq, e.sink))
+        .collect();
+    // Its reply to the ingest made 16 trips: only the sink's is queued, and an alert says why.
+    assert_eq!(last, ["3 https://hooks.example.com/in"]);
+    let alert = state.events_after(0).last().unwrap();
+    assert_eq!(alert.kind, model::EventKind::SinkFailed);
+    assert!(alert.message.contains("16 trips"), "{}", alert.message);
+    // Snapshots hold the queue.
+    let reloaded = State::decode(&state.encode()).unwrap();
+    assert_eq!(pending_emits(&reloaded), pending_emits(&state));
+    // The leader's report: 1 and 3 confirmed, 2 given up (an alert); numbers gone already
+    // are passed over, so a report applied twice changes nothing more.
+    let done = Command::EmitsDone {
+        now_ms: 1_700_000_000_400,
+        delivered: vec![1, 3],
+        failed: vec![model::FailedEmit {
+            seq: 2,
+            error: "410 Gone".into(),
+        }],
+    };
+    must_apply(&mut state, done.clone());
+    let events = state.last_event_seq();
+    must_apply(&mut state, done);
+    assert_eq!(state.pending_emits_count(), 0);
+    assert_eq!(state.last_event_seq(), events);
+    let alert = state.events_after(0).last().unwrap();
+    expect!["a completion event to the URL at hooks.example.com was given up: 410 Gone"]
+        .assert_eq(&alert.message);
+}
+
+/// A full queue takes nothing more: the completion is dropped with a `sink_failed` alert,
+/// and the alert itself is not queued for `alerts.sink`.
+#[test]
+fn a_full_queue_of_completions_drops_with_an_alert() {
+    let mut state = State::default();
+    for command in setup() {
+        state.apply(command);
+    }
+    for (key, value) in [
+        ("events.sink", "ingest"),
+        ("alerts.sink", "kafka://k:9092/alerts"),
+    ] {
+        state.apply(Command::SetConfig {
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+    let jobs: Vec<JobSpec> = (0..model::EMITS_PENDING_MAX + 1)
+        .map(|_| job("noop", 0, None))
+        .collect();
+    let ids: Vec<JobId> = (1..=jobs.len() as u64).map(JobId).collect();
+    state.apply(Command::SubmitJobs {
+        now_ms: 10,
+        jobs,
+        place: vec![],
+    });
+    for id in ids {
+        state.apply(Command::CancelJob {
+            now_ms: 20,
+            job: id,
+        });
+    }
+    state.assert_invariants();
+    assert_eq!(state.pending_emits_count(), model::EMITS_PENDING_MAX);
+    let alert = state.events_after(0).last().unwrap();
+    assert_eq!(alert.kind, model::EventKind::SinkFailed);
+    expect!["a completion event to ingest was dropped: 10000 wait for their sinks already"]
+        .assert_eq(&alert.message);
+}

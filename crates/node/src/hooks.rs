@@ -36,12 +36,12 @@ const HOOKS_PER_PASS_MAX: usize = 256;
 /// URLs posted to at once at most; the others wait for the next pass.
 const URLS_PER_PASS_MAX: usize = 32;
 /// How often the leader looks even if nothing was applied (for back-offs that ran out).
-const TICK: Duration = Duration::from_millis(250);
+pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// A post that takes longer has failed.
-const POST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Back-off after a failed post: doubles from the first to the last.
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_LAST: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(500);
+pub(crate) const RETRY_LAST: Duration = Duration::from_secs(30);
 /// Tries of one hook before it is given up: with the back-off above, a receiver that does
 /// not take a hook for about 30 s loses it (and an alert says so).
 const TRIES_MAX: u32 = 7;
@@ -124,8 +124,7 @@ pub(crate) async fn deliver(node: Node) {
                 tries.remove(&seq);
                 failed.push(FailedHook { seq, error });
             } else {
-                let back_off = RETRY_FIRST.saturating_mul(1 << (t.count - 1).min(16));
-                t.next_at_ms = now_ms() + back_off.min(RETRY_LAST).as_millis() as u64;
+                t.next_at_ms = now_ms() + back_off(t.count);
             }
         }
         if delivered.is_empty() && failed.is_empty() {
@@ -141,6 +140,13 @@ pub(crate) async fn deliver(node: Node) {
             tracing::warn!(error = %e, "hooks: could not record what was posted");
         }
     }
+}
+
+/// The wait after the `tries`-th failed try in a row (from 1), in milliseconds: doubles from
+/// [`RETRY_FIRST`] to [`RETRY_LAST`].
+pub(crate) fn back_off(tries: u32) -> u64 {
+    let wait = RETRY_FIRST.saturating_mul(1 << tries.saturating_sub(1).min(16));
+    wait.min(RETRY_LAST).as_millis() as u64
 }
 
 /// Posts one URL's hooks oldest first, stopping at the first that fails.

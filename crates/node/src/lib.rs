@@ -4,6 +4,7 @@
 mod at_rest;
 mod catalogue;
 mod dead_letter;
+mod emit;
 mod hooks;
 mod jobs;
 mod liveness;

@@ -44,6 +44,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     trigger: String,
 }
@@ -75,6 +81,8 @@ pub(crate) struct Metrics {
     pub(crate) object_copy_failures: Counter,
     webhook_posts: Family<ResultLabels, Counter>,
     hook_posts: Family<ResultLabels, Counter>,
+    sink_events: Family<SinkLabels, Counter>,
+    emits_pending: Gauge,
     source_records: Family<SourceLabels, Counter>,
     source_bytes: Family<SourceLabels, Counter>,
     source_rejected: Family<SourceLabels, Counter>,
@@ -199,6 +207,18 @@ impl Metrics {
             "Posts of workflows' URL hooks by this node as leader, by result (ok, failed)",
             hook_posts.clone(),
         );
+        let sink_events = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "sink_events",
+            "Completion CloudEvents this node sent as leader, by sink kind (kafka, url, ingest) and result (ok: confirmed; failed: a try of the sink failed, its events wait; given_up)",
+            sink_events.clone(),
+        );
+        let emits_pending = Gauge::default();
+        registry.register(
+            "sink_pending",
+            "Completion CloudEvents waiting for their sinks in the replicated queue",
+            emits_pending.clone(),
+        );
         let source_records = Family::<SourceLabels, Counter>::default();
         registry.register(
             "source_records",
@@ -247,6 +267,8 @@ impl Metrics {
             source_lag,
             webhook_posts,
             hook_posts,
+            sink_events,
+            emits_pending,
             breaker_open,
             purged_jobs,
             expired_objects,
@@ -274,6 +296,19 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts completion events sent to a sink of `kind`, or one failed try of it.
+    pub(crate) fn sink_events(&self, kind: &str, result: &str, events: u64) {
+        if events == 0 {
+            return;
+        }
+        self.sink_events
+            .get_or_create(&SinkLabels {
+                sink: kind.to_string(),
+                result: result.to_string(),
+            })
+            .inc_by(events);
     }
 
     pub(crate) fn webhook_post(&self, result: &str) {
@@ -343,6 +378,7 @@ impl Metrics {
                 })
                 .set(i64::from(open));
         }
+        self.emits_pending.set(state.pending_emits_count() as i64);
         self.jobs.clear();
         for ((function, job_state), count) in state.job_counts() {
             self.jobs

@@ -256,6 +256,7 @@ impl Node {
         tasks.spawn(retention::sweep(self.clone()));
         tasks.spawn(webhook::deliver(self.clone()));
         tasks.spawn(crate::hooks::deliver(self.clone()));
+        tasks.spawn(crate::emit::deliver(self.clone()));
         tasks.spawn(runs::drive(self.clone()));
         tasks.spawn(triggering::fire(self.clone()));
         tasks.spawn(crate::objects::repair(self.clone()));

@@ -38,13 +38,13 @@ const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// Every attribute but the data, by name (`id`, `source`, `type`, `subject`, extensions).
-    attributes: BTreeMap<String, String>,
-    data: Data,
+    pub(crate) attributes: BTreeMap<String, String>,
+    pub(crate) data: Data,
 }
 
 /// An event's payload, as the JSON format carries it.
 #[derive(Clone, Debug, PartialEq)]
-enum Data {
+pub(crate) enum Data {
     None,
     /// `data`: JSON, or a string for text.
     Json(Value),
@@ -274,7 +274,7 @@ pub fn parse_binary<'h>(
 }
 
 /// `application/json`, `text/json` or any `+json` type, with or without parameters.
-fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

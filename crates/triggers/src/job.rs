@@ -70,6 +70,18 @@ pub fn kafka_idempotency_key(name: &str, first: &Record) -> String {
     )
 }
 
+/// The trigger a job's (or run's) idempotency key names, if a trigger made the key: the name
+/// between the kind (`trigger`, `event`, `bucket`, `kafka`) and the next `:` (a trigger's name
+/// has no `:`).
+pub fn trigger_of_key(key: &str) -> Option<&str> {
+    let (kind, rest) = key.split_once(':')?;
+    if !matches!(kind, "trigger" | "event" | "bucket" | "kafka") {
+        return None;
+    }
+    let (name, _) = rest.split_once(':')?;
+    (!name.is_empty()).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +116,33 @@ mod tests {
         assert_ne!(a, event_idempotency_key("u", &event("ab", "c")));
         assert_eq!(a, event_idempotency_key("t", &event("ab", "c")));
         assert!(a.len() <= 6 + crate::TRIGGER_NAME_LEN_MAX + 1 + 64);
+    }
+
+    #[test]
+    fn a_trigger_key_names_its_trigger() {
+        let names: Vec<Option<&str>> = [
+            "trigger:nightly:1700000000000",
+            "event:chain.b:ab12",
+            "bucket:in_flac:00ff",
+            "kafka:plays:songs:0:41",
+            "hook:x:y",
+            "event::ab",
+            "event:nocolon",
+        ]
+        .into_iter()
+        .map(super::trigger_of_key)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                Some("nightly"),
+                Some("chain.b"),
+                Some("in_flac"),
+                Some("plays"),
+                None,
+                None,
+                None
+            ]
+        );
     }
 }

@@ -20,6 +20,7 @@ mod filter;
 mod job;
 mod kafka;
 mod partitions;
+mod reply;
 mod source;
 mod spec;
 
@@ -39,12 +40,13 @@ pub use event::{
 pub use filter::{Filter, FILTER_DEPTH_MAX, FILTER_NODES_MAX};
 pub use job::{
     bucket_idempotency_key, bucket_input, cron_idempotency_key, cron_input, event_idempotency_key,
-    event_input, kafka_idempotency_key, kafka_input,
+    event_input, kafka_idempotency_key, kafka_input, trigger_of_key,
 };
 pub use kafka::{
     batches, judge, judge_json, KafkaCursor, Record, BATCH_BYTES_MAX, RECORD_BYTES_MAX,
 };
 pub use partitions::{place_partitions, PartitionOwner, KAFKA_PARTITIONS_MAX};
+pub use reply::{rfc3339, Binary, Sink, HOPS_ATTRIBUTE, REPLY_HOPS_MAX, SINK_LEN_MAX};
 pub use source::{
     judge_event, DeadLetter, Destination, KafkaTopic, SourceSpec, DEAD_LETTER_PREFIX_LEN_MAX,
     SOURCE_DESCRIPTION_LEN_MAX, SOURCE_OWNER_LEN_MAX,

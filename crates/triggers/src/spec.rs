@@ -60,6 +60,10 @@ pub struct TriggerSpec {
     /// ([`crate::SourceSpec::reader`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Where the completion of each job (or run) it starts goes, as a CloudEvent (see
+    /// [`crate::Sink`]): a Knative trigger's reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<crate::Sink>,
 }
 
 /// What a trigger starts: jobs of a function or runs of a workflow.

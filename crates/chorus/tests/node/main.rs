@@ -18,6 +18,7 @@ mod objects;
 mod run_controls;
 mod run_hooks;
 mod security;
+mod sink;
 mod sources;
 mod throttles;
 mod tls;

@@ -37,7 +37,7 @@ impl Drop for Server {
 }
 
 /// A program of `target/ci-venv`, or a failure that says how to install it.
-fn venv_program(relative: &str, package: &str) -> PathBuf {
+pub(crate) fn venv_program(relative: &str, package: &str) -> PathBuf {
     let path = repo_root().join("target/ci-venv").join(relative);
     assert!(
         path.exists(),
