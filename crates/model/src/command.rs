@@ -276,10 +276,19 @@ pub enum Command {
     /// (`conflict`) and nothing of it is taken. This fences an owner the partitions were taken
     /// from (declared lost while only slow, or paused and woken): it can start no job and
     /// move no cursor once the new owner holds them.
+    ///
+    /// `first` gives, per partition, the offset of the entry's first record: the entry is
+    /// refused too (`conflict`) if the cursor has passed it, that is if another entry took
+    /// some of its records first. A consumer restarted before its last entry was applied
+    /// where it reads may batch those records again with other bounds; a batch whose key
+    /// exists is dropped whole, so taking such an entry would move the cursor past records
+    /// no job holds. Refused, the consumer starts again from the cursor.
     Fenced {
         name: String,
         node: crate::NodeId,
         partitions: Vec<(i32, u64)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        first: Vec<(i32, i64)>,
         command: Box<Command>,
     },
     /// A new source of the catalogue (refused if its spec is invalid, its name is taken or

@@ -756,8 +756,9 @@ impl State {
                 name,
                 node,
                 partitions,
+                first,
                 command,
-            } => match self.fence(&name, node, &partitions) {
+            } => match self.fence(&name, node, &partitions, &first) {
                 Ok(()) => self.apply(*command),
                 Err(e) => Response::Rejected(e),
             },
@@ -984,7 +985,13 @@ impl State {
     }
 
     /// Whether `node` still holds each of a Kafka trigger's `partitions` at its epoch.
-    fn fence(&self, name: &str, node: NodeId, partitions: &[(i32, u64)]) -> Result<(), ApiError> {
+    fn fence(
+        &self,
+        name: &str,
+        node: NodeId,
+        partitions: &[(i32, u64)],
+        first: &[(i32, i64)],
+    ) -> Result<(), ApiError> {
         let Some(t) = self.triggers.get(name) else {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -996,11 +1003,26 @@ impl State {
             .iter()
             .find(|&&(p, epoch)| !cursor.is_some_and(|c| c.holds(node, p, epoch)))
         {
+            None => {}
+            Some((p, epoch)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                    "node {node} no longer holds partition {p} of trigger {name} at epoch {epoch}"
+                ),
+                ))
+            }
+        }
+        match first
+            .iter()
+            .find(|&&(p, offset)| cursor.is_some_and(|c| c.next_offset(p) > offset))
+        {
             None => Ok(()),
-            Some((p, epoch)) => Err(ApiError::new(
+            Some((p, offset)) => Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!(
-                    "node {node} no longer holds partition {p} of trigger {name} at epoch {epoch}"
+                    "the cursor of partition {p} of trigger {name} is past offset {offset}: \
+                     another entry took these records"
                 ),
             )),
         }

@@ -262,6 +262,7 @@ mod tests {
             name: "k".into(),
             node,
             partitions: vec![(0, epoch)],
+            first: vec![(0, offset)],
             command: Box::new(Command::Batch(vec![
                 Command::SubmitJobs {
                     now_ms: 10,
@@ -316,6 +317,35 @@ mod tests {
                 .unwrap()
                 .next_offset(0),
             2
+        );
+        // The holder's entry planned from a cursor the log has passed (a consumer restarted
+        // before its last entry was applied where it reads): records 1 and 2 batched again
+        // under the key of the batch that took record 1. Taken, the batch would be dropped as
+        // a repeat and the cursor moved past record 2, which no job holds: refused whole.
+        let mut stale = entry(2, 2, 1);
+        if let Command::Fenced { command, .. } = &mut stale {
+            if let Command::Batch(commands) = command.as_mut() {
+                if let Command::AdvanceKafka {
+                    next_offset,
+                    records,
+                    ..
+                } = &mut commands[1]
+                {
+                    (*next_offset, *records) = (3, 2);
+                }
+            }
+        }
+        let refused = must_apply(&mut s, stale);
+        assert!(
+            matches!(&refused, Response::Rejected(e) if e.code == ErrorCode::Conflict && e.message.contains("past offset 1")),
+            "{refused:?}"
+        );
+        let k = s.trigger("k").unwrap();
+        assert_eq!((k.kafka.as_ref().unwrap().next_offset(0), k.fired), (2, 2));
+        assert_eq!(
+            s.jobs_after(None).count(),
+            2,
+            "the stale entry started no job"
         );
         let copy = State::decode(&s.snapshot_copy().encode()).unwrap();
         assert_eq!(copy.trigger("k"), s.trigger("k"));

@@ -225,10 +225,15 @@ impl Node {
     ) -> Result<(), model::ApiError> {
         let wrap = |batch: Command| match fence {
             None => batch,
-            Some(Fence { node, partitions }) => Command::Fenced {
+            Some(Fence {
+                node,
+                partitions,
+                first,
+            }) => Command::Fenced {
                 name: name.to_string(),
                 node,
                 partitions,
+                first,
                 command: Box::new(batch),
             },
         };
@@ -245,6 +250,8 @@ impl Node {
 struct Fence {
     node: model::NodeId,
     partitions: Vec<(i32, u64)>,
+    /// Per partition, the offset of the entry's first record (see `Command::Fenced`).
+    first: Vec<(i32, i64)>,
 }
 
 /// One trigger's back-off: when it may be tried again, and the next wait.

@@ -30,6 +30,8 @@ struct Planned {
     timestamps_ms: Vec<i64>,
     bytes: u64,
     records: u64,
+    /// Per partition, the offset of the first record past the cursor.
+    first: BTreeMap<i32, i64>,
 }
 
 /// Sleeps `wait`, or less if the task is stopped; false if it was.
@@ -90,6 +92,7 @@ pub(super) async fn consume(
                 _ => None,
             })
             .collect(),
+        first: planned.first.iter().map(|(&p, &o)| (p, o)).collect(),
     };
     let dead_letter = match &source.dead_letter {
         None => None,
@@ -286,6 +289,8 @@ fn plan(node: &Node, name: &str, records: Vec<Record>) -> Option<Planned> {
                 continue;
             }
             *counts.entry(r.partition).or_insert(0) += 1;
+            let first = planned.first.entry(r.partition).or_insert(r.offset);
+            *first = (*first).min(r.offset);
             planned.records += 1;
             planned.bytes += r.len() as u64;
             match triggers::judge(&r, schema.as_ref()) {
