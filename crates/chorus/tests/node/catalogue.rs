@@ -5,8 +5,8 @@
 
 use crate::harness::{free_port, wait_until, TestNode};
 use crate::sources::{
-    all_jobs, create_topic, must_commit_to, must_read_dead_letters, plays_started, s3, s3_put,
-    tansu_on,
+    all_jobs, create_topic, must_commit_to, must_read_dead_letters, node_on_s3, plays_started, s3,
+    s3_put, tansu_on,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -292,19 +292,7 @@ async fn an_ingest_source_dead_letters_refused_events_and_jobs_to_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_source_dead_letters_json_objects_that_fail_its_schema() {
     let server = s3("labels").await;
-    let endpoint = format!("http://127.0.0.1:{}", server.port);
-    let env = [
-        ("AWS_ENDPOINT", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ALLOW_HTTP", "true"),
-    ];
-    let node = TestNode::start_with_env(&["--storage", "s3://labels"], &env).await;
-    for (k, v) in env {
-        std::env::set_var(k, v);
-    }
-    let store = storage::Store::open("s3://labels").unwrap();
+    let (node, store) = node_on_s3(&server, "labels").await;
     let spec: model::SourceSpec = serde_json::from_value(json!({
         "name": "drops",
         "owner": "label-ops",

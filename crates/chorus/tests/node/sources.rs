@@ -70,6 +70,26 @@ impl Server {
     }
 }
 
+/// A node whose object store is `bucket` on moto's `server`, through the environment
+/// object_store's S3 client reads, and the test's own client of that bucket (set up from the
+/// same environment).
+pub(crate) async fn node_on_s3(server: &Server, bucket: &str) -> (TestNode, storage::Store) {
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let url = format!("s3://{bucket}");
+    let node = TestNode::start_with_env(&["--storage", &url], &env).await;
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    (node, storage::Store::open(&url).unwrap())
+}
+
 /// moto's S3-compatible server on a free port, with one bucket.
 pub(crate) async fn s3(bucket: &str) -> Server {
     let port = free_port();
@@ -141,20 +161,7 @@ async fn objects_started(node: &TestNode) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_trigger_over_s3_sees_every_object_once_across_a_restart() {
     let server = s3("songs").await;
-    let endpoint = format!("http://127.0.0.1:{}", server.port);
-    let env = [
-        ("AWS_ENDPOINT", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ALLOW_HTTP", "true"),
-    ];
-    let mut node = TestNode::start_with_env(&["--storage", "s3://songs"], &env).await;
-    // The test's own writer of the bucket reads the same settings from its environment.
-    for (k, v) in env {
-        std::env::set_var(k, v);
-    }
-    let s3 = storage::Store::open("s3://songs").unwrap();
+    let (mut node, s3) = node_on_s3(&server, "songs").await;
     let spec: TriggerSpec = serde_json::from_value(json!({
         "name": "new-songs",
         "function": "noop",
