@@ -11,31 +11,6 @@ use crate::sources::{
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// Runs the CLI against `node` with its admin key; answers stdout, failing on an error.
-async fn must_cli(node: &TestNode, args: &[&str]) -> String {
-    let server = node.cli_server_args();
-    let credentials = node.credentials();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let shown = args.join(" ");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args(&args)
-            .args(&server)
-            .env("CHORUS_KEY_ID", &credentials.key_id)
-            .env("CHORUS_KEY_SECRET", &credentials.secret)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "chorus {shown}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Waits until the source's log-kept counts are `want` (`rejected`, `failed_invalid_input`,
 /// `dead_lettered`) with nothing pending; answers the source.
 async fn must_count(node: &TestNode, name: &str, want: (u64, u64, u64)) -> Value {
@@ -178,9 +153,8 @@ async fn an_ingest_source_dead_letters_refused_events_and_jobs_to_objects() {
     )
     .unwrap();
     let schema = schema.to_str().unwrap();
-    let out = must_cli(
-        &node,
-        &[
+    let out = node
+        .must_cli(&[
             "sources",
             "register",
             "uploads",
@@ -193,9 +167,8 @@ async fn an_ingest_source_dead_letters_refused_events_and_jobs_to_objects() {
             schema,
             "--dead-letter",
             "bucket:dead/",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(out.contains("uploads"), "{out}");
     for (name, function, input) in [
         ("catalogue", "noop", json!({})),
@@ -275,10 +248,10 @@ async fn an_ingest_source_dead_letters_refused_events_and_jobs_to_objects() {
         "{refused}"
     );
 
-    let shown = must_cli(&node, &["sources", "get", "uploads"]).await;
+    let shown = node.must_cli(&["sources", "get", "uploads"]).await;
     assert!(shown.contains("dead-lettered: 2"), "{shown}");
     assert!(shown.contains("objects under dead/"), "{shown}");
-    let listed = must_cli(&node, &["sources", "list", "--json"]).await;
+    let listed = node.must_cli(&["sources", "list", "--json"]).await;
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(
         listed["sources"][0]["spec"]["owner"], "label-team",

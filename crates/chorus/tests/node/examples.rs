@@ -52,30 +52,19 @@ async fn the_song_example_analyses_transcodes_three_ways_and_catalogues() {
     std::fs::write(&song, crate::tone_wav(4.0)).unwrap();
 
     // As the example's comment says: the CLI uploads the song and names it in the input.
-    let (server, credentials) = (node.cli_server_args(), node.credentials());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args(["runs", "start", "song", "--file"])
-            .arg(format!("song={}", song.display()))
-            .args([
-                "--input",
-                r#"{"formats": ["opus", "mp3", "flac"]}"#,
-                "--json",
-            ])
-            .args(&server)
-            .env("CHORUS_KEY_ID", &credentials.key_id)
-            .env("CHORUS_KEY_SECRET", &credentials.secret)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let file = format!("song={}", song.display());
+    let stdout = node
+        .must_cli(&[
+            "runs",
+            "start",
+            "song",
+            "--file",
+            &file,
+            "--input",
+            r#"{"formats": ["opus", "mp3", "flac"]}"#,
+            "--json",
+        ])
+        .await;
     let started: Value = serde_json::from_str(&stdout).unwrap();
     let id = started["id"].as_u64().unwrap();
 

@@ -184,6 +184,31 @@ impl TestNode {
         ]
     }
 
+    /// Runs the CLI against this node with its admin key; answers stdout, failing on an error.
+    pub(crate) async fn must_cli(&self, args: &[&str]) -> String {
+        let server = self.cli_server_args();
+        let credentials = self.credentials();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let shown = args.join(" ");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+                .args(&args)
+                .args(&server)
+                .env("CHORUS_KEY_ID", &credentials.key_id)
+                .env("CHORUS_KEY_SECRET", &credentials.secret)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "chorus {shown}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub(crate) fn credentials(&self) -> Credentials {
         let text = std::fs::read_to_string(self.dir.path().join("data").join(node::ADMIN_KEY_FILE))
             .unwrap();
