@@ -291,6 +291,13 @@ pub enum Command {
         first: Vec<(i32, i64)>,
         command: Box<Command>,
     },
+    /// `command`, then what its proposer decided ahead for the runs it changes (see
+    /// [`Continuation`]): the end of a step's job and the start of the next step are one log
+    /// entry instead of three (the end, the driver's decision, the placement).
+    Continued {
+        command: Box<Command>,
+        then: Vec<Continuation>,
+    },
     /// A new source of the catalogue (refused if its spec is invalid, its name is taken or
     /// there are [`crate::SOURCES_MAX`]).
     RegisterSource {
@@ -361,9 +368,9 @@ impl Command {
             | Command::RegisterSource { now_ms, .. }
             | Command::DeadLetters { now_ms, .. }
             | Command::PauseTrigger { now_ms, .. } => Some(now_ms),
-            Command::Signed { command, .. } | Command::Fenced { command, .. } => {
-                command.now_ms_mut()
-            }
+            Command::Signed { command, .. }
+            | Command::Fenced { command, .. }
+            | Command::Continued { command, .. } => command.now_ms_mut(),
             Command::DeployFunction { .. }
             | Command::DeployWorkflow { .. }
             | Command::PurgeRuns { .. }
@@ -420,9 +427,33 @@ impl Command {
             Command::Signed { command, .. } => command.is_idempotent(),
             // Taken again, its jobs are found by their keys and its cursor moves are no-ops.
             Command::Fenced { command, .. } => command.is_idempotent(),
+            // Taken again, its continuations find their runs' revisions moved on.
+            Command::Continued { command, .. } => command.is_idempotent(),
             _ => false,
         }
     }
+}
+
+/// A run's next decision taken ahead by the node that proposes an entry changing the run:
+/// the node whose job of the run ended (the decision after recording that result) or the node
+/// that starts the run (its first decision). The pure `workflow::advance` computes it there,
+/// on the proposer's applied state, exactly as the leader's driver would compute it once the
+/// entry is applied; the revisions fence it: it is applied, in the same entry, only if the
+/// run was at revision `from` before the entry (0: the entry creates the run) and is at `to`
+/// after the entry's own change, with spec `version`. Anything else (the proposer's view was
+/// stale, another result or a control came first) drops it whole, and the driver decides as
+/// it always does. The decision is in the log, so a replay never depends on `advance`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Continuation {
+    pub run: u64,
+    pub version: u32,
+    pub from: u64,
+    pub to: u64,
+    pub commands: Vec<workflow::RunCommand>,
+    /// The proposer: a job these commands create starts on it in the same entry if it may
+    /// ([`crate::State`]'s `continues_on`), else the scheduling loop places it as any job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<NodeId>,
 }
 
 /// What submitting one job led to.

@@ -24,7 +24,7 @@ mod trigger;
 
 pub use code::{ApiError, ErrorCode};
 pub use command::{
-    AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult, LOG_INLINE_MAX,
+    AttemptResult, Command, Continuation, JobSpec, Outcome, Response, SubmitResult, LOG_INLINE_MAX,
 };
 pub use config::{ClusterConfig, ConfigKey, Setting, Settings, CONFIG_VALUE_LEN_MAX};
 pub use emit::{

@@ -16,7 +16,9 @@
 //!    which a leader change could drop it.
 //!
 //! Every change bumps the run's `revision`, which the leader's driver uses to pass over runs
-//! that have not changed since it last advanced them.
+//! that have not changed since it last advanced them, and which fences a continuation: a
+//! decision taken ahead by the node proposing the entry (see [`Continuation`]), applied in
+//! that entry only if the run is exactly as that node saw it.
 //!
 //! A URL hook is not posted here (applying does no IO): firing one puts it in the pending
 //! hooks, numbered in log order, and the leader's `node::hooks` posts them and logs what was
@@ -24,11 +26,13 @@
 //! end and the run's end are also recorded as events (`run_started`, `step_finished`,
 //! `run_finished`), which the alert webhook posts in order with the others.
 
-use crate::command::{JobSpec, Response, SubmitResult};
+use crate::command::{Continuation, JobSpec, Response, SubmitResult};
+use crate::ids::NodeId;
 use crate::job::{JobState, RunLink};
 use crate::state::State;
 use crate::{ApiError, ErrorCode, EventKind, JobId, NewEvent};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use workflow::{HookTarget, RunCommand, RunState, RunStatus, StepError, WorkflowSpec};
 
@@ -272,11 +276,14 @@ impl State {
         }
     }
 
+    /// Applies a run's decisions; `place` (a continuation's proposer) is where the jobs they
+    /// create may start at once (see [`State::continues_on`]).
     pub(crate) fn run_commands(
         &mut self,
         now_ms: u64,
         id: u64,
         commands: Vec<RunCommand>,
+        place: Option<NodeId>,
     ) -> Response {
         if !self.runs.contains_key(&id) {
             return Response::Rejected(ApiError::new(ErrorCode::NotFound, format!("no run {id}")));
@@ -322,7 +329,12 @@ impl State {
                             files,
                             ..job_spec(function, input, job_key)
                         };
-                        self.submit_attempt_job(now_ms, spec, link);
+                        let created = self.submit_attempt_job(now_ms, spec, link);
+                        if let (Some(job), Some(node)) = (created, place) {
+                            if self.continues_on(node, job, now_ms) {
+                                self.start(now_ms, node, vec![job]);
+                            }
+                        }
                     }
                 }
                 RunCommand::CancelAttempt { job_key, .. } => {
@@ -350,11 +362,12 @@ impl State {
     }
 
     /// Submits the job of an attempt the run has taken. If the job cannot be created, or its
-    /// key names a job that has already ended, that is the attempt's result at once.
-    fn submit_attempt_job(&mut self, now_ms: u64, spec: JobSpec, link: RunLink) {
+    /// key names a job that has already ended, that is the attempt's result at once. Returns
+    /// the job it created.
+    fn submit_attempt_job(&mut self, now_ms: u64, spec: JobSpec, link: RunLink) -> Option<JobId> {
         let job_key = spec.idempotency_key.clone().unwrap_or_default();
         match self.submit_job(now_ms, spec, Some(link.clone())) {
-            SubmitResult::Created(_) => {}
+            SubmitResult::Created(job) => return Some(job),
             SubmitResult::Existing(job) => {
                 if self.job(job).is_some_and(|j| j.state.is_terminal()) {
                     self.record_job_end(now_ms, job);
@@ -365,6 +378,7 @@ impl State {
                 self.record_in_run(now_ms, &link, &job_key, Err(error));
             }
         }
+        None
     }
 
     /// Records the end of job `id` in its run, if it belongs to one. Called in the entry that
@@ -375,19 +389,135 @@ impl State {
         let (Some(link), Some(key)) = (job.run.clone(), job.idempotency_key.clone()) else {
             return;
         };
-        let outcome = match (job.state, &job.output, &job.error) {
-            (JobState::Succeeded, Some(output), _) => Ok(output.clone()),
-            (JobState::Succeeded, None, _) => Ok(serde_json::Value::Null),
-            (JobState::Failed | JobState::Cancelled, _, Some(e)) => {
-                Err(StepError::new(e.code.clone(), e.message.clone()))
-            }
-            (JobState::Failed | JobState::Cancelled, _, None) => Err(StepError::new(
-                job.state.as_str(),
-                format!("job {id} ended {}", job.state.as_str()),
-            )),
-            (JobState::Queued | JobState::Running, ..) => return,
+        let Some(outcome) = run_outcome(job) else {
+            return;
         };
         self.record_in_run(now_ms, &link, &key, outcome);
+    }
+
+    /// Applies `command`, then each continuation whose run is exactly as its proposer foresaw
+    /// it (see [`Continuation`]); the others are dropped and the driver decides instead.
+    pub(crate) fn continued(
+        &mut self,
+        command: crate::Command,
+        then: Vec<Continuation>,
+    ) -> Response {
+        let revision = |s: &State, run: u64| s.runs.get(&run).map_or(0, |r| r.revision);
+        let before: Vec<u64> = then.iter().map(|c| revision(self, c.run)).collect();
+        let response = self.apply(command);
+        // The entry's clock, as its command moved it.
+        let now_ms = self.clock_ms;
+        for (c, from) in then.into_iter().zip(before) {
+            let foreseen = from == c.from
+                && self.runs.get(&c.run).is_some_and(|r| {
+                    r.revision == c.to
+                        && r.state.workflow_version == c.version
+                        && !r.state.is_finished()
+                });
+            if foreseen {
+                self.run_commands(now_ms, c.run, c.commands, c.place);
+            }
+        }
+        response
+    }
+
+    /// The continuations of a `FinishAttempts` of `results` that `node` is about to propose:
+    /// for each run whose job these results end, the run's next decision once they are
+    /// recorded. Foreseen on a copy of each job and run, with the state machine's own
+    /// [`settle`](crate::state::settle) and `workflow::record_attempt`, then the pure
+    /// `workflow::advance`, so a continuation that passes its revision fence is exactly what
+    /// the driver would decide.
+    pub fn foresee_finish(
+        &self,
+        results: &[crate::AttemptResult],
+        now_ms: u64,
+        node: Option<NodeId>,
+    ) -> Vec<Continuation> {
+        let mut jobs: BTreeMap<JobId, crate::Job> = BTreeMap::new();
+        // Per run: the copy, its revision before, its revision after.
+        let mut runs: BTreeMap<u64, (RunState, u64, u64)> = BTreeMap::new();
+        for result in results {
+            let Some(job) = jobs
+                .remove(&result.job)
+                .or_else(|| self.job(result.job).filter(|j| j.run.is_some()).cloned())
+            else {
+                continue;
+            };
+            let mut job = job;
+            if !job.live_attempts().any(|a| a.id == result.attempt) {
+                jobs.insert(job.id, job);
+                continue;
+            }
+            let f = self.function(&job.function);
+            let retry = f.map(|f| f.retry.clone()).unwrap_or_default();
+            let keep_all = f.is_some_and(crate::FunctionSpec::keeps_all_attempts);
+            crate::state::settle(&mut job, result.clone(), &retry, keep_all, now_ms);
+            if let (Some(link), Some(key), Some(outcome)) = (
+                job.run.clone(),
+                job.idempotency_key.clone(),
+                run_outcome(&job),
+            ) {
+                if let Some(run) = self.runs.get(&link.run) {
+                    let entry = runs
+                        .entry(link.run)
+                        .or_insert_with(|| (run.state.clone(), run.revision, run.revision));
+                    if let Some(spec) = self.run_spec(&entry.0) {
+                        let recorded = workflow::record_attempt(
+                            spec,
+                            &mut entry.0,
+                            &link.step,
+                            link.element,
+                            &key,
+                            outcome,
+                            now_ms,
+                        );
+                        if recorded == workflow::Recorded::Taken {
+                            entry.2 += 1;
+                        }
+                    }
+                }
+            }
+            jobs.insert(job.id, job);
+        }
+        runs.into_iter()
+            .filter(|(_, (_, from, to))| to > from)
+            .filter_map(|(id, (state, from, to))| {
+                let spec = self.run_spec(&state)?;
+                let advance = workflow::advance(spec, &state, now_ms);
+                (!advance.commands.is_empty()).then_some(Continuation {
+                    run: id,
+                    version: state.workflow_version,
+                    from,
+                    to,
+                    commands: advance.commands,
+                    place: node,
+                })
+            })
+            .collect()
+    }
+
+    /// The continuation of a `StartRun` of `workflow` that `node` is about to propose: the new
+    /// run's first decision, foreseen for the id the next run will get (a start that another
+    /// start overtakes gets another id, and its continuation is dropped).
+    pub fn foresee_start(
+        &self,
+        workflow: &str,
+        input: &serde_json::Value,
+        now_ms: u64,
+        node: Option<NodeId>,
+    ) -> Option<Continuation> {
+        let spec = self.workflow(workflow)?;
+        let id = self.next_run_id + 1;
+        let state = RunState::new(spec, id, input.clone(), now_ms);
+        let advance = workflow::advance(spec, &state, now_ms);
+        (!advance.commands.is_empty()).then_some(Continuation {
+            run: id,
+            version: spec.version,
+            from: 0,
+            to: 1,
+            commands: advance.commands,
+            place: node,
+        })
     }
 
     fn record_in_run(
@@ -650,4 +780,21 @@ fn job_spec(function: String, input: serde_json::Value, job_key: String) -> JobS
         priority: 0,
         idempotency_key: Some(job_key),
     }
+}
+
+/// What a run records of its job's end: the output, or the error; `None` while the job may
+/// still run (queued again, or attempts still live).
+fn run_outcome(job: &crate::Job) -> Option<Result<serde_json::Value, StepError>> {
+    Some(match (job.state, &job.output, &job.error) {
+        (JobState::Succeeded, Some(output), _) => Ok(output.clone()),
+        (JobState::Succeeded, None, _) => Ok(serde_json::Value::Null),
+        (JobState::Failed | JobState::Cancelled, _, Some(e)) => {
+            Err(StepError::new(e.code.clone(), e.message.clone()))
+        }
+        (JobState::Failed | JobState::Cancelled, _, None) => Err(StepError::new(
+            job.state.as_str(),
+            format!("job {} ended {}", job.id, job.state.as_str()),
+        )),
+        (JobState::Queued | JobState::Running, ..) => return None,
+    })
 }

@@ -126,7 +126,7 @@ pub struct State {
     /// so what it records never ends before what the log already holds began (a node failed
     /// over with attempts started after the leader decided to, say).
     #[serde(default)]
-    clock_ms: u64,
+    pub(crate) clock_ms: u64,
     /// Every deployed version of each workflow, oldest first: a run keeps its version.
     #[serde(default)]
     pub(crate) workflows: BTreeMap<String, Vec<workflow::WorkflowSpec>>,
@@ -678,7 +678,7 @@ impl State {
                 now_ms,
                 run,
                 commands,
-            } => self.run_commands(now_ms, run, commands),
+            } => self.run_commands(now_ms, run, commands, None),
             Command::ControlRun {
                 now_ms,
                 run,
@@ -777,6 +777,7 @@ impl State {
                 command,
             } => self.apply_signed(key, nonce, request, expires_ms, *command),
             Command::KeysUsed { uses } => self.keys_used(uses),
+            Command::Continued { command, then } => self.continued(*command, then),
         }
     }
 
@@ -1153,7 +1154,7 @@ impl State {
         SubmitResult::Created(id)
     }
 
-    fn start(&mut self, now_ms: u64, node: NodeId, jobs: Vec<JobId>) -> Response {
+    pub(crate) fn start(&mut self, now_ms: u64, node: NodeId, jobs: Vec<JobId>) -> Response {
         let mut started = Vec::with_capacity(jobs.len());
         for id in jobs {
             // A job may have been cancelled, finished or started here since the leader chose it.
@@ -1194,6 +1195,31 @@ impl State {
             started.push((id, attempt));
         }
         Response::Started(started)
+    }
+
+    /// Whether job `id`, just created by a continuation that `node` proposed, starts on it in
+    /// the same entry: the node is up, has a free slot (not only room in its prefetch) and
+    /// carries the function's labels, no other job waits in the queue (a continuation never
+    /// jumps it), and neither the function (a strategy of its own, backups) nor an operator
+    /// (a weight of 0) says to place it otherwise. Throttles are checked by the start itself.
+    /// Else the scheduling loop places it as any job.
+    pub(crate) fn continues_on(&self, node: NodeId, id: JobId, now_ms: u64) -> bool {
+        let (Some(n), Some(job)) = (self.nodes.get(&node), self.jobs.get(&id)) else {
+            return false;
+        };
+        let Some(f) = self.functions.get(&job.function) else {
+            return false;
+        };
+        let others_wait = self.queue.iter().any(|(_, queued)| *queued != id);
+        n.status == NodeStatus::Up
+            && (self.running_count(node) as u64) < u64::from(n.slots)
+            && !others_wait
+            && job.state == JobState::Queued
+            && job.not_before_ms <= now_ms
+            && f.strategy.is_none()
+            && !f.keeps_all_attempts()
+            && f.labels.iter().all(|l| n.labels.contains(l))
+            && self.config.settings().weight(node) != Some(0)
     }
 
     /// A queued job may start anywhere; a running one may get a backup on a node it does not
@@ -1284,67 +1310,12 @@ impl State {
         let spec = self.functions.get(&self.jobs[&result.job].function);
         let retry = spec.map(|f| f.retry.clone()).unwrap_or_default();
         let keep_all = spec.is_some_and(FunctionSpec::keeps_all_attempts);
-        let job = self.job_mut(result.job).expect("live attempts have a job");
-        let attempt = job
-            .attempts
-            .iter_mut()
-            .find(|a| a.id == result.attempt)
-            .expect("checked live");
-        attempt.finished_at_ms = Some(now_ms);
-        attempt.log_bytes = result.log_bytes;
-        attempt.log = result.log;
-        attempt.usage = result.usage;
-        match result.outcome {
-            Outcome::Succeeded { output, objects } if keep_all => {
-                attempt.output = Some(output.clone());
-                attempt.objects = objects.clone();
-                job.output.get_or_insert(output);
-                job.objects.extend(objects);
-                job.error = None;
-            }
-            Outcome::Succeeded { output, objects } => {
-                job.output = Some(output);
-                job.objects = objects;
-                job.error = None;
-                let superseded =
-                    JobError::new(ErrorCode::Superseded, "another attempt succeeded first");
-                for other in job
-                    .attempts
-                    .iter_mut()
-                    .filter(|a| a.finished_at_ms.is_none())
-                {
-                    other.finished_at_ms = Some(now_ms);
-                    other.error = Some(superseded.clone());
-                }
-            }
-            Outcome::Failed(error) => {
-                attempt.error = Some(error.clone());
-                if job.output.is_none() {
-                    job.error = Some(error);
-                }
-            }
-        }
-        if job.attempts.iter().all(|a| a.finished_at_ms.is_some()) {
-            if job.output.is_some() {
-                job.state = JobState::Succeeded;
-                job.finished_at_ms = Some(now_ms);
-            } else {
-                let code = job.error.as_ref().map_or("", |e| e.code.as_str());
-                // A run's job is tried once: the workflow's retry policy decides what comes
-                // next, with a new job.
-                if job.run.is_none() && retry.retries(code, job.tries) {
-                    job.state = JobState::Queued;
-                    let seed = job.id.0 ^ (u64::from(job.tries) << 48);
-                    job.not_before_ms = now_ms + retry.backoff_ms(job.tries, seed);
-                } else {
-                    job.state = JobState::Failed;
-                    job.finished_at_ms = Some(now_ms);
-                }
-            }
-        }
-        self.index_insert(result.job);
-        self.record_job_end(now_ms, result.job);
-        self.dead_letter_job(now_ms, result.job);
+        let id = result.job;
+        let job = self.job_mut(id).expect("live attempts have a job");
+        settle(job, result, &retry, keep_all, now_ms);
+        self.index_insert(id);
+        self.record_job_end(now_ms, id);
+        self.dead_letter_job(now_ms, id);
         true
     }
 
@@ -1556,6 +1527,75 @@ impl State {
                     .is_some_and(|t| t.saturating_add(throttle::WINDOW_MS_MAX) > now_ms)
             });
             self.throttle_pruned_ms = now_ms;
+        }
+    }
+}
+
+/// What a live attempt's result does to its job (the state machine's part of
+/// `FinishAttempts`, apart so that a node can foresee it: `State::foresee_finish`). The job
+/// ends when its last live attempt does: succeeded if one of them succeeded, else queued
+/// again or failed by its retry policy. Without backups, or in mode `hedge`, the first
+/// success ends the job at once and stops the other attempts (`superseded`).
+pub(crate) fn settle(
+    job: &mut Job,
+    result: AttemptResult,
+    retry: &crate::RetryPolicy,
+    keep_all: bool,
+    now_ms: u64,
+) {
+    let Some(attempt) = job.attempts.iter_mut().find(|a| a.id == result.attempt) else {
+        return;
+    };
+    attempt.finished_at_ms = Some(now_ms);
+    attempt.log_bytes = result.log_bytes;
+    attempt.log = result.log;
+    attempt.usage = result.usage;
+    match result.outcome {
+        Outcome::Succeeded { output, objects } if keep_all => {
+            attempt.output = Some(output.clone());
+            attempt.objects = objects.clone();
+            job.output.get_or_insert(output);
+            job.objects.extend(objects);
+            job.error = None;
+        }
+        Outcome::Succeeded { output, objects } => {
+            job.output = Some(output);
+            job.objects = objects;
+            job.error = None;
+            let superseded =
+                JobError::new(ErrorCode::Superseded, "another attempt succeeded first");
+            for other in job
+                .attempts
+                .iter_mut()
+                .filter(|a| a.finished_at_ms.is_none())
+            {
+                other.finished_at_ms = Some(now_ms);
+                other.error = Some(superseded.clone());
+            }
+        }
+        Outcome::Failed(error) => {
+            attempt.error = Some(error.clone());
+            if job.output.is_none() {
+                job.error = Some(error);
+            }
+        }
+    }
+    if job.attempts.iter().all(|a| a.finished_at_ms.is_some()) {
+        if job.output.is_some() {
+            job.state = JobState::Succeeded;
+            job.finished_at_ms = Some(now_ms);
+        } else {
+            let code = job.error.as_ref().map_or("", |e| e.code.as_str());
+            // A run's job is tried once: the workflow's retry policy decides what comes
+            // next, with a new job.
+            if job.run.is_none() && retry.retries(code, job.tries) {
+                job.state = JobState::Queued;
+                let seed = job.id.0 ^ (u64::from(job.tries) << 48);
+                job.not_before_ms = now_ms + retry.backoff_ms(job.tries, seed);
+            } else {
+                job.state = JobState::Failed;
+                job.finished_at_ms = Some(now_ms);
+            }
         }
     }
 }

@@ -57,6 +57,14 @@ pub async fn serve<F: Future>(request: SignedRequest, work: F) -> F::Output {
 
 /// `command` as the request being served proposes it; unchanged outside a request.
 pub(crate) fn wrap(command: Command) -> Command {
+    // A continuation is the cluster's decision, not the request's: only what it follows is
+    // signed, so the jobs it starts belong to the run, as the driver's would.
+    if let Command::Continued { command, then } = command {
+        return Command::Continued {
+            command: Box::new(wrap(*command)),
+            then,
+        };
+    }
     match REQUEST.try_with(SignedRequest::clone) {
         Ok(r) => Command::Signed {
             key: r.key,

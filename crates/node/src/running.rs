@@ -525,10 +525,22 @@ pub(crate) async fn report(node: Node, mut results: mpsc::Receiver<Finished>) {
             .collect();
         let batch: Vec<AttemptResult> = batch.into_iter().map(|f| f.result).collect();
         loop {
-            let finish = Command::FinishAttempts {
-                now_ms: now_ms(),
+            let now = now_ms();
+            let mut finish = Command::FinishAttempts {
+                now_ms: now,
                 results: batch.clone(),
             };
+            // The next step of each run these results end, decided here and started in the
+            // same entry (see `model::Continuation`).
+            let then = node.read(|s| {
+                s.foresee_finish(&batch, now, crate::scheduling::continues_here(&node, s))
+            });
+            if !then.is_empty() {
+                finish = Command::Continued {
+                    command: Box::new(finish),
+                    then,
+                };
+            }
             // The objects first, in the same entry: whoever sees the job finished can read
             // its outputs and logs.
             let command = if objects.is_empty() {

@@ -151,12 +151,29 @@ impl Node {
         if !known {
             self.read(|s| s.check_run_start(&workflow, &input, idempotency_key.as_deref()))?;
         }
-        let start = Command::StartRun {
-            now_ms: now_ms(),
+        let now = now_ms();
+        // The run's first decision, taken here: its first steps start in the entry that
+        // creates it (see `model::Continuation`).
+        let then = self.read(|s| {
+            s.foresee_start(
+                &workflow,
+                &input,
+                now,
+                crate::scheduling::continues_here(self, s),
+            )
+        });
+        let mut start = Command::StartRun {
+            now_ms: now,
             workflow,
             input,
             idempotency_key,
         };
+        if let Some(then) = then {
+            start = Command::Continued {
+                command: Box::new(start),
+                then: vec![then],
+            };
+        }
         match rejected(self.propose(start).await?)? {
             Response::RunStarted { run, existing } => Ok((self.get_run(run)?, existing)),
             other => Err(unexpected(other)),

@@ -123,6 +123,18 @@ pub(crate) fn place_new(
     })
 }
 
+/// The node a continuation this node proposes may start its jobs on: this node, unless its
+/// CPU is at the breaker's threshold or the cluster places by another strategy than
+/// `least-request` (a free slot here is then no better than one elsewhere). The state checks
+/// the rest when it applies the entry (`State::continues_on`).
+pub(crate) fn continues_here(node: &Node, s: &State) -> Option<model::NodeId> {
+    let config = config(s);
+    let me = s.node(node.id())?;
+    (config.default_strategy == model::Strategy::LeastRequest
+        && me.load.cpu_percent < config.cpu_threshold_percent)
+        .then_some(me.id)
+}
+
 pub(crate) async fn run(node: Node) {
     let mut applied = node.inner.registry.applied();
     // When the next hedge falls due, as of the last pass; a new attempt is an applied change,
