@@ -14,8 +14,9 @@ For each system and workflow:
 Systems (each started and stopped by this script, on loopback ports):
 - chorus, 1 node: `chorus serve` (HTTPS, 2 worker slots), the workflows deployed as TOML, each
   step the built-in `noop` function (the cheapest real step: a job on a worker process that
-  answers `{}`); the client starts a run (`POST /v1/runs`) and waits for it
-  (`GET /v1/runs/{id}/wait`) over pooled keep-alive connections. Every state change is
+  answers `{}`); the client starts a run and waits for it in one call (`POST
+  /v1/workflows/{name}/invoke`, then `GET /v1/runs/{id}/wait` only if it still runs after
+  30 s) over pooled keep-alive connections. Every state change is
   fsync'd to the raft log before it is applied: durable.
 - chorus, 3 nodes: the same through a follower of a three-node cluster started as
   bench/cluster does (mutual TLS between nodes, 2 slots each); a change is durable on two
@@ -252,7 +253,7 @@ class ChorusClient:
 
     def run(self, workflow):
         input_ = {"items": list(range(FAN_WIDTH))} if workflow == "fan100" else {}
-        run = self.call("POST", "/v1/runs", {"workflow": workflow, "input": input_})
+        run = self.call("POST", f"/v1/workflows/{workflow}/invoke?timeout_ms=30000", {"input": input_})
         while run["state"] == "running":
             run = self.call("GET", f"/v1/runs/{run['id']}/wait?timeout_ms=30000")
         if run["state"] != "succeeded":

@@ -157,9 +157,11 @@ fn reads_own_jobs(method: &Method, path: &str) -> bool {
 
 /// The scope a route needs: the one table to audit.
 pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
-    // Invoking a function runs a job, as a submit does; deploying one is an admin's.
-    let invoke =
-        method == Method::POST && path.starts_with("/v1/functions/") && path.ends_with("/invoke");
+    // Invoking a function runs a job, as a submit does, and invoking a workflow starts a
+    // run; deploying either is an admin's.
+    let invoke = method == Method::POST
+        && (path.starts_with("/v1/functions/") || path.starts_with("/v1/workflows/"))
+        && path.ends_with("/invoke");
     // A control on a workflow's runs is a control on runs, as `POST /v1/runs/{id}/control`
     // is; changing the workflow itself is an admin's.
     let runs_control =
@@ -461,6 +463,10 @@ mod tests {
         assert_eq!(required_scope(&post, "/v1/workflows"), Scope::Admin);
         assert_eq!(
             required_scope(&post, "/v1/workflows/w/control"),
+            Scope::Submit
+        );
+        assert_eq!(
+            required_scope(&post, "/v1/workflows/w/invoke"),
             Scope::Submit
         );
         assert_eq!(required_scope(&post, "/v1/events/ingest"), Scope::Submit);

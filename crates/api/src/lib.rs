@@ -161,6 +161,10 @@ pub fn router(node: Node) -> Router {
             small(post(runs::control_workflow_runs)),
         )
         .route(
+            "/v1/workflows/{name}/invoke",
+            limited(post(runs::invoke_workflow), RUN_BODY_BYTES_MAX),
+        )
+        .route(
             "/v1/workflows/{name}/stats",
             small(get(runs::workflow_stats)),
         )

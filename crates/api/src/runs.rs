@@ -143,6 +143,70 @@ pub(crate) async fn start_run(
     Ok((status, Json(answer)))
 }
 
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvokeRun {
+    #[serde(default)]
+    input: serde_json::Value,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InvokeRunQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// Starts a run of the workflow and answers once it ended: 200 with the run (its `state`
+/// says how it ended), or 202 with the run still running at the time-out (follow it with
+/// `GET /v1/runs/{id}/wait`). `existing: true` when the idempotency key named an earlier run.
+pub(crate) async fn invoke_workflow(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<InvokeRunQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Answer<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
+    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
+    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
+        ));
+    }
+    let invoke: InvokeRun = if body.iter().all(u8::is_ascii_whitespace) {
+        InvokeRun::default()
+    } else {
+        parse_json(&body)?
+    };
+    let (run, existing) = app
+        .node
+        .invoke_run(
+            name,
+            invoke.input,
+            invoke.idempotency_key,
+            Duration::from_millis(timeout_ms),
+        )
+        .await?;
+    let id = run.summary.id;
+    let running = run.summary.state == RunStatus::Running;
+    let mut answer = serde_json::to_value(run)
+        .map_err(|e| fail(ErrorCode::Internal, format!("run not encodable: {e}")))?;
+    answer["existing"] = json!(existing);
+    Ok(if running {
+        (
+            StatusCode::ACCEPTED,
+            [(axum::http::header::LOCATION, format!("/v1/runs/{id}"))],
+            Json(answer),
+        )
+            .into_response()
+    } else {
+        Json(answer).into_response()
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunsQuery {

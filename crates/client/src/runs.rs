@@ -146,6 +146,36 @@ impl Client {
         self.json(Method::POST, "/v1/runs", Some(&body)).await
     }
 
+    /// Starts a run and waits (server side) up to `timeout` for it to end, in one call: the
+    /// run as it is then (`state` is still `running` if the time-out came first).
+    pub async fn invoke_workflow(
+        &self,
+        workflow: &str,
+        input: &serde_json::Value,
+        idempotency_key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Run, ClientError> {
+        let path = format!(
+            "/v1/workflows/{}/invoke?timeout_ms={}",
+            urlencoding(workflow),
+            timeout.as_millis()
+        );
+        let body = serde_json::to_vec(&serde_json::json!({
+            "input": input,
+            "idempotency_key": idempotency_key,
+        }))
+        .expect("JSON values serialize");
+        let bytes = self
+            .send(
+                Method::POST,
+                &path,
+                body,
+                Some(timeout + Duration::from_secs(10)),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     pub async fn run(&self, id: u64) -> Result<Run, ClientError> {
         self.json(Method::GET, &format!("/v1/runs/{id}"), None)
             .await

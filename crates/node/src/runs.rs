@@ -180,6 +180,24 @@ impl Node {
         }
     }
 
+    /// Starts a run (as [`Node::start_run`]) and waits up to `timeout` for it to end: the run
+    /// as it is then, ended or still running. One call where a client would otherwise start
+    /// and then wait, so a short run costs one round trip.
+    pub async fn invoke_run(
+        &self,
+        workflow: String,
+        input: serde_json::Value,
+        idempotency_key: Option<String>,
+        timeout: Duration,
+    ) -> Result<(RunView, bool), ApiError> {
+        let (run, existing) = self.start_run(workflow, input, idempotency_key).await?;
+        if run.summary.state != RunStatus::Running {
+            return Ok((run, existing));
+        }
+        let id = run.summary.id;
+        Ok((self.wait_run(id, None, timeout).await?, existing))
+    }
+
     /// Statistics of the runs of `name` that started in the last `window`: runs by state,
     /// success rate, durations per run and per step (`workflow::stats`), and per step what
     /// its attempts cost: queue wait (submit to start), CPU time and peak memory of the

@@ -426,6 +426,93 @@ input = { state = "{{ run.state }}" }
     );
 }
 
+/// `POST /v1/workflows/{name}/invoke` starts a run and answers once it ended, in one call;
+/// a run still going at the call's time-out is a 202 naming it, and the idempotency key
+/// returns the same run; bad input is a clear error and starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoking_a_workflow_answers_once_the_run_ended_or_202_at_the_time_out() {
+    let node = TestNode::start().await;
+    deploy_echo(&node.client, "echo", None).await;
+    let chain = r#"
+name = "pair"
+[[steps]]
+name = "a"
+function = "echo"
+input = { n = "{{ input.n }}" }
+[[steps]]
+name = "b"
+function = "echo"
+needs = ["a"]
+input = { twice = "{{ steps.a.output.input.n }}" }
+"#;
+    node.client.deploy_workflow(chain).await.unwrap();
+    let run = node
+        .client
+        .invoke_workflow("pair", &json!({ "n": 3 }), None, DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    assert_eq!(
+        step(&run, "b").output.as_ref().unwrap()["input"]["twice"],
+        3
+    );
+
+    let long = "name = \"long\"\n[[steps]]\nname = \"wait\"\nfunction = \"sleep\"\ninput = { ms = 60000 }\n";
+    node.client.deploy_workflow(long).await.unwrap();
+    let body = serde_json::to_vec(&json!({ "idempotency_key": "slow" })).unwrap();
+    let (status, answer) = node
+        .client
+        .raw(
+            "POST",
+            "/v1/workflows/long/invoke?timeout_ms=300",
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+    let first: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (&first["state"], &first["existing"]),
+        (&json!("running"), &json!(false))
+    );
+    let (status, answer) = node
+        .client
+        .raw("POST", "/v1/workflows/long/invoke?timeout_ms=0", body)
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    let again: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (&again["id"], &again["existing"]),
+        (&first["id"], &json!(true))
+    );
+
+    for (path, body, code) in [
+        ("/v1/workflows/nope/invoke", "{}", "not_found"),
+        (
+            "/v1/workflows/pair/invoke?timeout_ms=999999999",
+            "{}",
+            "invalid_input",
+        ),
+        (
+            "/v1/workflows/pair/invoke",
+            "{\"inputs\": 1}",
+            "invalid_input",
+        ),
+        ("/v1/workflows/pair/invoke", "[", "invalid_input"),
+    ] {
+        let (status, answer) = node.client.raw("POST", path, body.into()).await.unwrap();
+        let error: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(error["code"], code, "{path} {body}: {status} {error}");
+    }
+    let runs = node
+        .client
+        .list_runs(&client::RunFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2, "bad calls started nothing: {runs:?}");
+}
+
 /// Elements of the fan-out the leader is killed in the middle of (issue 12: a run of 200
 /// steps).
 const SURVIVOR_ELEMENTS: u32 = 200;
