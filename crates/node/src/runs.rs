@@ -361,15 +361,20 @@ impl Node {
         let deadline = tokio::time::Instant::now() + timeout.min(WAIT_MAX);
         let mut applied = self.inner.registry.applied();
         loop {
-            let run = self.get_run(id)?;
-            let changed = revision.is_some_and(|r| r != run.revision);
-            if changed || run.summary.state != RunStatus::Running {
-                return Ok(run);
+            // The whole view (every attempt's job looked up) only for the answer: a waiter
+            // wakes at every applied entry, and a fan-out's run has hundreds of attempts.
+            let now = self.read(|s| s.run(id).map(|r| (r.revision, r.state.status)));
+            let Some((now_revision, state)) = now else {
+                return self.get_run(id);
+            };
+            let changed = revision.is_some_and(|r| r != now_revision);
+            if changed || state != RunStatus::Running {
+                return self.get_run(id);
             }
             tokio::select! {
-                changed = applied.changed() => if changed.is_err() { return Ok(run) },
-                () = tokio::time::sleep_until(deadline) => return Ok(run),
-                () = self.inner.shutdown.cancelled() => return Ok(run),
+                changed = applied.changed() => if changed.is_err() { return self.get_run(id) },
+                () = tokio::time::sleep_until(deadline) => return self.get_run(id),
+                () = self.inner.shutdown.cancelled() => return self.get_run(id),
             }
         }
     }
