@@ -17,6 +17,7 @@
 
 mod disk;
 mod log_store;
+pub use log_store::DATA_FORMAT;
 mod network;
 mod proposer;
 mod state_machine;

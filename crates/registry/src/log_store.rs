@@ -21,6 +21,24 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
+const META_FORMAT: &str = "format";
+
+/// The format of a data dir: its log entries (JSON `model::Command`s), its snapshot (the
+/// encoded `model::State`) and the meta values here. A new data dir is stamped with it; a data
+/// dir stamped with a newer one is refused at start (this binary might misread it), before
+/// anything in it is changed; an older one is read as it is, since every field added since
+/// has a default. Bump it with a change that the binaries before it cannot read (a new
+/// command, a new meaning of a field), so that such a binary says so instead of failing on
+/// the first entry it cannot parse.
+///
+/// - 1: data dirs from before the format was stamped (they are stamped with the current
+///   format when opened, which reads them as they are);
+/// - 2: `Command::Continued` (a run's next decision in the entry that ends a step).
+///
+/// Not yet: between nodes. A node of a newer format proposes entries an older peer cannot
+/// read; a rolling upgrade needs the cluster to agree on the format in effect first (the
+/// safe releases to come).
+pub const DATA_FORMAT: u32 = 2;
 
 /// redb's page cache (its default is 1 GiB): the log is written once and read back mostly
 /// while it is recent (replication, catch-up), so a small cache serves it, and memory follows
@@ -35,7 +53,30 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
     // Create the tables up front so that read transactions never meet a missing table.
     let txn = db.begin_write().map_err(storage)?;
     txn.open_table(LOGS).map_err(storage)?;
-    txn.open_table(META).map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        let found = match meta.get(META_FORMAT).map_err(storage)? {
+            Some(v) => Some(serde_json::from_slice::<u32>(v.value()).map_err(storage)?),
+            None => None,
+        };
+        match found {
+            // Dropped uncommitted: nothing in the data dir changes.
+            Some(found) if found > DATA_FORMAT => {
+                return Err(RegistryError::Storage(format!(
+                    "{}: this data dir is in format {found}, written by a newer chorus; this \
+                     binary reads formats up to {DATA_FORMAT}: run the newer binary (nothing \
+                     was changed)",
+                    path.display()
+                )))
+            }
+            Some(_) => {}
+            None => {
+                let stamp = serde_json::to_vec(&DATA_FORMAT).map_err(storage)?;
+                meta.insert(META_FORMAT, stamp.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+    }
     txn.open_table(crate::state_machine::SNAPSHOT)
         .map_err(storage)?;
     txn.commit().map_err(storage)?;

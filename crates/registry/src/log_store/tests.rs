@@ -63,3 +63,50 @@ async fn vote_purge_point_and_committed_index_survive_a_reopen() {
     assert_eq!(state.last_log_id, Some(log_id(3, 5)));
     assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
 }
+
+/// A data dir is stamped with its format when it is created; one stamped by a newer binary
+/// is refused with what to do, and the refusal changes nothing in it.
+#[tokio::test]
+async fn a_data_dir_of_a_newer_format_is_refused_and_left_as_it_was() {
+    use redb::ReadableDatabase;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let read_format = |db: &redb::Database| -> Option<u32> {
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(super::META).unwrap();
+        let value = meta.get(super::META_FORMAT).unwrap()?;
+        Some(serde_json::from_slice(value.value()).unwrap())
+    };
+    {
+        let (mut log, _sm) = open(dir.path());
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+    }
+    let newer = super::DATA_FORMAT + 1;
+    {
+        let db = open_db(&path).unwrap();
+        assert_eq!(
+            read_format(&db),
+            Some(super::DATA_FORMAT),
+            "stamped when created"
+        );
+        let txn = db.begin_write().unwrap();
+        txn.open_table(super::META)
+            .unwrap()
+            .insert(
+                super::META_FORMAT,
+                serde_json::to_vec(&newer).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let refused = open_db(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("format {newer}")) && refused.contains("newer chorus"),
+        "{refused}"
+    );
+    // Still the newer binary's: its stamp and its vote are as they were.
+    let db = std::sync::Arc::new(redb::Database::open(&path).unwrap());
+    assert_eq!(read_format(&db), Some(newer));
+    let mut log = LogStore::new(db);
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+}
