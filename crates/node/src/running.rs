@@ -126,67 +126,62 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<Finished>) {
     let mut tasks = JoinSet::new();
     // Which attempt each task runs, so that a task that panicked still gets a result.
     let mut task_attempts: HashMap<tokio::task::Id, (JobId, AttemptId)> = HashMap::new();
+    // Whether the state changed since the last reconcile: a task's end changes nothing the
+    // state says (its result is an entry of its own), and a reconcile is a pass over every
+    // attempt assigned here, thousands while a fan-out is queued.
+    let mut stale = true;
     loop {
-        // Reconcile what runs here with what the state assigns here.
-        let (assigned, new) = node.read(|s| {
-            let mut assigned = HashMap::new();
-            let mut new = Vec::new();
-            for job in s.running_on(me) {
-                let attempt = job
-                    .live_attempt_on(me)
-                    .expect("running_on lists jobs with a live attempt here")
-                    .id;
-                assigned.insert(job.id, attempt);
-                if local.get(&job.id).is_none_or(|(a, _)| *a != attempt) {
-                    if let Some(function) = s.function(&job.function) {
-                        new.push(Assignment {
-                            job: job.clone(),
-                            attempt,
-                            function: function.clone(),
-                        });
+        if stale {
+            stale = false;
+            // Reconcile what runs here with what the state assigns here.
+            let (assigned, new) = node.read(|s| {
+                let mut assigned = HashMap::new();
+                let mut new = Vec::new();
+                for job in s.running_on(me) {
+                    let attempt = job
+                        .live_attempt_on(me)
+                        .expect("running_on lists jobs with a live attempt here")
+                        .id;
+                    assigned.insert(job.id, attempt);
+                    if local.get(&job.id).is_none_or(|(a, _)| *a != attempt) {
+                        if let Some(function) = s.function(&job.function) {
+                            new.push(Assignment {
+                                job: job.clone(),
+                                attempt,
+                                function: function.clone(),
+                            });
+                        }
                     }
                 }
+                (assigned, new)
+            });
+            local.retain(|job, (attempt, token)| {
+                let keep = assigned.get(job) == Some(attempt);
+                if !keep {
+                    token.cancel();
+                }
+                keep
+            });
+            for a in new {
+                let token = CancellationToken::new();
+                local.insert(a.job.id, (a.attempt, token.clone()));
+                let ids = (a.job.id, a.attempt);
+                let task = tasks.spawn(run_attempt(
+                    node.clone(),
+                    a,
+                    token,
+                    slots.clone(),
+                    work_dirs.clone(),
+                    results.clone(),
+                ));
+                task_attempts.insert(task.id(), ids);
             }
-            (assigned, new)
-        });
-        local.retain(|job, (attempt, token)| {
-            let keep = assigned.get(job) == Some(attempt);
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
-        for a in new {
-            let token = CancellationToken::new();
-            local.insert(a.job.id, (a.attempt, token.clone()));
-            let ids = (a.job.id, a.attempt);
-            let task = tasks.spawn(run_attempt(
-                node.clone(),
-                a,
-                token,
-                slots.clone(),
-                work_dirs.clone(),
-                results.clone(),
-            ));
-            task_attempts.insert(task.id(), ids);
         }
         tokio::select! {
             () = node.inner.shutdown.cancelled() => break,
-            changed = applied.changed() => if changed.is_err() { break },
+            changed = applied.changed() => if changed.is_err() { break } else { stale = true },
             Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let id = ended.as_ref().map_or_else(|e| e.id(), |(id, ())| *id);
-                let Some((job, attempt)) = task_attempts.remove(&id) else { continue };
-                if let Err(e) = ended {
-                    if e.is_panic() {
-                        // A bug, not the job's fault: report it rather than leave the attempt
-                        // running forever; the retry policy decides what happens next.
-                        tracing::error!(%job, %attempt, error = %e, "an attempt's task panicked");
-                        local.remove(&job);
-                        let error = JobError::new(ErrorCode::Internal, format!("the node failed running the attempt: {e}"));
-                        let result = AttemptResult { job, attempt, outcome: Outcome::Failed(error), log_bytes: 0, log: None, usage: None };
-                        let _ = results.send(Finished { result, objects: Vec::new() }).await;
-                    }
-                }
+                ended_task(ended, &mut task_attempts, &mut local, &results).await;
             }
         }
     }
@@ -194,6 +189,44 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<Finished>) {
         token.cancel();
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// An attempt's task ended: forget it; if it panicked (a bug, not the job's fault), report
+/// the attempt failed rather than leave it running forever (the retry policy decides what
+/// happens next).
+async fn ended_task(
+    ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    task_attempts: &mut HashMap<tokio::task::Id, (JobId, AttemptId)>,
+    local: &mut HashMap<JobId, (AttemptId, CancellationToken)>,
+    results: &mpsc::Sender<Finished>,
+) {
+    let id = ended.as_ref().map_or_else(|e| e.id(), |(id, ())| *id);
+    let Some((job, attempt)) = task_attempts.remove(&id) else {
+        return;
+    };
+    let Err(e) = ended else { return };
+    if e.is_panic() {
+        tracing::error!(%job, %attempt, error = %e, "an attempt's task panicked");
+        local.remove(&job);
+        let error = JobError::new(
+            ErrorCode::Internal,
+            format!("the node failed running the attempt: {e}"),
+        );
+        let result = AttemptResult {
+            job,
+            attempt,
+            outcome: Outcome::Failed(error),
+            log_bytes: 0,
+            log: None,
+            usage: None,
+        };
+        let _ = results
+            .send(Finished {
+                result,
+                objects: Vec::new(),
+            })
+            .await;
+    }
 }
 
 async fn run_attempt(
