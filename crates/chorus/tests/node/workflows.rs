@@ -633,3 +633,102 @@ input = { n = "{{ steps.wide.output }}" }
         assert!(ran, "element {index} never ran");
     }
 }
+
+/// Steps of the chain the leader is killed in the middle of.
+const CHAIN_STEPS: usize = 40;
+
+/// A chain's steps start in the entry that ends the step before them (continuations), on
+/// whichever node ran that step; a `kill -9` of the leader in the middle loses no step,
+/// runs none twice, and the outputs still pass along in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_40_steps_outlives_a_kill_9_of_the_leader_in_order_and_once_each() {
+    let mut nodes = cluster().await;
+    let log = nodes[0].dir.path().join("chain.log");
+    let mut step_fn = FunctionSpec::builtin("link");
+    step_fn.kind = FunctionKind::Command;
+    step_fn.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "while IFS= read -r line; do printf '%s\\n' \"$line\" >> '{}'; sleep 0.03; printf '{{\"output\":%s}}\\n' \"$line\"; done",
+            log.display()
+        ),
+    ];
+    nodes[0].client.deploy(&step_fn).await.unwrap();
+    let mut spec = String::from(
+        "name = \"long_chain\"\n[retry]\nbackoff = { initial_ms = 50, max_ms = 200 }\n",
+    );
+    for k in 0..CHAIN_STEPS {
+        spec.push_str(&format!(
+            "[[steps]]\nname = \"s{k}\"\nfunction = \"link\"\n"
+        ));
+        if k == 0 {
+            spec.push_str("input = { chain = \"0\" }\n");
+        } else {
+            spec.push_str(&format!(
+                "needs = [\"s{p}\"]\ninput = {{ chain = \"{{{{ steps.s{p}.output.input.chain }}}}-{k}\" }}\n",
+                p = k - 1
+            ));
+        }
+    }
+    nodes[0].client.deploy_workflow(&spec).await.unwrap();
+    let run = nodes[0]
+        .client
+        .start_run("long_chain", &json!({}), Some("chain"))
+        .await
+        .unwrap();
+    let id = run.summary.id;
+    let old = leader(&nodes[0]).await;
+    let li = leader_index(&nodes, old);
+    let other = (li + 1) % 3;
+    crate::harness::wait_until("a quarter of the steps are done", || async {
+        let Ok(run) = nodes[other].client.run(id).await else {
+            return false;
+        };
+        run.summary
+            .steps
+            .iter()
+            .filter(|s| s.step.status == StepStatus::Succeeded)
+            .count()
+            >= CHAIN_STEPS / 4
+    })
+    .await;
+    nodes[li].kill_9();
+    let run = must_end(&nodes[other].client, id).await;
+    assert_eq!(run.summary.state, RunStatus::Succeeded, "{:?}", run.summary);
+    let expected: Vec<String> = (0..CHAIN_STEPS).map(|k| k.to_string()).collect();
+    let last = step(&run, &format!("s{}", CHAIN_STEPS - 1));
+    assert_eq!(
+        last.output.as_ref().unwrap()["input"]["chain"],
+        expected.join("-"),
+        "every step saw the one before it"
+    );
+    // No try ran twice, and every step's successful try is among those that ran.
+    let key_of: std::collections::HashMap<u64, &str> = run
+        .jobs
+        .iter()
+        .map(|(key, job)| (job.0, key.as_str()))
+        .collect();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let request: Value = serde_json::from_str(line).unwrap();
+        let job = request["job"].as_u64().unwrap();
+        let key = key_of
+            .get(&job)
+            .unwrap_or_else(|| panic!("job {job} is no attempt of run {id}"));
+        assert!(seen.insert(key.to_string()), "{key} ran twice:\n{text}");
+    }
+    for k in 0..CHAIN_STEPS {
+        let s = step(&run, &format!("s{k}"));
+        let ran = s.elements[0]
+            .attempts
+            .iter()
+            .any(|a| seen.contains(&a.job_key));
+        assert!(ran, "step s{k} never ran: {s:?}");
+    }
+    eprintln!(
+        "{CHAIN_STEPS} steps, {} tries ran, leader {old} killed",
+        seen.len()
+    );
+}
