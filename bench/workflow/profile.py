@@ -3,9 +3,11 @@ each step the median of each phase, from the times the log records (milliseconds
 run started, all on the leader's clock):
 
 - advance: the previous step's job ended (or the run started) -> this step's job submitted:
+  0 when the entry that recorded the end carried the next decision (a continuation), else
   the run driver waking, `workflow::advance`, and the `RunCommands` entry committed;
-- place: job submitted -> its attempt started: the scheduling loop waking and its
-  `StartAttempts` entry committed;
+- place: job submitted -> its attempt started: 0 when the continuation started it on the
+  node in the same entry, else the scheduling loop waking and its `StartAttempts` entry
+  committed;
 - execute: attempt started -> attempt ended: the node handing the job to a worker process,
   the worker's reply, and the `FinishAttempts` entry committed;
 - finish: the last job ended -> the run finished: one more driver pass and `RunCommands`
