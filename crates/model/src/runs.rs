@@ -497,17 +497,19 @@ impl State {
     }
 
     /// The continuation of a `StartRun` of `workflow` that `node` is about to propose: the new
-    /// run's first decision, foreseen for the id the next run will get (a start that another
-    /// start overtakes gets another id, and its continuation is dropped).
+    /// run's first decision, foreseen for the id the run will get if `ahead` runs are created
+    /// before it (0: it is the next; more for the later starts of one entry). A start that
+    /// another start overtakes gets another id, and its continuation is dropped.
     pub fn foresee_start(
         &self,
         workflow: &str,
         input: &serde_json::Value,
         now_ms: u64,
+        ahead: u64,
         node: Option<NodeId>,
     ) -> Option<Continuation> {
         let spec = self.workflow(workflow)?;
-        let id = self.next_run_id + 1;
+        let id = self.next_run_id + 1 + ahead;
         let state = RunState::new(spec, id, input.clone(), now_ms);
         let advance = workflow::advance(spec, &state, now_ms);
         (!advance.commands.is_empty()).then_some(Continuation {

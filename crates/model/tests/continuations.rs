@@ -76,7 +76,7 @@ fn start(now_ms: u64) -> Command {
 /// The start a node proposes: with its continuation, as `node::runs` builds it.
 fn continued_start(s: &State, now_ms: u64) -> Command {
     let then = s
-        .foresee_start("chain", &json!({}), now_ms, Some(NODE))
+        .foresee_start("chain", &json!({}), now_ms, 0, Some(NODE))
         .expect("a run's first step is decided at once");
     Command::Continued {
         command: Box::new(start(now_ms)),
@@ -332,12 +332,32 @@ fn a_continuation_starts_its_job_only_in_a_free_slot() {
 #[test]
 fn continuations_are_plain_log_entries() {
     let s = cluster(2);
-    let c: Continuation = s.foresee_start("chain", &json!({}), NOW, None).unwrap();
+    let c: Continuation = s.foresee_start("chain", &json!({}), NOW, 0, None).unwrap();
     assert_eq!((c.run, c.from, c.to), (1, 0, 1));
     assert!(c.place.is_none());
     let text = serde_json::to_string(&c).unwrap();
     assert!(!text.contains("place"), "{text}");
     let back: Continuation = serde_json::from_str(&text).unwrap();
     assert_eq!(back, c);
-    assert!(s.foresee_start("nope", &json!({}), NOW, None).is_none());
+    assert!(s.foresee_start("nope", &json!({}), NOW, 0, None).is_none());
+}
+
+/// Several starts in one entry (a trigger's batch): each is foreseen for the id it will get,
+/// counting the starts before it, so each run's first step starts in that entry.
+#[test]
+fn starts_in_one_entry_each_take_their_first_step() {
+    let mut s = cluster(4);
+    let starts: Vec<Command> = (0..3)
+        .map(|i| Command::Continued {
+            command: Box::new(start(NOW)),
+            then: vec![s
+                .foresee_start("chain", &json!({}), NOW, i, Some(NODE))
+                .unwrap()],
+        })
+        .collect();
+    apply(&mut s, Command::Batch(starts));
+    for run in 1..=3 {
+        let a = step_job(&s, run, "a").expect("each run's first job is in the entry");
+        assert!(running_on_node(&s, a), "run {run}: {:?}", s.job(a));
+    }
 }

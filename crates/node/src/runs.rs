@@ -159,6 +159,7 @@ impl Node {
                 &workflow,
                 &input,
                 now,
+                0,
                 crate::scheduling::continues_here(self, s),
             )
         });

@@ -144,6 +144,46 @@ impl Starts {
     }
 }
 
+/// Each run start with its run's first decision (see `model::Continuation`), foreseen for the
+/// id it gets if every start before it in the entry creates a run. A start whose key names a
+/// run already creates none and gets none; a guess that another start upsets is dropped when
+/// applied, and that run goes the driver's way.
+fn continued_starts(
+    s: &model::State,
+    runs: Vec<Command>,
+    place: Option<model::NodeId>,
+) -> Vec<Command> {
+    let mut ahead = 0;
+    runs.into_iter()
+        .map(|start| {
+            let Command::StartRun {
+                now_ms,
+                workflow,
+                input,
+                idempotency_key,
+            } = &start
+            else {
+                return start;
+            };
+            if idempotency_key
+                .as_deref()
+                .is_some_and(|k| s.run_by_idempotency_key(k).is_some())
+            {
+                return start;
+            }
+            let then = s.foresee_start(workflow, input, *now_ms, ahead, place);
+            ahead += 1;
+            match then {
+                Some(then) => Command::Continued {
+                    command: Box::new(start),
+                    then: vec![then],
+                },
+                None => start,
+            }
+        })
+        .collect()
+}
+
 impl Node {
     /// Proposes `starts` and `advances` (the triggers' cursor moves) in one log entry:
     /// `Batch[SubmitJobs, StartRun.., advances..]`. Answers each start's outcome in the order
@@ -175,6 +215,8 @@ impl Node {
         if has_jobs {
             batch.push(self.placed_submit(now_ms, jobs).await);
         }
+        let runs =
+            self.read(|s| continued_starts(s, runs, crate::scheduling::continues_here(self, s)));
         batch.extend(runs);
         batch.extend(advances);
         let mut answers = match self.propose(wrap(Command::Batch(batch))).await? {
