@@ -14,27 +14,27 @@ pub struct Usage {
     pub peak_rss_bytes: u64,
 }
 
-/// Started when an attempt is handed to a worker; read when the reply comes.
+/// Started when an attempt is handed to a worker; read when the reply comes. The worker's
+/// `/proc` entry is opened once, when it is spawned ([`crate::worker::Worker`]), not at every
+/// attempt: in a fan-out of no-op jobs these reads were a tenth of the node's CPU.
 #[derive(Debug)]
 pub(crate) struct Meter {
-    process: Process,
     cpu_ticks: u64,
 }
 
 impl Meter {
     /// `None` where `/proc` cannot be read (the attempt then records no usage).
-    pub(crate) fn start(pid: u32) -> Option<Meter> {
-        let process = Process::new(pid as i32).ok()?;
+    pub(crate) fn start(process: &Process) -> Option<Meter> {
         // "5" resets the peak resident set (proc(5), clear_refs); procfs only reads.
-        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-        let cpu_ticks = cpu_ticks(&process)?;
-        Some(Meter { process, cpu_ticks })
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", process.pid()), "5");
+        let cpu_ticks = cpu_ticks(process)?;
+        Some(Meter { cpu_ticks })
     }
 
-    pub(crate) fn read(&self) -> Option<Usage> {
-        let ticks = cpu_ticks(&self.process)?.saturating_sub(self.cpu_ticks);
+    pub(crate) fn read(&self, process: &Process) -> Option<Usage> {
+        let ticks = cpu_ticks(process)?.saturating_sub(self.cpu_ticks);
         let per_second = procfs::ticks_per_second().max(1);
-        let peak_kib = self.process.status().ok()?.vmhwm?;
+        let peak_kib = process.status().ok()?.vmhwm?;
         Some(Usage {
             cpu_ms: ticks * 1000 / per_second,
             peak_rss_bytes: peak_kib * 1024,

@@ -40,6 +40,8 @@ pub(crate) struct Worker {
     log: Vec<u8>,
     log_dropped_bytes: u64,
     pub(crate) last_used: Instant,
+    /// Its `/proc` entry, opened once, for what each attempt costs (see [`crate::usage`]).
+    process: Option<procfs::process::Process>,
 }
 
 /// How waiting for a reply ended.
@@ -51,9 +53,9 @@ pub(crate) enum Exchange {
 }
 
 impl Worker {
-    /// Its process id, while it has not been reaped.
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.id()
+    /// Its `/proc` entry, while it has not been reaped.
+    pub(crate) fn process(&self) -> Option<&procfs::process::Process> {
+        self.child.id().and(self.process.as_ref())
     }
 
     pub(crate) fn spawn(spec: &ProcessSpec) -> std::io::Result<Worker> {
@@ -91,6 +93,9 @@ impl Worker {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let process = child
+            .id()
+            .and_then(|pid| procfs::process::Process::new(pid as i32).ok());
         Ok(Worker {
             child,
             tag,
@@ -101,6 +106,7 @@ impl Worker {
             log: Vec::new(),
             log_dropped_bytes: 0,
             last_used: Instant::now(),
+            process,
         })
     }
 
