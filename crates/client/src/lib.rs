@@ -251,6 +251,26 @@ impl Client {
         read(response).await
     }
 
+    /// A call the server holds for up to `wait` (a wait, an invoke): its HTTP time-out is
+    /// that plus ten seconds, so the server's answer at its own time-out still arrives.
+    pub(crate) async fn held<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        wait: Duration,
+    ) -> Result<T, ClientError> {
+        let bytes = self
+            .send(
+                method,
+                path_and_query,
+                body,
+                Some(wait + Duration::from_secs(10)),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -352,15 +372,7 @@ impl Client {
     /// Waits (server side) until the job finishes or `timeout` passes; returns it as it is.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Job, ClientError> {
         let path = format!("/v1/jobs/{id}/wait?timeout_ms={}", timeout.as_millis());
-        let bytes = self
-            .send(
-                Method::GET,
-                &path,
-                Vec::new(),
-                Some(timeout + Duration::from_secs(10)),
-            )
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        self.held(Method::GET, &path, Vec::new(), timeout).await
     }
 
     /// The log of an attempt (the last one if `attempt` is `None`).
@@ -496,15 +508,7 @@ impl Client {
         );
         let body = serde_json::to_vec(&serde_json::json!({ "input": input }))
             .expect("JSON values serialize");
-        let bytes = self
-            .send(
-                Method::POST,
-                &path,
-                body,
-                Some(timeout + Duration::from_secs(10)),
-            )
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        self.held(Method::POST, &path, body, timeout).await
     }
 
     /// Creates a trigger (a cron schedule or an event subscription).

@@ -165,15 +165,7 @@ impl Client {
             "idempotency_key": idempotency_key,
         }))
         .expect("JSON values serialize");
-        let bytes = self
-            .send(
-                Method::POST,
-                &path,
-                body,
-                Some(timeout + Duration::from_secs(10)),
-            )
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        self.held(Method::POST, &path, body, timeout).await
     }
 
     pub async fn run(&self, id: u64) -> Result<Run, ClientError> {
@@ -218,15 +210,7 @@ impl Client {
         if let Some(r) = revision {
             path.push_str(&format!("&revision={r}"));
         }
-        let bytes = self
-            .send(
-                Method::GET,
-                &path,
-                Vec::new(),
-                Some(timeout + Duration::from_secs(10)),
-            )
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        self.held(Method::GET, &path, Vec::new(), timeout).await
     }
 
     /// Retries every failed run (`retry`) or aborts every running run (`abort`) of a

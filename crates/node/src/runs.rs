@@ -145,6 +145,35 @@ impl Node {
         input: serde_json::Value,
         idempotency_key: Option<String>,
     ) -> Result<(RunView, bool), ApiError> {
+        let (id, existing) = self
+            .propose_run_start(workflow, input, idempotency_key)
+            .await?;
+        Ok((self.get_run(id)?, existing))
+    }
+
+    /// Starts a run (as [`Node::start_run`]) and waits up to `timeout` for it to end: the run
+    /// as it is then, ended or still running. One call where a client would otherwise start
+    /// and then wait, so a short run costs one round trip.
+    pub async fn invoke_run(
+        &self,
+        workflow: String,
+        input: serde_json::Value,
+        idempotency_key: Option<String>,
+        timeout: Duration,
+    ) -> Result<(RunView, bool), ApiError> {
+        let (id, existing) = self
+            .propose_run_start(workflow, input, idempotency_key)
+            .await?;
+        Ok((self.wait_run(id, None, timeout).await?, existing))
+    }
+
+    /// The run a start made (or its key named), and whether it existed.
+    async fn propose_run_start(
+        &self,
+        workflow: String,
+        input: serde_json::Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(u64, bool), ApiError> {
         let known = idempotency_key
             .as_deref()
             .is_some_and(|k| self.read(|s| s.run_by_idempotency_key(k).is_some()));
@@ -176,27 +205,9 @@ impl Node {
             };
         }
         match rejected(self.propose(start).await?)? {
-            Response::RunStarted { run, existing } => Ok((self.get_run(run)?, existing)),
+            Response::RunStarted { run, existing } => Ok((run, existing)),
             other => Err(unexpected(other)),
         }
-    }
-
-    /// Starts a run (as [`Node::start_run`]) and waits up to `timeout` for it to end: the run
-    /// as it is then, ended or still running. One call where a client would otherwise start
-    /// and then wait, so a short run costs one round trip.
-    pub async fn invoke_run(
-        &self,
-        workflow: String,
-        input: serde_json::Value,
-        idempotency_key: Option<String>,
-        timeout: Duration,
-    ) -> Result<(RunView, bool), ApiError> {
-        let (run, existing) = self.start_run(workflow, input, idempotency_key).await?;
-        if run.summary.state != RunStatus::Running {
-            return Ok((run, existing));
-        }
-        let id = run.summary.id;
-        Ok((self.wait_run(id, None, timeout).await?, existing))
     }
 
     /// Statistics of the runs of `name` that started in the last `window`: runs by state,
