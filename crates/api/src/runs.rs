@@ -24,6 +24,18 @@ fn run_id(raw: &str) -> Answer<u64> {
         .map_err(|_| fail(ErrorCode::InvalidInput, format!("{raw:?} is not a run id")))
 }
 
+/// A wait's `timeout_ms` (30 s when not given, at most `WAIT_TIMEOUT_MS_MAX`).
+fn wait_timeout(timeout_ms: Option<u64>) -> Answer<Duration> {
+    let timeout_ms = timeout_ms.unwrap_or(30_000);
+    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
+        return Err(fail(
+            ErrorCode::InvalidInput,
+            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
+        ));
+    }
+    Ok(Duration::from_millis(timeout_ms))
+}
+
 /// The body is the spec as TOML text. The answer is the spec with its version and, if it
 /// has URL hooks, `hook_secrets`: the secret each URL's posts are signed with (shown here
 /// only).
@@ -169,13 +181,7 @@ pub(crate) async fn invoke_workflow(
 ) -> Answer<axum::response::Response> {
     use axum::response::IntoResponse;
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
-    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
-    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
-        return Err(fail(
-            ErrorCode::InvalidInput,
-            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
-        ));
-    }
+    let timeout = wait_timeout(q.timeout_ms)?;
     let invoke: InvokeRun = if body.iter().all(u8::is_ascii_whitespace) {
         InvokeRun::default()
     } else {
@@ -183,12 +189,7 @@ pub(crate) async fn invoke_workflow(
     };
     let (run, existing) = app
         .node
-        .invoke_run(
-            name,
-            invoke.input,
-            invoke.idempotency_key,
-            Duration::from_millis(timeout_ms),
-        )
+        .invoke_run(name, invoke.input, invoke.idempotency_key, timeout)
         .await?;
     let id = run.summary.id;
     let running = run.summary.state == RunStatus::Running;
@@ -268,14 +269,7 @@ pub(crate) async fn wait_run(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<RunView>> {
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
-    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
-    if timeout_ms > WAIT_TIMEOUT_MS_MAX {
-        return Err(fail(
-            ErrorCode::InvalidInput,
-            format!("timeout_ms is at most {WAIT_TIMEOUT_MS_MAX}"),
-        ));
-    }
-    let timeout = Duration::from_millis(timeout_ms);
+    let timeout = wait_timeout(q.timeout_ms)?;
     let id = run_id(&id)?;
     app.node.sync().await?;
     Ok(Json(app.node.wait_run(id, q.revision, timeout).await?))
