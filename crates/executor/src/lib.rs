@@ -170,7 +170,7 @@ impl Executor {
                     }
                 }
             };
-            let meter = worker.process().and_then(usage::Meter::start);
+            let meter = worker.probe().and_then(|probe| probe.start());
             match worker.send(&line).await {
                 Ok(()) => exchange = Some((worker, meter)),
                 Err(e) if cold_start => {
@@ -185,7 +185,9 @@ impl Executor {
         let (mut worker, meter) = exchange.expect("set above");
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.timeout_ms);
         let outcome = worker.await_reply(deadline, cancel).await;
-        let usage = meter.as_ref().and_then(|m| m.read(worker.process()?));
+        let usage = meter
+            .as_ref()
+            .and_then(|m| worker.probe().and_then(|probe| probe.read(m)));
         let log = worker.take_log();
         let reply = match outcome {
             Exchange::Reply(reply) => {

@@ -1,6 +1,7 @@
 //! One worker process and the node's side of the protocol with it.
 
 use crate::tree::{self, Tag};
+use crate::usage::Probe;
 use crate::{ProcessSpec, LOG_BYTES_MAX};
 use futures::StreamExt;
 use model::protocol::{Reply, REPLY_BYTES_MAX};
@@ -40,8 +41,8 @@ pub(crate) struct Worker {
     log: Vec<u8>,
     log_dropped_bytes: u64,
     pub(crate) last_used: Instant,
-    /// Its `/proc` entry, opened once, for what each attempt costs (see [`crate::usage`]).
-    process: Option<procfs::process::Process>,
+    /// Its `/proc` files, opened once, for what each attempt costs (see [`crate::usage`]).
+    probe: Option<Probe>,
 }
 
 /// How waiting for a reply ended.
@@ -53,9 +54,12 @@ pub(crate) enum Exchange {
 }
 
 impl Worker {
-    /// Its `/proc` entry, while it has not been reaped.
-    pub(crate) fn process(&self) -> Option<&procfs::process::Process> {
-        self.child.id().and(self.process.as_ref())
+    /// Its `/proc` files, while it has not been reaped (a reaped worker's pid may be
+    /// another process's by now; files opened before stay the old process's, but read
+    /// nothing).
+    pub(crate) fn probe(&mut self) -> Option<&mut Probe> {
+        self.child.id()?;
+        self.probe.as_mut()
     }
 
     pub(crate) fn spawn(spec: &ProcessSpec) -> std::io::Result<Worker> {
@@ -93,9 +97,7 @@ impl Worker {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let process = child
-            .id()
-            .and_then(|pid| procfs::process::Process::new(pid as i32).ok());
+        let probe = child.id().and_then(Probe::open);
         Ok(Worker {
             child,
             tag,
@@ -106,7 +108,7 @@ impl Worker {
             log: Vec::new(),
             log_dropped_bytes: 0,
             last_used: Instant::now(),
-            process,
+            probe,
         })
     }
 
