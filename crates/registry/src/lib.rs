@@ -160,6 +160,8 @@ pub struct Registry {
     proposer: proposer::Handle,
     peers: network::Peers,
     disk: Arc<disk::Disk>,
+    /// The log store's handle for writing the committed index at a graceful stop.
+    committed: log_store::LogStore,
 }
 
 impl std::fmt::Debug for Registry {
@@ -191,6 +193,7 @@ impl Registry {
         private_files(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let log_store = log_store::LogStore::new(db.clone());
+        let committed = log_store.clone();
         let disk = Arc::new(disk::Disk::new(
             dir.to_path_buf(),
             state_machine::SnapshotFile::path(dir),
@@ -262,6 +265,7 @@ impl Registry {
             proposer,
             peers,
             disk,
+            committed,
         })
     }
 
@@ -691,6 +695,9 @@ impl Registry {
                 "raft did not shut down within {} s; leaving it",
                 SHUTDOWN_WAIT.as_secs()
             ),
+        }
+        if let Err(e) = self.committed.flush_committed().await {
+            tracing::warn!(error = %e, "could not write the committed index; a restart applies the rest once a leader commits");
         }
     }
 }

@@ -8,7 +8,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[cfg(test)]
 mod tests;
@@ -98,11 +98,43 @@ fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<
 #[derive(Clone, Debug)]
 pub(crate) struct LogStore {
     db: Arc<Database>,
+    /// The committed index openraft reported last, while no write has carried it to disk yet
+    /// (see [`RaftLogStorage::save_committed`] below).
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+        LogStore {
+            db,
+            committed: Arc::default(),
+        }
+    }
+
+    /// The committed index not yet on disk, if any, to write in the transaction at hand; once
+    /// that transaction committed, [`LogStore::carried`] forgets it.
+    fn to_carry(&self) -> Option<Option<LogId<NodeId>>> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn carried(&self, written: Option<Option<LogId<NodeId>>>) {
+        let mut pending = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if written.is_some() && *pending == written {
+            *pending = None;
+        }
+    }
+
+    /// Writes the committed index openraft reported last, if no write carried it yet, with an
+    /// fsync: at a graceful stop, so that the next start applies everything committed before
+    /// it rather than wait for a leader to say so.
+    pub(crate) async fn flush_committed(&self) -> Result<(), StorageError<NodeId>> {
+        let Some(committed) = self.to_carry() else {
+            return Ok(());
+        };
+        self.write_meta(META_COMMITTED, &committed, Durability::Immediate)
+            .await?;
+        self.carried(Some(committed));
+        Ok(())
     }
 
     /// The index of the last entry purged from the log (after a snapshot), if any.
@@ -147,6 +179,22 @@ impl LogStore {
         })
         .await
     }
+}
+
+/// Writes the committed index not yet on disk, if any, in `txn` (see `save_committed`).
+fn carry(
+    txn: &redb::WriteTransaction,
+    committed: Option<Option<LogId<NodeId>>>,
+) -> Result<(), StorageError<NodeId>> {
+    let Some(committed) = committed else {
+        return Ok(());
+    };
+    let bytes = serde_json::to_vec(&committed).map_err(write_err)?;
+    txn.open_table(META)
+        .map_err(write_err)?
+        .insert(META_COMMITTED, bytes.as_slice())
+        .map_err(write_err)?;
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -237,13 +285,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Only a hint for a faster restart (the leader re-establishes the commit index), so it
-        // rides along with the next durable log write instead of paying an fsync of its own.
-        self.write_meta(META_COMMITTED, &committed, Durability::None)
-            .await
+        // Only a hint for a faster restart (the leader re-establishes the commit index).
+        // openraft awaits this call between an entry's commit and its apply, so it writes
+        // nothing here: the next write of the log (an append, a purge, a vote) carries it in
+        // its own transaction, and a graceful stop writes it (`flush_committed`). After a
+        // crash the hint on disk may be a few entries behind, which a restart tolerates: the
+        // rest is applied once a leader commits again.
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some(pending) = self.to_carry() {
+            return Ok(pending);
+        }
         Ok(self
             .read_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?
             .flatten())
@@ -266,6 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ));
         }
         let db = self.db.clone();
+        let committed = self.to_carry();
         let result = blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
@@ -274,9 +330,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     table.insert(*index, bytes.as_slice()).map_err(write_err)?;
                 }
             }
+            carry(&txn, committed)?;
             txn.commit().map_err(write_err)
         })
         .await;
+        if result.is_ok() {
+            self.carried(committed);
+        }
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -301,12 +361,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
         let db = self.db.clone();
         let started = std::time::Instant::now();
+        let committed = self.to_carry();
         let purged = blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
             txn.open_table(META)
                 .map_err(write_err)?
                 .insert(META_LAST_PURGED, bytes.as_slice())
                 .map_err(write_err)?;
+            carry(&txn, committed)?;
             txn.open_table(LOGS)
                 .map_err(write_err)?
                 .retain_in(..=log_id.index, |_, _| false)
@@ -314,6 +376,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(write_err)
         })
         .await;
+        if purged.is_ok() {
+            self.carried(committed);
+        }
         tracing::debug!(
             upto = log_id.index,
             ms = started.elapsed().as_secs_f64() * 1e3,

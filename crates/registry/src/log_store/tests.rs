@@ -110,3 +110,30 @@ async fn a_data_dir_of_a_newer_format_is_refused_and_left_as_it_was() {
     let mut log = LogStore::new(db);
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
 }
+
+/// The committed index costs no transaction of its own (openraft waits for it between an
+/// entry's commit and its apply): it rides along with the next append, and a graceful stop
+/// writes what no append carried.
+#[tokio::test]
+async fn the_committed_index_rides_along_with_the_next_append_or_is_flushed_at_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open(dir.path());
+        log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        // Read back before any write: the value openraft gave, not what the disk has.
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+        Suite::<TypeConfig, LogStore, StateMachine, Fresh, tempfile::TempDir>::feed_10_logs_vote_self(&mut log)
+            .await
+            .unwrap();
+        log.save_committed(Some(log_id(1, 9))).await.unwrap();
+    }
+    // A crash here: the append carried index 4; index 5 was never written.
+    {
+        let (mut log, _sm) = open(dir.path());
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+        log.save_committed(Some(log_id(1, 9))).await.unwrap();
+        log.flush_committed().await.unwrap();
+    }
+    let (mut log, _sm) = open(dir.path());
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 9)));
+}
