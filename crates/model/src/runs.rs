@@ -168,10 +168,7 @@ impl State {
 
     /// Runs that are not finished, with their revision: what the leader's driver advances.
     pub fn running_runs(&self) -> impl Iterator<Item = &Run> {
-        self.runs
-            .values()
-            .filter(|r| !r.state.is_finished())
-            .map(|r| &**r)
+        self.live_runs.iter().map(|id| &*self.runs[id])
     }
 
     /// Finished runs that finished before `finished_before_ms`, lowest id first, at most
@@ -263,6 +260,7 @@ impl State {
             revision: 1,
         };
         self.runs.insert(id, Arc::new(run));
+        self.index_run(id);
         if self.follows_runs() {
             let run = &self.runs[&id].state;
             let mut event = run.run_event();
@@ -358,6 +356,7 @@ impl State {
                 _ => {}
             }
         }
+        self.index_run(id);
         Response::Done
     }
 
@@ -548,6 +547,7 @@ impl State {
         if recorded == workflow::Recorded::Taken {
             run.revision += 1;
         }
+        self.index_run(link.run);
     }
 
     pub(crate) fn control_run(
@@ -593,6 +593,7 @@ impl State {
                 for step in skipped {
                     self.record_ending(now_ms, id, &Ending::Step(step));
                 }
+                self.index_run(id);
                 Response::Done
             }
             Err(e) => Response::Rejected(workflow_error(&e)),
@@ -608,6 +609,7 @@ impl State {
                 .is_some_and(|r| run_expired(r, finished_before_ms))
             {
                 let run = self.runs.remove(&id).expect("checked above");
+                self.live_runs.remove(&id);
                 if let Some(key) = &run.idempotency_key {
                     self.run_keys.remove(key);
                 }
@@ -734,6 +736,14 @@ impl State {
 
     fn run_mut(&mut self, id: u64) -> Option<&mut Run> {
         self.runs.get_mut(&id).map(Arc::make_mut)
+    }
+
+    /// Keeps [`State::running_runs`]' index in step with a run that may have changed.
+    fn index_run(&mut self, id: u64) {
+        match self.runs.get(&id) {
+            Some(run) if !run.state.is_finished() => self.live_runs.insert(id),
+            _ => self.live_runs.remove(&id),
+        };
     }
 }
 

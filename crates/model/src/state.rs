@@ -184,6 +184,10 @@ pub struct State {
     idempotency: HashMap<String, JobId>,
     #[serde(skip)]
     pub(crate) run_keys: HashMap<String, u64>,
+    /// The runs not finished, by id: what the run driver looks at after every entry, where
+    /// the runs kept are many times more.
+    #[serde(skip)]
+    pub(crate) live_runs: BTreeSet<u64>,
     /// `nonces` by expiry, to forget them in order.
     #[serde(skip)]
     nonce_expiry: BTreeSet<(u64, String)>,
@@ -241,6 +245,7 @@ impl State {
             running: _,
             idempotency: _,
             run_keys: _,
+            live_runs: _,
             nonce_expiry: _,
             requester: _,
             throttle_running: _,
@@ -296,6 +301,12 @@ impl State {
             .runs
             .values()
             .filter_map(|r| Some((r.idempotency_key.clone()?, r.state.id)))
+            .collect();
+        self.live_runs = self
+            .runs
+            .values()
+            .filter(|r| !r.state.is_finished())
+            .map(|r| r.state.id)
             .collect();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {

@@ -303,7 +303,7 @@ impl Node {
             changed = applied.changed() => changed.ok()?,
             () = tokio::time::sleep(tick) => {}
         }
-        Some(self.inner.registry.figures().is_leader)
+        Some(self.inner.registry.is_leader())
     }
 
     /// Reads the state as applied on this node.

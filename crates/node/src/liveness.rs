@@ -81,7 +81,7 @@ pub(crate) async fn scan(node: Node) {
             () = node.inner.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if !node.inner.registry.figures().is_leader {
+        if !node.inner.registry.is_leader() {
             leader_since = None;
             continue;
         }

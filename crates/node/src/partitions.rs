@@ -52,7 +52,7 @@ pub(crate) async fn place(node: Node) {
             () = node.inner.shutdown.cancelled() => return,
             () = tokio::time::sleep(PLACE_PASS) => {}
         }
-        if !node.inner.registry.figures().is_leader {
+        if !node.inner.registry.is_leader() {
             // The watermarks this node read are the leader's to show now.
             let sources = &node.inner.sources;
             for name in std::mem::take(&mut placing).into_keys() {

@@ -51,7 +51,7 @@ pub(crate) async fn sweep(node: Node) {
         }
         last_sweep = tokio::time::Instant::now();
         let cutoff_ms = now_ms().saturating_sub(retention.as_millis() as u64);
-        if node.inner.registry.figures().is_leader {
+        if node.inner.registry.is_leader() {
             purge_jobs(&node, cutoff_ms).await;
             purge_runs(&node, cutoff_ms).await;
         }

@@ -454,7 +454,7 @@ pub(crate) async fn drive(node: Node) {
             changed = applied.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(wait) => {}
         }
-        if !node.inner.registry.figures().is_leader {
+        if !node.inner.registry.is_leader() {
             // A new leader starts from nothing: it advances every unfinished run once.
             seen.clear();
             continue;

@@ -81,7 +81,7 @@ pub(crate) fn place_new(
     node: &Node,
     specs: &[model::JobSpec],
 ) -> (Vec<Option<model::NodeId>>, Vec<model::NewEvent>) {
-    if !node.inner.registry.figures().is_leader {
+    if !node.inner.registry.is_leader() {
         return (Vec::new(), Vec::new());
     }
     node.read(|s| {
@@ -157,7 +157,7 @@ pub(crate) async fn run(node: Node) {
             changed = applied.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(wait) => {}
         }
-        if !node.inner.registry.figures().is_leader {
+        if !node.inner.registry.is_leader() {
             // A new leader starts from a fresh scheduler state.
             *scheduler_state(&node) = None;
             next_hedge_ms = None;

@@ -295,7 +295,7 @@ pub(crate) async fn watch(node: Node) {
             () = node.inner.shutdown.cancelled() => break,
             () = tokio::time::sleep(SOURCE_PASS) => {}
         }
-        let leading = node.inner.registry.figures().is_leader;
+        let leading = node.inner.registry.is_leader();
         let active: Vec<Trigger> =
             node.read(|s| s.triggers().filter(|t| !t.paused).cloned().collect());
         consumers.keep(&node, &active);

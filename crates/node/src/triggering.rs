@@ -451,7 +451,7 @@ pub(crate) async fn fire(node: Node) {
             () = tokio::time::sleep(wait.max(FIRE_PASS_MIN)) => {}
         }
         wait = FIRE_IDLE_TICK;
-        if !node.inner.registry.figures().is_leader {
+        if !node.inner.registry.is_leader() {
             continue;
         }
         let now = now_ms();

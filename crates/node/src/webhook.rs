@@ -48,7 +48,7 @@ pub(crate) async fn deliver(node: Node) {
             () = node.inner.shutdown.cancelled() => return,
             () = tokio::time::sleep(TICK) => {}
         }
-        if !node.inner.registry.figures().is_leader {
+        if !node.inner.registry.is_leader() {
             continue;
         }
         let (url, events) = node.read(|s| {

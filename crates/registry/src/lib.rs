@@ -579,6 +579,12 @@ impl Registry {
         self.state.applied()
     }
 
+    /// Whether this node leads the cluster now. The loops that only lead ask it at every
+    /// pass: this reads one field where [`Registry::figures`] copies raft's metrics.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
     pub fn figures(&self) -> RaftFigures {
         let m = self.raft.metrics().borrow().clone();
         RaftFigures {

@@ -13,7 +13,8 @@ impl State {
     ///
     /// - the derived indexes (queue, delayed, running, running per throttle bucket,
     ///   idempotency keys) are exactly what the
-    ///   jobs imply, and no two jobs carry the same idempotency key; the same for runs;
+    ///   jobs imply, and no two jobs carry the same idempotency key; the same for runs, and
+    ///   the index of unfinished runs is exactly the runs not finished;
     /// - job, attempt and node ids are at most the counters that hand them out; attempt ids
     ///   are unique and grow within a job; every job's function exists at a version at least
     ///   the job's; an attempt with an output or an error has ended;
@@ -157,6 +158,9 @@ impl State {
         let keyed_runs = self.runs.values().filter(|r| r.idempotency_key.is_some());
         if rebuilt.run_keys != self.run_keys || keyed_runs.count() != self.run_keys.len() {
             return Err("run idempotency keys are not one run each".into());
+        }
+        if rebuilt.live_runs != self.live_runs {
+            return Err("the index of unfinished runs disagrees with the runs".into());
         }
         Ok(())
     }
