@@ -137,7 +137,10 @@ impl Executor {
         let _running = RunningGuard::new(&self.counters.running);
         let started = Instant::now();
         let line = match serde_json::to_string(request) {
-            Ok(line) => line,
+            Ok(mut line) => {
+                line.push('\n');
+                line
+            }
             Err(e) => {
                 return finished(
                     Err(JobError::new(ErrorCode::InvalidInput, e.to_string())),

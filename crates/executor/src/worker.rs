@@ -13,6 +13,8 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
+/// How much of a worker's stderr one read takes.
+const STDERR_READ_BYTES: usize = 16 * 1024;
 /// How long a worker asked to stop (stdin closed) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_millis(500);
 /// The end of a crashed worker's log searched for signs of an allocation failure.
@@ -40,9 +42,20 @@ pub(crate) struct Worker {
     stderr: ChildStderr,
     log: Vec<u8>,
     log_dropped_bytes: u64,
+    /// Where stderr is read into, allocated once: a fresh 16 KiB buffer at every attempt was
+    /// the top allocation of a fan-out of no-op jobs.
+    stderr_buf: Box<[u8]>,
     pub(crate) last_used: Instant,
     /// Its `/proc` files, opened once, for what each attempt costs (see [`crate::usage`]).
     probe: Option<Probe>,
+}
+
+/// Keeps `bytes` of a worker's stderr in `log`, up to [`LOG_BYTES_MAX`]; counts the rest.
+fn keep_log(log: &mut Vec<u8>, dropped_bytes: &mut u64, bytes: &[u8]) {
+    let room = LOG_BYTES_MAX.saturating_sub(log.len());
+    let kept = bytes.len().min(room);
+    log.extend_from_slice(&bytes[..kept]);
+    *dropped_bytes += (bytes.len() - kept) as u64;
 }
 
 /// How waiting for a reply ended.
@@ -107,16 +120,17 @@ impl Worker {
             stderr,
             log: Vec::new(),
             log_dropped_bytes: 0,
+            stderr_buf: vec![0u8; STDERR_READ_BYTES].into_boxed_slice(),
             last_used: Instant::now(),
             probe,
         })
     }
 
+    /// Sends one request: `line` ends with its newline, so that it goes in one write.
     pub(crate) async fn send(&mut self, line: &str) -> std::io::Result<()> {
         self.log.clear();
         self.log_dropped_bytes = 0;
         self.stdin.write_all(line.as_bytes()).await?;
-        self.stdin.write_all(b"\n").await?;
         self.stdin.flush().await
     }
 
@@ -127,16 +141,23 @@ impl Worker {
         deadline: tokio::time::Instant,
         cancel: &CancellationToken,
     ) -> Exchange {
-        let mut buf = vec![0u8; 16 * 1024];
+        let Worker {
+            stdout,
+            stderr,
+            stderr_buf,
+            log,
+            log_dropped_bytes,
+            ..
+        } = self;
         let mut stderr_open = true;
-        loop {
+        let line = loop {
             tokio::select! {
                 biased;
-                read = self.stderr.read(&mut buf), if stderr_open => match read {
+                read = stderr.read(stderr_buf), if stderr_open => match read {
                     Ok(0) | Err(_) => stderr_open = false,
-                    Ok(n) => self.keep_log(&buf[..n]),
+                    Ok(n) => keep_log(log, log_dropped_bytes, &stderr_buf[..n]),
                 },
-                line = self.stdout.next() => return self.reply(line).await,
+                line = stdout.next() => break line,
                 () = cancel.cancelled() => {
                     return Exchange::Broken(JobError::new(ErrorCode::Cancelled, "the job was cancelled"))
                 }
@@ -144,7 +165,8 @@ impl Worker {
                     return Exchange::Broken(JobError::new(ErrorCode::Timeout, "the attempt ran past its time-out"))
                 }
             }
-        }
+        };
+        self.reply(line).await
     }
 
     async fn reply(&mut self, line: Option<Result<String, LinesCodecError>>) -> Exchange {
@@ -199,10 +221,7 @@ impl Worker {
     }
 
     fn keep_log(&mut self, bytes: &[u8]) {
-        let room = LOG_BYTES_MAX.saturating_sub(self.log.len());
-        let kept = bytes.len().min(room);
-        self.log.extend_from_slice(&bytes[..kept]);
-        self.log_dropped_bytes += (bytes.len() - kept) as u64;
+        keep_log(&mut self.log, &mut self.log_dropped_bytes, bytes);
     }
 
     /// The attempt's log, with a note if it was cut.

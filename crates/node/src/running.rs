@@ -98,8 +98,11 @@ impl WorkDirs {
     }
 
     /// Empties the directory (reading an empty one costs no write) and keeps it for reuse.
-    fn give_back(&self, dir: PathBuf) {
-        for sub in ["in", "out"] {
+    /// `out_empty`: the attempt's end found `out/` empty already (see [`keep_outputs`]), so it
+    /// is not read again.
+    fn give_back(&self, dir: PathBuf, out_empty: bool) {
+        let subs: &[&str] = if out_empty { &["in"] } else { &["in", "out"] };
+        for sub in subs {
             let path = dir.join(sub);
             let empty = std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
             if !empty {
@@ -264,8 +267,9 @@ async fn run_attempt(
                 run.cancel();
                 std::future::pending::<()>().await;
             };
+            let mut out_empty = false;
             let mut done = tokio::select! {
-                done = attempt_in(&node, &a, &work_dir, &run, &labels) => done,
+                done = attempt_in(&node, &a, &work_dir, &run, &labels, &mut out_empty) => done,
                 () = watchdog => unreachable!("the watchdog never ends"),
             };
             if run.is_cancelled() && !cancel.is_cancelled() {
@@ -275,7 +279,7 @@ async fn run_attempt(
                 );
                 done.0 = Outcome::Failed(JobError::new(ErrorCode::Stuck, message));
             }
-            work_dirs.give_back(work_dir);
+            work_dirs.give_back(work_dir, out_empty);
             done
         }
         Err(e) => {
@@ -360,6 +364,7 @@ async fn attempt_in(
     work_dir: &Path,
     cancel: &CancellationToken,
     labels: &FunctionLabels,
+    out_empty: &mut bool,
 ) -> (
     Outcome,
     Vec<u8>,
@@ -405,7 +410,7 @@ async fn attempt_in(
     }
     let mut records = Vec::new();
     let outcome = match finished.reply {
-        Ok(output) => match keep_outputs(node, a, &out_dir, &mut records).await {
+        Ok(output) => match keep_outputs(node, a, &out_dir, &mut records, out_empty).await {
             Ok(objects) => Outcome::Succeeded { output, objects },
             Err(e) => Outcome::Failed(e),
         },
@@ -478,13 +483,17 @@ async fn keep_outputs(
     a: &Assignment,
     out_dir: &Path,
     records: &mut Vec<ObjectRecord>,
+    out_empty: &mut bool,
 ) -> Result<Vec<String>, JobError> {
     let mut objects = Vec::new();
     let mut pending = vec![out_dir.to_path_buf()];
+    let mut entries_seen = 0usize;
     while let Some(dir) = pending.pop() {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
-        for entry in entries.flatten() {
+        for entry in entries {
+            entries_seen += 1;
+            let Ok(entry) = entry else { continue };
             let path = entry.path();
             let Ok(kind) = entry.file_type() else {
                 continue;
@@ -533,6 +542,7 @@ async fn keep_outputs(
         }
     }
     objects.sort();
+    *out_empty = entries_seen == 0;
     Ok(objects)
 }
 
