@@ -528,15 +528,24 @@ impl State {
         job_key: &str,
         outcome: Result<serde_json::Value, StepError>,
     ) {
-        let Some(run) = self.runs.get(&link.run) else {
+        // The spec and the run are borrowed from their own fields, so that recording a job's
+        // end copies no spec (it did for every element of a fan-out).
+        let Some(run) = self.runs.get_mut(&link.run).map(Arc::make_mut) else {
             return;
         };
-        let Some(spec) = self.run_spec(&run.state).cloned() else {
+        let Some(spec) = self
+            .workflows
+            .get(&run.state.workflow)
+            .and_then(|versions| {
+                versions
+                    .iter()
+                    .find(|w| w.version == run.state.workflow_version)
+            })
+        else {
             return;
         };
-        let run = self.run_mut(link.run).expect("checked above");
         let recorded = workflow::record_attempt(
-            &spec,
+            spec,
             &mut run.state,
             &link.step,
             link.element,
