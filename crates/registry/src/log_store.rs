@@ -100,8 +100,23 @@ pub(crate) struct LogStore {
     db: Arc<Database>,
     /// The committed index openraft reported last, while no write has carried it to disk yet
     /// (see [`RaftLogStorage::save_committed`] below).
-    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+    committed: Arc<Mutex<Committed>>,
 }
+
+/// The committed index as openraft reported it and as the disk has it.
+#[derive(Debug, Default)]
+struct Committed {
+    /// Reported and not written yet.
+    pending: Option<Option<LogId<NodeId>>>,
+    /// The index last written.
+    written: u64,
+}
+
+/// An append carries the committed index only once it moved this far since it was last
+/// written: writing it touches the `meta` table's pages too, about a fifth of an append's
+/// page writes. A restart after a crash then applies at most this many entries late (once a
+/// leader commits again).
+const COMMITTED_CARRY_EVERY: u64 = 64;
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Database>) -> LogStore {
@@ -113,14 +128,20 @@ impl LogStore {
 
     /// The committed index not yet on disk, if any, to write in the transaction at hand; once
     /// that transaction committed, [`LogStore::carried`] forgets it.
-    fn to_carry(&self) -> Option<Option<LogId<NodeId>>> {
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    fn to_carry(&self, always: bool) -> Option<Option<LogId<NodeId>>> {
+        let committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = committed.pending?;
+        let index = pending.map_or(0, |l| l.index);
+        (always || index >= committed.written.saturating_add(COMMITTED_CARRY_EVERY))
+            .then_some(pending)
     }
 
     fn carried(&self, written: Option<Option<LogId<NodeId>>>) {
-        let mut pending = self.committed.lock().unwrap_or_else(|p| p.into_inner());
-        if written.is_some() && *pending == written {
-            *pending = None;
+        let Some(written) = written else { return };
+        let mut committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        committed.written = written.map_or(0, |l| l.index);
+        if committed.pending == Some(written) {
+            committed.pending = None;
         }
     }
 
@@ -128,7 +149,7 @@ impl LogStore {
     /// fsync: at a graceful stop, so that the next start applies everything committed before
     /// it rather than wait for a leader to say so.
     pub(crate) async fn flush_committed(&self) -> Result<(), StorageError<NodeId>> {
-        let Some(committed) = self.to_carry() else {
+        let Some(committed) = self.to_carry(true) else {
             return Ok(());
         };
         self.write_meta(META_COMMITTED, &committed, Durability::Immediate)
@@ -287,16 +308,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         // Only a hint for a faster restart (the leader re-establishes the commit index).
         // openraft awaits this call between an entry's commit and its apply, so it writes
-        // nothing here: the next write of the log (an append, a purge, a vote) carries it in
-        // its own transaction, and a graceful stop writes it (`flush_committed`). After a
-        // crash the hint on disk may be a few entries behind, which a restart tolerates: the
-        // rest is applied once a leader commits again.
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(committed);
+        // nothing here: a later append (once it moved `COMMITTED_CARRY_EVERY` entries) or
+        // purge carries it in its own transaction, and a graceful stop writes it
+        // (`flush_committed`). After a crash the hint on disk may be that many entries
+        // behind, which a restart tolerates: the rest is applied once a leader commits again.
+        self.committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some(pending) = self.to_carry() {
+        if let Some(pending) = self.to_carry(true) {
             return Ok(pending);
         }
         Ok(self
@@ -321,7 +345,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ));
         }
         let db = self.db.clone();
-        let committed = self.to_carry();
+        let committed = self.to_carry(false);
         let result = blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
@@ -361,7 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
         let db = self.db.clone();
         let started = std::time::Instant::now();
-        let committed = self.to_carry();
+        let committed = self.to_carry(true);
         let purged = blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
             txn.open_table(META)

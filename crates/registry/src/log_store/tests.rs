@@ -112,28 +112,38 @@ async fn a_data_dir_of_a_newer_format_is_refused_and_left_as_it_was() {
 }
 
 /// The committed index costs no transaction of its own (openraft waits for it between an
-/// entry's commit and its apply): it rides along with the next append, and a graceful stop
-/// writes what no append carried.
+/// entry's commit and its apply): an append carries it once it moved
+/// `COMMITTED_CARRY_EVERY` entries since it was last written, a purge always does, and a
+/// graceful stop writes what nothing carried.
 #[tokio::test]
-async fn the_committed_index_rides_along_with_the_next_append_or_is_flushed_at_a_stop() {
+async fn the_committed_index_rides_along_with_a_later_append_or_is_flushed_at_a_stop() {
+    type S = Suite<TypeConfig, LogStore, StateMachine, Fresh, tempfile::TempDir>;
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, _sm) = open(dir.path());
         log.save_committed(Some(log_id(1, 3))).await.unwrap();
         // Read back before any write: the value openraft gave, not what the disk has.
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
-        Suite::<TypeConfig, LogStore, StateMachine, Fresh, tempfile::TempDir>::feed_10_logs_vote_self(&mut log)
-            .await
-            .unwrap();
-        log.save_committed(Some(log_id(1, 9))).await.unwrap();
+        // Eleven appends, but index 3 is not far enough from nothing written to ride along.
+        S::feed_10_logs_vote_self(&mut log).await.unwrap();
     }
-    // A crash here: the append carried index 4; index 5 was never written.
+    // A crash here: the hint was never written; a restart waits for a leader instead.
     {
         let (mut log, _sm) = open(dir.path());
-        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+        assert_eq!(log.read_committed().await.unwrap(), None);
         log.save_committed(Some(log_id(1, 9))).await.unwrap();
         log.flush_committed().await.unwrap();
     }
+    {
+        let (mut log, _sm) = open(dir.path());
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 9)));
+        let far = 9 + super::COMMITTED_CARRY_EVERY;
+        log.save_committed(Some(log_id(1, far))).await.unwrap();
+        S::feed_10_logs_vote_self(&mut log).await.unwrap();
+        log.save_committed(Some(log_id(1, far + 1))).await.unwrap();
+    }
+    // A crash again: the first append carried the far index, nothing carried the next one.
     let (mut log, _sm) = open(dir.path());
-    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 9)));
+    let far = 9 + super::COMMITTED_CARRY_EVERY;
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, far)));
 }
