@@ -202,7 +202,7 @@ impl Worker {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(200), tail.read_to_end(&mut rest))
                         .await;
-                self.keep_log(&rest);
+                keep_log(&mut self.log, &mut self.log_dropped_bytes, &rest);
                 let status =
                     tokio::time::timeout(Duration::from_millis(200), self.child.wait()).await;
                 let how = match status {
@@ -218,10 +218,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    fn keep_log(&mut self, bytes: &[u8]) {
-        keep_log(&mut self.log, &mut self.log_dropped_bytes, bytes);
     }
 
     /// The attempt's log, with a note if it was cut.

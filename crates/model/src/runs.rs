@@ -110,10 +110,7 @@ impl State {
 
     /// One version of a workflow.
     pub fn workflow_version(&self, name: &str, version: u32) -> Option<&WorkflowSpec> {
-        self.workflows
-            .get(name)?
-            .iter()
-            .find(|w| w.version == version)
+        version_of(&self.workflows, name, version)
     }
 
     /// The latest version of every workflow, by name.
@@ -533,15 +530,11 @@ impl State {
         let Some(run) = self.runs.get_mut(&link.run).map(Arc::make_mut) else {
             return;
         };
-        let Some(spec) = self
-            .workflows
-            .get(&run.state.workflow)
-            .and_then(|versions| {
-                versions
-                    .iter()
-                    .find(|w| w.version == run.state.workflow_version)
-            })
-        else {
+        let Some(spec) = version_of(
+            &self.workflows,
+            &run.state.workflow,
+            run.state.workflow_version,
+        ) else {
             return;
         };
         let recorded = workflow::record_attempt(
@@ -754,6 +747,16 @@ impl State {
             _ => self.live_runs.remove(&id),
         };
     }
+}
+
+/// Version `version` of workflow `name` among `workflows` (a free function, so that a caller
+/// holding a run mutably can look up its spec).
+fn version_of<'w>(
+    workflows: &'w BTreeMap<String, Vec<WorkflowSpec>>,
+    name: &str,
+    version: u32,
+) -> Option<&'w WorkflowSpec> {
+    workflows.get(name)?.iter().find(|w| w.version == version)
 }
 
 /// What a run command may end: a step or the run.

