@@ -1,6 +1,7 @@
 //! The raft log, vote and committed index in redb. Every append is a durable (fsync'd) redb
 //! commit, reported to openraft only once it is on disk.
 
+use crate::pace::LogBytes;
 use crate::{RegistryError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -101,6 +102,8 @@ pub(crate) struct LogStore {
     /// The committed index openraft reported last, while no write has carried it to disk yet
     /// (see [`RaftLogStorage::save_committed`] below).
     committed: Arc<Mutex<Committed>>,
+    /// Bytes of entries appended, for the snapshot pacer (see [`crate::pace`]).
+    appended: LogBytes,
 }
 
 /// The committed index as openraft reported it and as the disk has it.
@@ -119,10 +122,11 @@ struct Committed {
 const COMMITTED_CARRY_EVERY: u64 = 64;
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> LogStore {
+    pub(crate) fn new(db: Arc<Database>, appended: LogBytes) -> LogStore {
         LogStore {
             db,
             committed: Arc::default(),
+            appended,
         }
     }
 
@@ -350,6 +354,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 serde_json::to_vec(&entry).map_err(write_err)?,
             ));
         }
+        self.appended
+            .add(rows.iter().map(|(_, bytes)| bytes.len() as u64).sum());
         let db = self.db.clone();
         let committed = self.to_carry(false);
         let result = blocking(move || {
