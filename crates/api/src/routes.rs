@@ -341,6 +341,9 @@ pub(crate) async fn job_logs(
     let Query(q) = query.map_err(|e| fail(ErrorCode::InvalidInput, e.body_text()))?;
     let id = job_id(&id)?;
     may_read_job(&app, &caller, id).await?;
+    // Linearizable, as a job's read is: through a node a little behind, the attempt's end (and
+    // so its log) may not be applied yet, and an empty log would be answered.
+    app.node.sync().await?;
     let job = app.node.job(id)?;
     let attempt = match q.attempt {
         Some(a) => model::AttemptId(a),

@@ -42,9 +42,11 @@ const META_FORMAT: &str = "format";
 pub const DATA_FORMAT: u32 = 2;
 
 /// redb's page cache (its default is 1 GiB): the log is written once and read back mostly
-/// while it is recent (replication, catch-up), so a small cache serves it, and memory follows
-/// the history that is kept rather than all that was ever written.
-const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// while it is recent (apply, replication, catch-up), so a small cache serves it, and memory
+/// follows the history that is kept rather than all that was ever written. redb keeps every
+/// page it writes in this cache while there is room, so the log since the last snapshot (as
+/// large as that snapshot at most, see `pace`) would fill a larger one and stay there.
+const LOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
     let db = Database::builder()

@@ -70,6 +70,11 @@ impl SnapshotFile {
         }
     }
 
+    /// The size of the latest snapshot, if any.
+    fn latest_bytes(&self) -> Option<u64> {
+        self.latest.get().map(|l| l.bytes)
+    }
+
     /// Tells the pacer about the snapshot at `index` (`bytes` long) this node now holds, which
     /// took from `started` until now to make.
     fn taken(&self, index: u64, bytes: usize, started: std::time::Instant) {
@@ -524,10 +529,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
         let snapshots = self.snapshots.clone();
         let meta_index = meta.last_log_id.map_or(0, |l| l.index);
+        // Room for a state the size of the last one and a tenth more, so the buffer is not
+        // grown (and copied) while encoding.
+        let room = self.snapshots.latest_bytes().map_or(0, |b| b + b / 10) as usize;
         let encode_and_write = move || {
-            let mut bytes = header;
+            let mut bytes = Vec::with_capacity(header.len() + 1 + room);
+            bytes.extend_from_slice(&header);
             bytes.push(b'\n');
-            bytes.extend_from_slice(&state.encode());
+            state.encode_into(&mut bytes);
             let encoded = started.elapsed();
             snapshots
                 .write(&bytes, meta_index, started)
