@@ -283,15 +283,7 @@ impl State {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.encode_into(&mut out);
-        out
-    }
-
-    /// [`State::encode`], appended to `out` (which a caller can size beforehand: a state of
-    /// tens of megabytes otherwise grows its buffer by doubling, each time a copy).
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self).expect("the state is always representable as JSON")
+        serde_json::to_vec(self).expect("the state is always representable as JSON")
     }
 
     fn rebuild_indexes(&mut self) {

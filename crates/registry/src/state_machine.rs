@@ -4,7 +4,6 @@
 //! Snapshot file layout: one JSON line of [`SnapshotHeader`], then the state's JSON. Readers
 //! and the API see the state through [`Shared`], behind a short-held lock.
 
-use crate::pace::{Latest, LogBytes, Taken};
 use crate::{RegistryError, TypeConfig};
 use model::{NodeId, Response, State};
 use openraft::storage::RaftStateMachine;
@@ -44,9 +43,6 @@ pub(crate) struct SnapshotFile {
     db: Arc<Database>,
     /// The log index of the snapshot on disk (0: none), held while one is written.
     on_disk: Mutex<u64>,
-    /// The latest snapshot's figures, for the pacer (see [`crate::pace`]).
-    latest: Arc<Latest>,
-    log_bytes: LogBytes,
 }
 
 impl SnapshotFile {
@@ -55,36 +51,12 @@ impl SnapshotFile {
         dir.join(SNAPSHOT_FILE)
     }
 
-    pub(crate) fn new(
-        dir: &Path,
-        db: Arc<Database>,
-        latest: Arc<Latest>,
-        log_bytes: LogBytes,
-    ) -> SnapshotFile {
+    pub(crate) fn new(dir: &Path, db: Arc<Database>) -> SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),
             db,
             on_disk: Mutex::new(0),
-            latest,
-            log_bytes,
         }
-    }
-
-    /// The size of the latest snapshot, if any.
-    fn latest_bytes(&self) -> Option<u64> {
-        self.latest.get().map(|l| l.bytes)
-    }
-
-    /// Tells the pacer about the snapshot at `index` (`bytes` long) this node now holds, which
-    /// took from `started` until now to make.
-    fn taken(&self, index: u64, bytes: usize, started: std::time::Instant) {
-        self.latest.set(Taken {
-            index,
-            bytes: bytes as u64,
-            cost: started.elapsed(),
-            at: std::time::Instant::now(),
-            log_bytes_at: self.log_bytes.get(),
-        });
     }
 
     fn read(&self) -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
@@ -97,14 +69,8 @@ impl SnapshotFile {
 
     /// Writes `bytes`, the snapshot as of log `index`, as the latest one: a temporary file,
     /// synced, renamed over the old one, then the directory synced. Blocking. False (and
-    /// nothing written) when the file already holds a snapshot at `index` or later. `started`:
-    /// when making it began, for its cost.
-    fn write(
-        &self,
-        bytes: &[u8],
-        index: u64,
-        started: std::time::Instant,
-    ) -> std::io::Result<bool> {
+    /// nothing written) when the file already holds a snapshot at `index` or later.
+    fn write(&self, bytes: &[u8], index: u64) -> std::io::Result<bool> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut on_disk = self.on_disk.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,7 +90,6 @@ impl SnapshotFile {
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         *on_disk = index;
-        self.taken(index, bytes.len(), started);
         Ok(true)
     }
 
@@ -338,16 +303,13 @@ impl StateMachine {
     ) -> Result<(StateMachine, Arc<Shared>), RegistryError> {
         let snapshots = Arc::new(snapshots);
         let mut inner = Inner::default();
-        let started = std::time::Instant::now();
         if let Some(bytes) = snapshots
             .read()
             .map_err(|e| RegistryError::Storage(e.to_string()))?
         {
             let (header, state) =
                 decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
-            let index = header.meta.last_log_id.map_or(0, |l| l.index);
-            snapshots.loaded(index);
-            snapshots.taken(index, bytes.len(), started);
+            snapshots.loaded(header.meta.last_log_id.map_or(0, |l| l.index));
             inner = Inner {
                 state,
                 last_applied: header.meta.last_log_id,
@@ -455,12 +417,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
         let (_, state) = decode(&bytes).map_err(snap_err)?;
         let snapshots = self.snapshots.clone();
         let last = meta.last_log_id.map_or(0, |l| l.index);
-        tokio::task::spawn_blocking(move || snapshots.write(&bytes, last, started))
+        tokio::task::spawn_blocking(move || snapshots.write(&bytes, last))
             .await
             .map_err(sm_err)?
             .map_err(sm_err)?;
@@ -529,17 +490,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
         let snapshots = self.snapshots.clone();
         let meta_index = meta.last_log_id.map_or(0, |l| l.index);
-        // Room for a state the size of the last one and a tenth more, so the buffer is not
-        // grown (and copied) while encoding.
-        let room = self.snapshots.latest_bytes().map_or(0, |b| b + b / 10) as usize;
         let encode_and_write = move || {
-            let mut bytes = Vec::with_capacity(header.len() + 1 + room);
-            bytes.extend_from_slice(&header);
+            let mut bytes = header;
             bytes.push(b'\n');
-            state.encode_into(&mut bytes);
+            bytes.extend_from_slice(&state.encode());
             let encoded = started.elapsed();
             snapshots
-                .write(&bytes, meta_index, started)
+                .write(&bytes, meta_index)
                 .map(|_| (bytes, encoded))
         };
         let (bytes, encoded) = in_background(encode_and_write).await?.map_err(sm_err)?;
@@ -594,12 +551,7 @@ mod tests {
     fn overlapping_snapshot_writes_keep_the_newest_whole() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::log_store::open_db(&dir.path().join("raft.redb")).unwrap();
-        let file = Arc::new(SnapshotFile::new(
-            dir.path(),
-            db,
-            Arc::default(),
-            LogBytes::default(),
-        ));
+        let file = Arc::new(SnapshotFile::new(dir.path(), db));
         // Large enough that writes overlap: a few megabytes each, a distinct byte per index.
         let writers: Vec<_> = (1..=8u64)
             .rev()
@@ -607,7 +559,7 @@ mod tests {
                 let file = file.clone();
                 std::thread::spawn(move || {
                     let bytes = vec![b'0' + index as u8; 4 << 20];
-                    file.write(&bytes, index * 200, std::time::Instant::now())
+                    file.write(&bytes, index * 200)
                 })
             })
             .collect();
@@ -621,13 +573,9 @@ mod tests {
             "the newest snapshot, whole"
         );
         // An older snapshot finishing late changes nothing.
-        assert!(!file
-            .write(b"stale", 400, std::time::Instant::now())
-            .unwrap());
+        assert!(!file.write(b"stale", 400).unwrap());
         assert_eq!(file.read().unwrap().unwrap().len(), 4 << 20);
-        assert!(file
-            .write(b"newer", 1_800, std::time::Instant::now())
-            .unwrap());
+        assert!(file.write(b"newer", 1_800).unwrap());
         assert_eq!(file.read().unwrap().unwrap(), b"newer");
     }
 
