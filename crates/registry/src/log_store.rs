@@ -116,8 +116,8 @@ struct Committed {
 
 /// An append carries the committed index only once it moved this far since it was last
 /// written: writing it touches the `meta` table's pages too, about a tenth of an append's
-/// page writes (9.7 pages per commit with it, 8.8 without). A restart after a crash then applies at most this many entries late (once a
-/// leader commits again).
+/// page writes (9.7 pages per commit with it, 8.8 without). A restart after a crash then
+/// applies at most this many entries late (once a leader commits again).
 const COMMITTED_CARRY_EVERY: u64 = 64;
 
 impl LogStore {
