@@ -3,8 +3,8 @@
 //! Invariants (all of them in [`State::check_invariants`], which tests run after every command):
 //! - a job is in `queue` iff it is queued and due now-or-never-delayed, in `delayed` iff it is
 //!   queued with a back-off; never both;
-//! - a job is in `running[node]` iff it is running and has a live attempt on `node` (at most
-//!   one per node: backups run on distinct nodes);
+//! - a job is in `running[node]`, with the id of its live attempt there, iff it is running and
+//!   has a live attempt on `node` (at most one per node: backups run on distinct nodes);
 //! - an idempotency key maps to exactly one job, which carries that key.
 
 use crate::command::{AttemptResult, Command, JobSpec, Outcome, Response, SubmitResult};
@@ -178,8 +178,9 @@ pub struct State {
     queue: BTreeSet<(Reverse<i32>, JobId)>,
     #[serde(skip)]
     delayed: BTreeSet<(u64, JobId)>,
+    /// The live attempt of each job running on each node (see `attempts_on`).
     #[serde(skip)]
-    running: BTreeMap<NodeId, BTreeSet<JobId>>,
+    running: BTreeMap<NodeId, BTreeMap<JobId, AttemptId>>,
     #[serde(skip)]
     idempotency: HashMap<String, JobId>,
     #[serde(skip)]
@@ -512,12 +513,18 @@ impl State {
         self.running
             .get(&node)
             .into_iter()
-            .flatten()
+            .flat_map(BTreeMap::keys)
             .map(|id| &*self.jobs[id])
     }
 
+    /// The live attempts on `node`, by job, in job order: what a node's dispatcher compares
+    /// with what it runs after every entry, without looking up a job.
+    pub fn attempts_on(&self, node: NodeId) -> Option<&BTreeMap<JobId, AttemptId>> {
+        self.running.get(&node)
+    }
+
     pub fn running_count(&self, node: NodeId) -> usize {
-        self.running.get(&node).map_or(0, BTreeSet::len)
+        self.running.get(&node).map_or(0, BTreeMap::len)
     }
 
     pub fn job_counts(&self) -> JobCounts {
@@ -1265,7 +1272,12 @@ impl State {
         if !self.functions.values().any(FunctionSpec::hedges) {
             return (due, next_ms);
         }
-        let running: BTreeSet<JobId> = self.running.values().flatten().copied().collect();
+        let running: BTreeSet<JobId> = self
+            .running
+            .values()
+            .flat_map(|m| m.keys())
+            .copied()
+            .collect();
         for id in running {
             let job = &self.jobs[&id];
             let Some(f) = self.functions.get(&job.function).filter(|f| f.hedges()) else {
@@ -1368,21 +1380,18 @@ impl State {
     }
 
     fn abandon(&mut self, now_ms: u64, node: NodeId, code: String) -> Response {
-        let ids: Vec<JobId> = self
+        let attempts: Vec<(JobId, AttemptId)> = self
             .running
             .get(&node)
             .into_iter()
             .flatten()
-            .copied()
+            .map(|(job, attempt)| (*job, *attempt))
             .collect();
-        let results = ids
+        let results = attempts
             .iter()
-            .map(|&job| AttemptResult {
+            .map(|&(job, attempt)| AttemptResult {
                 job,
-                attempt: self.jobs[&job]
-                    .live_attempt_on(node)
-                    .expect("running index is exact")
-                    .id,
+                attempt,
                 outcome: Outcome::Failed(JobError {
                     code: code.clone(),
                     message: format!("node {node} lost the attempt"),
@@ -1394,7 +1403,7 @@ impl State {
             .collect();
         self.finish(now_ms, results);
         Response::Abandoned {
-            attempts: ids.len() as u32,
+            attempts: attempts.len() as u32,
         }
     }
 
@@ -1409,7 +1418,10 @@ impl State {
             }
             JobState::Running => {
                 for attempt in job.live_attempts() {
-                    self.running.entry(attempt.node).or_default().insert(id);
+                    self.running
+                        .entry(attempt.node)
+                        .or_default()
+                        .insert(id, attempt.id);
                 }
                 for t in &job.throttles {
                     *self.throttle_running.entry(t.bucket.clone()).or_default() += 1;
@@ -1428,8 +1440,8 @@ impl State {
             }
             JobState::Running => {
                 for attempt in job.live_attempts() {
-                    if let Some(set) = self.running.get_mut(&attempt.node) {
-                        set.remove(&id);
+                    if let Some(on_node) = self.running.get_mut(&attempt.node) {
+                        on_node.remove(&id);
                     }
                 }
                 for t in &job.throttles {

@@ -136,34 +136,33 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<Finished>) {
     loop {
         if stale {
             stale = false;
-            // Reconcile what runs here with what the state assigns here.
-            let (assigned, new) = node.read(|s| {
-                let mut assigned = HashMap::new();
+            // Reconcile what runs here with what the state assigns here: the state's index of
+            // the attempts on this node answers without a look at any job but the new ones
+            // (this pass follows every entry, over hundreds of attempts in a fan-out).
+            let new = node.read(|s| {
+                let on_me = s.attempts_on(me);
+                local.retain(|job, (attempt, token)| {
+                    let keep = on_me.and_then(|m| m.get(job)) == Some(attempt);
+                    if !keep {
+                        token.cancel();
+                    }
+                    keep
+                });
                 let mut new = Vec::new();
-                for job in s.running_on(me) {
-                    let attempt = job
-                        .live_attempt_on(me)
-                        .expect("running_on lists jobs with a live attempt here")
-                        .id;
-                    assigned.insert(job.id, attempt);
-                    if local.get(&job.id).is_none_or(|(a, _)| *a != attempt) {
-                        if let Some(function) = s.function(&job.function) {
-                            new.push(Assignment {
-                                job: job.clone(),
-                                attempt,
-                                function: function.clone(),
-                            });
-                        }
+                for (job_id, &attempt) in on_me.into_iter().flatten() {
+                    if local.get(job_id).is_some_and(|(a, _)| *a == attempt) {
+                        continue;
+                    }
+                    let Some(job) = s.job(*job_id) else { continue };
+                    if let Some(function) = s.function(&job.function) {
+                        new.push(Assignment {
+                            job: job.clone(),
+                            attempt,
+                            function: function.clone(),
+                        });
                     }
                 }
-                (assigned, new)
-            });
-            local.retain(|job, (attempt, token)| {
-                let keep = assigned.get(job) == Some(attempt);
-                if !keep {
-                    token.cancel();
-                }
-                keep
+                new
             });
             for a in new {
                 let token = CancellationToken::new();

@@ -2,7 +2,7 @@
 //! (the property tests apply thousands of random sequences) and after a snapshot is loaded.
 
 use super::State;
-use crate::ids::{AttemptId, NodeId};
+use crate::ids::{AttemptId, JobId, NodeId};
 use crate::job::JobState;
 use crate::{ErrorCode, BACKUPS_MAX, EVENTS_MAX};
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,7 +136,7 @@ impl State {
     fn check_indexes(&self) -> Result<(), String> {
         let mut rebuilt = self.snapshot_copy();
         rebuilt.rebuild_indexes();
-        let nonempty = |m: &BTreeMap<NodeId, BTreeSet<_>>| {
+        let nonempty = |m: &BTreeMap<NodeId, BTreeMap<JobId, AttemptId>>| {
             m.iter()
                 .filter(|(_, s)| !s.is_empty())
                 .map(|(k, s)| (*k, s.clone()))
