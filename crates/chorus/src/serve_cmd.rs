@@ -60,7 +60,7 @@ pub(crate) struct ServeArgs {
     /// partition tests and drills. Off unless asked for.
     #[arg(long)]
     fault_injection: bool,
-    /// Log entries between snapshots of the registry.
+    /// Log entries between snapshots of the registry, at least (see `registry::pace`).
     #[arg(long, default_value_t = node::SNAPSHOT_LOGS_DEFAULT, hide = true)]
     snapshot_logs: u64,
     /// How long a node that joins may take to catch up before this node, as leader, removes

@@ -79,7 +79,7 @@ pub struct NodeConfig {
     pub join: Option<JoinTarget>,
     /// Whether [`Node::set_faults`] may cut this node off from peers (partition tests).
     pub fault_injection: bool,
-    /// Log entries between snapshots ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
+    /// Log entries between snapshots at least ([`SNAPSHOT_LOGS_DEFAULT`] unless testing).
     pub snapshot_logs: u64,
     /// How long a node that joins may take to catch up and register before the leader
     /// removes it again ([`JOIN_CATCH_UP_DEFAULT`] unless testing).

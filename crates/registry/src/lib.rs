@@ -19,6 +19,7 @@ mod disk;
 mod log_store;
 pub use log_store::DATA_FORMAT;
 mod network;
+mod pace;
 mod proposer;
 mod state_machine;
 
@@ -82,7 +83,8 @@ const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 60_000;
 
 /// Rounds a leader tries to confirm its leadership for one linearizable read.
 const READ_INDEX_TRIES: u32 = 3;
-/// Log entries between snapshots by default; a snapshot lets the log before it be purged.
+/// Log entries between snapshots at least, by default (see `pace`); a snapshot lets the log
+/// before it be purged.
 pub const SNAPSHOT_LOGS_DEFAULT: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -192,13 +194,16 @@ impl Registry {
         let db = log_store::open_db(&dir.join("raft.redb"))?;
         private_files(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let log_store = log_store::LogStore::new(db.clone());
+        let log_bytes = pace::LogBytes::default();
+        let log_store = log_store::LogStore::new(db.clone(), log_bytes.clone());
         let committed = log_store.clone();
         let disk = Arc::new(disk::Disk::new(
             dir.to_path_buf(),
             state_machine::SnapshotFile::path(dir),
         ));
-        let snapshots = state_machine::SnapshotFile::new(dir, db);
+        let latest_snapshot = Arc::new(pace::Latest::default());
+        let snapshots =
+            state_machine::SnapshotFile::new(dir, db, latest_snapshot.clone(), log_bytes.clone());
         let (sm, shared) = state_machine::StateMachine::open(snapshots)?;
         // The state must reach the log: a snapshot older than the log's purge point leaves a
         // hole no replay can fill, and openraft would stop at the first entry it cannot read.
@@ -221,7 +226,8 @@ impl Registry {
             heartbeat_interval: 50,
             election_timeout_min: 150,
             election_timeout_max: 300,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
+            // Snapshots are paced by chorus (`pace`): by entries, log bytes and cost.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: snapshot_logs / 5,
             // Snapshots travel in chunks of this size (binary; see `network`), each within
             // the install time-out; entries in requests bounded in count here and in bytes
@@ -257,6 +263,13 @@ impl Registry {
                 .await
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         }
+        tokio::spawn(pace::pace_snapshots(
+            raft.clone(),
+            shared.applied(),
+            latest_snapshot,
+            log_bytes,
+            snapshot_logs,
+        ));
         let proposer = proposer::Handle::spawn(raft.clone());
         Ok(Registry {
             id,

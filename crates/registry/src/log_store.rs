@@ -1,6 +1,7 @@
 //! The raft log, vote and committed index in redb. Every append is a durable (fsync'd) redb
 //! commit, reported to openraft only once it is on disk.
 
+use crate::pace::LogBytes;
 use crate::{RegistryError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -43,8 +44,8 @@ pub const DATA_FORMAT: u32 = 2;
 /// redb's page cache (its default is 1 GiB): the log is written once and read back mostly
 /// while it is recent (apply, replication, catch-up), so a small cache serves it, and memory
 /// follows the history that is kept rather than all that was ever written. redb keeps every
-/// page it writes in this cache while there is room, so a larger one fills with the log
-/// since the last snapshot and stays full.
+/// page it writes in this cache while there is room, so the log since the last snapshot (as
+/// large as that snapshot at most, see `pace`) would fill a larger one and stay there.
 const LOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
@@ -103,6 +104,8 @@ pub(crate) struct LogStore {
     /// The committed index openraft reported last, while no write has carried it to disk yet
     /// (see [`RaftLogStorage::save_committed`] below).
     committed: Arc<Mutex<Committed>>,
+    /// Bytes of entries appended, for the snapshot pacer (see [`crate::pace`]).
+    appended: LogBytes,
 }
 
 /// The committed index as openraft reported it and as the disk has it.
@@ -121,10 +124,11 @@ struct Committed {
 const COMMITTED_CARRY_EVERY: u64 = 64;
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> LogStore {
+    pub(crate) fn new(db: Arc<Database>, appended: LogBytes) -> LogStore {
         LogStore {
             db,
             committed: Arc::default(),
+            appended,
         }
     }
 
@@ -352,6 +356,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 serde_json::to_vec(&entry).map_err(write_err)?,
             ));
         }
+        self.appended
+            .add(rows.iter().map(|(_, bytes)| bytes.len() as u64).sum());
         let db = self.db.clone();
         let committed = self.to_carry(false);
         let result = blocking(move || {

@@ -4,6 +4,7 @@
 //! Snapshot file layout: one JSON line of [`SnapshotHeader`], then the state's JSON. Readers
 //! and the API see the state through [`Shared`], behind a short-held lock.
 
+use crate::pace::{Latest, LogBytes, Taken};
 use crate::{RegistryError, TypeConfig};
 use model::{NodeId, Response, State};
 use openraft::storage::RaftStateMachine;
@@ -24,6 +25,8 @@ use tokio::sync::watch;
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const SNAPSHOT_KEY: &str = "current";
 const SNAPSHOT_FILE: &str = "snapshot.json";
+/// The buffer a snapshot is encoded into on its way to the file.
+const SNAPSHOT_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The latest snapshot, in its own file next to the log's redb file: written under a temporary
 /// name, synced, renamed over the old one, and the directory synced. Not in the log's
@@ -43,6 +46,9 @@ pub(crate) struct SnapshotFile {
     db: Arc<Database>,
     /// The log index of the snapshot on disk (0: none), held while one is written.
     on_disk: Mutex<u64>,
+    /// The latest snapshot's figures, for the pacer (see [`crate::pace`]).
+    latest: Arc<Latest>,
+    log_bytes: LogBytes,
 }
 
 impl SnapshotFile {
@@ -51,12 +57,31 @@ impl SnapshotFile {
         dir.join(SNAPSHOT_FILE)
     }
 
-    pub(crate) fn new(dir: &Path, db: Arc<Database>) -> SnapshotFile {
+    pub(crate) fn new(
+        dir: &Path,
+        db: Arc<Database>,
+        latest: Arc<Latest>,
+        log_bytes: LogBytes,
+    ) -> SnapshotFile {
         SnapshotFile {
             dir: dir.to_path_buf(),
             db,
             on_disk: Mutex::new(0),
+            latest,
+            log_bytes,
         }
+    }
+
+    /// Tells the pacer about the snapshot at `index` (`bytes` long) this node now holds, which
+    /// took from `started` until now to make.
+    fn taken(&self, index: u64, bytes: usize, started: std::time::Instant) {
+        self.latest.set(Taken {
+            index,
+            bytes: bytes as u64,
+            cost: started.elapsed(),
+            at: std::time::Instant::now(),
+            log_bytes_at: self.log_bytes.get(),
+        });
     }
 
     fn read(&self) -> Result<Option<Vec<u8>>, StorageError<NodeId>> {
@@ -67,30 +92,56 @@ impl SnapshotFile {
         }
     }
 
-    /// Writes `bytes`, the snapshot as of log `index`, as the latest one: a temporary file,
-    /// synced, renamed over the old one, then the directory synced. Blocking. False (and
-    /// nothing written) when the file already holds a snapshot at `index` or later.
-    fn write(&self, bytes: &[u8], index: u64) -> std::io::Result<bool> {
+    /// Writes `bytes`, the snapshot as of log `index`, as the latest one (see
+    /// [`SnapshotFile::write_with`]).
+    fn write(
+        &self,
+        bytes: &[u8],
+        index: u64,
+        started: std::time::Instant,
+    ) -> std::io::Result<bool> {
+        Ok(self
+            .write_with(index, started, |out| out.write_all(bytes))?
+            .is_some())
+    }
+
+    /// Writes the snapshot as of log `index` as the latest one, its bytes written by `encode`
+    /// (through a buffer, so a state of tens of megabytes is never one buffer in memory): a
+    /// temporary file, synced, renamed over the old one, then the directory synced.
+    /// Blocking. Answers its size, or `None` (and nothing written, `encode` not called) when
+    /// the file already holds a snapshot at `index` or later. `started`: when making it
+    /// began, for its cost.
+    fn write_with(
+        &self,
+        index: u64,
+        started: std::time::Instant,
+        encode: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> std::io::Result<Option<u64>> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut on_disk = self.on_disk.lock().unwrap_or_else(|p| p.into_inner());
         if *on_disk >= index && *on_disk > 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         // Private from the start: the snapshot holds the whole replicated state.
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(bytes)?;
+        let mut out = std::io::BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, file);
+        encode(&mut out)?;
+        out.flush()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        let bytes = file.metadata()?.len();
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         *on_disk = index;
-        Ok(true)
+        self.taken(index, bytes as usize, started);
+        Ok(Some(bytes))
     }
 
     /// Records the index of the snapshot found on disk at start-up.
@@ -303,13 +354,16 @@ impl StateMachine {
     ) -> Result<(StateMachine, Arc<Shared>), RegistryError> {
         let snapshots = Arc::new(snapshots);
         let mut inner = Inner::default();
+        let started = std::time::Instant::now();
         if let Some(bytes) = snapshots
             .read()
             .map_err(|e| RegistryError::Storage(e.to_string()))?
         {
             let (header, state) =
                 decode(&bytes).map_err(|e| RegistryError::Storage(format!("snapshot: {e}")))?;
-            snapshots.loaded(header.meta.last_log_id.map_or(0, |l| l.index));
+            let index = header.meta.last_log_id.map_or(0, |l| l.index);
+            snapshots.loaded(index);
+            snapshots.taken(index, bytes.len(), started);
             inner = Inner {
                 state,
                 last_applied: header.meta.last_log_id,
@@ -417,11 +471,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
+        let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
         let (_, state) = decode(&bytes).map_err(snap_err)?;
         let snapshots = self.snapshots.clone();
         let last = meta.last_log_id.map_or(0, |l| l.index);
-        tokio::task::spawn_blocking(move || snapshots.write(&bytes, last))
+        tokio::task::spawn_blocking(move || snapshots.write(&bytes, last, started))
             .await
             .map_err(sm_err)?
             .map_err(sm_err)?;
@@ -490,27 +545,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() }).map_err(sm_err)?;
         let snapshots = self.snapshots.clone();
         let meta_index = meta.last_log_id.map_or(0, |l| l.index);
+        // Encoded straight into the file: a buffer of the whole state (grown by doubling, each
+        // time a copy and fresh pages to fault in) was a tenth of a busy node's CPU.
         let encode_and_write = move || {
-            let mut bytes = header;
-            bytes.push(b'\n');
-            bytes.extend_from_slice(&state.encode());
-            let encoded = started.elapsed();
-            snapshots
-                .write(&bytes, meta_index)
-                .map(|_| (bytes, encoded))
+            snapshots.write_with(meta_index, started, |out| {
+                out.write_all(&header)?;
+                out.write_all(b"\n")?;
+                serde_json::to_writer(out, &state).map_err(std::io::Error::other)
+            })
         };
-        let (bytes, encoded) = in_background(encode_and_write).await?.map_err(sm_err)?;
+        let written = in_background(encode_and_write).await?.map_err(sm_err)?;
         tracing::debug!(
-            index = meta.last_log_id.map_or(0, |l| l.index),
-            bytes = bytes.len(),
+            index = meta_index,
+            bytes = written,
             copy_ms = copied.as_secs_f64() * 1e3,
-            encode_ms = (encoded - copied).as_secs_f64() * 1e3,
-            write_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
+            encode_and_write_ms = (started.elapsed() - copied).as_secs_f64() * 1e3,
             "snapshot built"
         );
+        // openraft keeps only the meta of a snapshot it asked for (`sm::worker` drops the
+        // data) and reads the file through `get_current_snapshot` to send it: no copy of the
+        // bytes is held here.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -551,7 +608,12 @@ mod tests {
     fn overlapping_snapshot_writes_keep_the_newest_whole() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::log_store::open_db(&dir.path().join("raft.redb")).unwrap();
-        let file = Arc::new(SnapshotFile::new(dir.path(), db));
+        let file = Arc::new(SnapshotFile::new(
+            dir.path(),
+            db,
+            Arc::default(),
+            LogBytes::default(),
+        ));
         // Large enough that writes overlap: a few megabytes each, a distinct byte per index.
         let writers: Vec<_> = (1..=8u64)
             .rev()
@@ -559,7 +621,7 @@ mod tests {
                 let file = file.clone();
                 std::thread::spawn(move || {
                     let bytes = vec![b'0' + index as u8; 4 << 20];
-                    file.write(&bytes, index * 200)
+                    file.write(&bytes, index * 200, std::time::Instant::now())
                 })
             })
             .collect();
@@ -573,9 +635,13 @@ mod tests {
             "the newest snapshot, whole"
         );
         // An older snapshot finishing late changes nothing.
-        assert!(!file.write(b"stale", 400).unwrap());
+        assert!(!file
+            .write(b"stale", 400, std::time::Instant::now())
+            .unwrap());
         assert_eq!(file.read().unwrap().unwrap().len(), 4 << 20);
-        assert!(file.write(b"newer", 1_800).unwrap());
+        assert!(file
+            .write(b"newer", 1_800, std::time::Instant::now())
+            .unwrap());
         assert_eq!(file.read().unwrap().unwrap(), b"newer");
     }
 

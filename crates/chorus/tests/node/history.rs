@@ -1,5 +1,6 @@
 //! History is given back (issue 11): a node that ran many jobs and then purged them all by
-//! retention gives back at least 70 % of the memory the load took. The purge and ingest rates are
+//! retention gives back at least 70 % of the memory the load took, besides a fixed slack for
+//! the allocator. The purge and ingest rates are
 //! printed for the closing figures, not asserted (speed belongs in benchmarks). CI runs 30,000 jobs; with `RUN_SLOW_TESTS`, the issue's 300,000. Prints the figures:
 //! resident memory at the start, at the peak and after the purge; ingest and purge rates;
 //! disk per finished job.
@@ -36,6 +37,14 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
 
 const MB: f64 = 1e6;
 
+/// What the allocator may hold on to after a purge besides the share of the load below:
+/// mimalloc gives a freed page back to the system a while after it is freed, and only once
+/// the thread that owns it allocates again, so a node gone quiet keeps some tens of megabytes
+/// of a purged history however large it was (22 to 32 MB after 30,000 jobs here; 9 to 17 MB
+/// with `MIMALLOC_PURGE_DELAY=0`). Once snapshots stopped building the whole state in one
+/// buffer, the peak fell by 40 to 60 MB and 30 % of it no longer covered that.
+const ALLOCATOR_SLACK_BYTES: u64 = 32 * 1024 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_disk_follow_the_history_that_is_kept() {
     let jobs = if slow() { 300_000 } else { 30_000 };
@@ -66,9 +75,9 @@ async fn memory_and_disk_follow_the_history_that_is_kept() {
     })
     .await;
     let purge_s = started.elapsed().as_secs_f64();
-    // What the load took may stay at most 30 % (allocator caches, index capacity); the
-    // allocator gives memory back on its own schedule: a few seconds' grace.
-    let kept_at_most = baseline + (peak.saturating_sub(baseline)) * 3 / 10;
+    // What the load took may stay at most 30 % (allocator caches, index capacity), besides the
+    // allocator's slack; it gives memory back on its own schedule: a few seconds' grace.
+    let kept_at_most = baseline + (peak.saturating_sub(baseline)) * 3 / 10 + ALLOCATOR_SLACK_BYTES;
     let mut after = rss_bytes(&node);
     let settle = Instant::now();
     while after > kept_at_most && settle.elapsed() < Duration::from_secs(20) {
@@ -95,9 +104,10 @@ async fn memory_and_disk_follow_the_history_that_is_kept() {
     );
     assert!(
         after <= kept_at_most,
-        "RSS after the purge is {:.0} MB: more than 30 % of what the load took stayed \
-         (start {:.0} MB, peak {:.0} MB)",
+        "RSS after the purge is {:.0} MB: more than 30 % of what the load took and the \
+         allocator's {} MB stayed (start {:.0} MB, peak {:.0} MB)",
         after as f64 / MB,
+        ALLOCATOR_SLACK_BYTES >> 20,
         baseline as f64 / MB,
         peak as f64 / MB
     );

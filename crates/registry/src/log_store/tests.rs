@@ -4,6 +4,7 @@
 //! snapshots), and what survives closing and reopening the database.
 
 use super::{open_db, LogStore};
+use crate::pace::LogBytes;
 use crate::state_machine::{SnapshotFile, StateMachine};
 use crate::TypeConfig;
 use model::NodeId;
@@ -11,6 +12,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, LogId, RaftLogReader, StorageError, Vote};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Builds a fresh store in a temporary directory, removed when the suite drops the guard.
 #[derive(Debug)]
@@ -18,8 +20,14 @@ struct Fresh;
 
 fn open(dir: &Path) -> (LogStore, StateMachine) {
     let db = open_db(&dir.join("raft.redb")).expect("the database opens");
-    let (sm, _shared) = StateMachine::open(SnapshotFile::new(dir, db.clone())).expect("opens");
-    (LogStore::new(db), sm)
+    let (sm, _shared) = StateMachine::open(SnapshotFile::new(
+        dir,
+        db.clone(),
+        Arc::default(),
+        LogBytes::default(),
+    ))
+    .expect("opens");
+    (LogStore::new(db, LogBytes::default()), sm)
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fresh {
@@ -107,7 +115,7 @@ async fn a_data_dir_of_a_newer_format_is_refused_and_left_as_it_was() {
     // Still the newer binary's: its stamp and its vote are as they were.
     let db = std::sync::Arc::new(redb::Database::open(&path).unwrap());
     assert_eq!(read_format(&db), Some(newer));
-    let mut log = LogStore::new(db);
+    let mut log = LogStore::new(db, LogBytes::default());
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
 }
 
