@@ -230,6 +230,20 @@ fn carry(
     insert_meta(txn, META_COMMITTED, &bytes)
 }
 
+/// Runs a blocking append (a durable redb commit) on the calling thread: openraft's core awaits
+/// every append before it does anything else, so handing the write to a pool thread only added
+/// two thread wake-ups to each commit (the pool's thread, then the core's), the cost that
+/// bounded a fan-out of no-op jobs (closed loop of fan100 runs, one node: 107 to 109 runs/s
+/// through the pool, 138 to 143 in place). `block_in_place` first hands this worker's other
+/// tasks to another thread, so none waits behind the fsync. A current-thread runtime (unit
+/// tests) has no other thread to hand them to: there the write simply runs.
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
 ) -> Result<T, StorageError<NodeId>> {
@@ -360,7 +374,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .add(rows.iter().map(|(_, bytes)| bytes.len() as u64).sum());
         let db = self.db.clone();
         let committed = self.to_carry(false);
-        let result = blocking(move || {
+        let result = in_place(move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
                 let mut table = txn.open_table(LOGS).map_err(write_err)?;
@@ -370,8 +384,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             carry(&txn, committed)?;
             txn.commit().map_err(write_err)
-        })
-        .await;
+        });
         if result.is_ok() {
             self.carried(committed);
         }
