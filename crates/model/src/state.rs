@@ -287,6 +287,12 @@ impl State {
         serde_json::to_vec(self).expect("the state is always representable as JSON")
     }
 
+    /// [`State::encode`] into `out` as it goes (a snapshot of tens of megabytes streams into
+    /// its file rather than into one buffer); what [`State::decode`] reads.
+    pub fn encode_to(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, self).map_err(std::io::Error::other)
+    }
+
     fn rebuild_indexes(&mut self) {
         self.queue.clear();
         self.delayed.clear();
@@ -506,15 +512,6 @@ impl State {
     /// The earliest time a delayed job becomes due, if any.
     pub fn next_due_ms(&self) -> Option<u64> {
         self.delayed.first().map(|(t, _)| *t)
-    }
-
-    /// Jobs with a live attempt on `node`.
-    pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Job> {
-        self.running
-            .get(&node)
-            .into_iter()
-            .flat_map(BTreeMap::keys)
-            .map(|id| &*self.jobs[id])
     }
 
     /// The live attempts on `node`, by job, in job order: what a node's dispatcher compares

@@ -551,7 +551,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshots.write_with(meta_index, started, |out| {
                 out.write_all(&header)?;
                 out.write_all(b"\n")?;
-                serde_json::to_writer(out, &state).map_err(std::io::Error::other)
+                state.encode_to(out)
             })
         };
         let written = in_background(encode_and_write).await?.map_err(sm_err)?;
