@@ -195,7 +195,7 @@ impl Registry {
         private_files(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let log_bytes = pace::LogBytes::default();
-        let log_store = log_store::LogStore::new(db.clone(), log_bytes.clone());
+        let log_store = log_store::LogStore::open(db.clone(), dir, log_bytes.clone())?;
         let committed = log_store.clone();
         let disk = Arc::new(disk::Disk::new(
             dir.to_path_buf(),

@@ -1,5 +1,6 @@
-//! The raft log, vote and committed index in redb. Every append is a durable (fsync'd) redb
-//! commit, reported to openraft only once it is on disk.
+//! The raft log: its entries in append-only segment files (see [`segments`]), its vote, purge
+//! point and committed index in redb. Every append is written and `fdatasync`ed before it is
+//! reported to openraft.
 
 use crate::pace::LogBytes;
 use crate::{RegistryError, TypeConfig};
@@ -11,8 +12,11 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+mod segments;
 #[cfg(test)]
 mod tests;
+
+use segments::Segments;
 
 type NodeId = model::NodeId;
 
@@ -34,20 +38,21 @@ const META_FORMAT: &str = "format";
 ///
 /// - 1: data dirs from before the format was stamped (they are stamped with the current
 ///   format when opened, which reads them as they are);
-/// - 2: `Command::Continued` (a run's next decision in the entry that ends a step).
+/// - 2: `Command::Continued` (a run's next decision in the entry that ends a step);
+/// - 3: the entries in segment files under `log/` rather than in redb's `logs` table (a data
+///   dir of an older format has them moved there when it is opened).
 ///
 /// Not yet: between nodes. A node of a newer format proposes entries an older peer cannot
 /// read; a rolling upgrade needs the cluster to agree on the format in effect first (the
 /// safe releases to come).
-pub const DATA_FORMAT: u32 = 2;
+pub const DATA_FORMAT: u32 = 3;
 
-/// redb's page cache (its default is 1 GiB): the log is written once and read back mostly
-/// while it is recent (apply, replication, catch-up), so a small cache serves it, and memory
-/// follows the history that is kept rather than all that was ever written. redb keeps every
-/// page it writes in this cache while there is room, so the log since the last snapshot (as
-/// large as that snapshot at most, see `pace`) would fill a larger one and stay there.
+/// redb's page cache (its default is 1 GiB): redb holds only small meta values and the
+/// latest snapshot's record here, so a small cache serves it.
 const LOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Opens redb (created with the current format if new), refusing a data dir of a newer
+/// format; [`LogStore::open`] brings an older one up to date.
 pub(crate) fn open_db(path: &Path) -> Result<Arc<Database>, RegistryError> {
     let db = Database::builder()
         .set_cache_size(LOG_CACHE_BYTES)
@@ -101,6 +106,9 @@ fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<
 #[derive(Clone, Debug)]
 pub(crate) struct LogStore {
     db: Arc<Database>,
+    /// The entries. Held only to find or change where they are; the reads and the `fdatasync`
+    /// themselves run outside it.
+    segments: Arc<Mutex<Segments>>,
     /// The committed index openraft reported last, while no write has carried it to disk yet
     /// (see [`RaftLogStorage::save_committed`] below).
     committed: Arc<Mutex<Committed>>,
@@ -117,19 +125,108 @@ struct Committed {
     written: u64,
 }
 
-/// An append carries the committed index only once it moved this far since it was last
-/// written: writing it touches the `meta` table's pages too, about a tenth of an append's
-/// page writes (9.7 pages per commit with it, 8.8 without). A restart after a crash then
+/// An append carries the committed index (a record in the same write) only once it moved
+/// this far since it was last written, to keep the log small. A restart after a crash then
 /// applies at most this many entries late (once a leader commits again).
 const COMMITTED_CARRY_EVERY: u64 = 64;
 
+/// The segment files' directory in a data dir.
+const SEGMENTS_DIR: &str = "log";
+
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>, appended: LogBytes) -> LogStore {
-        LogStore {
+    /// Opens the log of the data dir `dir`, whose redb `open_db` opened. A data dir of a
+    /// format before 3 has its entries in redb's `logs` table: they are moved to segment files
+    /// (written and synced first, then removed from redb with the new stamp in one commit; a
+    /// crash in between moves them again from the start).
+    pub(crate) fn open(
+        db: Arc<Database>,
+        dir: &Path,
+        appended: LogBytes,
+    ) -> Result<LogStore, RegistryError> {
+        let purged = read_meta_in::<LogId<NodeId>>(&db, META_LAST_PURGED)
+            .map_err(|e| RegistryError::Storage(e.to_string()))?
+            .map(|l| l.index);
+        let segments_dir = dir.join(SEGMENTS_DIR);
+        let at =
+            |e: std::io::Error| RegistryError::Storage(format!("{}: {e}", segments_dir.display()));
+        let mut segments =
+            Segments::open(&segments_dir, segments::SEGMENT_BYTES, purged).map_err(at)?;
+        let format = read_meta_in::<u32>(&db, META_FORMAT)
+            .map_err(|e| RegistryError::Storage(e.to_string()))?
+            .unwrap_or(1);
+        let rows = {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(LOGS).map_err(storage)?;
+            let mut rows = Vec::new();
+            for row in table.range::<u64>(..).map_err(storage)? {
+                let (index, value) = row.map_err(storage)?;
+                rows.push((index.value(), value.value().to_vec()));
+            }
+            rows
+        };
+        // Also entries under the current stamp: a data dir from before formats were stamped
+        // is stamped with the current one when redb first opens it.
+        if format < DATA_FORMAT || !rows.is_empty() {
+            segments.clear().map_err(at)?;
+            if let Some(file) = segments.append(&rows, None).map_err(at)? {
+                file.sync_data().map_err(at)?;
+            }
+            let txn = db.begin_write().map_err(storage)?;
+            txn.open_table(LOGS)
+                .map_err(storage)?
+                .retain(|_, _| false)
+                .map_err(storage)?;
+            let stamp = serde_json::to_vec(&DATA_FORMAT).map_err(storage)?;
+            txn.open_table(META)
+                .map_err(storage)?
+                .insert(META_FORMAT, stamp.as_slice())
+                .map_err(storage)?;
+            txn.commit().map_err(storage)?;
+            tracing::info!(
+                entries = rows.len(),
+                from = format,
+                to = DATA_FORMAT,
+                "the log moved to segment files"
+            );
+        }
+        Ok(LogStore {
             db,
+            segments: Arc::new(Mutex::new(segments)),
             committed: Arc::default(),
             appended,
+        })
+    }
+
+    fn segments(&self) -> std::sync::MutexGuard<'_, Segments> {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decodes the entries `start..end` that exist, in order, while `more` (given each
+    /// entry's stored bytes) says to go on.
+    fn entries(
+        &self,
+        start: u64,
+        end: u64,
+        mut more: impl FnMut(usize) -> bool,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let spans = self.segments().spans(start, end);
+        let mut entries = Vec::new();
+        let mut stop = false;
+        for span in spans {
+            span.read(|bytes| {
+                if !more(bytes.len()) && !entries.is_empty() {
+                    stop = true;
+                    return Ok(false);
+                }
+                entries.push(serde_json::from_slice(bytes).map_err(std::io::Error::other)?);
+                Ok(true)
+            })
+            .map_err(read_err)?;
+            if stop {
+                break;
+            }
         }
+        Ok(entries)
     }
 
     /// The committed index not yet on disk, if any, to write in the transaction at hand; once
@@ -176,14 +273,7 @@ impl LogStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError<NodeId>> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(META).map_err(read_err)?;
-        let Some(value) = table.get(key).map_err(read_err)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(read_err)
+        read_meta_in(&self.db, key)
     }
 
     /// Writes one meta value on a blocking thread (a durable commit waits for fsync).
@@ -203,6 +293,20 @@ impl LogStore {
         })
         .await
     }
+}
+
+fn read_meta_in<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, StorageError<NodeId>> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(META).map_err(read_err)?;
+    let Some(value) = table.get(key).map_err(read_err)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(read_err)
 }
 
 /// Puts one meta value (JSON `bytes`) in `txn`.
@@ -230,7 +334,7 @@ fn carry(
     insert_meta(txn, META_COMMITTED, &bytes)
 }
 
-/// Runs a blocking append (a durable redb commit) on the calling thread: openraft's core awaits
+/// Runs an append's `fdatasync` on the calling thread: openraft's core awaits
 /// every append before it does anything else, so handing the write to a pool thread only added
 /// two thread wake-ups to each commit (the pool's thread, then the core's), the cost that
 /// bounded a fan-out of no-op jobs (closed loop of fan100 runs, one node: 107 to 109 runs/s
@@ -258,14 +362,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOGS).map_err(read_err)?;
-        let mut entries = Vec::new();
-        for row in table.range(range).map_err(read_err)? {
-            let (_, value) = row.map_err(read_err)?;
-            entries.push(serde_json::from_slice(value.value()).map_err(read_err)?);
-        }
-        Ok(entries)
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.entries(start, end, |_| true)
     }
 
     /// Entries from `start` for one `AppendEntries` request: up to `end`, and only while they
@@ -277,19 +385,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOGS).map_err(read_err)?;
-        let mut entries = Vec::new();
         let mut bytes = 0;
-        for row in table.range(start..end).map_err(read_err)? {
-            let (_, value) = row.map_err(read_err)?;
-            bytes += value.value().len();
-            if bytes > crate::APPEND_BYTES_MAX && !entries.is_empty() {
-                break;
-            }
-            entries.push(serde_json::from_slice(value.value()).map_err(read_err)?);
-        }
-        Ok(entries)
+        self.entries(start, end, |len| {
+            bytes += len;
+            bytes <= crate::APPEND_BYTES_MAX
+        })
     }
 }
 
@@ -298,15 +398,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(META_LAST_PURGED)?;
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOGS).map_err(read_err)?;
-        let last = match table.last().map_err(read_err)? {
-            Some((_, value)) => {
-                let entry: Entry<TypeConfig> =
-                    serde_json::from_slice(value.value()).map_err(read_err)?;
-                Some(entry.log_id)
+        let last_index = self.segments().last_index();
+        let last = match last_index {
+            Some(index) => {
+                let entry = self.entries(index, index + 1, |_| true)?.pop();
+                entry.map(|e| e.log_id).or(last_purged)
             }
-            None => last_purged,
+            _ => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -349,9 +447,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(pending) = self.to_carry(true) {
             return Ok(pending);
         }
-        Ok(self
+        // Written by a purge or a stop (redb) or carried by an append (the log): the later.
+        let in_meta = self
             .read_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?
-            .flatten())
+            .flatten();
+        let in_log = match self.segments().committed() {
+            Some(bytes) => {
+                serde_json::from_slice::<Option<LogId<NodeId>>>(bytes).map_err(read_err)?
+            }
+            None => None,
+        };
+        Ok(in_meta.max(in_log))
     }
 
     async fn append<I>(
@@ -372,18 +478,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.appended
             .add(rows.iter().map(|(_, bytes)| bytes.len() as u64).sum());
-        let db = self.db.clone();
         let committed = self.to_carry(false);
-        let result = in_place(move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let mut table = txn.open_table(LOGS).map_err(write_err)?;
-                for (index, bytes) in &rows {
-                    table.insert(*index, bytes.as_slice()).map_err(write_err)?;
-                }
-            }
-            carry(&txn, committed)?;
-            txn.commit().map_err(write_err)
+        let carried = match committed {
+            Some(c) => Some(serde_json::to_vec(&c).map_err(write_err)?),
+            None => None,
+        };
+        let written = self
+            .segments()
+            .append(&rows, carried.as_deref())
+            .map_err(write_err);
+        let result = written.and_then(|file| match file {
+            Some(file) => in_place(|| file.sync_data()).map_err(write_err),
+            None => Ok(()),
         });
         if result.is_ok() {
             self.carried(committed);
@@ -396,14 +502,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
+        let segments = self.segments.clone();
         blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            txn.open_table(LOGS)
-                .map_err(write_err)?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
+            segments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .truncate(log_id.index)
+                .map_err(write_err)
         })
         .await
     }
@@ -413,15 +518,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let started = std::time::Instant::now();
         let committed = self.to_carry(true);
+        let segments = self.segments.clone();
         let purged = blocking(move || {
+            // The purge point first: segments it covers that a crash brings back are deleted
+            // at the next open.
             let txn = db.begin_write().map_err(write_err)?;
             insert_meta(&txn, META_LAST_PURGED, &bytes)?;
             carry(&txn, committed)?;
-            txn.open_table(LOGS)
-                .map_err(write_err)?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
+            txn.commit().map_err(write_err)?;
+            segments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .purge(log_id.index)
+                .map_err(write_err)
         })
         .await;
         if purged.is_ok() {
