@@ -1,10 +1,11 @@
 //! The registry: chorus's replicated state. Every state change is a [`model::Command`] in an
 //! openraft log; every node applies the same log to its own [`model::State`].
 //!
-//! This is the only crate that knows openraft. Storage is redb on local disk: the log (fsync'd
-//! on every append), the vote, the committed index and the latest snapshot live in
-//! `raft.redb`. The state machine itself is in memory; it is rebuilt on start from the latest
-//! snapshot plus the log after it.
+//! This is the only crate that knows openraft. Storage is local disk: the log's entries in
+//! append-only segment files under `log/` (fsync'd on every append), the vote, the committed
+//! index and the purge point in `raft.redb`, the latest snapshot in `snapshot.json`. The state
+//! machine itself is in memory; it is rebuilt on start from the latest snapshot plus the log
+//! after it.
 //!
 //! Writes go through a group-commit proposer (see [`proposer`]): commands from concurrent
 //! callers that arrive while a log write is in flight are packed into one

@@ -57,8 +57,22 @@ async fn raft_log_and_snapshot_are_not_world_readable() {
     let node = TestNode::start().await;
     let raft = must_snapshot(&node).await;
     assert_eq!(mode(&raft), 0o700, "the registry's directory");
-    assert_eq!(mode(&raft.join("raft.redb")), 0o600, "the log");
+    assert_eq!(mode(&raft.join("raft.redb")), 0o600, "vote and meta");
     assert_eq!(mode(&raft.join("snapshot.json")), 0o600, "the snapshot");
+    assert_eq!(mode(&raft.join("log")), 0o700, "the log's directory");
+    let segments = log_segments(&raft);
+    assert!(!segments.is_empty(), "the log has segment files");
+    for segment in segments {
+        assert_eq!(mode(&segment), 0o600, "{}", segment.display());
+    }
+}
+
+/// The log's segment files in a registry directory.
+fn log_segments(raft: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(raft.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 /// A client that calls as a node: with the node's certificate and the cluster key from its
@@ -460,11 +474,17 @@ async fn a_leaked_snapshot_or_log_does_not_leak_key_secrets() {
         needles.push(secret.clone());
         needles.push(hex::encode(model::signature::signing_key(secret).unwrap()));
     }
-    for file in ["raft.redb", "snapshot.json"] {
-        let bytes = std::fs::read(raft.join(file)).unwrap();
+    let mut files = vec![raft.join("raft.redb"), raft.join("snapshot.json")];
+    files.extend(log_segments(&raft));
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
         for needle in &needles {
             let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
-            assert!(!found, "{file} holds a key's secret or signing key");
+            assert!(
+                !found,
+                "{} holds a key's secret or signing key",
+                file.display()
+            );
         }
     }
     // The keys still work from the sealed values, after a restart too.
