@@ -339,6 +339,11 @@ impl State {
         self.jobs.get(&id).map(|job| &**job)
     }
 
+    /// The job, shared: a clone is a pointer's (the state copies a job on write).
+    pub fn shared_job(&self, id: JobId) -> Option<&Arc<Job>> {
+        self.jobs.get(&id)
+    }
+
     /// Jobs in id order starting after `after`, newest last.
     pub fn jobs_after(&self, after: Option<JobId>) -> impl DoubleEndedIterator<Item = &Job> {
         let start = after.map_or(0, |id| id.0.saturating_add(1));

@@ -59,9 +59,11 @@ pub(crate) struct Finished {
 
 /// What an attempt task needs, copied out of the state.
 struct Assignment {
-    job: Job,
+    /// Shared with the state (a fan-out assigns hundreds at once: copies of each job and
+    /// function were the pages a node faulted in most under one).
+    job: Arc<Job>,
     attempt: AttemptId,
-    function: FunctionSpec,
+    function: Arc<FunctionSpec>,
 }
 
 /// Work directories, one per running attempt, reused from attempt to attempt: creating and
@@ -149,18 +151,30 @@ pub(crate) async fn dispatch(node: Node, results: mpsc::Sender<Finished>) {
                     keep
                 });
                 let mut new = Vec::new();
+                let mut functions: HashMap<&str, Arc<FunctionSpec>> = HashMap::new();
                 for (job_id, &attempt) in on_me.into_iter().flatten() {
                     if local.get(job_id).is_some_and(|(a, _)| *a == attempt) {
                         continue;
                     }
-                    let Some(job) = s.job(*job_id) else { continue };
-                    if let Some(function) = s.function(&job.function) {
-                        new.push(Assignment {
-                            job: job.clone(),
-                            attempt,
-                            function: function.clone(),
-                        });
-                    }
+                    let Some(job) = s.shared_job(*job_id) else {
+                        continue;
+                    };
+                    let function = match functions.get(job.function.as_str()) {
+                        Some(f) => f.clone(),
+                        None => {
+                            let Some(f) = s.function(&job.function) else {
+                                continue;
+                            };
+                            let f = Arc::new(f.clone());
+                            functions.insert(job.function.as_str(), f.clone());
+                            f
+                        }
+                    };
+                    new.push(Assignment {
+                        job: job.clone(),
+                        attempt,
+                        function,
+                    });
                 }
                 new
             });

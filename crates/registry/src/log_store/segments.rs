@@ -11,6 +11,12 @@
 //! needed is small: framed, checksummed records, an index of offsets, and a torn last write
 //! cut at start.
 //!
+//! A segment's file is grown ahead of its records, [`PREALLOC_BYTES`] of zeros at a time: an
+//! `fdatasync` after a write inside the file's size is one write to the disk, where one that
+//! grows the file also writes its inode, a second round trip (13 writes to the disk per
+//! three-step workflow run, against 4 or 5 inside the size). A header of zeros ends a
+//! segment's records.
+//!
 //! A record is a 17-byte header, then its payload:
 //! `[payload length: u32 LE][CRC-32 of the rest: u32 LE][kind: u8][index: u64 LE]`.
 //! Kind 1 is an entry (the JSON `openraft::Entry`, `index` its log index); kind 2 is the
@@ -25,6 +31,8 @@ use std::sync::Arc;
 
 /// A segment is closed once it holds this many bytes (the record that crosses it included).
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// How far ahead of its records a segment's file is grown.
+const PREALLOC_BYTES: u64 = 1024 * 1024;
 const HEADER_BYTES: u64 = 17;
 const KIND_ENTRY: u8 = 1;
 const KIND_COMMITTED: u8 = 2;
@@ -53,6 +61,8 @@ struct Segment {
     file: Arc<File>,
     /// Bytes written (the next record's offset).
     len: u64,
+    /// The file's size: `len` and the zeros after it.
+    allocated: u64,
     /// Each entry's record, from `first` on.
     entries: Vec<At>,
 }
@@ -230,6 +240,9 @@ impl Segments {
                 break Some("a record cut short");
             }
             reader.read_exact(&mut header)?;
+            if header == [0; HEADER_BYTES as usize] {
+                break None; // The zeros the file was grown by: the end.
+            }
             let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
             let sum = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
             let kind = header[8];
@@ -258,14 +271,20 @@ impl Segments {
                 return Err(corrupt(&path, offset, what));
             }
             tracing::warn!(path = %path.display(), offset, what, "cutting off a log write that did not finish");
+        }
+        if is_last && size > offset {
+            // Also the zeros ahead: a write cut short may have left bytes of its own further
+            // on, which later appends might not cover. The next append grows the file again.
             file.set_len(offset)?;
             file.sync_all()?;
         }
+        let allocated = if is_last { offset } else { size };
         Ok(Segment {
             first,
             path,
             file: Arc::new(file),
             len: offset,
+            allocated,
             entries,
         })
     }
@@ -314,6 +333,7 @@ impl Segments {
                 path,
                 file: Arc::new(file),
                 len: 0,
+                allocated: 0,
                 entries: Vec::new(),
             });
         }
@@ -341,6 +361,14 @@ impl Segments {
         }
         if let Some(c) = committed {
             frame(&mut buf, KIND_COMMITTED, 0, c)?;
+        }
+        let end = segment.len + buf.len() as u64;
+        if end > segment.allocated {
+            // Synced with the records, by the caller's `fdatasync`.
+            let grown = end + PREALLOC_BYTES;
+            let zeros = vec![0; (grown - segment.allocated) as usize];
+            segment.file.write_all_at(&zeros, segment.allocated)?;
+            segment.allocated = grown;
         }
         if let Err(e) = segment.file.write_all_at(&buf, segment.len) {
             // Whatever part landed is cut at the next open (or overwritten by the next append).
@@ -402,6 +430,7 @@ impl Segments {
                 s.file.sync_data()?;
                 s.entries.truncate(keep);
                 s.len = cut;
+                s.allocated = cut;
             }
         }
         Ok(())

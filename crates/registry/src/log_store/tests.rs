@@ -307,25 +307,27 @@ mod segment_files {
         let files = log.files();
         let (last, len) = files.last().cloned().unwrap();
         drop(log);
-        // Half of the next record's header and a few bytes of garbage.
+        // Half of the next record's header and a few bytes of garbage where the next record
+        // goes, and more further on, past the zeros the file was grown by.
+        let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[9, 0, 0, 0, 1, 2, 3], len).unwrap();
+        drop(f);
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&last)
             .unwrap();
-        f.write_all(&[9, 0, 0, 0, 1, 2, 3]).unwrap();
+        f.write_all(&[7; 40]).unwrap();
         drop(f);
         let mut log = open(dir.path(), None);
         expect(&log, 1..=30);
         assert_eq!(std::fs::metadata(&last).unwrap().len(), len, "cut back");
         append(&mut log, 31..=33);
         expect(&log, 1..=33);
-        let (last, _) = log.files().last().cloned().unwrap();
+        let (last, len) = log.files().last().cloned().unwrap();
         drop(log);
         // The last record's payload, flipped: its checksum no longer matches.
-        let bytes = std::fs::read(&last).unwrap();
-        let mut bad = bytes.clone();
-        let n = bad.len();
-        bad[n - 2] ^= 0xff;
+        let mut bad = std::fs::read(&last).unwrap();
+        bad[len as usize - 2] ^= 0xff;
         std::fs::write(&last, &bad).unwrap();
         let log = open(dir.path(), None);
         expect(&log, 1..=32);
