@@ -363,8 +363,11 @@ impl Registry {
     ) -> Result<Vec<u8>, RegistryError> {
         let (leader, addr) = self.leader_addr().await?;
         if leader == self.id {
-            return Err(RegistryError::Unavailable(
-                "this node became leader while forwarding; try again".into(),
+            // Nothing was sent: the write provably did not commit, so `propose` tries again,
+            // here as the leader (a kill of the leader made this race common enough for a
+            // write without a key to fail).
+            return Err(RegistryError::NotDelivered(
+                "this node became leader while forwarding".into(),
             ));
         }
         self.peers.call(&addr, kind, body, timeout).await
