@@ -736,6 +736,11 @@ fn rpc_error(e: RegistryError) -> RaftRpcError {
 /// Makes the registry's directory private to this user (0700) and its files too (0600): the
 /// log and the snapshot hold the whole replicated state. Files an older version wrote with
 /// the default mode are tightened here; new snapshots are created private.
+/// Makes the entries of `dir` (files created, renamed or removed in it) survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 fn private_files(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;

@@ -211,18 +211,17 @@ impl LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         let spans = self.segments().spans(start, end);
         let mut entries = Vec::new();
-        let mut stop = false;
         for span in spans {
-            span.read(|bytes| {
-                if !more(bytes.len()) && !entries.is_empty() {
-                    stop = true;
-                    return Ok(false);
-                }
-                entries.push(serde_json::from_slice(bytes).map_err(std::io::Error::other)?);
-                Ok(true)
-            })
-            .map_err(read_err)?;
-            if stop {
+            let through = span
+                .read(|bytes| {
+                    if !more(bytes.len()) && !entries.is_empty() {
+                        return Ok(false);
+                    }
+                    entries.push(serde_json::from_slice(bytes).map_err(std::io::Error::other)?);
+                    Ok(true)
+                })
+                .map_err(read_err)?;
+            if !through {
                 break;
             }
         }

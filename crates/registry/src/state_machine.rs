@@ -138,7 +138,7 @@ impl SnapshotFile {
         file.sync_all()?;
         let bytes = file.metadata()?.len();
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        crate::sync_dir(&self.dir)?;
         *on_disk = index;
         self.taken(index, bytes as usize, started);
         Ok(Some(bytes))

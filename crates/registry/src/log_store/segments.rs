@@ -29,6 +29,8 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sync_dir;
+
 /// A segment is closed once it holds this many bytes (the record that crosses it included).
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// How far ahead of its records a segment's file is grown.
@@ -83,17 +85,17 @@ pub(crate) struct Span {
 
 impl Span {
     /// Reads the span with one `pread` and hands each entry's payload to `each`, in order;
-    /// `each` answers whether to go on.
-    pub(crate) fn read(&self, mut each: impl FnMut(&[u8]) -> io::Result<bool>) -> io::Result<()> {
+    /// `each` answers whether to go on. Answers whether it went through the whole span.
+    pub(crate) fn read(&self, mut each: impl FnMut(&[u8]) -> io::Result<bool>) -> io::Result<bool> {
         let mut buf = vec![0; (self.end - self.start) as usize];
         self.file.read_exact_at(&mut buf, self.start)?;
         for at in &self.payloads {
             let from = (at.record + HEADER_BYTES - self.start) as usize;
             if !each(&buf[from..from + at.payload_len as usize])? {
-                break;
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -136,10 +138,6 @@ fn frame(buf: &mut Vec<u8>, kind: u8, index: u64, payload: &[u8]) -> io::Result<
     buf.extend_from_slice(&index.to_le_bytes());
     buf.extend_from_slice(payload);
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn open_file(path: &Path, create: bool) -> io::Result<File> {
@@ -185,6 +183,7 @@ impl Segments {
             committed: None,
         };
         let count = found.len();
+        let mut removed = false;
         for (i, first) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
             let segment = log.scan(first, is_last)?;
@@ -197,6 +196,7 @@ impl Segments {
             };
             if gone {
                 std::fs::remove_file(&path)?;
+                removed = true;
                 continue;
             }
             if segment.last().is_none() {
@@ -218,7 +218,9 @@ impl Segments {
             }
             log.segments.push(segment);
         }
-        sync_dir(dir)?;
+        if removed {
+            sync_dir(dir)?;
+        }
         Ok(log)
     }
 
