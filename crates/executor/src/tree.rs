@@ -14,10 +14,12 @@
 //! 3. Ending a worker ([`kill_tree`], from `Worker::kill` and `Worker::stop`) kills every
 //!    process below it in `/proc` (parentage, which `setsid` does not break) and in its
 //!    process group, besides the worker itself.
-//! 4. A [`sweep`], after a worker ended and on every idle-reaper tick of the node, reads
-//!    `/proc`: each child of the node that is not a live worker and carries the tag of an
-//!    ended one is killed with everything below it; each child of the node that is a zombie
-//!    and not a live worker is reaped (a live worker's exit status is tokio's to collect).
+//! 4. A [`sweep`], after a worker ended and on every idle-reaper tick of the node, lists the
+//!    node's children (`/proc/self/task/*/children`; every process in `/proc` where the
+//!    kernel lacks those files): each child that is not a live worker and carries the tag of
+//!    an ended one is killed with everything below it (then, and only then, every process
+//!    is read, to find what hangs below it); each child that is a zombie and not a live
+//!    worker is reaped (a live worker's exit status is tokio's to collect).
 //!    Rounds repeat, a few milliseconds apart, while they still find something to kill.
 //!
 //! What this does not cover: a descendant that clears its environment, leaves the process
@@ -125,8 +127,50 @@ fn parse_stat(text: &str) -> Option<Proc> {
 }
 
 fn read_proc(pid: i32) -> Option<Proc> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    parse_stat(&read_small(&format!("/proc/{pid}/stat"))?)
+}
+
+/// A small `/proc` file read whole with plain reads: `std::fs::read_to_string` also asks
+/// for the file's size and position first (two more system calls per file, for a size
+/// `/proc` does not know).
+fn read_small(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// The node's own children, from each of its threads' `/proc/self/task/TID/children` (an
+/// orphan re-parented to the node hangs from one of its threads): a few small reads where a
+/// [`scan`] reads every process on the machine, twice a second on an idle node. `None`
+/// where the kernel does not have these files (`CONFIG_PROC_CHILDREN`): then scan. The
+/// files are exact only while the children do not fork or exit; what a sweep misses, the
+/// next one finds.
+fn own_children() -> Option<Vec<i32>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut pids = Vec::new();
+    let mut any = false;
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        let Some(text) = read_small(path.to_str()?) else {
+            continue;
+        };
+        any = true;
+        pids.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    any.then_some(pids)
 }
 
 /// Every process on the machine (those that exit while being read are skipped).
@@ -246,23 +290,35 @@ pub(crate) fn sweep() -> Swept {
 
 fn sweep_round() -> Swept {
     let me = std::process::id() as i32;
-    let procs = scan();
-    let (live_tags, next_tag) = {
+    // Every process on the machine is read only when there is an ended worker's orphan to
+    // end with what hangs below it, or where the node's children cannot be listed.
+    let mut procs: Option<Vec<Proc>> = None;
+    let children: Vec<Proc> = match own_children() {
+        Some(pids) => pids.into_iter().filter_map(read_proc).collect(),
+        None => procs.get_or_insert_with(scan).clone(),
+    };
+    let children: Vec<Proc> = children.into_iter().filter(|p| p.ppid == me).collect();
+    let (live_tags, next_tag, live_pids) = {
         let registry = registry();
         let tags: BTreeSet<u64> = registry.live.keys().copied().collect();
-        (tags, registry.next_tag)
+        let pids: BTreeSet<u32> = registry.live.values().copied().collect();
+        (tags, registry.next_tag, pids)
     };
     // A tag at or past `next_tag` belongs to a worker started after the copy: live.
     let ended = |tag: u64| tag < next_tag && !live_tags.contains(&tag);
     let mut swept = Swept::default();
-    for orphan in procs.iter().filter(|p| p.ppid == me && !p.zombie) {
+    // A live worker is passed over without reading its environment (up to 256 KiB).
+    let orphans = children
+        .iter()
+        .filter(|p| !p.zombie && !live_pids.contains(&(p.pid as u32)));
+    for orphan in orphans {
         if tag_of(orphan.pid).is_some_and(ended) {
-            let mut tree = descendants(&procs, orphan.pid);
+            let mut tree = descendants(procs.get_or_insert_with(scan), orphan.pid);
             tree.push(*orphan);
             swept.killed += kill_all(&tree);
         }
     }
-    let zombies: Vec<&Proc> = procs.iter().filter(|p| p.ppid == me && p.zombie).collect();
+    let zombies: Vec<&Proc> = children.iter().filter(|p| p.zombie).collect();
     if zombies.is_empty() {
         return swept;
     }

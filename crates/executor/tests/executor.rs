@@ -244,3 +244,50 @@ async fn a_worker_over_its_memory_limit_fails_with_memory_limit() {
     assert_eq!(finished.reply, Ok(json!({})));
     executor.shutdown().await;
 }
+
+/// A worker that, for each request, leaves one process both orphaned (its parent exits at
+/// once, so it hangs from the test process, the subreaper) and in a session of its own: no
+/// parentage and no process group lead to it from the worker, only its tag. Writes its pid
+/// to `$PIDS_FILE`.
+const LEAVES_A_DETACHED_ORPHAN: &str = r#"
+while read -r line; do
+  sh -c 'setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!' >> "$PIDS_FILE"
+  echo '{"output": {}}'
+done
+"#;
+
+#[tokio::test]
+async fn an_orphan_in_a_session_of_its_own_ends_when_its_worker_has_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let mut spec = shell_worker(
+        LEAVES_A_DETACHED_ORPHAN,
+        &[("PIDS_FILE", pids_file.to_str().unwrap())],
+    );
+    spec.idle_timeout_ms = 0;
+    let executor = Executor::new();
+    let finished = executor
+        .run("pool", &spec, &request(), &CancellationToken::new())
+        .await;
+    assert_eq!(finished.reply, Ok(json!({})), "log: {:?}", finished.log);
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    let pid: i32 = loop {
+        let text = std::fs::read_to_string(&pids_file).unwrap_or_default();
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the worker wrote no pid");
+        tokio::time::sleep(POLL_PAUSE).await;
+    };
+    let orphan = process(pid);
+    // Re-parented to this process and in a session of its own: only the sweep can find it.
+    let me = std::process::id().to_string();
+    while !(stat_fields(pid).is_some_and(|f| f[1] == me) && session(pid) == Some(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan never hung from this process in a session of its own"
+        );
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    must_end(&executor, &[orphan]).await;
+}
