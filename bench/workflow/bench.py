@@ -45,6 +45,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import ssl
 import subprocess
 import sys
@@ -478,7 +479,8 @@ def table(results, args):
     lines += ["", "* the system's maximum runs/s is below the open-loop rate: its latency is a queue's.",
               "", f"Open loop: seq3 at {args.seq_rate:g} runs/s, fan100 at {args.fan_rate:g} runs/s, "
               f"{args.seconds:g} s each; closed loop: {args.clients} clients (seq3), {args.fan_clients} "
-              f"(fan100), {args.seconds:g} s each."]
+              f"(fan100), {args.seconds:g} s each."
+              + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else "")]
     return "\n".join(lines)
 
 
@@ -494,34 +496,102 @@ def main():
     ap.add_argument("--fan-rate", type=float, default=1.0, help="fan100 open-loop runs/s")
     ap.add_argument("--clients", type=int, default=32, help="seq3 closed-loop clients")
     ap.add_argument("--fan-clients", type=int, default=8, help="fan100 closed-loop clients")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every system this many times, the order rotated each round; "
+                         "the table gives each figure's median over the rounds")
     ap.add_argument("--db-url")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     args = ap.parse_args()
     if args.mode == "dbos":
         return dbos_inner(args)
     root = tempfile.mkdtemp(prefix="chorus-workflow-bench-")
-    results = {}
+    names = args.systems.split(",")
+    rounds = []
     try:
-        for name in args.systems.split(","):
-            print(f"{name}:", file=sys.stderr, flush=True)
-            if name in ("dbos", "dbos-async"):
-                results[name] = dbos_system(args, root, "on" if name == "dbos" else "off")
-                continue
-            if name.startswith("chorus"):
-                run, stop = chorus_system(args.chorus, root, 1 if name == "chorus-1" else 3)
-            else:
-                run, stop = restate_system(root, args.node_modules, durable=name == "restate")
-            try:
-                results[name] = measure(run, args)
-            finally:
-                stop()
+        for r in range(args.rounds):
+            # Each round starts one system later: over the rounds every system takes every
+            # place in the order, so a machine that drifts (it does, hour to hour) does not
+            # favour whichever system always came first.
+            order = names[r % len(names):] + names[:r % len(names)]
+            results = {}
+            for name in order:
+                print(f"{name} (round {r + 1} of {args.rounds}):", file=sys.stderr, flush=True)
+                results[name] = one_system(name, args, root)
+            rounds.append({name: results[name] for name in names})
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    results = median_of_rounds(rounds)
     text = table(results, args)
+    if len(rounds) > 1:
+        text += "\n\n" + rounds_table(rounds)
     print(text)
     with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "results": results, "table": text}, f, indent=2)
+        json.dump({"args": vars(args), "results": results, "rounds": rounds, "table": text}, f,
+                  indent=2)
 
+
+def one_system(name, args, root):
+    """Starts `name`, measures it (`measure`), stops it."""
+    if name in ("dbos", "dbos-async"):
+        return dbos_system(args, root, "on" if name == "dbos" else "off")
+    if name.startswith("chorus"):
+        run, stop = chorus_system(args.chorus, root, 1 if name == "chorus-1" else 3)
+    else:
+        run, stop = restate_system(root, args.node_modules, durable=name == "restate")
+    try:
+        return measure(run, args)
+    finally:
+        stop()
+
+
+# The figures a round gives per workflow, as (loop, key) in `measure`'s result.
+FIGURES = (("latency", "p50_ms"), ("latency", "p99_ms"), ("throughput", "runs_per_s"))
+
+
+def median_of_rounds(rounds):
+    """One result per system: each figure the median of its rounds (errors summed)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = {}
+    for name in rounds[0]:
+        merged[name] = {}
+        for wf in ("seq3", "fan100"):
+            each = [r[name][wf] for r in rounds]
+            m = {"latency": dict(each[0]["latency"]), "throughput": dict(each[0]["throughput"])}
+            for loop, key in FIGURES:
+                values = [e[loop][key] for e in each if e[loop][key] is not None]
+                m[loop][key] = statistics.median(values) if values else None
+            for loop in ("latency", "throughput"):
+                m[loop]["errors"] = sum(e[loop]["errors"] for e in each)
+                m[loop]["runs"] = sum(e[loop]["runs"] for e in each)
+            merged[name][wf] = m
+    return merged
+
+
+def rounds_table(rounds):
+    """Each peer against chorus on 1 node, round by round: the median of the rounds'
+    ratios, and their lowest and highest (a ratio is of two figures of one round)."""
+    if "chorus-1" not in rounds[0]:
+        return ""
+    lines = [f"Ratios round by round ({len(rounds)} rounds, each system once per round, the order "
+             "rotated): median (lowest to highest); above 1 = chorus faster.", "",
+             "| peer | seq3 p50 | seq3 runs/s | fan100 p50 | fan100 runs/s |",
+             "|" + " --- |" * 5]
+    for name in rounds[0]:
+        if name == "chorus-1":
+            continue
+        cells = []
+        for wf in ("seq3", "fan100"):
+            lat = [r[name][wf]["latency"]["p50_ms"] / r["chorus-1"][wf]["latency"]["p50_ms"]
+                   for r in rounds
+                   if r[name][wf]["latency"]["p50_ms"] and r["chorus-1"][wf]["latency"]["p50_ms"]]
+            thr = [r["chorus-1"][wf]["throughput"]["runs_per_s"] / r[name][wf]["throughput"]["runs_per_s"]
+                   for r in rounds if r[name][wf]["throughput"]["runs_per_s"]]
+            for values in (lat, thr):
+                cells.append(f"{statistics.median(values):.2f} ({min(values):.2f} to {max(values):.2f})"
+                             if values else "-")
+        lines.append(f"| {SYSTEMS[name][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())
