@@ -46,6 +46,9 @@ const SWEEP_ROUNDS_MAX: usize = 20;
 const SWEEP_PAUSE: Duration = Duration::from_millis(5);
 /// Bytes of a process's environment read at most when looking for its tag.
 const ENVIRON_BYTES_MAX: u64 = 256 * 1024;
+/// Bytes of a `stat` or `children` file read at most (a `stat` line is under 1 KiB; a
+/// thread's children list, a few pids).
+const PROC_FILE_BYTES_MAX: u64 = 64 * 1024;
 
 /// Workers started and not yet reaped: tag → pid.
 #[derive(Debug)]
@@ -130,23 +133,19 @@ fn read_proc(pid: i32) -> Option<Proc> {
     parse_stat(&read_small(&format!("/proc/{pid}/stat"))?)
 }
 
-/// A small `/proc` file read whole with plain reads: `std::fs::read_to_string` also asks
-/// for the file's size and position first (two more system calls per file, for a size
-/// `/proc` does not know).
+/// A small `/proc` file (a `stat` line, a `children` list) read whole, up to
+/// [`PROC_FILE_BYTES_MAX`]. Read through `take`, as [`tag_of`] reads: `std::fs::read_to_string`
+/// would first ask for the file's size and position (two more system calls per file, for a
+/// size `/proc` does not know).
 fn read_small(path: &str) -> Option<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut bytes = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    String::from_utf8(bytes).ok()
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(PROC_FILE_BYTES_MAX)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 /// The node's own children, from each of its threads' `/proc/self/task/TID/children` (an
