@@ -496,7 +496,9 @@ def main():
     ap.add_argument("--fan-rate", type=float, default=1.0, help="fan100 open-loop runs/s")
     ap.add_argument("--clients", type=int, default=32, help="seq3 closed-loop clients")
     ap.add_argument("--fan-clients", type=int, default=8, help="fan100 closed-loop clients")
-    ap.add_argument("--rounds", type=int, default=1,
+    # Three by default: on a shared machine one trial of each system is one sample of an hour
+    # that drifts (see bench/README.md, "Rounds"); `--rounds 1` is the quick look.
+    ap.add_argument("--rounds", type=int, default=3,
                     help="measure every system this many times, the order rotated each round; "
                          "the table gives each figure's median over the rounds")
     ap.add_argument("--db-url")
