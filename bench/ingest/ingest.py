@@ -2,7 +2,10 @@
 times of `chorus analyze`, one song at a time, on the same files.
 
 overhead = (ingest wall time x cores) / (sum of per-song CPU seconds) - 1, and the node's
-and its workers' CPU use during the ingest, as a share of both cores.
+and its workers' CPU use during the ingest, as a share of both cores. The core-seconds are
+then split: the workers' CPU (each attempt's, as the executor measured it: the analysis, and
+the waveform `chorus analyze` does not draw), the node's own, the `chorus ingest` client's
+(hashing and uploading), and what was left idle.
 """
 import argparse
 import json
@@ -22,6 +25,12 @@ LIMIT_S = 1800
 def cpu_of_children():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def process_cpu_s(pid):
+    """User and system CPU seconds of a running process (its own threads, not its children)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -68,10 +77,16 @@ def main():
             time.sleep(0.05)
         env = dict(os.environ, CHORUS_SERVER=f"https://{addr}", CHORUS_DATA_DIR=data)
         stat0 = open("/proc/stat").readline().split()[1:]
+        node0, client0 = process_cpu_s(node.pid), cpu_of_children()
         t0 = time.time()
         subprocess.run([args.chorus, "ingest", songs, "--concurrency", str(2 * cores), "--json"], check=True, stdout=subprocess.DEVNULL, env=env, timeout=LIMIT_S)
         wall_s = time.time() - t0
         stat1 = open("/proc/stat").readline().split()[1:]
+        node_cpu_s, client_cpu_s = process_cpu_s(node.pid) - node0, cpu_of_children() - client0
+        # Each attempt's CPU, as the node's executor measured it on the worker process.
+        listed = subprocess.run([args.chorus, "jobs", "list", "--json", "--function", "audio.ingest", "--limit", str(len(files) + 100)], check=True, capture_output=True, env=env, timeout=60)
+        jobs = json.loads(listed.stdout)["jobs"]
+        workers_cpu_s = sum(a.get("usage", {}).get("cpu_ms", 0) for j in jobs for a in j.get("attempts", [])) / 1000
         # A second run must skip everything.
         t1 = time.time()
         out = subprocess.run([args.chorus, "ingest", songs, "--json"], check=True, capture_output=True, env=env, timeout=LIMIT_S)
@@ -88,6 +103,10 @@ def main():
     print(f"{len(files)} songs: analyze one at a time, CPU summed: {analyze_cpu_s:.1f} s")
     print(f"ingest through a node ({cores} slots): {wall_s:.1f} s wall x {cores} cores = {wall_s * cores:.1f} core-s -> overhead {overhead * 100:+.1f}% (target <= 10%)")
     print(f"machine CPU busy during the ingest: {machine_busy * 100:.0f}% of {cores} cores")
+    print(f"of the {wall_s * cores:.1f} core-s: workers {workers_cpu_s:.1f} ({len(jobs)} jobs; "
+          f"{workers_cpu_s - analyze_cpu_s:+.1f} against analyze, the waveform among it), node "
+          f"{node_cpu_s:.1f}, ingest client {client_cpu_s:.1f}, the rest "
+          f"{wall_s * cores - workers_cpu_s - node_cpu_s - client_cpu_s:.1f} (idle, other processes)")
     print(f"second run: {skipped}/{len(files)} skipped in {rerun_s:.1f} s")
 
 
