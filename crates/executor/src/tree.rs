@@ -113,27 +113,27 @@ pub(crate) struct Proc {
     start_ticks: u64,
 }
 
-/// Parses `/proc/PID/stat`. The command name is in parentheses and may hold spaces and
-/// parentheses itself, so the fields are counted from the last `)`.
-fn parse_stat(text: &str) -> Option<Proc> {
-    let pid = text.split(' ').next()?.parse().ok()?;
-    let rest = text.get(text.rfind(')')? + 1..)?;
-    // Fields 3 (state), 4 (ppid), 5 (pgrp), ..., 22 (starttime) of proc(5).
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+/// One process from its `/proc/PID/stat`, parsed by `procfs` (as [`crate::usage`] parses a
+/// worker's): the command name in parentheses may hold spaces and parentheses itself.
+fn parse_stat(stat: impl std::io::Read) -> Option<Proc> {
+    use procfs::FromRead;
+    let stat = procfs::process::Stat::from_read(stat).ok()?;
     Some(Proc {
-        pid,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgid: fields.get(2)?.parse().ok()?,
-        zombie: *fields.first()? == "Z",
-        start_ticks: fields.get(19)?.parse().ok()?,
+        pid: stat.pid,
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        zombie: stat.state == 'Z',
+        start_ticks: stat.starttime,
     })
 }
 
 fn read_proc(pid: i32) -> Option<Proc> {
-    parse_stat(&read_small(&format!("/proc/{pid}/stat"))?)
+    use std::io::Read;
+    let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(file.take(PROC_FILE_BYTES_MAX))
 }
 
-/// A small `/proc` file (a `stat` line, a `children` list) read whole, up to
+/// A small `/proc` file (a thread's `children` list) read whole, up to
 /// [`PROC_FILE_BYTES_MAX`]. Read through `take`, as [`tag_of`] reads: `std::fs::read_to_string`
 /// would first ask for the file's size and position (two more system calls per file, for a
 /// size `/proc` does not know).
@@ -345,16 +345,29 @@ mod tests {
 
     #[test]
     fn stat_lines_parse_even_with_parentheses_in_the_name() {
+        // Whole lines as a 6.x kernel writes them (52 fields).
         let line = "4242 (a (b) c) S 1 4240 4240 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
-                    987654 1000 10 18446744073709551615";
-        let p = parse_stat(line).expect("parses");
+                    987654 1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 \
+                    0 0 0 0 0 0 0 0 0 0 0";
+        let p = parse_stat(line.as_bytes()).expect("parses");
         assert_eq!((p.pid, p.ppid, p.pgid, p.zombie), (4242, 1, 4240, false));
         assert_eq!(p.start_ticks, 987654);
         assert!(
-            parse_stat("12 (x) Z 1").is_none(),
+            parse_stat("12 (x) Z 1".as_bytes()).is_none(),
             "too short a line is refused"
         );
-        let zombie = "7 (sh) Z 3 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0";
-        assert!(parse_stat(zombie).expect("parses").zombie);
+        let zombie = "7 (sh) Z 3 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0 18446744073709551615 \
+                      0 0 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0";
+        let z = parse_stat(zombie.as_bytes()).expect("parses");
+        assert!(z.zombie);
+        assert_eq!((z.pid, z.ppid, z.start_ticks), (7, 3, 55));
+    }
+
+    #[test]
+    fn this_process_is_read_from_proc() {
+        let me = super::read_proc(std::process::id() as i32).expect("our own stat");
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert_eq!(me.ppid, std::os::unix::process::parent_id() as i32);
+        assert!(!me.zombie && me.start_ticks > 0);
     }
 }
