@@ -55,6 +55,9 @@ const HEAL_DEADLINE: Duration = Duration::from_secs(180);
 const HEAL_STALL: Duration = Duration::from_secs(60);
 /// ...but never longer than this after the faults stop.
 const HEAL_DEADLINE_MAX: Duration = Duration::from_secs(20 * 60);
+/// After every acknowledged job finished: how long every running node has to apply what the
+/// leader committed.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a restarted or joining node has to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a node has to exit after SIGTERM. Jobs here run for at most 1.5 s, so its drain
@@ -149,6 +152,15 @@ async fn run(faults_for: Duration) {
     must_leave_no_process(&token, &mut found).await;
 
     report(seed, &chaos, &history, &found);
+    if !found.violations.is_empty() {
+        // The nodes' logs now, while nothing panics (a node dropped during a panic prints its
+        // log after the panic's message): the verdict below is then the output's last lines,
+        // the part a CI log shows.
+        for member in &chaos.members {
+            eprintln!("--- node {} log ---\n{}", member.id, member.node.log());
+        }
+    }
+    drop(chaos);
     let shown: Vec<&String> = found.violations.iter().take(VIOLATIONS_SHOWN).collect();
     assert!(
         found.violations.is_empty(),
@@ -1328,9 +1340,16 @@ async fn check(
     // 4. Every node has the same jobs (read once all have applied the same commit index; a
     //    late result may still land between two reads, so a difference is read again), and
     //    the same state digest at every index two of them recorded.
+    //    The nodes get their own time to converge: what is left of the heal's deadline may be
+    //    seconds when its last jobs were slow to finish.
+    let converging = Instant::now();
     for round in 1..=3 {
-        let differences = same_jobs_everywhere(chaos, deadline).await;
+        let differences = same_jobs_everywhere(chaos, Instant::now() + CONVERGE_DEADLINE).await;
         if differences.is_empty() {
+            println!(
+                "chaos: every node held the same jobs as the leader {:.1} s later",
+                converging.elapsed().as_secs_f64()
+            );
             break;
         }
         if round == 3 {
